@@ -1,0 +1,389 @@
+"""The project file (``hybridserve.yaml``): loading, validation, environment overrides.
+
+Everything the three paths share is declared here once: stores, entities, feature views,
+models and routes. Loading never shows a traceback for a user's mistake: every problem is
+reported as ``file: key.path: what was expected`` and raised as :class:`ConfigError`.
+Relative paths in the file are resolved against the file's directory.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from hybridserve.errors import ConfigError
+from hybridserve.units import parse_duration, parse_size
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+"""Seconds; written as ``30s``, ``250ms``, ``1h``, ``7d`` or a number of seconds."""
+Size = Annotated[int, BeforeValidator(parse_size)]
+DType = Literal["float", "int", "bool", "str"]
+
+DEFAULT_FILENAME = "hybridserve.yaml"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RegistryConfig(_Strict):
+    url: str = "sqlite:///.hybridserve/registry.db"
+    """``sqlite:///path`` (embedded default) or ``postgresql://user@host/db``."""
+    artifacts: str = ".hybridserve/artifacts"
+    """Directory holding model artifacts (local or a shared mount)."""
+
+
+class StoresConfig(_Strict):
+    online: str = "sqlite:///.hybridserve/online.db"
+    """Online features: ``memory://``, ``sqlite:///path`` or ``redis://host:port/db``."""
+    predictions: str | None = None
+    """Prediction store; defaults to the online store's URL."""
+    prefix: str = "hs:"
+    """Key prefix, so several projects can share one Redis."""
+
+    @property
+    def predictions_url(self) -> str:
+        return self.predictions or self.online
+
+
+class EntityConfig(_Strict):
+    key: str
+    """Name of the column / field that holds the entity key."""
+    description: str = ""
+
+
+class FeatureSpec(_Strict):
+    dtype: DType = "float"
+    on_missing: Literal["reject", "impute"] = "reject"
+    """What the Scorer does with a missing or NaN value: reject the row or impute ``default``."""
+    default: float | int | bool | str | None = None
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _default_for_impute(self) -> FeatureSpec:
+        if self.on_missing == "impute" and self.default is None:
+            raise ValueError("on_missing 'impute' needs a 'default' value")
+        return self
+
+
+def _feature_spec(value: Any) -> Any:
+    # ``amount: float`` is shorthand for ``amount: {dtype: float}``.
+    return {"dtype": value} if isinstance(value, str) else value
+
+
+class SourceConfig(_Strict):
+    path: str
+    """A Parquet file or directory, or a CSV file."""
+    timestamp: str = "event_time"
+    """Column holding each row's event time."""
+    format: Literal["parquet", "csv"] | None = None
+    """Inferred from the path's suffix when not given."""
+
+    @property
+    def resolved_format(self) -> Literal["parquet", "csv"]:
+        if self.format is not None:
+            return self.format
+        return "csv" if self.path.lower().endswith(".csv") else "parquet"
+
+
+class FeatureViewConfig(_Strict):
+    entity: str
+    features: dict[str, Annotated[FeatureSpec, BeforeValidator(_feature_spec)]]
+    source: SourceConfig | None = None
+    ttl: Duration | None = None
+    """Values older than this read as ``stale``; enforced at read time."""
+    description: str = ""
+
+    @field_validator("features")
+    @classmethod
+    def _non_empty(cls, value: dict[str, FeatureSpec]) -> dict[str, FeatureSpec]:
+        if not value:
+            raise ValueError("a feature view needs at least one feature")
+        return value
+
+
+class ModelConfig(_Strict):
+    description: str = ""
+    features: list[str] | None = None
+    """Signature to use when registering an artifact that does not carry feature names."""
+
+
+class RolloutConfig(_Strict):
+    model: str
+    percent: float = Field(ge=0, le=100)
+
+
+class StalePredictionStep(_Strict):
+    stale_prediction: Literal[True] = True
+    max_age: Duration | None = None
+    """Oldest stored prediction the fallback may serve (default: any age)."""
+
+
+class ModelStep(_Strict):
+    model: str
+
+
+class DefaultStep(_Strict):
+    default: float
+
+
+def _fallback_step(value: Any) -> Any:
+    if value == "stale_prediction":
+        return {"stale_prediction": True}
+    return value
+
+
+FallbackStep = Annotated[
+    StalePredictionStep | ModelStep | DefaultStep, BeforeValidator(_fallback_step)
+]
+
+
+class RouteConfig(_Strict):
+    model: str
+    """Model reference: ``name@alias`` or ``name/version``."""
+    entity: str
+    features: list[str] = []
+    """Feature views (``card_profile``) or single features (``card_profile:amount_mean``)."""
+    request_features: dict[str, DType] = {}
+    """Features a request may send itself; they override stored values."""
+    max_staleness: Duration = 3600.0
+    latency_budget: Duration = 0.1
+    fallback: list[FallbackStep] = []
+    canary: RolloutConfig | None = None
+    shadow: RolloutConfig | None = None
+    threshold: float | None = None
+    """For classifiers: ``label = score >= threshold`` when set."""
+    description: str = ""
+
+
+class ServerConfig(_Strict):
+    max_body_size: Size = 1024 * 1024
+    max_entities: int = Field(default=1000, gt=0)
+    l1_cache_size: int = Field(default=100_000, ge=0)
+
+
+class Project(_Strict):
+    """A loaded, validated project file."""
+
+    name: str = "hybridserve"
+    registry: RegistryConfig = RegistryConfig()
+    stores: StoresConfig = StoresConfig()
+    entities: dict[str, EntityConfig] = {}
+    feature_views: dict[str, FeatureViewConfig] = {}
+    models: dict[str, ModelConfig] = {}
+    routes: dict[str, RouteConfig] = {}
+    server: ServerConfig = ServerConfig()
+    base_dir: Path = Path(".")
+    """Directory of the project file; relative paths resolve against it."""
+    source_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> Project:
+        errors: list[str] = []
+        for name, view in self.feature_views.items():
+            if view.entity not in self.entities:
+                errors.append(f"feature_views.{name}.entity: unknown entity {view.entity!r}")
+        for name, route in self.routes.items():
+            if route.entity not in self.entities:
+                errors.append(f"routes.{name}.entity: unknown entity {route.entity!r}")
+            for i, ref in enumerate(route.features):
+                view_name, _, feature = ref.partition(":")
+                view = self.feature_views.get(view_name)
+                if view is None:
+                    errors.append(f"routes.{name}.features.{i}: unknown feature view {view_name!r}")
+                elif feature and feature not in view.features:
+                    errors.append(
+                        f"routes.{name}.features.{i}: view {view_name!r} has no feature {feature!r}"
+                    )
+                elif view.entity != route.entity:
+                    errors.append(
+                        f"routes.{name}.features.{i}: view {view_name!r} is keyed by "
+                        f"{view.entity!r}, the route by {route.entity!r}"
+                    )
+        if errors:
+            raise ValueError("\n".join(errors))
+        return self
+
+    def path(self, relative: str | Path) -> Path:
+        """Resolve a path from the project file against the file's directory."""
+        p = Path(relative).expanduser()
+        return p if p.is_absolute() else self.base_dir / p
+
+    def url(self, url: str) -> str:
+        """Resolve a relative ``sqlite:///`` URL against the project directory."""
+        if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+            rel = url.removeprefix("sqlite:///")
+            if rel and rel != ":memory:":
+                return "sqlite:///" + str(self.path(rel).resolve())
+        return url
+
+    def route(self, name: str) -> RouteConfig:
+        from hybridserve.errors import RouteNotFound
+
+        try:
+            return self.routes[name]
+        except KeyError:
+            raise RouteNotFound(
+                f"unknown route {name!r}; known routes: {sorted(self.routes) or 'none'}",
+                route=name,
+            ) from None
+
+    def view(self, name: str) -> FeatureViewConfig:
+        from hybridserve.errors import FeatureViewNotFound
+
+        try:
+            return self.feature_views[name]
+        except KeyError:
+            raise FeatureViewNotFound(
+                f"unknown feature view {name!r}; "
+                f"known views: {sorted(self.feature_views) or 'none'}",
+                view=name,
+            ) from None
+
+    def route_features(self, route: str) -> dict[str, list[str]]:
+        """View name -> the feature names the route reads from it, in declaration order."""
+        wanted: dict[str, list[str]] = {}
+        for ref in self.route(route).features:
+            view_name, _, feature = ref.partition(":")
+            names = wanted.setdefault(view_name, [])
+            for f in [feature] if feature else list(self.feature_views[view_name].features):
+                if f not in names:
+                    names.append(f)
+        return wanted
+
+    def feature_spec(self, route: str, feature: str) -> FeatureSpec | None:
+        """The spec of a feature as a route sees it (request features are typed by the route)."""
+        r = self.route(route)
+        if feature in r.request_features:
+            return FeatureSpec(dtype=r.request_features[feature])
+        for view_name, names in self.route_features(route).items():
+            if feature in names:
+                return self.feature_views[view_name].features[feature]
+        return None
+
+
+class EnvOverrides(BaseSettings):
+    """``HYBRIDSERVE_*`` environment variables; they win over the project file."""
+
+    model_config = SettingsConfigDict(env_prefix="HYBRIDSERVE_", extra="ignore")
+
+    registry_url: str | None = None
+    artifacts_dir: str | None = None
+    online_store_url: str | None = None
+    prediction_store_url: str | None = None
+    store_prefix: str | None = None
+
+
+def _format_errors(source: str, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
+        # Union members show up as loc parts named after the class; drop them.
+        loc = ".".join(
+            p for p in loc.split(".") if not p[:1].isupper() and p not in ("list", "dict")
+        )
+        msg = str(err["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            msg = "unknown key"
+        elif kind == "missing":
+            msg = "required key is missing"
+        elif kind in {
+            "literal_error",
+            "string_type",
+            "float_parsing",
+            "int_parsing",
+            "dict_type",
+            "list_type",
+            "bool_parsing",
+            "float_type",
+            "int_type",
+            "model_type",
+        }:
+            msg = f"{msg}, got {err.get('input')!r}"
+        for part in msg.split("\n"):
+            lines.append(
+                f"{source}: {loc}: {part}"
+                if loc and not part.startswith(("routes.", "feature_views."))
+                else f"{source}: {part}"
+            )
+    # Several union members can report the same problem; keep each line once.
+    return "\n".join(dict.fromkeys(lines))
+
+
+def find_project_file(path: str | Path | None = None) -> Path:
+    """The project file: ``path``, else ``$HYBRIDSERVE_PROJECT``, else ``./hybridserve.yaml``."""
+    candidate = Path(path or os.environ.get("HYBRIDSERVE_PROJECT") or DEFAULT_FILENAME)
+    if candidate.is_dir():
+        candidate = candidate / DEFAULT_FILENAME
+    if not candidate.exists():
+        raise ConfigError(
+            f"{candidate}: project file not found (create one with 'hybridserve init', "
+            "or pass --project PATH)"
+        )
+    return candidate
+
+
+def load_project(path: str | Path | None = None, *, env: bool = True) -> Project:
+    """Load and validate a project file; raise :class:`ConfigError` with every problem found."""
+    file = find_project_file(path)
+    try:
+        raw = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{file}{where}: invalid YAML: {problem}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{file}: expected a mapping at the top level, got {type(raw).__name__}")
+    if env:
+        raw = _apply_env(raw, EnvOverrides())
+    raw = {**raw, "base_dir": file.parent.resolve(), "source_file": file.resolve()}
+    try:
+        return Project.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(str(file), exc)) from None
+
+
+def project_from_dict(raw: dict[str, Any], base_dir: Path | str = ".") -> Project:
+    """Build a project from a mapping (tests, embedding); same validation as a file."""
+    try:
+        return Project.model_validate({**raw, "base_dir": Path(base_dir).resolve()})
+    except ValidationError as exc:
+        raise ConfigError(_format_errors("<project>", exc)) from None
+
+
+def _apply_env(raw: dict[str, Any], env: EnvOverrides) -> dict[str, Any]:
+    raw = dict(raw)
+    registry = dict(raw.get("registry") or {})
+    stores = dict(raw.get("stores") or {})
+    if env.registry_url:
+        registry["url"] = env.registry_url
+    if env.artifacts_dir:
+        registry["artifacts"] = env.artifacts_dir
+    if env.online_store_url:
+        stores["online"] = env.online_store_url
+    if env.prediction_store_url:
+        stores["predictions"] = env.prediction_store_url
+    if env.store_prefix:
+        stores["prefix"] = env.store_prefix
+    if registry:
+        raw["registry"] = registry
+    if stores:
+        raw["stores"] = stores
+    return raw

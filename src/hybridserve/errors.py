@@ -1,0 +1,113 @@
+"""Every error hybridserve raises, in one tree.
+
+Each class carries the HTTP status the server answers with and the exit code the CLI
+exits with, so the core never imports a web framework and errors are translated to
+responses in exactly one place (``server/errors.py``) and to exit codes in one place
+(``cli.py``)::
+
+    HybridServeError                 500, exit 1
+     +-- ConfigError                 500, exit 2   project file or CLI usage problems
+     +-- MissingExtra                500, exit 1   an optional dependency is not installed
+     +-- InvalidInput                400           bad request data (names the field)
+     |    +-- FeatureValidationError 400           a feature row failed validation
+     +-- Unauthorized                401
+     +-- Forbidden                   403
+     +-- NotFound                    404
+     |    +-- RouteNotFound, ModelNotFound, FeatureViewNotFound, RunNotFound
+     +-- Conflict                    409           e.g. a registry name/version clash
+     +-- PayloadTooLarge             413
+     +-- ArtifactIntegrityError      500           an artifact's sha256 does not match
+     +-- StoreError                  503           a backend failed or timed out
+     +-- NoFreshPrediction           503           every step of a route's chain failed
+     +-- DeadlineExceeded            504
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class HybridServeError(Exception):
+    """Base class. ``status`` is the HTTP status, ``exit_code`` the CLI exit code."""
+
+    status: ClassVar[int] = 500
+    exit_code: ClassVar[int] = 1
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"error": self.message, "type": type(self).__name__}
+        if self.details:
+            body["details"] = self.details
+        return body
+
+
+class ConfigError(HybridServeError):
+    exit_code = 2
+
+
+class MissingExtra(HybridServeError):
+    """An optional dependency is missing; the message names the extra to install."""
+
+
+class InvalidInput(HybridServeError):
+    status = 400
+
+
+class FeatureValidationError(InvalidInput):
+    pass
+
+
+class Unauthorized(HybridServeError):
+    status = 401
+
+
+class Forbidden(HybridServeError):
+    status = 403
+
+
+class NotFound(HybridServeError):
+    status = 404
+
+
+class RouteNotFound(NotFound):
+    pass
+
+
+class ModelNotFound(NotFound):
+    pass
+
+
+class FeatureViewNotFound(NotFound):
+    pass
+
+
+class RunNotFound(NotFound):
+    pass
+
+
+class Conflict(HybridServeError):
+    status = 409
+
+
+class PayloadTooLarge(HybridServeError):
+    status = 413
+
+
+class ArtifactIntegrityError(HybridServeError):
+    pass
+
+
+class StoreError(HybridServeError):
+    status = 503
+
+
+class NoFreshPrediction(HybridServeError):
+    status = 503
+
+
+class DeadlineExceeded(HybridServeError):
+    status = 504

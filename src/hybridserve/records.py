@@ -1,0 +1,91 @@
+"""The records every path shares: prediction records and feature reads.
+
+A :class:`PredictionRecord` has one schema whether batch, streaming or an online request made
+it, so the router can compare and serve any of them. Times are epoch seconds (floats) inside
+the process and ISO-8601 strings only at the edges.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import orjson
+
+Source = Literal["batch", "stream", "online"]
+FeatureStatus = Literal["present", "stale", "missing"]
+
+
+def now() -> float:
+    """The current time as epoch seconds (one clock for the whole package)."""
+    return datetime.now(UTC).timestamp()
+
+
+def to_iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+@dataclass(slots=True)
+class PredictionRecord:
+    """One prediction for one entity of one route, from any path."""
+
+    entity: str
+    route: str
+    score: float
+    model: str
+    model_version: int
+    source: Source
+    as_of: float
+    """Event or snapshot time of the features the score was computed from."""
+    computed_at: float
+    label: Any = None
+    probabilities: dict[str, float] | None = None
+    run_id: str | None = None
+    event_id: str | None = None
+    request_id: str | None = None
+    feature_fingerprint: str = ""
+
+    def age(self, at: float | None = None) -> float:
+        """Seconds between ``as_of`` and ``at`` (default now); never negative."""
+        return max(0.0, (now() if at is None else at) - self.as_of)
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(self, option=orjson.OPT_SERIALIZE_NUMPY)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> PredictionRecord:
+        return cls(**orjson.loads(data))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(slots=True)
+class FeatureValue:
+    """One feature of one entity as read from the online store."""
+
+    value: Any
+    status: FeatureStatus
+    age: float | None = None
+    """Seconds since the feature's event time; ``None`` when missing."""
+
+
+@dataclass(slots=True)
+class FeatureRow:
+    """All requested features of one entity, with the oldest event time among them."""
+
+    entity: str
+    values: dict[str, FeatureValue] = field(default_factory=dict)
+    as_of: float | None = None
+    """The oldest event time among the present features: a score made from this row is as
+    fresh as its stalest input."""
+
+    def plain(self) -> dict[str, Any]:
+        """Feature name -> value (``None`` for missing or stale features)."""
+        return {
+            name: (fv.value if fv.status == "present" else None) for name, fv in self.values.items()
+        }

@@ -1,0 +1,347 @@
+"""The Scorer: the one code path from entity features to prediction records.
+
+Batch, online and streaming all go through it, so a model sees the same features, in the
+same order, validated the same way in every mode. Scoring is three steps, kept separate so
+the online micro-batcher can merge many requests into one model call:
+
+1. :meth:`Scorer.prepare` turns feature rows (mappings) or columns (arrays) into a float
+   matrix in the model's signature order, applying each feature's missing-value policy;
+   a row that fails comes back as a :class:`RowError` and does not fail its neighbours;
+2. ``runtime.predict(matrix)``: one call per batch, never per row;
+3. :meth:`Scorer.records` builds :class:`~hybridserve.records.PredictionRecord` objects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+
+from hybridserve.config import FeatureSpec, Project
+from hybridserve.errors import ConfigError
+from hybridserve.records import PredictionRecord, Source, now
+from hybridserve.runtimes.base import Prediction, Runtime
+
+Matrix = npt.NDArray[np.float64]
+
+
+@dataclass(slots=True, frozen=True)
+class RowError:
+    """Why one row could not be scored."""
+
+    index: int
+    entity: str
+    reason: str
+
+
+@dataclass(slots=True)
+class Prepared:
+    """A validated matrix and the positions (in the input) of the rows it holds."""
+
+    matrix: Matrix
+    rows: list[int]
+    errors: list[RowError] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class ScoreResult:
+    records: list[PredictionRecord]
+    errors: list[RowError]
+
+
+def feature_fingerprint(project: Project, route: str, signature: Sequence[str]) -> str:
+    """A short hash of everything that defines the model's inputs for a route.
+
+    Two predictions with the same fingerprint were computed from features defined the
+    same way (same names, order, types, missing-value policy and sources).
+    """
+    specs = {}
+    for name in signature:
+        spec = project.feature_spec(route, name)
+        specs[name] = None if spec is None else spec.model_dump(exclude={"description"})
+    views = {v: names for v, names in project.route_features(route).items()}
+    payload = orjson.dumps(
+        {"signature": list(signature), "specs": specs, "views": views}, option=orjson.OPT_SORT_KEYS
+    )
+    return hashlib.sha256(payload).hexdigest()[:16]
+
+
+class Scorer:
+    """Scores rows for one route with one loaded model version."""
+
+    def __init__(self, project: Project, route: str, runtime: Runtime) -> None:
+        self.project = project
+        self.route = route
+        self.runtime = runtime
+        self.threshold = project.route(route).threshold
+        self.names = runtime.signature.names
+        specs: list[FeatureSpec] = []
+        missing = []
+        for name in self.names:
+            spec = project.feature_spec(route, name)
+            if spec is None:
+                missing.append(name)
+            elif spec.dtype == "str":
+                raise ConfigError(
+                    f"model {runtime.name}/{runtime.version} takes feature {name!r} as a number, "
+                    f"but route {route!r} declares it as str"
+                )
+            else:
+                specs.append(spec)
+        if missing:
+            raise ConfigError(
+                f"model {runtime.name}/{runtime.version} needs features that route {route!r} "
+                f"does not provide: {', '.join(missing)} (add their feature view to "
+                f"routes.{route}.features or declare them in request_features)"
+            )
+        self.specs = specs
+        self._impute = [s.default if s.on_missing == "impute" else None for s in specs]
+        self._ints = [s.dtype == "int" for s in specs]
+        self.fingerprint = feature_fingerprint(project, route, self.names)
+
+    # -- step 1: validate --------------------------------------------------------------
+
+    def prepare(self, entities: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> Prepared:
+        """Validate mapping rows (online and streaming): one matrix row per valid input row."""
+        width = len(self.names)
+        matrix = np.empty((len(rows), width), dtype=np.float64)
+        ok: list[int] = []
+        errors: list[RowError] = []
+        names, impute, ints = self.names, self._impute, self._ints
+        for i, row in enumerate(rows):
+            out = matrix[len(ok)]
+            reason = None
+            for j in range(width):
+                value = row.get(names[j])
+                if (
+                    value is not None
+                    and value.__class__ is not float
+                    and value.__class__ is not int
+                ):
+                    value, reason = _coerce(names[j], value)
+                    if reason:
+                        break
+                if value is None or value != value:  # missing or NaN
+                    if impute[j] is None:
+                        reason = f"missing feature {names[j]!r}"
+                        break
+                    value = impute[j]
+                elif value.__class__ is float and (
+                    math.isinf(value) or (ints[j] and not value.is_integer())
+                ):
+                    reason = (
+                        f"feature {names[j]!r}: expected int, got {value!r}"
+                        if not math.isinf(value)
+                        else f"feature {names[j]!r}: expected a finite number, got {value!r}"
+                    )
+                    break
+                out[j] = value
+            if reason is None:
+                ok.append(i)
+            else:
+                errors.append(RowError(i, entities[i], reason))
+        return Prepared(matrix[: len(ok)], ok, errors)
+
+    def prepare_columns(self, entities: Sequence[str], columns: Mapping[str, Any]) -> Prepared:
+        """Validate columns (batch): vectorised, for millions of rows."""
+        n = len(entities)
+        matrix = np.empty((n, len(self.names)), dtype=np.float64)
+        bad = np.zeros(n, dtype=bool)
+        reasons: dict[int, str] = {}
+        for j, name in enumerate(self.names):
+            if name not in columns:
+                raise ConfigError(
+                    f"input has no column {name!r}, which model "
+                    f"{self.runtime.name}/{self.runtime.version} needs"
+                )
+            col, col_bad = _numeric_column(columns[name])
+            if col_bad is not None:
+                for i in np.flatnonzero(col_bad & ~bad):
+                    reasons[int(i)] = (
+                        f"feature {name!r}: expected a number, got {_raw(columns[name], int(i))!r}"
+                    )
+                bad |= col_bad
+            nan = np.isnan(col)
+            if nan.any():
+                if self._impute[j] is not None:
+                    col = np.where(nan, float(self._impute[j]), col)  # type: ignore[arg-type]
+                else:
+                    for i in np.flatnonzero(nan & ~bad):
+                        reasons[int(i)] = f"missing feature {name!r}"
+                    bad |= nan
+            inf = np.isinf(col)
+            if inf.any():
+                for i in np.flatnonzero(inf & ~bad):
+                    reasons[int(i)] = f"feature {name!r}: expected a finite number, got {col[i]!r}"
+                bad |= inf
+            if self._ints[j]:
+                frac = ~bad & (np.floor(col) != col)
+                for i in np.flatnonzero(frac):
+                    reasons[int(i)] = f"feature {name!r}: expected int, got {col[i]!r}"
+                bad |= frac
+            matrix[:, j] = col
+        if not bad.any():
+            return Prepared(matrix, list(range(n)))
+        ok = np.flatnonzero(~bad)
+        errors = [RowError(i, entities[i], reasons[i]) for i in sorted(reasons)]
+        return Prepared(matrix[ok], ok.tolist(), errors)
+
+    # -- step 3: records ---------------------------------------------------------------
+
+    def records(
+        self,
+        entities: Sequence[str],
+        prediction: Prediction,
+        *,
+        as_of: Sequence[float] | float,
+        source: Source,
+        run_id: str | None = None,
+        event_ids: Sequence[str | None] | None = None,
+        request_id: str | None = None,
+        computed_at: float | None = None,
+    ) -> list[PredictionRecord]:
+        """Records for ``entities`` (one per matrix row, in order) from one model call."""
+        at = now() if computed_at is None else computed_at
+        scores = prediction.scores.tolist()
+        probs = prediction.probabilities
+        classes = [str(c) for c in prediction.classes]
+        name, version, route, fp = (
+            self.runtime.name,
+            self.runtime.version,
+            self.route,
+            self.fingerprint,
+        )
+        threshold = self.threshold
+        as_ofs = [float(as_of)] * len(entities) if isinstance(as_of, int | float) else as_of
+        out = []
+        for i, entity in enumerate(entities):
+            score = scores[i]
+            out.append(
+                PredictionRecord(
+                    entity=entity,
+                    route=route,
+                    score=score,
+                    model=name,
+                    model_version=version,
+                    source=source,
+                    as_of=as_ofs[i],
+                    computed_at=at,
+                    label=None if threshold is None else int(score >= threshold),
+                    probabilities=None
+                    if probs is None
+                    else dict(zip(classes, probs[i].tolist(), strict=True)),
+                    run_id=run_id,
+                    event_id=None if event_ids is None else event_ids[i],
+                    request_id=request_id,
+                    feature_fingerprint=fp,
+                )
+            )
+        return out
+
+    # -- all three steps ---------------------------------------------------------------
+
+    def score_rows(
+        self,
+        entities: Sequence[str],
+        rows: Sequence[Mapping[str, Any]],
+        *,
+        as_of: Sequence[float] | float,
+        source: Source,
+        probabilities: bool = False,
+        **ids: Any,
+    ) -> ScoreResult:
+        """Validate, score in one model call, and build records (rows that fail are skipped)."""
+        return self._finish(
+            self.prepare(entities, rows), entities, as_of, source, probabilities, ids
+        )
+
+    def score_columns(
+        self,
+        entities: Sequence[str],
+        columns: Mapping[str, Any],
+        *,
+        as_of: Sequence[float] | float,
+        source: Source,
+        probabilities: bool = False,
+        **ids: Any,
+    ) -> ScoreResult:
+        return self._finish(
+            self.prepare_columns(entities, columns), entities, as_of, source, probabilities, ids
+        )
+
+    def _finish(
+        self,
+        prepared: Prepared,
+        entities: Sequence[str],
+        as_of: Sequence[float] | float,
+        source: Source,
+        probabilities: bool,
+        ids: dict[str, Any],
+    ) -> ScoreResult:
+        if not prepared.rows:
+            return ScoreResult([], prepared.errors)
+        prediction = self.runtime.predict(prepared.matrix, probabilities=probabilities)
+        keep = prepared.rows
+        event_ids = ids.pop("event_ids", None)
+        kept_as_of = as_of if isinstance(as_of, int | float) else [as_of[i] for i in keep]
+        records = self.records(
+            [entities[i] for i in keep],
+            prediction,
+            as_of=kept_as_of,
+            source=source,
+            event_ids=None if event_ids is None else [event_ids[i] for i in keep],
+            **ids,
+        )
+        return ScoreResult(records, prepared.errors)
+
+
+def _coerce(name: str, value: Any) -> tuple[float | None, str | None]:
+    """A value that is not a plain float or int: accept bools and numpy numbers only."""
+    if isinstance(value, bool | np.bool_ | np.integer | np.floating):
+        return float(value), None
+    return None, f"feature {name!r}: expected a number, got {value!r}"
+
+
+def _numeric_column(col: Any) -> tuple[Matrix, npt.NDArray[np.bool_] | None]:
+    """A column as float64 with NaN for nulls, plus a mask of non-numeric entries (or None)."""
+    to_numpy = getattr(col, "to_numpy", None)
+    if to_numpy is not None and hasattr(col, "null_count"):  # a pyarrow array or chunked array
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        if (
+            pa.types.is_integer(col.type)
+            or pa.types.is_floating(col.type)
+            or pa.types.is_boolean(col.type)
+        ):
+            filled = pc.cast(col, pa.float64())
+            return np.asarray(filled.to_numpy(zero_copy_only=False), dtype=np.float64), None
+        col = col.to_pylist()
+    arr = np.asarray(col)
+    if arr.dtype.kind in "fiub":
+        return arr.astype(np.float64, copy=False), None
+    out = np.empty(len(arr), dtype=np.float64)
+    bad = np.zeros(len(arr), dtype=bool)
+    for i, v in enumerate(arr.tolist()):
+        if v is None:
+            out[i] = np.nan
+        elif isinstance(v, bool | int | float):
+            out[i] = float(v)
+        else:
+            out[i] = np.nan
+            bad[i] = True
+    return out, bad
+
+
+def _raw(col: Any, i: int) -> Any:
+    try:
+        value = col[i]
+        return value.as_py() if hasattr(value, "as_py") else value
+    except Exception:  # pragma: no cover - only used to word an error
+        return "?"

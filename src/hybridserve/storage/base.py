@@ -1,0 +1,72 @@
+"""The key-value interface shared by the online feature store and the prediction store.
+
+Four operations, each on many keys at once so every backend can batch them (one SQL
+transaction, one Redis pipeline or Lua call):
+
+- ``get_many(keys)``: the live entry of each key, or ``None``;
+- ``put_many(writes)``: compare-and-set on ``as_of``: a write replaces the stored entry only
+  when its ``as_of`` is not older than the stored one's (or the stored one has expired).
+  Replaying a write changes nothing; an older write never overwrites a newer one;
+- ``delete_many(keys)``;
+- ``scan(prefix)``: the keys starting with ``prefix``.
+
+Expiry is absolute (``expires_at``, epoch seconds) and decided by the caller, so a replayed
+write is byte-for-byte the same write. Keys given to and returned by a store are the caller's
+keys; a backend adds its namespace prefix itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+
+@dataclass(slots=True, frozen=True)
+class Entry:
+    """A stored value with the event time it describes."""
+
+    key: str
+    value: bytes
+    as_of: float
+    expires_at: float | None = None
+
+
+Write = Entry
+"""A write is an entry the caller wants stored (compare-and-set on ``as_of``)."""
+
+
+@runtime_checkable
+class KVStore(Protocol):
+    url: str
+
+    async def get_many(self, keys: Sequence[str]) -> list[Entry | None]:
+        """Live entries for ``keys``, in order; ``None`` where absent or expired."""
+        ...
+
+    async def put_many(self, writes: Sequence[Write]) -> int:
+        """Store each write that is not older than what is stored; return how many were."""
+        ...
+
+    async def delete_many(self, keys: Sequence[str]) -> int:
+        """Delete ``keys``; return how many existed."""
+        ...
+
+    def scan(self, prefix: str) -> AsyncIterator[str]:
+        """Every live key starting with ``prefix`` (each once, in no set order)."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise :class:`~hybridserve.errors.StoreError` when the backend is unreachable."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def wins(new_as_of: float, stored: Entry | None, at: float) -> bool:
+    """The precedence rule: does a write with ``new_as_of`` replace ``stored`` at time ``at``?"""
+    if stored is None:
+        return True
+    if stored.expires_at is not None and stored.expires_at <= at:
+        return True
+    return new_as_of >= stored.as_of

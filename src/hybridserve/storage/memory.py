@@ -1,0 +1,74 @@
+"""In-memory store: the test twin of the real backends, and ``memory://`` for one process."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+
+from hybridserve.records import now
+from hybridserve.storage.base import Entry, Write, wins
+
+_NAMED: dict[str, dict[str, Entry]] = {}
+
+
+class MemoryStore:
+    """A dict behind the :class:`~hybridserve.storage.base.KVStore` interface.
+
+    ``memory://name`` stores with the same name share their data within a process, so a
+    server and a test can look at the same store.
+    """
+
+    def __init__(self, url: str = "memory://", prefix: str = "") -> None:
+        self.url = url
+        name = url.removeprefix("memory://")
+        self._data: dict[str, Entry] = _NAMED.setdefault(name, {}) if name else {}
+        self._prefix = prefix
+        self._lock = asyncio.Lock()
+
+    def _live(self, key: str, at: float) -> Entry | None:
+        entry = self._data.get(key)
+        if entry is not None and entry.expires_at is not None and entry.expires_at <= at:
+            del self._data[key]
+            return None
+        return entry
+
+    async def get_many(self, keys: Sequence[str]) -> list[Entry | None]:
+        at = now()
+        p = self._prefix
+        out: list[Entry | None] = []
+        for key in keys:
+            entry = self._live(p + key, at)
+            out.append(
+                None if entry is None else Entry(key, entry.value, entry.as_of, entry.expires_at)
+            )
+        return out
+
+    async def put_many(self, writes: Sequence[Write]) -> int:
+        at = now()
+        written = 0
+        for w in writes:
+            k = self._prefix + w.key
+            if wins(w.as_of, self._data.get(k), at):
+                self._data[k] = w
+                written += 1
+        return written
+
+    async def delete_many(self, keys: Sequence[str]) -> int:
+        n = 0
+        for key in keys:
+            if self._data.pop(self._prefix + key, None) is not None:
+                n += 1
+        return n
+
+    async def scan(self, prefix: str) -> AsyncIterator[str]:
+        at = now()
+        full = self._prefix + prefix
+        for key in [k for k in self._data if k.startswith(full)]:
+            if self._live(key, at) is not None:
+                yield key[len(self._prefix) :]
+
+    async def ping(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,125 @@
+"""Redis store: the shared backend for a real deployment.
+
+Each key is a hash ``{v: value, t: as_of}`` with a native expiry (``PEXPIREAT``). Reads are
+one pipelined round trip; writes go through one Lua script per chunk of keys, so the
+compare-and-set on ``as_of`` is atomic however many processes or hosts write at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from hybridserve._optional import require
+from hybridserve.errors import StoreError
+from hybridserve.storage.base import Entry, Write
+
+# KEYS: the keys; ARGV: value, as_of, expire_at_ms (0 = never) for each key, in order.
+_CAS_LUA = """
+local written = 0
+for i, key in ipairs(KEYS) do
+  local base = (i - 1) * 3
+  local t = tonumber(ARGV[base + 2])
+  local cur = redis.call('HGET', key, 't')
+  if (not cur) or tonumber(cur) <= t then
+    redis.call('HSET', key, 'v', ARGV[base + 1], 't', ARGV[base + 2])
+    local exp = tonumber(ARGV[base + 3])
+    if exp > 0 then redis.call('PEXPIREAT', key, exp) else redis.call('PERSIST', key) end
+    written = written + 1
+  end
+end
+return written
+"""
+
+# Keys per script call: big enough to amortise the round trip, small enough not to stall
+# Redis (a script blocks the server while it runs).
+_CHUNK = 256
+
+
+def _escape_glob(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+class RedisStore:
+    def __init__(self, url: str, prefix: str = "", *, timeout: float = 2.0) -> None:
+        redis_asyncio = require("redis.asyncio", "redis")
+        self.url = url
+        self._prefix = prefix
+        self._redis: Any = redis_asyncio.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            max_connections=64,
+            health_check_interval=30,
+        )
+        self._cas = self._redis.register_script(_CAS_LUA)
+        self._errors: tuple[type[BaseException], ...] = (
+            require("redis.exceptions", "redis").RedisError,
+            OSError,
+        )
+
+    async def get_many(self, keys: Sequence[str]) -> list[Entry | None]:
+        if not keys:
+            return []
+        p = self._prefix
+        try:
+            if len(keys) == 1:
+                results = [await self._redis.hmget(p + keys[0], "v", "t")]
+            else:
+                pipe = self._redis.pipeline(transaction=False)
+                for key in keys:
+                    pipe.hmget(p + key, "v", "t")
+                results = await pipe.execute()
+        except self._errors as exc:
+            raise StoreError(f"Redis read failed ({self.url}): {exc}") from exc
+        out: list[Entry | None] = []
+        for key, (value, as_of) in zip(keys, results, strict=True):
+            out.append(None if value is None else Entry(key, value, float(as_of)))
+        return out
+
+    async def put_many(self, writes: Sequence[Write]) -> int:
+        if not writes:
+            return 0
+        p = self._prefix
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            for start in range(0, len(writes), _CHUNK):
+                chunk = writes[start : start + _CHUNK]
+                args: list[bytes | str | int] = []
+                for w in chunk:
+                    exp = 0 if w.expires_at is None else max(1, int(w.expires_at * 1000))
+                    args += [w.value, repr(w.as_of), exp]
+                await self._cas(keys=[p + w.key for w in chunk], args=args, client=pipe)
+            results = await pipe.execute()
+        except self._errors as exc:
+            raise StoreError(f"Redis write failed ({self.url}): {exc}") from exc
+        return int(sum(results))
+
+    async def delete_many(self, keys: Sequence[str]) -> int:
+        if not keys:
+            return 0
+        try:
+            return int(await self._redis.delete(*[self._prefix + k for k in keys]))
+        except self._errors as exc:
+            raise StoreError(f"Redis delete failed ({self.url}): {exc}") from exc
+
+    async def scan(self, prefix: str) -> AsyncIterator[str]:
+        seen: set[bytes] = set()
+        cut = len(self._prefix)
+        pattern = _escape_glob(self._prefix + prefix) + "*"
+        try:
+            async for key in self._redis.scan_iter(match=pattern, count=1000):
+                if key not in seen:  # SCAN may return a key more than once
+                    seen.add(key)
+                    yield key.decode()[cut:]
+        except self._errors as exc:
+            raise StoreError(f"Redis scan failed ({self.url}): {exc}") from exc
+
+    async def ping(self) -> None:
+        try:
+            await self._redis.ping()
+        except self._errors as exc:
+            raise StoreError(f"Redis is unreachable at {self.url}: {exc}") from exc
+
+    async def close(self) -> None:
+        await self._redis.aclose()

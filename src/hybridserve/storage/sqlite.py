@@ -1,0 +1,149 @@
+"""SQLite store: the embedded default (one file, WAL mode, shared by processes on one host).
+
+Calls run inline on the event loop rather than in a thread: a point read or a small
+transaction on a local WAL database takes tens of microseconds, less than a thread hop.
+Writers in several processes are serialised by SQLite's own lock (``busy_timeout``); the
+compare-and-set is a conditional upsert, so it is atomic per row without a read first.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+from hybridserve.errors import StoreError
+from hybridserve.records import now
+from hybridserve.storage.base import Entry, Write
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS kv (
+    key TEXT PRIMARY KEY,
+    value BLOB NOT NULL,
+    as_of REAL NOT NULL,
+    expires_at REAL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS kv_expires ON kv(expires_at) WHERE expires_at IS NOT NULL;
+"""
+
+_UPSERT = """
+INSERT INTO kv(key, value, as_of, expires_at) VALUES (?, ?, ?, ?)
+ON CONFLICT(key) DO UPDATE SET
+    value = excluded.value, as_of = excluded.as_of, expires_at = excluded.expires_at
+WHERE excluded.as_of >= kv.as_of OR (kv.expires_at IS NOT NULL AND kv.expires_at <= ?)
+"""
+
+# SQLite's default limit on bound variables is 32766; stay far below it.
+_CHUNK = 500
+_PURGE_EVERY = 10_000
+
+
+def sqlite_path(url: str) -> str:
+    """The file path in ``sqlite:///relative`` or ``sqlite:////absolute`` (``:memory:`` too)."""
+    if not url.startswith("sqlite:///"):
+        raise StoreError(f"not a SQLite URL: {url!r} (expected sqlite:///path)")
+    return url.removeprefix("sqlite:///")
+
+
+class SQLiteStore:
+    def __init__(self, url: str, prefix: str = "") -> None:
+        self.url = url
+        self._prefix = prefix
+        path = sqlite_path(url)
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._conn = sqlite3.connect(
+                path, timeout=30.0, isolation_level=None, check_same_thread=False
+            )
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open SQLite store at {path!r}: {exc}") from exc
+        self._lock = threading.Lock()
+        self._writes_since_purge = 0
+
+    async def get_many(self, keys: Sequence[str]) -> list[Entry | None]:
+        if not keys:
+            return []
+        at = now()
+        p = self._prefix
+        found: dict[str, Entry] = {}
+        with self._lock:
+            for start in range(0, len(keys), _CHUNK):
+                chunk = [p + k for k in keys[start : start + _CHUNK]]
+                marks = ",".join("?" * len(chunk))
+                rows = self._conn.execute(
+                    f"SELECT key, value, as_of, expires_at FROM kv WHERE key IN ({marks})"
+                    " AND (expires_at IS NULL OR expires_at > ?)",
+                    [*chunk, at],
+                ).fetchall()
+                for key, value, as_of, expires_at in rows:
+                    k = key[len(p) :]
+                    found[k] = Entry(k, bytes(value), as_of, expires_at)
+        return [found.get(k) for k in keys]
+
+    async def put_many(self, writes: Sequence[Write]) -> int:
+        if not writes:
+            return 0
+        at = now()
+        p = self._prefix
+        rows = [(p + w.key, w.value, w.as_of, w.expires_at, at) for w in writes]
+        with self._lock:
+            try:
+                before = self._conn.total_changes
+                self._conn.execute("BEGIN IMMEDIATE")
+                self._conn.executemany(_UPSERT, rows)
+                self._conn.execute("COMMIT")
+                written = self._conn.total_changes - before
+            except sqlite3.Error as exc:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise StoreError(f"SQLite write failed: {exc}") from exc
+            self._writes_since_purge += len(rows)
+            if self._writes_since_purge >= _PURGE_EVERY:
+                self._writes_since_purge = 0
+                self._conn.execute(
+                    "DELETE FROM kv WHERE expires_at IS NOT NULL AND expires_at <= ?", (at,)
+                )
+        return written
+
+    async def delete_many(self, keys: Sequence[str]) -> int:
+        with self._lock:
+            before = self._conn.total_changes
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.executemany(
+                "DELETE FROM kv WHERE key = ?", [(self._prefix + k,) for k in keys]
+            )
+            self._conn.execute("COMMIT")
+            return self._conn.total_changes - before
+
+    async def scan(self, prefix: str) -> AsyncIterator[str]:
+        full = self._prefix + prefix
+        last = full
+        first = True
+        while True:
+            with self._lock:
+                rows = self._conn.execute(
+                    "SELECT key FROM kv WHERE key " + (">=" if first else ">") + " ?"
+                    " AND (expires_at IS NULL OR expires_at > ?) ORDER BY key LIMIT 1000",
+                    (last, now()),
+                ).fetchall()
+            first = False
+            if not rows:
+                return
+            for (key,) in rows:
+                if not key.startswith(full):
+                    return
+                yield key[len(self._prefix) :]
+            last = rows[-1][0]
+
+    async def ping(self) -> None:
+        with self._lock:
+            self._conn.execute("SELECT 1")
+
+    async def close(self) -> None:
+        with self._lock:
+            self._conn.close()

@@ -1,0 +1,176 @@
+"""One contract, every backend: memory, SQLite and Redis run these tests unchanged."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing as mp
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from hybridserve.records import now
+from hybridserve.storage import Entry, KVStore, open_store
+
+BACKENDS = ["memory", "sqlite", "redis"]
+
+
+def _url(kind: str, tmp_path: Path) -> str:
+    if kind == "memory":
+        return "memory://"
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path}/store.db"
+    from backends import redis_url
+
+    return redis_url()
+
+
+@pytest.fixture(params=BACKENDS)
+async def store_url(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[tuple[str, str]]:
+    url = _url(request.param, tmp_path)
+    prefix = f"hstest:{uuid.uuid4().hex[:8]}:"
+    yield url, prefix
+    cleanup = open_store(url, prefix)
+    keys = [k async for k in cleanup.scan("")]
+    if keys:
+        await cleanup.delete_many(keys)
+    await cleanup.close()
+
+
+@pytest.fixture
+async def store(store_url: tuple[str, str]) -> AsyncIterator[KVStore]:
+    s = open_store(*store_url)
+    yield s
+    await s.close()
+
+
+async def test_missing_key_reads_none(store: KVStore) -> None:
+    assert await store.get_many(["nope"]) == [None]
+    assert await store.get_many([]) == []
+
+
+async def test_put_then_get_many_keeps_order(store: KVStore) -> None:
+    assert await store.put_many([Entry("a", b"1", 10.0), Entry("b", b"2", 20.0)]) == 2
+    got = await store.get_many(["b", "missing", "a"])
+    assert [e.value if e else None for e in got] == [b"2", None, b"1"]
+    assert got[0] is not None and got[0].as_of == 20.0
+
+
+async def test_older_as_of_never_overwrites_newer(store: KVStore) -> None:
+    await store.put_many([Entry("k", b"new", 200.0)])
+    assert await store.put_many([Entry("k", b"old", 100.0)]) == 0
+    (entry,) = await store.get_many(["k"])
+    assert entry is not None and (entry.value, entry.as_of) == (b"new", 200.0)
+
+
+async def test_newer_or_equal_as_of_wins(store: KVStore) -> None:
+    await store.put_many([Entry("k", b"v1", 100.0)])
+    assert await store.put_many([Entry("k", b"v2", 100.0)]) == 1
+    assert await store.put_many([Entry("k", b"v3", 100.5)]) == 1
+    (entry,) = await store.get_many(["k"])
+    assert entry is not None and entry.value == b"v3"
+
+
+async def test_replayed_write_changes_nothing(store: KVStore) -> None:
+    writes = [Entry(f"e{i}", f"v{i}".encode(), 50.0 + i) for i in range(20)]
+    await store.put_many(writes)
+    before = await store.get_many([w.key for w in writes])
+    await store.put_many(writes)
+    after = await store.get_many([w.key for w in writes])
+    assert before == after
+    assert sorted([k async for k in store.scan("e")]) == sorted(w.key for w in writes)
+
+
+async def test_mixed_batch_applies_precedence_per_key(store: KVStore) -> None:
+    await store.put_many([Entry("a", b"a-new", 300.0), Entry("b", b"b-old", 100.0)])
+    n = await store.put_many([Entry("a", b"a-old", 200.0), Entry("b", b"b-new", 200.0)])
+    assert n == 1
+    a, b = await store.get_many(["a", "b"])
+    assert a is not None and a.value == b"a-new"
+    assert b is not None and b.value == b"b-new"
+
+
+async def test_ttl_expiry(store: KVStore) -> None:
+    await store.put_many(
+        [Entry("short", b"x", 500.0, expires_at=now() + 0.3), Entry("long", b"y", 1.0)]
+    )
+    assert (await store.get_many(["short"]))[0] is not None
+    await asyncio.sleep(0.6)
+    assert await store.get_many(["short", "long"]) == [None, (await store.get_many(["long"]))[0]]
+    assert [k async for k in store.scan("sh")] == []
+    # An expired entry does not block an older write.
+    assert await store.put_many([Entry("short", b"z", 1.0)]) == 1
+    (entry,) = await store.get_many(["short"])
+    assert entry is not None and entry.value == b"z"
+
+
+async def test_delete(store: KVStore) -> None:
+    await store.put_many([Entry("a", b"1", 1.0), Entry("b", b"2", 1.0)])
+    assert await store.delete_many(["a", "zzz"]) == 1
+    assert await store.get_many(["a", "b"]) == [None, (await store.get_many(["b"]))[0]]
+
+
+async def test_scan_by_prefix(store: KVStore) -> None:
+    keys = [f"p:route:{i}" for i in range(1500)] + ["f:view:1", "p:other:1", "p:rout*[?]e"]
+    await store.put_many([Entry(k, b"v", 1.0) for k in keys])
+    got = [k async for k in store.scan("p:route:")]
+    assert len(got) == len(set(got)) == 1500
+    assert set(got) == {f"p:route:{i}" for i in range(1500)}
+    assert [k async for k in store.scan("p:rout*")] == ["p:rout*[?]e"]
+
+
+async def test_prefixes_isolate_namespaces(store_url: tuple[str, str]) -> None:
+    url, prefix = store_url
+    one, two = open_store(url, prefix + "one:"), open_store(url, prefix + "two:")
+    if url.startswith("memory"):
+        pytest.skip("an anonymous memory store is private to its object")
+    try:
+        await one.put_many([Entry("k", b"1", 1.0)])
+        assert await two.get_many(["k"]) == [None]
+        assert [k async for k in two.scan("")] == []
+    finally:
+        await one.delete_many(["k"])
+        await one.close()
+        await two.close()
+
+
+def _writer(url: str, prefix: str, timestamps: list[float], seed: int) -> None:
+    async def run() -> None:
+        s = open_store(url, prefix)
+        rng = random.Random(seed)
+        order = [(k, t) for k in range(100) for t in timestamps]
+        rng.shuffle(order)
+        for start in range(0, len(order), 7):
+            chunk = order[start : start + 7]
+            await s.put_many([Entry(f"k{k}", f"{t}".encode(), t) for k, t in chunk])
+        await s.close()
+
+    asyncio.run(run())
+
+
+async def test_concurrent_writers_in_two_processes(store_url: tuple[str, str]) -> None:
+    url, prefix = store_url
+    if url.startswith("memory"):
+        pytest.skip("a memory store lives in one process")
+    ctx = mp.get_context("spawn")
+    procs = [
+        ctx.Process(target=_writer, args=(url, prefix, [float(t) for t in range(p, 40, 2)], p))
+        for p in (0, 1)
+    ]
+    started = time.monotonic()
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    assert time.monotonic() - started < 60
+    s = open_store(url, prefix)
+    got = await s.get_many([f"k{k}" for k in range(100)])
+    await s.close()
+    # Whatever the interleaving, every key ends at the newest as_of either process wrote.
+    assert all(e is not None and e.as_of == 39.0 and e.value == b"39.0" for e in got)
