@@ -17,7 +17,9 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     ValidationError,
     field_validator,
     model_validator,
@@ -146,8 +148,24 @@ def _fallback_step(value: Any) -> Any:
     return value
 
 
+def _fallback_kind(value: Any) -> str | None:
+    keys = value if isinstance(value, dict) else vars(value) if isinstance(value, BaseModel) else {}
+    for key, tag in (("stale_prediction", "Stale"), ("model", "Model"), ("default", "Default")):
+        if key in keys:
+            return tag
+    return None
+
+
 FallbackStep = Annotated[
-    StalePredictionStep | ModelStep | DefaultStep, BeforeValidator(_fallback_step)
+    Annotated[StalePredictionStep, Tag("Stale")]
+    | Annotated[ModelStep, Tag("Model")]
+    | Annotated[DefaultStep, Tag("Default")],
+    Discriminator(
+        _fallback_kind,
+        custom_error_type="fallback_step",
+        custom_error_message="expected 'stale_prediction', {model: REF} or {default: NUMBER}",
+    ),
+    BeforeValidator(_fallback_step),
 ]
 
 

@@ -178,12 +178,12 @@ class Scorer:
             inf = np.isinf(col)
             if inf.any():
                 for i in np.flatnonzero(inf & ~bad):
-                    reasons[int(i)] = f"feature {name!r}: expected a finite number, got {col[i]!r}"
+                    reasons[int(i)] = f"feature {name!r}: expected a finite number, got {float(col[i])!r}"
                 bad |= inf
             if self._ints[j]:
                 frac = ~bad & (np.floor(col) != col)
                 for i in np.flatnonzero(frac):
-                    reasons[int(i)] = f"feature {name!r}: expected int, got {col[i]!r}"
+                    reasons[int(i)] = f"feature {name!r}: expected int, got {float(col[i])!r}"
                 bad |= frac
             matrix[:, j] = col
         if not bad.any():

@@ -1,0 +1,62 @@
+"""The ``hybridserve`` command line.
+
+Exit codes: 0 ok, 1 failure, 2 usage or project-file error. Human output by default,
+``--json`` for machines. Errors print one clear line, never a traceback (set
+``HYBRIDSERVE_DEBUG=1`` to see one).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from hybridserve.cli.common import console, err_console
+from hybridserve.cli.features import features_app
+from hybridserve.cli.project import project_commands
+from hybridserve.cli.registry import registry_app
+from hybridserve.errors import HybridServeError
+
+app = typer.Typer(
+    name="hybridserve",
+    help="Batch, online and streaming ML predictions on one registry, feature store and record.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(registry_app, name="registry")
+app.add_typer(features_app, name="features")
+project_commands(app)
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except HybridServeError as exc:
+        if os.environ.get("HYBRIDSERVE_DEBUG"):
+            raise
+        err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False, markup=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as exc:  # click's usage errors and anything unexpected
+        import click
+
+        if isinstance(exc, click.exceptions.Exit):
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(1)
+        if os.environ.get("HYBRIDSERVE_DEBUG"):
+            raise
+        err_console.print(f"[bold red]error:[/] {type(exc).__name__}: {exc}")
+        sys.exit(1)
+
+
+__all__ = ["app", "console", "main"]

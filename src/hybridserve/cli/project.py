@@ -1,0 +1,131 @@
+"""Project-level commands: ``init``, ``validate``, ``score`` and ``demo``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from hybridserve.cli.common import JsonOpt, ProjectOpt, console, err_console, print_json, project, run, table
+from hybridserve.errors import ConfigError, InvalidInput
+from hybridserve.records import now
+
+
+def project_commands(app: typer.Typer) -> None:
+    app.command()(init)
+    app.command()(validate)
+    app.command()(score)
+    app.command()(demo)
+
+
+def init(
+    directory: Annotated[Path, typer.Argument(help="Where to create the project.")] = Path("."),
+    force: Annotated[bool, typer.Option(help="Overwrite an existing hybridserve.yaml.")] = False,
+) -> None:
+    """Scaffold a project from the fraud example (project file and sample data)."""
+    from hybridserve.examples.fraud import scaffold
+
+    path = scaffold(directory, force=force)
+    console.print(f"created {path}\nnext: hybridserve validate -p {path.parent}")
+
+
+def validate(project_path: ProjectOpt = None, json: JsonOpt = False) -> None:
+    """Check a project file and everything it points to (sources, models, features)."""
+    from hybridserve.registry import Registry
+    from hybridserve.validation import check_project
+
+    proj = project(project_path)
+    registry = Registry.from_project(proj)
+    try:
+        problems = check_project(proj, registry)
+    finally:
+        registry.close()
+    if json:
+        print_json({"ok": not problems, "problems": problems})
+    if problems:
+        if not json:
+            for p in problems:
+                err_console.print(f"[red]error:[/] {proj.source_file}: {p}")
+        raise typer.Exit(2)
+    if not json:
+        console.print(f"{proj.source_file}: ok ({len(proj.routes)} routes, "
+                      f"{len(proj.feature_views)} feature views, {len(proj.models)} models)")
+
+
+def score(
+    route: Annotated[str, typer.Argument(help="Route to score.")],
+    entities: Annotated[list[str], typer.Argument(help="Entity keys.")],
+    model: Annotated[str | None, typer.Option(help="Model reference (default: the route's).")] = None,
+    write: Annotated[bool, typer.Option(help="Store the predictions (source online).")] = False,
+    project_path: ProjectOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Score entities locally through the Scorer, from their online features."""
+    from hybridserve.services import Services
+
+    proj = project(project_path)
+    proj.route(route)
+
+    async def go() -> dict[str, Any]:
+        services = Services.open(proj)
+        try:
+            return await score_entities(services, route, entities, model=model, write=write)
+        finally:
+            await services.close()
+
+    result = run(go())
+    if json:
+        print_json(result)
+    else:
+        print_scores(result)
+    if result["errors"] and not result["predictions"]:
+        raise typer.Exit(1)
+
+
+async def score_entities(
+    services: Any, route: str, entities: list[str], *, model: str | None = None, write: bool = False
+) -> dict[str, Any]:
+    """Read features, score through the Scorer, optionally store; a JSON-ready summary."""
+    from hybridserve.features.online import merge_request_features
+
+    if not entities:
+        raise InvalidInput("give at least one entity key")
+    scorer = services.scorer(route, model)
+    at = now()
+    rows = await services.features.read_route(route, entities, at=at)
+    values = [merge_request_features(r, None, at) for r in rows]
+    as_of = [r.as_of if r.as_of is not None else at for r in rows]
+    result = scorer.score_rows(entities, values, as_of=as_of, source="online", request_id="cli")
+    if write and result.records:
+        await services.predictions.put(result.records)
+    return {
+        "predictions": [
+            {"entity": r.entity, "score": r.score, "label": r.label, "model": r.model,
+             "model_version": r.model_version, "source": r.source, "age_s": round(r.age(at), 1)}
+            for r in result.records
+        ],
+        "errors": [{"entity": e.entity, "reason": e.reason} for e in result.errors],
+    }
+
+
+def print_scores(result: dict[str, Any], title: str = "predictions") -> None:
+    table(title, ["entity", "score", "label", "model", "source", "age"],
+          [[p["entity"], f"{p['score']:.4f}", p["label"], f"{p['model']}/{p['model_version']}",
+            p["source"], f"{p['age_s']:.0f}s"] for p in result["predictions"]])
+    for e in result["errors"]:
+        err_console.print(f"[yellow]not scored:[/] {e['entity']}: {e['reason']}")
+
+
+def demo(
+    directory: Annotated[Path, typer.Option("--dir", help="Where the demo project lives.")] = Path("hybridserve-demo"),
+    once: Annotated[bool, typer.Option(help="Exit when the demo is done.")] = False,
+    fresh: Annotated[bool, typer.Option(help="Start from an empty demo directory.")] = False,
+    sample: Annotated[int, typer.Option(min=1, max=1000, help="Entities to score.")] = 10,
+) -> None:
+    """Run the fraud example end to end on the embedded default (SQLite, no server)."""
+    from hybridserve.examples.fraud.demo import run_demo
+
+    if directory.exists() and not directory.is_dir():
+        raise ConfigError(f"--dir: {directory} is not a directory")
+    run(run_demo(directory, fresh=fresh, sample=sample, once=once))
