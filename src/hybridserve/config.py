@@ -187,10 +187,42 @@ class RouteConfig(_Strict):
     description: str = ""
 
 
+class BreakerConfig(_Strict):
+    failures: int = Field(default=5, gt=0)
+    """Consecutive failures (errors or timeouts) that open a breaker."""
+    error_rate: float = Field(default=0.5, gt=0, le=1)
+    window: int = Field(default=20, gt=0)
+    min_calls: int = Field(default=10, gt=0)
+    cooldown: Duration = 5.0
+    """How long an open breaker skips its dependency before letting a probe through."""
+
+
+class ApiKeyConfig(_Strict):
+    name: str
+    sha256: str | None = None
+    """Hex sha256 of the key (preferred: the file then holds no secret)."""
+    key: str | None = None
+    """The key itself (better given as ``HYBRIDSERVE_API_KEYS``)."""
+    scopes: list[Literal["predict", "ingest", "admin"]] = ["predict"]
+
+    @model_validator(mode="after")
+    def _one_of(self) -> ApiKeyConfig:
+        if (self.sha256 is None) == (self.key is None):
+            raise ValueError("give exactly one of 'sha256' or 'key'")
+        return self
+
+
 class ServerConfig(_Strict):
     max_body_size: Size = 1024 * 1024
     max_entities: int = Field(default=1000, gt=0)
     l1_cache_size: int = Field(default=100_000, ge=0)
+    max_batch_size: int = Field(default=64, gt=0)
+    reload_interval: Duration = 2.0
+    """How often servers ask the registry whether an alias moved (0: never)."""
+    shutdown_timeout: Duration = 10.0
+    shadow_queue: int = Field(default=1000, ge=1)
+    breaker: BreakerConfig = BreakerConfig()
+    api_keys: list[ApiKeyConfig] = []
 
 
 class Project(_Strict):

@@ -8,6 +8,7 @@ the process and ISO-8601 strings only at the edges.
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -20,7 +21,7 @@ FeatureStatus = Literal["present", "stale", "missing"]
 
 def now() -> float:
     """The current time as epoch seconds (one clock for the whole package)."""
-    return datetime.now(UTC).timestamp()
+    return time.time()
 
 
 def to_iso(ts: float | None) -> str | None:

@@ -17,6 +17,9 @@ def project_commands(app: typer.Typer) -> None:
     app.command()(validate)
     app.command()(score)
     app.command()(demo)
+    from hybridserve.cli.serve import serve
+
+    app.command()(serve)
 
 
 def init(

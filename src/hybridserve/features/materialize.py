@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from hybridserve.config import Project
 from hybridserve.features.offline import latest_per_entity, open_source
@@ -47,7 +48,9 @@ async def materialize(
     columns = [key, view.source.timestamp, *view.features]
     table: pa.Table = open_source(project, view_name).to_table(columns=columns)
     rows_read = table.num_rows
-    table = table.filter(table[key].is_valid())
+    # A row without an entity key cannot be served; CSV reads a missing key as "".
+    keys = pc.cast(table[key], pa.string())
+    table = table.filter(pc.and_(pc.is_valid(keys), pc.not_equal(keys, "")))
     latest = latest_per_entity(table, key, view.source.timestamp, as_of)
     latest = latest.filter(np.isfinite(latest["__ts"].to_numpy()))
     total = latest.num_rows

@@ -31,6 +31,8 @@ def from_probabilities(
 ) -> Prediction:
     """Scores (positive-class or max probability), plus the full matrix when asked for."""
     p = np.asarray(proba, dtype=np.float64)
+    if p.ndim != 2:  # an empty ZipMap list, or a single row flattened by a callable
+        p = p.reshape(-1, max(len(classes), 1))
     scores = p[:, pos] if pos is not None else p.max(axis=1)
     if probabilities:
         return Prediction(scores=scores, probabilities=p, classes=classes)
@@ -45,3 +47,11 @@ def check_matrix(matrix: npt.ArrayLike, signature: Signature, who: str) -> Matri
             f"{who} expects a (n, {len(signature.features)}) matrix, got shape {x.shape}"
         )
     return x
+
+
+def empty(classes: list[Any], probabilities: bool) -> Prediction:
+    """The prediction for a batch of no rows (models themselves often reject those)."""
+    scores = np.empty(0, dtype=np.float64)
+    if probabilities and classes:
+        return Prediction(scores, np.empty((0, len(classes)), dtype=np.float64), classes)
+    return Prediction(scores)

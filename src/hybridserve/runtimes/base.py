@@ -34,7 +34,9 @@ class Signature:
     @classmethod
     def from_list(cls, items: list[dict[str, str]] | list[str]) -> Signature:
         feats = [
-            FeatureSignature(i) if isinstance(i, str) else FeatureSignature(i["name"], i.get("dtype", "float"))
+            FeatureSignature(i)
+            if isinstance(i, str)
+            else FeatureSignature(i["name"], i.get("dtype", "float"))
             for i in items
         ]
         return cls(tuple(feats))
@@ -60,6 +62,8 @@ class Runtime(Protocol):
     signature: Signature
     task: Task
 
-    def predict(self, matrix: npt.NDArray[np.float64], *, probabilities: bool = False) -> Prediction:
+    def predict(
+        self, matrix: npt.NDArray[np.float64], *, probabilities: bool = False
+    ) -> Prediction:
         """Score a ``(n, len(signature))`` float matrix."""
         ...

@@ -161,21 +161,23 @@ def _card_features(rng: np.random.Generator, n: int) -> dict[str, FloatArray]:
 
 
 def _hidden_risk(rng: np.random.Generator, f: dict[str, FloatArray]) -> FloatArray:
-    """The log-odds of fraud before the intercept: a few features, one interaction, noise."""
+    """The log-odds of fraud before the intercept: a few features, two interactions, noise."""
     z = {name: _standardize(f[name]) for name in FEATURES}
     risk = (
-        0.70 * z["declined_count_7d"]
-        + 0.60 * z["foreign_txn_share_30d"]
-        + 0.50 * z["ip_country_mismatch_share_30d"]
-        + 0.45 * z["velocity_1h_max"]
-        + 0.35 * z["new_merchant_share_7d"]
-        + 0.35 * z["night_txn_share_30d"]
+        0.80 * z["declined_count_7d"]
+        + 0.70 * z["foreign_txn_share_30d"]
+        + 0.58 * z["ip_country_mismatch_share_30d"]
+        + 0.52 * z["velocity_1h_max"]
+        + 0.40 * z["new_merchant_share_7d"]
+        + 0.40 * z["night_txn_share_30d"]
         # New cards are riskier, but only in their first couple of months.
-        + 1.30 * (f["card_age_days"] < 60)
+        + 1.50 * (f["card_age_days"] < 60)
         # Large last amounts matter only on cards that shop at risky merchants.
-        + 1.20 * np.clip(z["amount_zscore_last"], 0.0, None) * (z["high_risk_mcc_share_30d"] > 0.5)
+        + 1.85 * np.clip(z["amount_zscore_last"], 0.0, None) * (z["high_risk_mcc_share_30d"] > 0.5)
+        # Many devices only matter for cards that also shop at night.
+        + 1.40 * (f["device_count_30d"] >= 3) * (z["night_txn_share_30d"] > 0.0)
     )
-    return np.asarray(risk + rng.normal(0.0, 0.8, len(risk)), dtype=np.float64)
+    return np.asarray(risk + rng.normal(0.0, 0.7, len(risk)), dtype=np.float64)
 
 
 def generate_cards(n_cards: int, seed: int = 7, as_of: datetime | None = None) -> pa.Table:

@@ -64,9 +64,10 @@ class RegistryLike(Protocol):
     def register(
         self,
         name: str,
-        artifact_path: Path,
+        artifact: Path,
+        /,
         *,
-        flavour: Any = None,
+        flavour: str | None = None,
         features: list[str] | None = None,
         metrics: dict[str, float] | None = None,
         description: str = "",
@@ -74,7 +75,9 @@ class RegistryLike(Protocol):
         registered_by: str | None = None,
     ) -> Any: ...
 
-    def promote(self, name: str, version: int, alias: str = "production", *, actor: str) -> Any: ...
+    def promote(
+        self, name: str, version: int, alias: str = "production", /, *, actor: str
+    ) -> Any: ...
 
 
 @dataclass(frozen=True, slots=True)

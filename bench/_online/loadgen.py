@@ -1,0 +1,82 @@
+"""The load generator: wrk pinned to its own core, driven by ``post.lua``.
+
+``post.lua`` rotates through a file of request bodies (one per line) and prints a
+``WRK_RESULT {json}`` line from wrk's ``done()`` hook; :func:`run_wrk` parses that line.
+wrk is a closed-loop generator: ``concurrency`` connections, each sending its next request
+when the previous answer arrives.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+LUA = Path(__file__).resolve().with_name("post.lua")
+WRK_TIMEOUT_S = 10
+
+
+@dataclass(frozen=True, slots=True)
+class LoadResult:
+    """One measured point."""
+
+    requests: int
+    seconds: float
+    rps: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    errors: int
+    """Socket errors, timeouts and non-2xx/3xx answers."""
+
+    @classmethod
+    def failed(cls) -> LoadResult:
+        """A point that could not be measured (all figures ``nan``)."""
+        nan = math.nan
+        return cls(0, 0.0, nan, nan, nan, nan, nan, 0)
+
+
+def wrk_path() -> str | None:
+    """The ``wrk`` executable, if installed (``apt-get install -y wrk``)."""
+    return shutil.which("wrk")
+
+
+def run_wrk(
+    port: int, path: str, bodies: Path, *, concurrency: int, seconds: float, core: int
+) -> LoadResult:
+    """Run wrk for ``seconds`` with ``concurrency`` connections on one thread pinned to ``core``."""
+    wrk = wrk_path()
+    if wrk is None:
+        raise RuntimeError("wrk not found: apt-get update && apt-get install -y wrk")
+    argv = [
+        "taskset", "-c", str(core), wrk,
+        "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s",
+        f"--timeout={WRK_TIMEOUT_S}s", "-s", str(LUA),
+        f"http://127.0.0.1:{port}", "--", str(bodies), path,
+    ]  # fmt: skip
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
+    for line in proc.stdout.splitlines():
+        if line.startswith("WRK_RESULT "):
+            data = json.loads(line.removeprefix("WRK_RESULT "))
+            break
+    else:
+        raise RuntimeError(f"wrk printed no result (rc {proc.returncode}): {proc.stderr[-500:]}")
+    secs = data["duration_us"] / 1e6
+    errors = sum(
+        data[k] for k in ("connect_errors", "read_errors", "write_errors", "timeouts", "non_2xx")
+    )
+    ok = data["requests"] - data["non_2xx"]
+    return LoadResult(
+        requests=data["requests"],
+        seconds=secs,
+        rps=ok / secs if secs > 0 else math.nan,
+        p50_ms=data["p50_us"] / 1e3,
+        p90_ms=data["p90_us"] / 1e3,
+        p99_ms=data["p99_us"] / 1e3,
+        max_ms=data["max_us"] / 1e3,
+        errors=errors,
+    )

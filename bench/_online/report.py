@@ -1,0 +1,159 @@
+"""The report: the Markdown section of ``docs/benchmarks.md`` and the final ``RESULT`` line.
+
+Only the text between ``<!-- online:start -->`` and ``<!-- online:end -->`` is replaced; the
+file and the markers are created when absent, and every other section is kept as it is.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from _online.loadgen import LoadResult
+
+START = "<!-- online:start -->"
+END = "<!-- online:end -->"
+
+
+@dataclass(slots=True)
+class ServerResult:
+    """Every point measured for one server, plus what its answers said about themselves."""
+
+    key: str
+    label: str
+    points: dict[int, LoadResult] = field(default_factory=dict)
+    source: str = ""
+    """Where a sample answer came from (hybridserve's ``source``), or another short fact."""
+    note: str = ""
+
+
+def machine() -> str:
+    """``lscpu``'s model name and the number of CPUs."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    fields = dict(
+        (k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in out.splitlines())
+    )
+    return f"{fields.get('Model name', 'unknown')}, {fields.get('CPU(s)', '?')} cores"
+
+
+def _num(x: float, digits: int = 2) -> str:
+    return "nan" if math.isnan(x) else f"{x:,.{digits}f}"
+
+
+def table(results: list[ServerResult], concurrency: list[int]) -> str:
+    """The results table: one row per server, rps / p50 / p99 per concurrency."""
+    head = ["server"]
+    for c in concurrency:
+        head += [f"c={c} rps", f"c={c} p50 ms", f"c={c} p99 ms"]
+    head.append("answered from")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results:
+        cells = [r.label]
+        for c in concurrency:
+            p = r.points.get(c, LoadResult.failed())
+            cells += [_num(p.rps, 0), _num(p.p50_ms), _num(p.p99_ms)]
+        cells.append(r.source or "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def section(
+    *,
+    date: str,
+    command: str,
+    results: list[ServerResult],
+    concurrency: list[int],
+    duration: float,
+    warmup: float,
+    model_ms: float,
+    model_p99_ms: float,
+    n_cards: int,
+    notes: list[str],
+) -> str:
+    """The whole Online section, markers included."""
+    body = [
+        START,
+        "## Online",
+        "",
+        f"- date: {date}",
+        f"- machine: {machine()}",
+        f"- command: `{command}`",
+        f"- each point: {duration:g} s after a {warmup:g} s warm-up at the same concurrency; "
+        "wrk (1 thread, closed loop) pinned to core 1, each server pinned to core 0 "
+        "(one process or worker)",
+        f"- model: `fraud@production` of the fraud example (HistGradientBoostingClassifier, "
+        f"30 features); in-process `predict_proba` on one row: median {_num(model_ms, 3)} ms, "
+        f"p99 {_num(model_p99_ms, 3)} ms",
+        f"- requests: one entity each, rotating over {n_cards:,} cards in random order; "
+        "(a), (b), (c) and (e) receive identical bodies with all 30 features",
+        "",
+        table(results, concurrency),
+        "",
+        "How each server answers:",
+        "",
+        "- (a) bare ASGI app on uvicorn (uvloop, httptools, one worker): reads the body, returns "
+        "a constant JSON. The HTTP floor of a Python server on this machine.",
+        "- (b) the same kind of app, parsing the JSON, building a 1x30 numpy row and calling "
+        "`predict_proba` inline: one model call per request.",
+        "- (c) mosec (own virtualenv, same scikit-learn and model file): one worker, dynamic "
+        "batching up to 64 requests with a 2 ms wait.",
+        "- (d) `hybridserve serve`, route `fraud`, entity key only, default mode `auto`: a "
+        "stored (precomputed, fresh) prediction for every card; repeats hit the L1 cache.",
+        "- (e) `hybridserve serve`, route `fraud_req` (all 30 features declared as request "
+        'features), `"mode": "compute"`: every answer computed now through the micro-batcher.',
+        '- (f) `hybridserve serve`, route `fraud`, entity key only, `"mode": "compute"`: '
+        "features read from the online store (SQLite), then computed now.",
+        "",
+        "rps counts 2xx answers only. Latency percentiles are wrk's (closed loop, so they do not "
+        "include the queueing a fixed-rate client would see).",
+    ]
+    if notes:
+        body += ["", "Notes:", ""] + [f"- {n}" for n in notes]
+    body.append(END)
+    return "\n".join(body)
+
+
+def write_section(doc: Path, text: str) -> None:
+    """Replace the Online section of ``doc`` (or add it, creating the file if needed)."""
+    old = doc.read_text() if doc.exists() else "# Benchmarks\n"
+    pattern = re.compile(re.escape(START) + r".*?" + re.escape(END), re.DOTALL)
+    if pattern.search(old):
+        new = pattern.sub(lambda _m: text, old, count=1)
+    else:
+        new = old.rstrip("\n") + "\n\n" + text + "\n"
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text(new)
+
+
+def result_line(results: dict[str, ServerResult], model_ms: float) -> str:
+    """The final ``RESULT key=value ...`` line (``nan`` for anything not measured)."""
+
+    def get(key: str, c: int, attr: str) -> float:
+        r = results.get(key)
+        p = r.points.get(c) if r else None
+        return float(getattr(p, attr)) if p else math.nan
+
+    def f(x: float, digits: int) -> str:
+        return "nan" if math.isnan(x) else f"{x:.{digits}f}"
+
+    pairs = [
+        ("floor_rps", f(get("floor", 64, "rps"), 0)),
+        ("naive_rps", f(get("naive", 64, "rps"), 0)),
+        ("mosec_rps", f(get("mosec", 64, "rps"), 0)),
+        ("mosec_p99_ms", f(get("mosec", 64, "p99_ms"), 2)),
+        ("model_1row_ms", f(model_ms, 3)),
+        ("c64_stored_rps", f(get("stored", 64, "rps"), 0)),
+        ("c64_stored_p99_ms", f(get("stored", 64, "p99_ms"), 2)),
+        ("c64_online_rps", f(get("online", 64, "rps"), 0)),
+        ("c64_online_p99_ms", f(get("online", 64, "p99_ms"), 2)),
+        ("c64_entity_rps", f(get("entity", 64, "rps"), 0)),
+        ("c1_online_p50_ms", f(get("online", 1, "p50_ms"), 2)),
+        ("c1_naive_p50_ms", f(get("naive", 1, "p50_ms"), 2)),
+    ]
+    return "RESULT " + " ".join(f"{k}={v}" for k, v in pairs)

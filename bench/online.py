@@ -1,0 +1,223 @@
+"""Online-serving benchmark: hybridserve against the HTTP floor, a naive server and mosec.
+
+Not a timed test: run it by hand (it takes about 4 minutes with the defaults)::
+
+    .venv/bin/python bench/online.py                 # 15 s points after a 3 s warm-up
+    .venv/bin/python bench/online.py --quick         # 3 s points, for smoke runs
+
+It builds the fraud example in ``bench/.work/`` (trains and registers ``fraud``, materializes the
+``card_profile`` view, stores a precomputed prediction for every card), then measures six servers
+one after the other, each pinned to core 0 while wrk runs pinned to core 1, at concurrency 1 and
+64:
+
+(a) ``floor``: a bare ASGI app on uvicorn (uvloop, httptools, one worker), constant JSON;
+(b) ``naive``: the same kind of app calling the model's ``predict_proba`` inline per request;
+(c) ``mosec``: one worker, dynamic batching up to 64 with a 2 ms wait (own virtualenv,
+    ``bench/.venv-mosec``, created on first use with the same scikit-learn);
+(d) ``stored``: ``hybridserve serve``, answers from stored predictions (mode ``auto``);
+(e) ``online``: ``hybridserve serve``, features in the request, ``mode: compute``;
+(f) ``entity``: ``hybridserve serve``, entity keys only, features from the online store,
+    ``mode: compute``.
+
+It also times the model's own ``predict_proba`` on one row in-process. It writes the Online
+section of ``docs/benchmarks.md`` (between ``<!-- online:start -->`` and ``<!-- online:end -->``)
+and prints a final ``RESULT key=value ...`` line. A server that cannot run here (for example
+while ``hybridserve serve`` does not exist yet) is reported as ``nan`` with the reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import subprocess
+import sys
+import time
+import traceback
+from datetime import UTC, datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _online import loadgen, report, servers
+from _online.project import BenchProject, build
+
+REPO = Path(__file__).resolve().parent.parent
+SERVER_CORE = 0
+CLIENT_CORE = 1
+ALL_SERVERS = ["floor", "naive", "mosec", "stored", "online", "entity"]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--duration", type=float, default=15.0, help="seconds per point (15)")
+    p.add_argument("--warmup", type=float, default=3.0, help="warm-up seconds per point (3)")
+    p.add_argument("--quick", action="store_true", help="3 s points, 1 s warm-up (smoke runs)")
+    p.add_argument("--concurrency", default="1,64", help="comma-separated connection counts (1,64)")
+    p.add_argument(
+        "--servers",
+        default=",".join(ALL_SERVERS),
+        help=f"comma-separated subset of {','.join(ALL_SERVERS)}",
+    )
+    p.add_argument("--cards", type=int, default=5000, help="cards in the bench project (5000)")
+    p.add_argument("--model-calls", type=int, default=2000, help="single-row model calls (2000)")
+    p.add_argument(
+        "--work-dir", type=Path, default=REPO / "bench" / ".work", help="scratch directory"
+    )
+    p.add_argument("--docs", type=Path, default=REPO / "docs" / "benchmarks.md", help="report file")
+    p.add_argument("--no-docs", action="store_true", help="do not write the report file")
+    p.add_argument(
+        "--no-install", action="store_true", help="do not create bench/.venv-mosec if missing"
+    )
+    args = p.parse_args(argv)
+    if args.quick:
+        args.duration, args.warmup = 3.0, 1.0
+    args.concurrency = [int(c) for c in str(args.concurrency).split(",") if c]
+    args.servers = [s for s in str(args.servers).split(",") if s]
+    unknown = set(args.servers) - set(ALL_SERVERS)
+    if unknown:
+        p.error(f"unknown servers: {', '.join(sorted(unknown))}")
+    return args
+
+
+def log(message: str) -> None:
+    """Progress on stderr, so stdout ends with the RESULT line."""
+    print(f"[online] {message}", file=sys.stderr, flush=True)
+
+
+def time_model(bench: BenchProject, calls: int) -> tuple[float, float]:
+    """Median and p99 ms of one-row ``predict_proba`` in-process, pinned to the server core."""
+    proc = subprocess.run(
+        [
+            "taskset", "-c", str(SERVER_CORE), str(servers.VENV_PYTHON),
+            str(servers.HERE / "model_timing.py"),
+            str(bench.model_path), str(bench.rows_path), str(calls),
+        ],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    data = json.loads(proc.stdout.strip().splitlines()[-1])
+    return float(data["median_ms"]), float(data["p99_ms"])
+
+
+def describe(spec: servers.ServerSpec, status: int, answer: object) -> str:
+    """A short 'answered from' fact from a sample answer (hybridserve's ``source``)."""
+    if status != 200:
+        return f"HTTP {status}"
+    if isinstance(answer, dict) and isinstance(answer.get("predictions"), list):
+        preds = answer["predictions"]
+        if preds and isinstance(preds[0], dict):
+            return str(preds[0].get("source", "?"))
+    return "constant" if spec.key == "floor" else "model"
+
+
+def measure(spec: servers.ServerSpec, args: argparse.Namespace, logs: Path) -> report.ServerResult:
+    """Start one server, measure every concurrency, stop it."""
+    result = report.ServerResult(spec.key, spec.label)
+    if spec.unavailable:
+        result.note = spec.unavailable
+        log(f"{spec.key}: skipped ({spec.unavailable})")
+        return result
+    try:
+        with servers.RunningServer(spec, core=SERVER_CORE, log=logs / f"{spec.key}.log") as srv:
+            status, answer = srv.probe()
+            result.source = describe(spec, status, answer)
+            if status != 200:
+                result.note = f"sample request answered HTTP {status}: {str(answer)[:200]}"
+                log(f"{spec.key}: {result.note}")
+                return result
+            if spec.key == "stored" and result.source not in ("cache", "batch"):
+                result.note = f"expected a stored prediction, got source {result.source!r}"
+            for c in args.concurrency:
+                if args.warmup > 0:
+                    loadgen.run_wrk(
+                        srv.port, spec.path, spec.bodies,
+                        concurrency=c, seconds=args.warmup, core=CLIENT_CORE,
+                    )  # fmt: skip
+                point = loadgen.run_wrk(
+                    srv.port, spec.path, spec.bodies,
+                    concurrency=c, seconds=args.duration, core=CLIENT_CORE,
+                )  # fmt: skip
+                result.points[c] = point
+                log(
+                    f"{spec.key} c={c}: {point.rps:,.0f} rps, p50 {point.p50_ms:.2f} ms, "
+                    f"p99 {point.p99_ms:.2f} ms, errors {point.errors}"
+                )
+                if point.errors:
+                    result.note = (result.note + "; " if result.note else "") + (
+                        f"c={c}: {point.errors} errors of {point.requests} requests"
+                    )
+            if spec.key in ("stored", "entity", "online"):
+                _, after = srv.probe()  # what it answers from once warm (L1 cache for stored)
+                warm = describe(spec, 200, after)
+                if warm != result.source:
+                    result.source = f"{result.source}, then {warm}"
+    except Exception as exc:  # one broken server must not lose the others' numbers
+        result.points.clear()
+        result.note = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+        log(f"{spec.key}: {result.note}")
+        traceback.print_exc(file=sys.stderr)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Build the project, measure the servers, write the report, print the RESULT line."""
+    args = parse_args(argv)
+    if loadgen.wrk_path() is None:
+        log("wrk not found: apt-get update && apt-get install -y wrk")
+        return 2
+    started = datetime.now(UTC)
+    work: Path = args.work_dir
+    work.mkdir(parents=True, exist_ok=True)
+    log(f"building the bench project in {work}")
+    t0 = time.monotonic()
+    bench = build(work, n_cards=args.cards)
+    log(f"project ready in {time.monotonic() - t0:.1f} s: {'; '.join(bench.notes) or 'ok'}")
+
+    import joblib
+    import sklearn
+
+    mosec_missing = None
+    if "mosec" in args.servers:
+        mosec_missing = servers.mosec_env_problem(
+            sklearn.__version__, joblib.__version__, create=not args.no_install
+        )
+    specs = [s for s in servers.specs(bench, mosec_missing) if s.key in args.servers]
+
+    model_ms, model_p99 = time_model(bench, args.model_calls)
+    log(f"model predict_proba, one row: median {model_ms:.3f} ms, p99 {model_p99:.3f} ms")
+
+    results = [measure(spec, args, work / "logs") for spec in specs]
+
+    notes = list(bench.notes)
+    notes += [f"{r.label}: {r.note}" for r in results if r.note]
+    if args.quick:
+        notes.append("quick run (3 s points): a smoke test, not for comparison")
+    command = "python bench/online.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    text = report.section(
+        date=started.strftime("%Y-%m-%d %H:%M UTC"),
+        command=command.strip(),
+        results=results,
+        concurrency=args.concurrency,
+        duration=args.duration,
+        warmup=args.warmup,
+        model_ms=model_ms,
+        model_p99_ms=model_p99,
+        n_cards=bench.n_cards,
+        notes=notes,
+    )
+    print(report.table(results, args.concurrency))
+    for n in notes:
+        print(f"note: {n}")
+    if not args.no_docs:
+        report.write_section(args.docs, text)
+        log(f"wrote the Online section of {args.docs}")
+    by_key = {r.key: r for r in results}
+    print(report.result_line(by_key, model_ms))
+    measured = [p for r in results for p in r.points.values() if not math.isnan(p.rps)]
+    return 0 if measured else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""``hybridserve serve``: the online server (uvicorn, uvloop, httptools)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from hybridserve.cli.common import ProjectOpt, project
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to bind.", min=0, max=65535)] = 8000,
+    workers: Annotated[int, typer.Option(help="Server processes (share stores and registry).", min=1)] = 1,
+    access_log: Annotated[bool, typer.Option(help="JSON access log line per request.")] = True,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
+    project_path: ProjectOpt = None,
+) -> None:
+    """Serve the project's routes over HTTP (hybrid API and Open Inference Protocol)."""
+    import os
+
+    import uvicorn
+
+    from hybridserve.observability.logging import configure
+
+    proj = project(project_path)  # fail here, with a clear message, before any worker starts
+    configure(log_level)
+    source = proj.source_file or Path("hybridserve.yaml")
+    os.environ["HYBRIDSERVE_PROJECT"] = str(source)
+    os.environ["HYBRIDSERVE_ACCESS_LOG"] = "1" if access_log else "0"
+    uvicorn.run(
+        "hybridserve.server.factory:app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_config=None,
+        log_level=log_level,
+        timeout_graceful_shutdown=int(proj.server.shutdown_timeout),
+        lifespan="on",
+    )

@@ -1,0 +1,171 @@
+"""The registry's tables (SQLAlchemy Core) and how to open a database that holds them.
+
+One schema serves SQLite (the embedded default, in WAL mode) and PostgreSQL (a shared
+deployment). ``schema_version`` records the layout's version so a later release can migrate
+it, and so an older release refuses a database it does not understand instead of misreading it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    Engine,
+    Float,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    inspect,
+    select,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.pool import StaticPool
+
+from hybridserve._optional import require
+from hybridserve.errors import ConfigError, StoreError
+
+SCHEMA_VERSION = 1
+"""Bump with a migration in :func:`ensure_schema` whenever the tables change."""
+
+metadata = MetaData()
+
+schema_version = Table("schema_version", metadata, Column("version", Integer, nullable=False))
+
+models = Table(
+    "models",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("created_at", Float, nullable=False),
+)
+
+model_versions = Table(
+    "model_versions",
+    metadata,
+    Column("name", String(128), ForeignKey("models.name"), primary_key=True),
+    # Numbered per model from 1; the primary key makes two registrations racing for the
+    # same number fail, and the loser retries with the next one.
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("flavour", String(32), nullable=False),
+    Column("artifact", String(1024)),
+    Column("sha256", String(64)),
+    Column("callable_ref", String(512)),
+    Column("signature", JSON, nullable=False),
+    Column("task", String(32), nullable=False),
+    Column("metrics", JSON, nullable=False),
+    Column("training_data_fingerprint", String(256)),
+    Column("description", Text, nullable=False, default=""),
+    Column("registered_by", String(256), nullable=False),
+    Column("registered_at", Float, nullable=False),
+)
+
+aliases = Table(
+    "aliases",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("alias", String(128), primary_key=True),
+    Column("version", Integer, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("updated_by", String(256), nullable=False),
+    ForeignKeyConstraint(["name", "version"], ["model_versions.name", "model_versions.version"]),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", Float, nullable=False),
+    Column("actor", String(256), nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("model", String(128), nullable=False),
+    Column("alias", String(128)),
+    Column("from_version", Integer),
+    Column("to_version", Integer),
+    Column("details", JSON, nullable=False),
+    Index("audit_log_model_alias", "model", "alias", "id"),
+)
+
+
+def _sqlite_pragmas(engine: Engine) -> None:
+    # pysqlite's own transaction handling defers BEGIN and cannot take the write lock up
+    # front; we issue BEGIN ourselves so writers use BEGIN IMMEDIATE: they queue on
+    # busy_timeout instead of failing when two registrations upgrade read locks at once.
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Any) -> None:
+        write = conn.get_execution_options().get("hs_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``sqlite:///path`` or ``postgresql://...`` (psycopg 3 driver)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError(
+            f"invalid registry URL {url!r}: expected sqlite:///path or postgresql://user@host/db"
+        ) from None
+    backend = parsed.get_backend_name()
+    if backend in ("postgresql", "postgres"):
+        require("psycopg", "postgres")
+        parsed = parsed.set(drivername="postgresql+psycopg")
+        return create_engine(parsed, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    if backend != "sqlite":
+        raise ConfigError(
+            f"unsupported registry URL {url!r}: expected sqlite:///path or postgresql://..."
+        )
+    database = parsed.database or ":memory:"
+    if database == ":memory:":
+        engine = create_engine(
+            "sqlite://", poolclass=StaticPool, connect_args={"check_same_thread": False}
+        )
+    else:
+        from pathlib import Path
+
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(parsed, connect_args={"timeout": 30.0})
+    _sqlite_pragmas(engine)
+    return engine
+
+
+def ensure_schema(engine: Engine) -> None:
+    """Create missing tables, record the schema version, refuse a newer schema."""
+    try:
+        if inspect(engine).has_table("schema_version"):
+            with engine.connect() as conn:
+                found = conn.execute(select(schema_version.c.version)).scalar()
+            if found is not None and found > SCHEMA_VERSION:
+                raise ConfigError(
+                    f"the registry database {engine.url.render_as_string(hide_password=True)} "
+                    f"has schema version {found}, but this hybridserve only knows versions up "
+                    f"to {SCHEMA_VERSION}: upgrade hybridserve to use it"
+                )
+            if found == SCHEMA_VERSION:
+                return
+        with engine.connect().execution_options(hs_write=True) as conn, conn.begin():
+            if engine.dialect.name == "postgresql":
+                # Two processes opening a fresh database must not both create the tables.
+                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(72057594037927936)")
+            metadata.create_all(conn, checkfirst=True)
+            if conn.execute(select(schema_version.c.version)).scalar() is None:
+                conn.execute(schema_version.insert().values(version=SCHEMA_VERSION))
+    except SQLAlchemyError as exc:
+        where = engine.url.render_as_string(hide_password=True)
+        raise StoreError(f"cannot open the registry database {where}: {exc}") from exc

@@ -1,0 +1,91 @@
+"""Circuit breakers: stop calling a dependency that keeps failing, probe it after a cool-down.
+
+``closed``: calls go through; the breaker opens after ``failures`` consecutive failures, or
+when at least ``min_calls`` of the last ``window`` calls were made and their failure share is
+``error_rate`` or more. ``open``: calls are skipped (the router goes straight to the next
+step) until ``cooldown`` has passed. ``half_open``: one probe call goes through; success
+closes the breaker, failure opens it for another cool-down. A timeout counts as a failure.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Literal
+
+State = Literal["closed", "open", "half_open"]
+STATE_VALUE: dict[State, int] = {"closed": 0, "half_open": 1, "open": 2}
+
+
+class CircuitBreaker:
+    def __init__(
+        self,
+        name: str,
+        *,
+        failures: int = 5,
+        error_rate: float = 0.5,
+        window: int = 20,
+        min_calls: int = 10,
+        cooldown: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+        on_change: Callable[[str, State], None] | None = None,
+    ) -> None:
+        self.name = name
+        self.failures = failures
+        self.error_rate = error_rate
+        self.min_calls = min_calls
+        self.cooldown = cooldown
+        self._clock = clock
+        self._on_change = on_change
+        self._recent: deque[bool] = deque(maxlen=window)
+        self._consecutive = 0
+        self._opened_at = 0.0
+        self._probing = False
+        self.state: State = "closed"
+
+    def allow(self) -> bool:
+        """May a call go through now? (In ``half_open``, only one probe at a time.)"""
+        if self.state == "closed":
+            return True
+        if self.state == "open":
+            if self._clock() - self._opened_at < self.cooldown:
+                return False
+            self._set("half_open")
+        if self._probing:
+            return False
+        self._probing = True
+        return True
+
+    def success(self) -> None:
+        self._recent.append(True)
+        self._consecutive = 0
+        self._probing = False
+        if self.state != "closed":
+            self._recent.clear()
+            self._set("closed")
+
+    def failure(self) -> None:
+        self._recent.append(False)
+        self._consecutive += 1
+        self._probing = False
+        if self.state == "half_open":
+            self._open()
+            return
+        if self.state == "closed":
+            n = len(self._recent)
+            failed = n - sum(self._recent)
+            if self._consecutive >= self.failures or (
+                n >= self.min_calls and failed / n >= self.error_rate
+            ):
+                self._open()
+
+    def _open(self) -> None:
+        self._opened_at = self._clock()
+        self._set("open")
+
+    def _set(self, state: State) -> None:
+        if state != self.state:
+            self.state = state
+            if self._on_change is not None:
+                self._on_change(self.name, state)

@@ -1,0 +1,429 @@
+"""The hybrid router: for each entity, the freshest acceptable answer within the deadline.
+
+Steps, in order, each given at most the time left and skipped while its circuit breaker is
+open:
+
+1. the L1 cache, then the prediction store: serve a record fresh enough for this request and
+   made by the version this entity is routed to (primary, or canary by a sticky hash);
+2. compute now: online features (TTL checked) plus request-time features, through the
+   micro-batcher; the new record is written back to the store and L1;
+3. the route's fallback chain in its declared order: a stale stored prediction, a fallback
+   model, a default value; what is still unanswered gets a 503 saying what each step answered.
+
+The answer says, per entity, where it came from, the model version, its age and whether it
+was degraded. The core of this module never touches HTTP; the server adapts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from hybridserve.config import DefaultStep, ModelStep, RouteConfig, StalePredictionStep
+from hybridserve.errors import DeadlineExceeded, HybridServeError, InvalidInput, StoreError
+from hybridserve.features.online import merge_request_features
+from hybridserve.observability.metrics import Metrics
+from hybridserve.predictions.cache import L1Cache
+from hybridserve.records import PredictionRecord, now, to_iso
+from hybridserve.runtimes.base import Prediction
+from hybridserve.routing.breaker import STATE_VALUE, CircuitBreaker, State
+from hybridserve.routing.models import LoadedModel, ModelManager
+from hybridserve.routing.rollout import in_share
+from hybridserve.routing.schema import EntityItem, PredictRequest
+from hybridserve.routing.shadow import ShadowScorer
+from hybridserve.services import Services
+
+log = logging.getLogger("hybridserve.router")
+_FAILURES = (StoreError, TimeoutError, DeadlineExceeded, OSError)
+
+
+@dataclass(slots=True)
+class Outcome:
+    """The result of one request: HTTP-agnostic status and a JSON-ready body."""
+
+    status: int
+    body: dict[str, Any]
+    model_version: str = ""
+    sources: str = ""
+
+
+@dataclass(slots=True)
+class _Job:
+    """One request in flight: what each entity has been answered and why not yet."""
+
+    keys: list[str]
+    extra: list[dict[str, Any] | None]
+    at: float
+    deadline: float
+    max_stale: float
+    models: list[LoadedModel]
+    answers: list[dict[str, Any] | None]
+    trail: list[list[str]]
+    stored: list[PredictionRecord | None]
+    values: list[dict[str, Any] | None] = field(default_factory=list)
+    """Feature values per entity, once read (shared by the compute step and fallback models)."""
+    feature_as_of: list[float | None] = field(default_factory=list)
+
+    def open(self) -> list[int]:
+        return [i for i, a in enumerate(self.answers) if a is None]
+
+
+class Router:
+    def __init__(
+        self, services: Services, models: ModelManager, metrics: Metrics, cache: L1Cache
+    ) -> None:
+        self.services = services
+        self.models = models
+        self.metrics = metrics
+        self.cache = cache
+        self.project = services.project
+        cfg = self.project.server.breaker
+        self.breakers: dict[str, CircuitBreaker] = {}
+        self._breaker_args = {
+            "failures": cfg.failures, "error_rate": cfg.error_rate, "window": cfg.window,
+            "min_calls": cfg.min_calls, "cooldown": cfg.cooldown, "on_change": self._breaker_moved,
+        }
+        self.shadow = ShadowScorer(self, metrics, maxsize=self.project.server.shadow_queue)
+        self._writebacks: set[asyncio.Task[None]] = set()
+
+    # -- breakers --------------------------------------------------------------------
+
+    def breaker(self, name: str) -> CircuitBreaker:
+        b = self.breakers.get(name)
+        if b is None:
+            b = self.breakers[name] = CircuitBreaker(name, **self._breaker_args)  # type: ignore[arg-type]
+            self.metrics.breaker_state.labels(name).set(0)
+        return b
+
+    def _breaker_moved(self, name: str, state: State) -> None:
+        self.metrics.breaker_state.labels(name).set(STATE_VALUE[state])
+        log.warning("circuit breaker %s is now %s", name, state)
+
+    # -- the request -----------------------------------------------------------------
+
+    async def predict(self, route: str, req: PredictRequest, request_id: str | None = None) -> Outcome:
+        cfg = self.project.route(route)
+        request_id = request_id or uuid.uuid4().hex
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        job = self._job(route, cfg, req, t0)
+        m = self.metrics
+        if req.mode != "compute":
+            await self._stored(route, cfg, job)
+        if job.open() and req.mode != "stored":
+            await self._compute(route, cfg, req, job, request_id)
+        if job.open():
+            t = loop.time()
+            await self._fallback(route, cfg, req, job, request_id)
+            m.child("stage_seconds", route, "fallback").observe(loop.time() - t)
+        m.child("stage_seconds", route, "total").observe(loop.time() - t0)
+        return self._outcome(route, job, request_id)
+
+    def _job(self, route: str, cfg: RouteConfig, req: PredictRequest, t0: float) -> _Job:
+        items: list[str | EntityItem] = list(req.entities)
+        if req.entity is not None:
+            items.append(req.entity)
+        if not items:
+            raise InvalidInput("give 'entities' (a list of keys) or 'entity'")
+        limit = self.project.server.max_entities
+        if len(items) > limit:
+            raise InvalidInput(f"entities: {len(items)} given, at most {limit} per request")
+        allowed = cfg.request_features
+        keys: list[str] = []
+        extra: list[dict[str, Any] | None] = []
+        for i, item in enumerate(items):
+            key = item if isinstance(item, str) else item.key
+            feats = req.features if isinstance(item, str) else {**req.features, **item.features}
+            unknown = [f for f in feats if f not in allowed]
+            if unknown:
+                where = "features" if isinstance(item, str) else f"entities.{i}.features"
+                raise InvalidInput(
+                    f"{where}: unknown request feature {unknown[0]!r} for route {route!r}"
+                    + (f" (allowed: {', '.join(sorted(allowed))})" if allowed
+                       else " (this route takes no request features)")
+                )
+            keys.append(key)
+            extra.append(feats or None)
+        budget = cfg.latency_budget
+        if req.timeout_ms is not None:
+            budget = min(budget, req.timeout_ms / 1000)
+        max_stale = cfg.max_staleness if req.max_staleness is None else min(
+            cfg.max_staleness, req.max_staleness)
+        primary = self.models.get(route)
+        if primary is None:
+            raise HybridServeError(f"route {route!r} has no model loaded")
+        canary = self.models.get(route, "canary")
+        pct = cfg.canary.percent if cfg.canary is not None else 0.0
+        models = [canary if canary is not None and in_share(k, pct, route) else primary
+                  for k in keys]
+        n = len(keys)
+        return _Job(keys, extra, now(), t0 + budget, max_stale, models, [None] * n,
+                    [[] for _ in range(n)], [None] * n, [None] * n, [None] * n)
+
+    # -- step 1: stored predictions --------------------------------------------------
+
+    def _fresh(self, rec: PredictionRecord, job: _Job, i: int) -> str | None:
+        """Why ``rec`` cannot be served to entity ``i`` (``None``: it can)."""
+        model = job.models[i]
+        if rec.model != model.name or rec.model_version != model.version:
+            return f"made by {rec.model}/{rec.model_version}, route serves {model.label}"
+        age = job.at - rec.as_of
+        if age > job.max_stale:
+            return f"stale (age {age:.0f}s > {job.max_stale:.0f}s)"
+        return None
+
+    def _serve_stored(self, route: str, job: _Job, i: int, rec: PredictionRecord, tier: str) -> bool:
+        why = self._fresh(rec, job, i)
+        if why is None:
+            source = "cache" if tier == "l1" else rec.source
+            job.answers[i] = self._answer(rec, source, job.at, degraded=False)
+            self.metrics.child("cache_hits", route, tier).inc()
+            return True
+        job.trail[i].append(f"{tier}: {why}")
+        if job.stored[i] is None or rec.as_of > job.stored[i].as_of:  # type: ignore[union-attr]
+            job.stored[i] = rec
+        return False
+
+    async def _stored(self, route: str, cfg: RouteConfig, job: _Job) -> None:
+        loop = asyncio.get_running_loop()
+        t = loop.time()
+        for i, key in enumerate(job.keys):
+            rec = self.cache.get(route, key, job.at)
+            if rec is None:
+                job.trail[i].append("l1: miss")
+            else:
+                self._serve_stored(route, job, i, rec, "l1")
+        self.metrics.child("stage_seconds", route, "cache").observe(loop.time() - t)
+        todo = job.open()
+        if not todo:
+            return
+        t = loop.time()
+        records = await self._call(
+            "prediction_store", job, todo, "store",
+            self.services.predictions.get(route, [job.keys[i] for i in todo]),
+        )
+        self.metrics.child("stage_seconds", route, "store").observe(loop.time() - t)
+        if records is None:
+            return
+        for i, rec in zip(todo, records, strict=True):
+            if rec is None:
+                job.trail[i].append("store: miss")
+            elif self._serve_stored(route, job, i, rec, "store"):
+                self.cache.put(rec, cfg.max_staleness, job.at)
+
+    async def _call(self, dependency: str, job: _Job, todo: Sequence[int], step: str,
+                    coro: Any) -> Any:
+        """Await ``coro`` within the time left, through ``dependency``'s breaker."""
+        breaker = self.breaker(dependency)
+        remaining = job.deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            coro.close()
+            self._note(job, todo, f"{step}: skipped (deadline passed)")
+            return None
+        if not breaker.allow():
+            coro.close()
+            self._note(job, todo, f"{step}: skipped ({dependency} circuit open)")
+            return None
+        try:
+            result = await asyncio.wait_for(coro, remaining)
+        except _FAILURES as exc:
+            breaker.failure()
+            why = "timed out" if isinstance(exc, TimeoutError) else f"failed ({exc})"
+            self._note(job, todo, f"{step}: {why}")
+            return None
+        breaker.success()
+        return result
+
+    @staticmethod
+    def _note(job: _Job, todo: Sequence[int], text: str) -> None:
+        for i in todo:
+            job.trail[i].append(text)
+
+    # -- step 2: compute now ---------------------------------------------------------
+
+    async def _features(self, route: str, job: _Job, todo: list[int], model: LoadedModel) -> None:
+        """Fill ``job.values`` for ``todo``: stored features merged with request features."""
+        need = [i for i in todo if job.values[i] is None]
+        if not need:
+            return
+        names = model.scorer.names
+        wanted = self.project.route_features(route)
+        # Features the request already gives are not read; views left empty are skipped.
+        read = [i for i in need if not (job.extra[i] and all(n in job.extra[i] for n in names))]  # type: ignore[operator]
+        rows: dict[int, Any] = {}
+        if read and wanted:
+            t = asyncio.get_running_loop().time()
+            got = await self._call("feature_store", job, read, "features",
+                                   self.services.features.read(wanted, [job.keys[i] for i in read],
+                                                               at=job.at))
+            self.metrics.child("stage_seconds", route, "features").observe(
+                asyncio.get_running_loop().time() - t)
+            if got is None:
+                need = [i for i in need if i not in set(read)]
+            else:
+                rows = dict(zip(read, got, strict=True))
+        for i in need:
+            row = rows.get(i)
+            if row is None:
+                job.values[i] = dict(job.extra[i] or {})
+            else:
+                job.values[i] = merge_request_features(row, job.extra[i], job.at)
+                job.feature_as_of[i] = row.as_of
+
+    async def _score(self, route: str, job: _Job, todo: list[int], model: LoadedModel,
+                     request_id: str, source: str, probabilities: bool) -> list[PredictionRecord]:
+        await self._features(route, job, todo, model)
+        ready = [i for i in todo if job.values[i] is not None]
+        if not ready:
+            return []
+        scorer = model.scorer
+        prepared = scorer.prepare([job.keys[i] for i in ready], [job.values[i] for i in ready])  # type: ignore[misc]
+        for err in prepared.errors:
+            job.trail[ready[err.index]].append(f"{source}: {model.label}: {err.reason}")
+        if not prepared.rows:
+            return []
+        rows = [ready[r] for r in prepared.rows]
+        loop = asyncio.get_running_loop()
+        t = loop.time()
+        prediction = await self._call(f"model:{model.label}", job, rows, source,
+                                      model.batcher.predict(prepared.matrix, job.deadline))
+        self.metrics.child("stage_seconds", route, "model").observe(loop.time() - t)
+        if prediction is None:
+            return []
+        if not probabilities and prediction.probabilities is not None:
+            prediction = Prediction(prediction.scores, None, prediction.classes)
+        # A score is as fresh as its stalest stored input; request features are fresh now.
+        as_of = [job.feature_as_of[i] or job.at for i in rows]
+        return scorer.records([job.keys[i] for i in rows], prediction, as_of=as_of,
+                              source="online", request_id=request_id, computed_at=job.at)
+
+    async def _compute(self, route: str, cfg: RouteConfig, req: PredictRequest, job: _Job,
+                       request_id: str) -> None:
+        groups: dict[int, list[int]] = {}
+        for i in job.open():
+            groups.setdefault(id(job.models[i]), []).append(i)
+        fresh: list[PredictionRecord] = []
+        for todo in groups.values():
+            model = job.models[todo[0]]
+            records = await self._score(route, job, todo, model, request_id, "compute",
+                                        req.probabilities)
+            by_key = {r.entity: r for r in records}
+            for i in todo:
+                rec = by_key.get(job.keys[i])
+                if rec is not None:
+                    job.answers[i] = self._answer(rec, "online", job.at, False, req.probabilities)
+                    fresh.append(rec)
+        if fresh:
+            for rec in fresh:
+                self.cache.put(rec, cfg.max_staleness, job.at)
+            self._write_back(fresh)
+            if cfg.shadow is not None:
+                self.shadow.offer(route, cfg.shadow.percent, job.keys, job.extra, fresh)
+
+    def _write_back(self, records: list[PredictionRecord]) -> None:
+        if len(self._writebacks) >= 256 or not self.breaker("prediction_store").allow():
+            return  # the store is struggling: serving matters more than remembering
+
+        async def write() -> None:
+            breaker = self.breaker("prediction_store")
+            try:
+                await asyncio.wait_for(self.services.predictions.put(records), 2.0)
+                breaker.success()
+            except _FAILURES as exc:
+                breaker.failure()
+                log.warning("write-back of %d predictions failed: %s", len(records), exc)
+
+        task = asyncio.get_running_loop().create_task(write())
+        self._writebacks.add(task)
+        task.add_done_callback(self._writebacks.discard)
+
+    # -- step 3: fallbacks -----------------------------------------------------------
+
+    async def _fallback(self, route: str, cfg: RouteConfig, req: PredictRequest, job: _Job,
+                        request_id: str) -> None:
+        for i in job.open():
+            if job.stored[i] is None:
+                job.stored[i] = self.cache.get(route, job.keys[i], job.at)
+        for n, step in enumerate(cfg.fallback):
+            todo = job.open()
+            if not todo:
+                return
+            if isinstance(step, StalePredictionStep):
+                for i in todo:
+                    rec = job.stored[i]
+                    if rec is None:
+                        job.trail[i].append("fallback stale_prediction: none stored")
+                    elif step.max_age is not None and job.at - rec.as_of > step.max_age:
+                        job.trail[i].append("fallback stale_prediction: older than max_age")
+                    else:
+                        job.answers[i] = self._answer(rec, "fallback:stale_prediction", job.at, True)
+                        self.metrics.child("fallbacks", route, "stale_prediction", "").inc()
+            elif isinstance(step, ModelStep):
+                model = self.models.get(route, f"fallback{n}")
+                if model is None:
+                    self._note(job, todo, f"fallback model {step.model}: not loaded")
+                    continue
+                records = await self._score(route, job, todo, model, request_id,
+                                            f"fallback model {model.label}", req.probabilities)
+                by_key = {r.entity: r for r in records}
+                for i in todo:
+                    rec = by_key.get(job.keys[i])
+                    if rec is not None:
+                        job.answers[i] = self._answer(rec, "fallback:model", job.at, True,
+                                                      req.probabilities)
+                        self.metrics.child("fallbacks", route, "model", "").inc()
+            elif isinstance(step, DefaultStep):
+                for i in todo:
+                    job.answers[i] = {
+                        "entity": job.keys[i], "score": step.default, "label": None,
+                        "source": "fallback:default", "model": None, "model_version": None,
+                        "as_of": None, "age_s": None, "degraded": True,
+                    }
+                    self.metrics.child("fallbacks", route, "default", "").inc()
+
+    # -- the answer ------------------------------------------------------------------
+
+    @staticmethod
+    def _answer(rec: PredictionRecord, source: str, at: float, degraded: bool,
+                probabilities: bool = False) -> dict[str, Any]:
+        out = {
+            "entity": rec.entity, "score": rec.score, "label": rec.label, "source": source,
+            "model": rec.model, "model_version": rec.model_version, "as_of": to_iso(rec.as_of),
+            "age_s": round(max(0.0, at - rec.as_of), 3), "degraded": degraded,
+        }
+        if probabilities and rec.probabilities is not None:
+            out["probabilities"] = rec.probabilities
+        return out
+
+    def _outcome(self, route: str, job: _Job, request_id: str) -> Outcome:
+        m = self.metrics
+        answered = [a for a in job.answers if a is not None]
+        for a in answered:
+            m.child("requests", route, a["source"], "ok").inc()
+            if a["age_s"] is not None:
+                m.child("prediction_age", route).observe(a["age_s"])
+        versions = ",".join(sorted({f"{a['model']}/{a['model_version']}" for a in answered
+                                    if a["model"] is not None}))
+        sources = ",".join(sorted({a["source"] for a in answered}))
+        if len(answered) == len(job.keys):
+            return Outcome(200, {"request_id": request_id, "route": route,
+                                 "predictions": answered}, versions, sources)
+        missing = [{"entity": job.keys[i], "steps": job.trail[i]} for i, a in
+                   enumerate(job.answers) if a is None]
+        m.child("requests", route, "none", "unavailable").inc(len(missing))
+        return Outcome(503, {
+            "error": f"no acceptable prediction for {len(missing)} of {len(job.keys)} "
+                     f"entities of route {route!r}",
+            "type": "NoFreshPrediction", "request_id": request_id, "route": route,
+            "predictions": answered, "unanswered": missing,
+        }, versions, sources)
+
+    async def close(self) -> None:
+        await self.shadow.close()
+        if self._writebacks:
+            await asyncio.wait(self._writebacks, timeout=5)
+

@@ -1,0 +1,135 @@
+"""Admin endpoints (``/v1/admin/...``), metrics, and the auth check shared by Starlette routes.
+
+Admin calls need the ``admin`` scope and alias moves are written to the registry's audit
+log with the API key's name as the actor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from hybridserve.errors import InvalidInput
+from hybridserve.server.auth import presented_key
+from hybridserve.server.errors import json_response
+from hybridserve.server.state import ServerState
+
+
+def state_of(request: Request) -> ServerState:
+    return request.app.state.hs  # type: ignore[no-any-return]
+
+
+def authorize(request: Request, scope: str) -> str:
+    """The caller's name (its API key's name, or its address when auth is off)."""
+    state = state_of(request)
+    name = state.auth.check(
+        presented_key(request.headers.get("authorization"), request.headers.get("x-api-key")),
+        scope,
+    )
+    client = request.client.host if request.client else "unknown"
+    return name or f"anonymous@{client}"
+
+
+async def json_body(request: Request, limit: int = 64 * 1024) -> dict[str, Any]:
+    raw = await request.body()
+    if len(raw) > limit:
+        raise InvalidInput(f"body exceeds {limit} bytes")
+    if not raw:
+        return {}
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"malformed JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidInput("expected a JSON object")
+    return data
+
+
+async def list_routes(request: Request) -> Response:
+    authorize(request, "admin")
+    state = state_of(request)
+    out = {}
+    for name, cfg in state.project.routes.items():
+        out[name] = {
+            "entity": cfg.entity, "max_staleness_s": cfg.max_staleness,
+            "latency_budget_ms": cfg.latency_budget * 1000,
+            "models": {role: m.label for (r, role, m) in state.models.loaded() if r == name},
+            "fallback": [s.model_dump() for s in cfg.fallback],
+        }
+    breakers = {n: b.state for n, b in state.router.breakers.items()}
+    return json_response(200, {"routes": out, "breakers": breakers})
+
+
+async def list_models(request: Request) -> Response:
+    authorize(request, "admin")
+    registry = state_of(request).services.registry
+
+    def collect() -> list[dict[str, Any]]:
+        return [{"name": n, "versions": [v.version for v in registry.versions(n)],
+                 "aliases": registry.aliases(n)} for n in registry.list_models()]
+
+    return json_response(200, {"models": await asyncio.to_thread(collect)})
+
+
+def _int(body: dict[str, Any], key: str) -> int:
+    value = body.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise InvalidInput(f"{key}: expected a positive integer, got {value!r}")
+    return value
+
+
+def _alias(body: dict[str, Any]) -> str:
+    alias = body.get("alias", "production")
+    if not isinstance(alias, str) or not alias:
+        raise InvalidInput(f"alias: expected a name, got {alias!r}")
+    return alias
+
+
+async def promote(request: Request) -> Response:
+    actor = authorize(request, "admin")
+    state = state_of(request)
+    name = request.path_params["name"]
+    body = await json_body(request)
+    version, alias = _int(body, "version"), _alias(body)
+    await asyncio.to_thread(state.services.registry.promote, name, version, alias=alias, actor=actor)
+    changes = await state.models.refresh()
+    return json_response(200, {"model": name, "alias": alias, "version": version,
+                               "changes": changes})
+
+
+async def rollback(request: Request) -> Response:
+    actor = authorize(request, "admin")
+    state = state_of(request)
+    name = request.path_params["name"]
+    alias = _alias(await json_body(request))
+    version = await asyncio.to_thread(state.services.registry.rollback, name, alias=alias,
+                                      actor=actor)
+    changes = await state.models.refresh()
+    return json_response(200, {"model": name, "alias": alias, "version": version,
+                               "changes": changes})
+
+
+async def reload(request: Request) -> Response:
+    authorize(request, "admin")
+    return json_response(200, {"changes": await state_of(request).models.refresh()})
+
+
+async def metrics(request: Request) -> Response:
+    return Response(state_of(request).metrics.render(),
+                    media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/v1/admin/routes", list_routes),
+        Route("/v1/admin/models", list_models),
+        Route("/v1/admin/models/{name}/promote", promote, methods=["POST"]),
+        Route("/v1/admin/models/{name}/rollback", rollback, methods=["POST"]),
+        Route("/v1/admin/reload", reload, methods=["POST"]),
+        Route("/metrics", metrics),
+    ]

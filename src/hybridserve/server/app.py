@@ -1,0 +1,105 @@
+"""The ASGI application: the composition root of a serving process.
+
+``POST /v1/predict/{route}`` is served by a pure-ASGI handler (no framework routing, no
+middleware stack: it is the hot path); everything else (the Open Inference Protocol, admin,
+metrics, docs) is a Starlette app behind it. Errors become JSON in one place
+(:mod:`hybridserve.server.errors`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.routing import Route
+
+from hybridserve.config import Project
+from hybridserve.errors import HybridServeError, NotFound
+from hybridserve.routing.schema import parse_predict_request
+from hybridserve.server import admin, docs, v2
+from hybridserve.server.auth import presented_key
+from hybridserve.server.errors import exception_handlers
+from hybridserve.server.http import Receive, Scope, Send, error_body, header, read_body, send_json
+from hybridserve.server.state import ServerState
+
+access = logging.getLogger("hybridserve.access")
+log = logging.getLogger("hybridserve.server")
+_PREDICT = "/v1/predict/"
+
+
+class HybridApp:
+    """The server: the fast predict path in front of a Starlette app for the rest."""
+
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+        self.max_body = state.project.server.max_body_size
+        routes: list[Any] = [*v2.routes(), *admin.routes(), *docs.routes()]
+        self.starlette = Starlette(routes=routes, lifespan=self._lifespan,
+                                   exception_handlers=exception_handlers())
+        self.starlette.state.hs = state
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, _app: Starlette) -> AsyncIterator[None]:
+        await self.state.start()
+        log.info("ready: %d routes, models %s", len(self.state.project.routes),
+                 ", ".join(sorted({m.label for _, _, m in self.state.models.loaded()})))
+        try:
+            yield
+        finally:
+            await self.state.stop()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(_PREDICT) and scope["method"] == "POST":
+            await self.predict(scope, receive, send)
+        else:
+            await self.starlette(scope, receive, send)
+
+    async def predict(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        route = scope["path"][len(_PREDICT):]
+        rid_header = header(scope, b"x-request-id")
+        request_id = rid_header.decode()[:128] if rid_header else uuid.uuid4().hex
+        state = self.state
+        status = 500
+        try:
+            if state.auth.enabled:
+                state.auth.check(presented_key(header(scope, b"authorization"),
+                                               header(scope, b"x-api-key")), "predict")
+            if route not in state.project.routes:
+                state.project.route(route)  # raises RouteNotFound with the known routes
+            body = await read_body(scope, receive, self.max_body)
+            req = parse_predict_request(body)
+            outcome = await state.router.predict(route, req, request_id)
+            status = outcome.status
+            await send_json(send, status, outcome.body, [
+                (b"x-request-id", request_id.encode()),
+                (b"x-model-version", outcome.model_version.encode()),
+                (b"x-source", outcome.sources.encode()),
+            ])
+        except HybridServeError as exc:
+            status = exc.status
+            if isinstance(exc, NotFound):
+                state.metrics.child("requests", route[:64] if route in state.project.routes
+                                    else "unknown", "none", "not_found").inc()
+            await send_json(send, status, error_body(exc, request_id),
+                            [(b"x-request-id", request_id.encode())])
+        except Exception:
+            log.exception("request %s failed", request_id)
+            await send_json(send, 500, {"error": "internal error", "request_id": request_id})
+        if state.access_log:
+            access.info("", extra={"request_id": request_id, "method": "POST",
+                                   "path": scope["path"], "status": status,
+                                   "ms": round((time.perf_counter() - started) * 1000, 3)})
+
+
+def create_app(project: Project, *, access_log: bool = True) -> HybridApp:
+    """Build the ASGI app for a project (models load when the lifespan starts)."""
+    return HybridApp(ServerState.build(project, access_log=access_log))
+
+
+__all__ = ["HybridApp", "Route", "create_app"]
