@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shlex
 import subprocess
 import sys
@@ -101,6 +102,23 @@ def time_model(bench: BenchProject, calls: int) -> tuple[float, float]:
     return float(data["median_ms"]), float(data["p99_ms"])
 
 
+def busy_cores(seconds: float = 1.0) -> float:
+    """How many cores other processes keep busy now (from ``/proc/stat``; nothing of ours runs)."""
+
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as fh:
+            values = [int(v) for v in fh.readline().split()[1:]]
+        idle = values[3] + values[4]  # idle + iowait
+        return sum(values), idle
+
+    total0, idle0 = sample()
+    time.sleep(seconds)
+    total1, idle1 = sample()
+    if total1 == total0:
+        return 0.0
+    return (os.cpu_count() or 1) * (1 - (idle1 - idle0) / (total1 - total0))
+
+
 def describe(spec: servers.ServerSpec, status: int, answer: object) -> str:
     """A short 'answered from' fact from a sample answer (hybridserve's ``source``)."""
     if status != 200:
@@ -143,16 +161,17 @@ def measure(spec: servers.ServerSpec, args: argparse.Namespace, logs: Path) -> r
                 log(
                     f"{spec.key} c={c}: {point.rps:,.0f} rps, p50 {point.p50_ms:.2f} ms, "
                     f"p99 {point.p99_ms:.2f} ms, errors {point.errors}"
+                    + (f", answers: {point.mix()}" if point.mix() else "")
                 )
+                if point.degraded() > 0:
+                    result.note = (result.note + "; " if result.note else "") + (
+                        f"c={c}: {100 * point.degraded():.1f}% of answers degraded "
+                        "(fallback or non-200), counted in rps"
+                    )
                 if point.errors:
                     result.note = (result.note + "; " if result.note else "") + (
                         f"c={c}: {point.errors} errors of {point.requests} requests"
                     )
-            if spec.key in ("stored", "entity", "online"):
-                _, after = srv.probe()  # what it answers from once warm (L1 cache for stored)
-                warm = describe(spec, 200, after)
-                if warm != result.source:
-                    result.source = f"{result.source}, then {warm}"
     except Exception as exc:  # one broken server must not lose the others' numbers
         result.points.clear()
         result.note = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
@@ -188,9 +207,19 @@ def main(argv: list[str] | None = None) -> int:
     model_ms, model_p99 = time_model(bench, args.model_calls)
     log(f"model predict_proba, one row: median {model_ms:.3f} ms, p99 {model_p99:.3f} ms")
 
-    results = [measure(spec, args, work / "logs") for spec in specs]
+    results = []
+    background = []
+    for spec in specs:
+        background.append(busy_cores())
+        results.append(measure(spec, args, work / "logs"))
 
     notes = list(bench.notes)
+    if max(background) > 0.2:
+        notes.append(
+            "the machine was not idle: other processes kept "
+            f"{min(background):.2f}-{max(background):.2f} of the 2 cores busy just before "
+            "the servers started, so figures are noisy"
+        )
     notes += [f"{r.label}: {r.note}" for r in results if r.note]
     if args.quick:
         notes.append("quick run (3 s points): a smoke test, not for comparison")

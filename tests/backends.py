@@ -75,7 +75,7 @@ def postgres_url() -> str:
     """A reachable PostgreSQL URL (``postgresql://user@host:port/db``), else skip or fail."""
     url, problem = _postgres()
     if url is None:
-        unavailable("PostgreSQL at 127.0.0.1:5432", problem, POSTGRES_START)
+        unavailable("PostgreSQL", problem, POSTGRES_START)
     return url
 
 
@@ -104,5 +104,5 @@ def redis_url() -> str:
     url = os.environ.get("HYBRIDSERVE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
     problem = _port_open(url, 6379)
     if problem:
-        unavailable("Redis at 127.0.0.1:6379", problem, REDIS_START)
+        unavailable("Redis", problem, REDIS_START)
     return url

@@ -43,7 +43,11 @@ def test_loads_and_parses_durations(tmp_path: Path) -> None:
     assert route.max_staleness == 1800.0
     assert route.latency_budget == pytest.approx(0.05)
     assert project.feature_views["profile"].ttl == 2 * 86400
-    assert [type(s).__name__ for s in route.fallback] == ["StalePredictionStep", "ModelStep", "DefaultStep"]
+    assert [type(s).__name__ for s in route.fallback] == [
+        "StalePredictionStep",
+        "ModelStep",
+        "DefaultStep",
+    ]
     assert project.route_features("fraud") == {"profile": ["amount", "count"]}
     assert project.path("data/x").parent == tmp_path.resolve() / "data"
     assert project.url("sqlite:///db/a.db") == f"sqlite:///{tmp_path.resolve()}/db/a.db"
@@ -52,9 +56,15 @@ def test_loads_and_parses_durations(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("replace", "expected"),
     [
-        ("max_staleness: 30m", "routes.fraud.max_staleness: expected a duration like '1h', got 'soon'"),
+        (
+            "max_staleness: 30m",
+            "routes.fraud.max_staleness: expected a duration like '1h', got 'soon'",
+        ),
         ("latency_budget: 50ms", "routes.fraud.colour: unknown key"),
-        ("entity: card\n    features: [profile]", "routes.fraud.features.0: unknown feature view 'nope'"),
+        (
+            "entity: card\n    features: [profile]",
+            "routes.fraud.features.0: unknown feature view 'nope'",
+        ),
         ("amount: float", "feature_views.profile.features.amount.dtype: Input should be"),
     ],
 )
@@ -97,12 +107,19 @@ def test_environment_overrides_store_urls(tmp_path: Path, monkeypatch: pytest.Mo
 def test_impute_needs_a_default() -> None:
     with pytest.raises(ConfigError, match="on_missing 'impute' needs a 'default'"):
         project_from_dict(
-            {"entities": {"c": {"key": "id"}},
-             "feature_views": {"v": {"entity": "c", "features": {"a": {"on_missing": "impute"}}}}}
+            {
+                "entities": {"c": {"key": "id"}},
+                "feature_views": {
+                    "v": {"entity": "c", "features": {"a": {"on_missing": "impute"}}}
+                },
+            }
         )
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("250ms", 0.25), ("30s", 30), ("1h", 3600), ("7d", 604800), (5, 5.0), ("1.5m", 90)])
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("250ms", 0.25), ("30s", 30), ("1h", 3600), ("7d", 604800), (5, 5.0), ("1.5m", 90)],
+)
 def test_durations(text: str | int, seconds: float) -> None:
     assert parse_duration(text) == pytest.approx(seconds)
 

@@ -24,7 +24,9 @@ class LinearRuntime:
 
     task: Task
 
-    def predict(self, matrix: npt.NDArray[np.float64], *, probabilities: bool = False) -> Prediction:
+    def predict(
+        self, matrix: npt.NDArray[np.float64], *, probabilities: bool = False
+    ) -> Prediction:
         self.calls.append(len(matrix))
         p = 1 / (1 + np.exp(-matrix.sum(axis=1)))
         probs = np.column_stack([1 - p, p]) if probabilities else None
@@ -32,14 +34,31 @@ class LinearRuntime:
 
 
 def project() -> Project:
-    return project_from_dict({
-        "entities": {"card": {"key": "card_id"}},
-        "feature_views": {"v": {"entity": "card", "features": {
-            "a": "float", "b": {"dtype": "float", "on_missing": "impute", "default": 2.0},
-            "n": "int", "s": "str"}}},
-        "routes": {"r": {"model": "lin@production", "entity": "card", "features": ["v"],
-                          "request_features": {"amount": "float"}, "threshold": 0.5}},
-    })
+    return project_from_dict(
+        {
+            "entities": {"card": {"key": "card_id"}},
+            "feature_views": {
+                "v": {
+                    "entity": "card",
+                    "features": {
+                        "a": "float",
+                        "b": {"dtype": "float", "on_missing": "impute", "default": 2.0},
+                        "n": "int",
+                        "s": "str",
+                    },
+                }
+            },
+            "routes": {
+                "r": {
+                    "model": "lin@production",
+                    "entity": "card",
+                    "features": ["v"],
+                    "request_features": {"amount": "float"},
+                    "threshold": 0.5,
+                }
+            },
+        }
+    )
 
 
 def sig(x: float) -> float:
@@ -59,8 +78,9 @@ def test_rows_validated_scored_in_one_call_and_errors_isolated() -> None:
         {"a": np.float32(0.5), "b": np.float64("nan"), "n": np.int64(0), "amount": True},
     ]
     ents = [f"e{i}" for i in range(len(rows))]
-    result = scorer.score_rows(ents, rows, as_of=[float(i) for i in range(len(rows))],
-                               source="online", request_id="req-1")
+    result = scorer.score_rows(
+        ents, rows, as_of=[float(i) for i in range(len(rows))], source="online", request_id="req-1"
+    )
     assert rt.calls == [3]
     assert [r.entity for r in result.records] == ["e0", "e1", "e6"]
     assert [r.as_of for r in result.records] == [0.0, 1.0, 6.0]
@@ -92,11 +112,18 @@ def test_columns_path_matches_rows_path() -> None:
     cols = {"a": pa.array(a), "b": pa.array(b), "n": pa.array(n)}
     by_cols = scorer.score_columns(ents, cols, as_of=1.0, source="batch", run_id="run-1")
     rows = [{"a": a[i], "b": b[i], "n": n[i]} for i in range(200)]
-    by_rows = scorer.score_rows(ents, [{k: float(v) for k, v in r.items()} for r in rows],
-                                as_of=1.0, source="batch", run_id="run-1")
+    by_rows = scorer.score_rows(
+        ents,
+        [{k: float(v) for k, v in r.items()} for r in rows],
+        as_of=1.0,
+        source="batch",
+        run_id="run-1",
+    )
     assert [r.entity for r in by_cols.records] == [r.entity for r in by_rows.records]
     assert np.allclose([r.score for r in by_cols.records], [r.score for r in by_rows.records])
-    assert {(e.entity, e.reason) for e in by_cols.errors} == {(e.entity, e.reason) for e in by_rows.errors}
+    assert {(e.entity, e.reason) for e in by_cols.errors} == {
+        (e.entity, e.reason) for e in by_rows.errors
+    }
     assert len(by_cols.errors) == 2 and by_cols.records[0].run_id == "run-1"
 
 
@@ -106,7 +133,9 @@ def test_columns_reject_strings_per_row() -> None:
     result = scorer.score_columns(["x", "y", "z"], cols, as_of=0.0, source="batch")
     assert [r.entity for r in result.records] == ["y"]
     assert {e.entity: e.reason for e in result.errors} == {
-        "x": "feature 'a': expected a number, got '1.0'", "z": "missing feature 'a'"}
+        "x": "feature 'a': expected a number, got '1.0'",
+        "z": "missing feature 'a'",
+    }
 
 
 def test_probabilities_when_asked() -> None:

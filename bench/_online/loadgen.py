@@ -12,7 +12,7 @@ import json
 import math
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 LUA = Path(__file__).resolve().with_name("post.lua")
@@ -32,6 +32,23 @@ class LoadResult:
     max_ms: float
     errors: int
     """Socket errors, timeouts and non-2xx/3xx answers."""
+    sources: dict[str, int] = field(default_factory=dict)
+    """Answers by their first prediction's ``source`` (``-``: none; ``http_<status>``: not 200)."""
+
+    def mix(self) -> str:
+        """The source mix as text, e.g. ``online 97%, fallback:default 3%`` (empty if none)."""
+        total = sum(self.sources.values())
+        named = {k: v for k, v in self.sources.items() if k != "-"}
+        if not total or not named:
+            return ""
+        ranked = sorted(self.sources.items(), key=lambda kv: -kv[1])
+        return ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in ranked)
+
+    def degraded(self) -> float:
+        """Share of answers that were not 200 or came from a fallback."""
+        total = sum(self.sources.values())
+        bad = sum(v for k, v in self.sources.items() if k.startswith(("fallback", "http_")))
+        return bad / total if total else 0.0
 
     @classmethod
     def failed(cls) -> LoadResult:
@@ -79,4 +96,5 @@ def run_wrk(
         p99_ms=data["p99_us"] / 1e3,
         max_ms=data["max_us"] / 1e3,
         errors=errors,
+        sources={str(k): int(v) for k, v in data.get("sources", {}).items()},
     )

@@ -51,14 +51,15 @@ def table(results: list[ServerResult], concurrency: list[int]) -> str:
     head = ["server"]
     for c in concurrency:
         head += [f"c={c} rps", f"c={c} p50 ms", f"c={c} p99 ms"]
-    head.append("answered from")
+    head.append("answered from (source mix per concurrency)")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         cells = [r.label]
         for c in concurrency:
             p = r.points.get(c, LoadResult.failed())
             cells += [_num(p.rps, 0), _num(p.p50_ms), _num(p.p99_ms)]
-        cells.append(r.source or "-")
+        mixes = [f"c={c}: {r.points[c].mix()}" for c in concurrency if c in r.points]
+        cells.append("; ".join(m for m in mixes if not m.endswith(": ")) or r.source or "-")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

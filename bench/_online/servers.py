@@ -284,8 +284,8 @@ class RunningServer(contextlib.AbstractContextManager["RunningServer"]):
 def mosec_env_problem(sklearn_version: str, joblib_version: str, *, create: bool) -> str | None:
     """Make sure ``bench/.venv-mosec`` has mosec and the same scikit-learn; ``None`` if ready."""
     check = (
-        "import mosec, sklearn, joblib, numpy; "
-        "print(sklearn.__version__, joblib.__version__, mosec.__version__)"
+        "import importlib.metadata as m, mosec, sklearn, joblib, numpy; "
+        "print(sklearn.__version__, joblib.__version__, m.version('mosec'))"
     )
 
     def versions() -> list[str] | None:

@@ -9,7 +9,7 @@ from hybridserve.errors import MissingExtra
 
 
 def require(module: str, extra: str) -> ModuleType:
-    """Import ``module`` or raise :class:`MissingExtra` saying ``pip install 'hybridserve[extra]'``."""
+    """Import ``module``, or raise :class:`MissingExtra` naming the extra to install."""
     try:
         return importlib.import_module(module)
     except ImportError as exc:

@@ -70,7 +70,9 @@ class MicroBatcher:
             batch = self._take(loop.time())
             if not batch:
                 continue
-            matrix = batch[0].matrix if len(batch) == 1 else np.concatenate([b.matrix for b in batch])
+            matrix = (
+                batch[0].matrix if len(batch) == 1 else np.concatenate([b.matrix for b in batch])
+            )
             started = loop.time()
             try:
                 prediction = await loop.run_in_executor(self._executor, self._predict, matrix)
@@ -80,7 +82,9 @@ class MicroBatcher:
                         item.future.set_exception(exc)
                 continue
             took = loop.time() - started
-            self.batch_seconds = took if not self.batch_seconds else 0.8 * self.batch_seconds + 0.2 * took
+            self.batch_seconds = (
+                took if not self.batch_seconds else 0.8 * self.batch_seconds + 0.2 * took
+            )
             if self._observe is not None:
                 self._observe(len(matrix), took)
             self._deliver(batch, prediction)
@@ -123,7 +127,8 @@ class MicroBatcher:
                     item.future.set_result(
                         Prediction(
                             prediction.scores[start : start + n],
-                            None if prediction.probabilities is None
+                            None
+                            if prediction.probabilities is None
                             else prediction.probabilities[start : start + n],
                             prediction.classes,
                         )

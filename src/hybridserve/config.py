@@ -251,17 +251,17 @@ class Project(_Strict):
                 errors.append(f"routes.{name}.entity: unknown entity {route.entity!r}")
             for i, ref in enumerate(route.features):
                 view_name, _, feature = ref.partition(":")
-                view = self.feature_views.get(view_name)
-                if view is None:
+                found = self.feature_views.get(view_name)
+                if found is None:
                     errors.append(f"routes.{name}.features.{i}: unknown feature view {view_name!r}")
-                elif feature and feature not in view.features:
+                elif feature and feature not in found.features:
                     errors.append(
                         f"routes.{name}.features.{i}: view {view_name!r} has no feature {feature!r}"
                     )
-                elif view.entity != route.entity:
+                elif found.entity != route.entity:
                     errors.append(
                         f"routes.{name}.features.{i}: view {view_name!r} is keyed by "
-                        f"{view.entity!r}, the route by {route.entity!r}"
+                        f"{found.entity!r}, the route by {route.entity!r}"
                     )
         if errors:
             raise ValueError("\n".join(errors))

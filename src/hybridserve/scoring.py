@@ -178,7 +178,9 @@ class Scorer:
             inf = np.isinf(col)
             if inf.any():
                 for i in np.flatnonzero(inf & ~bad):
-                    reasons[int(i)] = f"feature {name!r}: expected a finite number, got {float(col[i])!r}"
+                    reasons[int(i)] = (
+                        f"feature {name!r}: expected a finite number, got {float(col[i])!r}"
+                    )
                 bad |= inf
             if self._ints[j]:
                 frac = ~bad & (np.floor(col) != col)

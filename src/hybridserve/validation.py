@@ -28,7 +28,9 @@ def check_sources(project: Project) -> list[str]:
         except HybridServeError as exc:
             problems.append(exc.message)
         except Exception as exc:  # an unreadable file: say which and why
-            problems.append(f"feature_views.{name}.source.path: cannot read {view.source.path}: {exc}")
+            problems.append(
+                f"feature_views.{name}.source.path: cannot read {view.source.path}: {exc}"
+            )
     return problems
 
 
@@ -39,18 +41,25 @@ def check_models(project: Project, registry: Registry) -> list[str]:
             problems.append(f"models.{name}: no version of {name!r} is registered")
     for route_name, route in project.routes.items():
         refs = [("model", route.model)]
-        refs += [(f"fallback.{i}.model", step.model) for i, step in enumerate(route.fallback)
-                 if hasattr(step, "model")]
-        refs += [(f"{k}.model", r.model) for k, r in (("canary", route.canary),
-                                                       ("shadow", route.shadow)) if r is not None]
+        refs += [
+            (f"fallback.{i}.model", step.model)
+            for i, step in enumerate(route.fallback)
+            if hasattr(step, "model")
+        ]
+        refs += [
+            (f"{k}.model", r.model)
+            for k, r in (("canary", route.canary), ("shadow", route.shadow))
+            if r is not None
+        ]
         for where, ref in refs:
             try:
                 version = registry.get(ref)
             except HybridServeError as exc:
                 problems.append(f"routes.{route_name}.{where}: {exc.message}")
                 continue
-            provided = [n for n in version.signature.names
-                        if project.feature_spec(route_name, n) is None]
+            provided = [
+                n for n in version.signature.names if project.feature_spec(route_name, n) is None
+            ]
             if provided:
                 problems.append(
                     f"routes.{route_name}.{where}: {version.ref} needs features the route "

@@ -21,11 +21,21 @@ def make_project(tmp_path: Path, source: str = "profile.parquet") -> Project:
         {
             "entities": {"card": {"key": "card_id"}},
             "feature_views": {
-                "profile": {"entity": "card", "ttl": "1h", "source": {"path": source, "timestamp": "ts"},
-                            "features": {"a": "float", "b": "float"}},
+                "profile": {
+                    "entity": "card",
+                    "ttl": "1h",
+                    "source": {"path": source, "timestamp": "ts"},
+                    "features": {"a": "float", "b": "float"},
+                },
                 "windows": {"entity": "card", "ttl": "10m", "features": {"cnt": "int"}},
             },
-            "routes": {"r": {"model": "m@production", "entity": "card", "features": ["profile", "windows:cnt"]}},
+            "routes": {
+                "r": {
+                    "model": "m@production",
+                    "entity": "card",
+                    "features": ["profile", "windows:cnt"],
+                }
+            },
         },
         base_dir=tmp_path,
     )
@@ -37,20 +47,31 @@ def ts(text: str) -> datetime:
 
 @pytest.fixture
 def table() -> pa.Table:
-    return pa.table({
-        "card_id": ["c1", "c1", "c2", "c3", "c1", None],
-        "ts": [ts("2026-01-01T00:00"), ts("2026-01-01T02:00"), ts("2026-01-01T01:00"),
-               ts("2026-01-02T00:00"), ts("2026-01-03T00:00"), ts("2026-01-01T00:00")],
-        "a": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
-        "b": [10.0, None, 30.0, 40.0, 50.0, 60.0],
-    })
+    return pa.table(
+        {
+            "card_id": ["c1", "c1", "c2", "c3", "c1", None],
+            "ts": [
+                ts("2026-01-01T00:00"),
+                ts("2026-01-01T02:00"),
+                ts("2026-01-01T01:00"),
+                ts("2026-01-02T00:00"),
+                ts("2026-01-03T00:00"),
+                ts("2026-01-01T00:00"),
+            ],
+            "a": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+            "b": [10.0, None, 30.0, 40.0, 50.0, 60.0],
+        }
+    )
 
 
 async def test_read_reports_value_age_and_status(tmp_path: Path) -> None:
     project = make_project(tmp_path)
     store = OnlineFeatureStore(project, open_store("memory://"))
     t = now()
-    await store.write("profile", [("fresh", {"a": 1.0, "b": None}, t - 60), ("old", {"a": 2.0, "b": 3.0}, t - 7200)])
+    await store.write(
+        "profile",
+        [("fresh", {"a": 1.0, "b": None}, t - 60), ("old", {"a": 2.0, "b": 3.0}, t - 7200)],
+    )
     await store.write("windows", [("fresh", {"cnt": 4}, t - 30)])
     fresh, old, absent = await store.read_route("r", ["fresh", "old", "absent"], at=t)
     assert fresh.values["a"].status == "present" and fresh.values["a"].value == 1.0
@@ -97,12 +118,20 @@ async def test_materialize_latest_row_as_of(tmp_path: Path, table: pa.Table, fmt
     project = make_project(tmp_path, source)
     store = OnlineFeatureStore(project, open_store(f"sqlite:///{tmp_path}/online.db"))
     seen: list[tuple[int, int]] = []
-    result = await materialize(project, store, "profile", as_of=ts("2026-01-02T12:00").timestamp(),
-                               chunk_rows=1, progress=lambda d, t: seen.append((d, t)))
+    result = await materialize(
+        project,
+        store,
+        "profile",
+        as_of=ts("2026-01-02T12:00").timestamp(),
+        chunk_rows=1,
+        progress=lambda d, t: seen.append((d, t)),
+    )
     assert (result.rows_read, result.entities, result.written) == (6, 3, 3)
     assert seen[-1] == (3, 3)
     at = ts("2026-01-02T00:30").timestamp()
-    rows = {r.entity: r for r in await store.read({"profile": ["a", "b"]}, ["c1", "c2", "c3"], at=at)}
+    rows = {
+        r.entity: r for r in await store.read({"profile": ["a", "b"]}, ["c1", "c2", "c3"], at=at)
+    }
     assert rows["c1"].values["a"].value == 2.0  # the 2026-01-03 row is after as_of
     assert rows["c1"].values["b"].status == "missing"  # null in the source
     assert rows["c3"].values["a"].value == 4.0 and rows["c3"].values["a"].status == "present"
@@ -116,11 +145,13 @@ async def test_materialize_latest_row_as_of(tmp_path: Path, table: pa.Table, fmt
     assert c1.values["a"].value == 5.0
 
 
-async def test_materialize_reports_missing_source_and_columns(tmp_path: Path, table: pa.Table) -> None:
+async def test_materialize_reports_missing_source_and_columns(
+    tmp_path: Path, table: pa.Table
+) -> None:
     project = make_project(tmp_path)
     store = OnlineFeatureStore(project, open_store("memory://"))
-    with pytest.raises(ConfigError, match=r"feature_views.profile.source.path: file not found"):
+    with pytest.raises(ConfigError, match=r"feature_views\.profile\.source\.path: file not found"):
         await materialize(project, store, "profile")
     pq.write_table(table.drop_columns(["b"]), tmp_path / "profile.parquet")
-    with pytest.raises(ConfigError, match="has no column.*b"):
+    with pytest.raises(ConfigError, match=r"has no column.*b"):
         await materialize(project, store, "profile")

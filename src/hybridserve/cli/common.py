@@ -21,8 +21,10 @@ T = TypeVar("T")
 ProjectOpt = Annotated[
     Path | None,
     typer.Option(
-        "--project", "-p", help="Project file or directory (default: ./hybridserve.yaml, "
-        "or $HYBRIDSERVE_PROJECT).", show_default=False,
+        "--project",
+        "-p",
+        help="Project file or directory (default: ./hybridserve.yaml, or $HYBRIDSERVE_PROJECT).",
+        show_default=False,
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for machines.")]
@@ -37,8 +39,11 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 
 
 def print_json(data: Any) -> None:
-    typer.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY
-                            | orjson.OPT_NON_STR_KEYS).decode())
+    typer.echo(
+        orjson.dumps(
+            data, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+        ).decode()
+    )
 
 
 def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:

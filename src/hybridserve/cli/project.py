@@ -7,7 +7,16 @@ from typing import Annotated, Any
 
 import typer
 
-from hybridserve.cli.common import JsonOpt, ProjectOpt, console, err_console, print_json, project, run, table
+from hybridserve.cli.common import (
+    JsonOpt,
+    ProjectOpt,
+    console,
+    err_console,
+    print_json,
+    project,
+    run,
+    table,
+)
 from hybridserve.errors import ConfigError, InvalidInput
 from hybridserve.records import now
 
@@ -52,14 +61,18 @@ def validate(project_path: ProjectOpt = None, json: JsonOpt = False) -> None:
                 err_console.print(f"[red]error:[/] {proj.source_file}: {p}")
         raise typer.Exit(2)
     if not json:
-        console.print(f"{proj.source_file}: ok ({len(proj.routes)} routes, "
-                      f"{len(proj.feature_views)} feature views, {len(proj.models)} models)")
+        console.print(
+            f"{proj.source_file}: ok ({len(proj.routes)} routes, "
+            f"{len(proj.feature_views)} feature views, {len(proj.models)} models)"
+        )
 
 
 def score(
     route: Annotated[str, typer.Argument(help="Route to score.")],
     entities: Annotated[list[str], typer.Argument(help="Entity keys.")],
-    model: Annotated[str | None, typer.Option(help="Model reference (default: the route's).")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Model reference (default: the route's).")
+    ] = None,
     write: Annotated[bool, typer.Option(help="Store the predictions (source online).")] = False,
     project_path: ProjectOpt = None,
     json: JsonOpt = False,
@@ -104,8 +117,15 @@ async def score_entities(
         await services.predictions.put(result.records)
     return {
         "predictions": [
-            {"entity": r.entity, "score": r.score, "label": r.label, "model": r.model,
-             "model_version": r.model_version, "source": r.source, "age_s": round(r.age(at), 1)}
+            {
+                "entity": r.entity,
+                "score": r.score,
+                "label": r.label,
+                "model": r.model,
+                "model_version": r.model_version,
+                "source": r.source,
+                "age_s": round(r.age(at), 1),
+            }
             for r in result.records
         ],
         "errors": [{"entity": e.entity, "reason": e.reason} for e in result.errors],
@@ -113,15 +133,29 @@ async def score_entities(
 
 
 def print_scores(result: dict[str, Any], title: str = "predictions") -> None:
-    table(title, ["entity", "score", "label", "model", "source", "age"],
-          [[p["entity"], f"{p['score']:.4f}", p["label"], f"{p['model']}/{p['model_version']}",
-            p["source"], f"{p['age_s']:.0f}s"] for p in result["predictions"]])
+    table(
+        title,
+        ["entity", "score", "label", "model", "source", "age"],
+        [
+            [
+                p["entity"],
+                f"{p['score']:.4f}",
+                p["label"],
+                f"{p['model']}/{p['model_version']}",
+                p["source"],
+                f"{p['age_s']:.0f}s",
+            ]
+            for p in result["predictions"]
+        ],
+    )
     for e in result["errors"]:
         err_console.print(f"[yellow]not scored:[/] {e['entity']}: {e['reason']}")
 
 
 def demo(
-    directory: Annotated[Path, typer.Option("--dir", help="Where the demo project lives.")] = Path("hybridserve-demo"),
+    directory: Annotated[Path, typer.Option("--dir", help="Where the demo project lives.")] = Path(
+        "hybridserve-demo"
+    ),
     once: Annotated[bool, typer.Option(help="Exit when the demo is done.")] = False,
     fresh: Annotated[bool, typer.Option(help="Start from an empty demo directory.")] = False,
     sample: Annotated[int, typer.Option(min=1, max=1000, help="Entities to score.")] = 10,

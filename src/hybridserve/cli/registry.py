@@ -43,14 +43,28 @@ def _metrics(items: list[str]) -> dict[str, float]:
 @registry_app.command()
 def register(
     name: Annotated[str, typer.Argument(help="Model name, e.g. fraud.")],
-    artifact: Annotated[Path | None, typer.Argument(help="Model file (.joblib, .pkl, .onnx).")] = None,
-    flavour: Annotated[str | None, typer.Option(help="sklearn, lightgbm, xgboost, onnx, callable (default: inferred).")] = None,
-    callable_ref: Annotated[str | None, typer.Option("--callable", help="module:function for the callable flavour.")] = None,
-    features: Annotated[str | None, typer.Option(help="Comma-separated feature names, when the model does not carry them.")] = None,
+    artifact: Annotated[
+        Path | None, typer.Argument(help="Model file (.joblib, .pkl, .onnx).")
+    ] = None,
+    flavour: Annotated[
+        str | None,
+        typer.Option(help="sklearn, lightgbm, xgboost, onnx, callable (default: inferred)."),
+    ] = None,
+    callable_ref: Annotated[
+        str | None, typer.Option("--callable", help="module:function for the callable flavour.")
+    ] = None,
+    features: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated feature names, when the model does not carry them."),
+    ] = None,
     metric: Annotated[list[str], typer.Option(help="NAME=VALUE, repeatable.")] = [],  # noqa: B006
     description: Annotated[str, typer.Option(help="What this version is.")] = "",
-    data_fingerprint: Annotated[str | None, typer.Option(help="Fingerprint of the training data.")] = None,
-    promote: Annotated[str | None, typer.Option(help="Point this alias at the new version.")] = None,
+    data_fingerprint: Annotated[
+        str | None, typer.Option(help="Fingerprint of the training data.")
+    ] = None,
+    promote: Annotated[
+        str | None, typer.Option(help="Point this alias at the new version.")
+    ] = None,
     project_path: ProjectOpt = None,
     json: JsonOpt = False,
 ) -> None:
@@ -61,17 +75,26 @@ def register(
         declared = reg_project_features(project_path, name)
         feature_list = declared
     mv = reg.register(
-        name, artifact, flavour=flavour, callable_ref=callable_ref, features=feature_list,
-        metrics=_metrics(metric), description=description,
-        training_data_fingerprint=data_fingerprint, registered_by=_actor(),
+        name,
+        artifact,
+        flavour=flavour,
+        callable_ref=callable_ref,
+        features=feature_list,
+        metrics=_metrics(metric),
+        description=description,
+        training_data_fingerprint=data_fingerprint,
+        registered_by=_actor(),
     )
     if promote:
         reg.set_alias(name, promote, mv.version, actor=_actor())
     if json:
         print_json(mv.to_dict())
     else:
-        console.print(f"registered [bold]{mv.ref}[/] ({mv.flavour}, sha256 {mv.sha256[:12]})"
-                      + (f", {promote} -> {mv.version}" if promote else ""))
+        console.print(
+            f"registered [bold]{mv.ref}[/] ({mv.flavour}, "
+            + (f"sha256 {mv.sha256[:12]})" if mv.sha256 else f"{mv.callable_ref})")
+            + (f", {promote} -> {mv.version}" if promote else "")
+        )
 
 
 def reg_project_features(path: Path | None, name: str) -> list[str] | None:
@@ -86,14 +109,30 @@ def list_(project_path: ProjectOpt = None, json: JsonOpt = False) -> None:
     rows = []
     for name in reg.list_models():
         versions = reg.versions(name)
-        rows.append({"name": name, "latest": versions[-1].version if versions else None,
-                     "versions": len(versions), "aliases": reg.aliases(name)})
+        rows.append(
+            {
+                "name": name,
+                "latest": versions[-1].version if versions else None,
+                "versions": len(versions),
+                "aliases": reg.aliases(name),
+            }
+        )
     if json:
         print_json(rows)
         return
-    table("models", ["name", "latest", "versions", "aliases"],
-          [[r["name"], r["latest"], r["versions"],
-            ", ".join(f"{a}={v}" for a, v in sorted(r["aliases"].items()))] for r in rows])
+    table(
+        "models",
+        ["name", "latest", "versions", "aliases"],
+        [
+            [
+                r["name"],
+                r["latest"],
+                r["versions"],
+                ", ".join(f"{a}={v}" for a, v in sorted(r["aliases"].items())),
+            ]
+            for r in rows
+        ],
+    )
 
 
 @registry_app.command()
@@ -114,7 +153,9 @@ def show(
 
 @registry_app.command()
 def alias(
-    name: str, alias_name: Annotated[str, typer.Argument(metavar="ALIAS")], version: int,
+    name: str,
+    alias_name: Annotated[str, typer.Argument(metavar="ALIAS")],
+    version: int,
     project_path: ProjectOpt = None,
 ) -> None:
     """Point ALIAS of model NAME at VERSION."""
@@ -124,7 +165,8 @@ def alias(
 
 @registry_app.command("promote")
 def promote_(
-    name: str, version: int,
+    name: str,
+    version: int,
     to: Annotated[str, typer.Option("--alias", help="Alias to move.")] = "production",
     project_path: ProjectOpt = None,
 ) -> None:

@@ -13,7 +13,9 @@ from hybridserve.cli.common import ProjectOpt, project
 def serve(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to bind.", min=0, max=65535)] = 8000,
-    workers: Annotated[int, typer.Option(help="Server processes (share stores and registry).", min=1)] = 1,
+    workers: Annotated[
+        int, typer.Option(help="Server processes (share stores and registry).", min=1)
+    ] = 1,
     access_log: Annotated[bool, typer.Option(help="JSON access log line per request.")] = True,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
     project_path: ProjectOpt = None,

@@ -55,7 +55,8 @@ def epoch_seconds(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     if pa.types.is_timestamp(t):
         micros = pc.cast(pc.cast(column, pa.timestamp("us", t.tz)), pa.int64())
         return np.asarray(micros.to_numpy(zero_copy_only=False), dtype=np.float64) / 1e6
-    return np.asarray(pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
+    floats = pc.cast(column, pa.float64())
+    return np.asarray(floats.to_numpy(zero_copy_only=False), dtype=np.float64)
 
 
 def _parse_iso(value: str | None) -> float:

@@ -15,8 +15,10 @@ from typing import Any
 import orjson
 
 from hybridserve.config import Project
-from hybridserve.records import FeatureRow, FeatureValue, now
+from hybridserve.records import FeatureRow, FeatureStatus, FeatureValue, now
 from hybridserve.storage import Entry, KVStore
+
+_NUMPY = orjson.OPT_SERIALIZE_NUMPY
 
 
 def feature_key(view: str, entity: str) -> str:
@@ -36,7 +38,7 @@ class OnlineFeatureStore:
         """Write ``(entity, {feature: value}, event_time)`` rows; return how many won."""
         self.project.view(view)  # raise FeatureViewNotFound early
         writes = [
-            Entry(feature_key(view, entity), orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY), ts)
+            Entry(feature_key(view, entity), orjson.dumps(values, option=_NUMPY), ts)
             for entity, values, ts in rows
         ]
         return await self.kv.put_many(writes)
@@ -67,7 +69,7 @@ class OnlineFeatureStore:
                     continue
                 age = max(0.0, at - entry.as_of)
                 ttl = self.project.feature_views[view].ttl
-                status = "stale" if ttl is not None and age > ttl else "present"
+                status: FeatureStatus = "stale" if ttl is not None and age > ttl else "present"
                 data = orjson.loads(entry.value)
                 for name in names:
                     if name in data and data[name] is not None:

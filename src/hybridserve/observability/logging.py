@@ -32,8 +32,11 @@ class JsonFormatter(logging.Formatter):
 def configure(level: str = "info", *, json: bool = True) -> None:
     """Send hybridserve's (and uvicorn's) logs to stderr, as JSON lines by default."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if json else logging.Formatter(
-        "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(
+        JsonFormatter()
+        if json
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
     for name in ("hybridserve", "uvicorn.error"):
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler]

@@ -26,42 +26,82 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = self.registry = registry or CollectorRegistry()
         self.stage_seconds = Histogram(
-            "hybridserve_stage_seconds", "Time spent per route and stage "
-            "(cache, store, features, model, fallback, total).",
-            ["route", "stage"], buckets=LATENCY_BUCKETS, registry=r)
+            "hybridserve_stage_seconds",
+            "Time spent per route and stage (cache, store, features, model, fallback, total).",
+            ["route", "stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.requests = Counter(
-            "hybridserve_requests_total", "Answers per route, source and status.",
-            ["route", "source", "status"], registry=r)
+            "hybridserve_requests_total",
+            "Answers per route, source and status.",
+            ["route", "source", "status"],
+            registry=r,
+        )
         self.cache_hits = Counter(
-            "hybridserve_cache_hits_total", "Stored predictions served, by tier (l1, store).",
-            ["route", "tier"], registry=r)
+            "hybridserve_cache_hits_total",
+            "Stored predictions served, by tier (l1, store).",
+            ["route", "tier"],
+            registry=r,
+        )
         self.fallbacks = Counter(
-            "hybridserve_fallbacks_total", "Fallback answers by route, kind and reason.",
-            ["route", "kind", "reason"], registry=r)
+            "hybridserve_fallbacks_total",
+            "Fallback answers by route, kind and reason.",
+            ["route", "kind", "reason"],
+            registry=r,
+        )
         self.breaker_state = Gauge(
-            "hybridserve_breaker_state", "Circuit breaker state (0 closed, 1 half-open, 2 open).",
-            ["dependency"], registry=r)
+            "hybridserve_breaker_state",
+            "Circuit breaker state (0 closed, 1 half-open, 2 open).",
+            ["dependency"],
+            registry=r,
+        )
         self.batch_size = Histogram(
-            "hybridserve_batch_size", "Rows per model call.", ["model"],
-            buckets=BATCH_BUCKETS, registry=r)
+            "hybridserve_batch_size",
+            "Rows per model call.",
+            ["model"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
         self.model_seconds = Histogram(
-            "hybridserve_model_seconds", "Duration of one model call.", ["model"],
-            buckets=LATENCY_BUCKETS, registry=r)
+            "hybridserve_model_seconds",
+            "Duration of one model call.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.prediction_age = Histogram(
-            "hybridserve_prediction_age_seconds", "Age of served predictions.", ["route"],
-            buckets=AGE_BUCKETS, registry=r)
+            "hybridserve_prediction_age_seconds",
+            "Age of served predictions.",
+            ["route"],
+            buckets=AGE_BUCKETS,
+            registry=r,
+        )
         self.shadow = Counter(
-            "hybridserve_shadow_total", "Shadow comparisons by outcome "
-            "(agree, disagree, dropped, error).", ["route", "outcome"], registry=r)
+            "hybridserve_shadow_total",
+            "Shadow comparisons by outcome (agree, disagree, dropped, error).",
+            ["route", "outcome"],
+            registry=r,
+        )
         self.shadow_delta = Histogram(
-            "hybridserve_shadow_score_delta", "Absolute score difference, shadow vs primary.",
-            ["route"], buckets=(0.001, 0.01, 0.05, 0.1, 0.2, 0.5, 1.0), registry=r)
+            "hybridserve_shadow_score_delta",
+            "Absolute score difference, shadow vs primary.",
+            ["route"],
+            buckets=(0.001, 0.01, 0.05, 0.1, 0.2, 0.5, 1.0),
+            registry=r,
+        )
         self.model_info = Gauge(
-            "hybridserve_model_info", "The model version serving each route and role (value 1).",
-            ["route", "role", "model", "version"], registry=r)
+            "hybridserve_model_info",
+            "The model version serving each route and role (value 1).",
+            ["route", "role", "model", "version"],
+            registry=r,
+        )
         self.events = Counter(
-            "hybridserve_events_total", "Events accepted on the ingest endpoint.",
-            ["stream", "status"], registry=r)
+            "hybridserve_events_total",
+            "Events accepted on the ingest endpoint.",
+            ["stream", "status"],
+            registry=r,
+        )
 
     @lru_cache(maxsize=4096)  # noqa: B019 - one Metrics per process, bounded cache
     def child(self, name: str, *labels: str) -> Any:
@@ -69,7 +109,7 @@ class Metrics:
         return getattr(self, name).labels(*labels)
 
     def set_model(self, route: str, role: str, model: str, version: int) -> None:
-        for sample in list(self.model_info.collect()[0].samples):
+        for sample in [s for m in self.model_info.collect() for s in m.samples]:
             lab = sample.labels
             if lab["route"] == route and lab["role"] == role:
                 self.model_info.remove(route, role, lab["model"], lab["version"])

@@ -1,11 +1,14 @@
-"""Read queries of the registry, as functions of a connection (the writes reuse them inside
-their own transactions), and the "not found" errors that say what does exist."""
+"""The registry's SQL as functions of a connection, so reads and writes compose inside one
+transaction, and the "not found" errors that say what does exist."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from sqlalchemy import Connection, and_, select
 
 from hybridserve.errors import ModelNotFound
+from hybridserve.records import now
 from hybridserve.registry import schema as t
 from hybridserve.registry.refs import ModelRef
 from hybridserve.registry.versions import AuditEntry, ModelVersion
@@ -87,4 +90,29 @@ def not_found(conn: Connection, ref: ModelRef) -> ModelNotFound:
         f"(versions: {', '.join(map(str, numbers)) or 'none'})",
         model=ref.name,
         version=ref.version,
+    )
+
+
+def write_audit(
+    conn: Connection,
+    actor: str,
+    action: str,
+    model: str,
+    alias: str | None,
+    from_version: int | None,
+    to_version: int | None,
+    details: dict[str, Any] | None = None,
+) -> None:
+    """Append one row to the audit log (in the caller's transaction)."""
+    conn.execute(
+        t.audit_log.insert().values(
+            at=now(),
+            actor=actor,
+            action=action,
+            model=model,
+            alias=alias,
+            from_version=from_version,
+            to_version=to_version,
+            details=details or {},
+        )
     )

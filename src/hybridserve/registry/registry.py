@@ -61,6 +61,23 @@ def _json_metrics(metrics: dict[str, Any] | None) -> dict[str, Any]:
         raise InvalidInput(f"metrics must be JSON values or numbers: {exc}") from exc
 
 
+def _source(
+    artifact: Path | str | None, flavour: str | None, callable_ref: str | None
+) -> tuple[str, Path | None, Path | str]:
+    """Check what to register from; return the flavour, the file (if any), what to load."""
+    path = Path(artifact) if artifact is not None else None
+    if (path is None) == (callable_ref is None):
+        raise InvalidInput("pass either an artifact file or callable_ref='module:function'")
+    if path is not None and not path.is_file():
+        raise InvalidInput(f"artifact {path} does not exist or is not a file")
+    flavour = flavour or ("callable" if path is None else infer_flavour(path))
+    runtime_class(flavour)  # unknown flavour: ConfigError listing the known ones
+    if (flavour == "callable") != (path is None):
+        needs = "callable_ref='module:function'" if path is not None else "an artifact file"
+        raise InvalidInput(f"flavour {flavour!r} needs {needs}")
+    return flavour, path, path if path is not None else str(callable_ref)
+
+
 class Registry:
     """Model versions, aliases and their audit log."""
 
@@ -173,26 +190,7 @@ class Registry:
     ) -> ModelVersion:
         """Add the next version of ``name`` from an artifact file or a ``module:function``."""
         check_name(name)
-        path = Path(artifact) if artifact is not None else None
-        if path is not None and callable_ref is not None:
-            raise InvalidInput("pass an artifact or callable_ref, not both")
-        if path is None and callable_ref is None:
-            raise InvalidInput("pass an artifact file, or callable_ref='module:function'")
-        if path is not None and not path.is_file():
-            raise InvalidInput(f"artifact {path} does not exist or is not a file")
-        if flavour is None:
-            flavour = "callable" if path is None else infer_flavour(path)
-        runtime_class(flavour)  # unknown flavour: ConfigError listing the known ones
-        if (flavour == "callable") != (path is None):
-            raise InvalidInput(
-                f"flavour {flavour!r} needs "
-                + (
-                    "callable_ref='module:function'"
-                    if flavour == "callable"
-                    else "an artifact file"
-                )
-            )
-        source = path if path is not None else str(callable_ref)
+        flavour, path, source = _source(artifact, flavour, callable_ref)
         signature, task = describe(flavour, source, features=features, task=task)
         row: dict[str, Any] = {
             "name": name,
@@ -222,7 +220,7 @@ class Registry:
                     rel, sha = self.artifacts.put(name, version, path) if path else (None, None)
                     row.update(version=version, artifact=rel, sha256=sha, registered_at=now())
                     conn.execute(t.model_versions.insert().values(**row))
-                    self._audit(
+                    q.write_audit(
                         conn,
                         row["registered_by"],
                         "register",
@@ -281,7 +279,7 @@ class Registry:
             conn.execute(
                 t.aliases.delete().where(t.aliases.c.name == name, t.aliases.c.alias == alias)
             )
-            self._audit(conn, actor or current_user(), "delete_alias", name, alias, current, None)
+            q.write_audit(conn, actor or current_user(), "delete_alias", name, alias, current, None)
 
     def _move(self, name: str, alias: str, version: int, action: str, actor: str | None) -> None:
         check_name(alias, "alias")
@@ -309,7 +307,7 @@ class Registry:
                 .where(t.aliases.c.name == name, t.aliases.c.alias == alias)
                 .values(**values)
             )
-        self._audit(conn, who, action, name, alias, current, version)
+        q.write_audit(conn, who, action, name, alias, current, version)
 
     def _lock_model(self, conn: Connection, name: str) -> None:
         row = conn.execute(
@@ -317,27 +315,3 @@ class Registry:
         ).first()
         if row is None:
             raise q.not_found(conn, ModelRef(name))
-
-    @staticmethod
-    def _audit(
-        conn: Connection,
-        actor: str,
-        action: str,
-        model: str,
-        alias: str | None,
-        from_version: int | None,
-        to_version: int | None,
-        details: dict[str, Any] | None = None,
-    ) -> None:
-        conn.execute(
-            t.audit_log.insert().values(
-                at=now(),
-                actor=actor,
-                action=action,
-                model=model,
-                alias=alias,
-                from_version=from_version,
-                to_version=to_version,
-                details=details or {},
-            )
-        )

@@ -114,7 +114,9 @@ class ModelManager:
             batcher = MicroBatcher(
                 lambda m: runtime.predict(m, probabilities=proba),
                 max_batch_size=self.max_batch_size,
-                executor=self._executor, observe=observe, name=mv.ref,
+                executor=self._executor,
+                observe=observe,
+                name=mv.ref,
             )
             self._batchers[mv.ref] = batcher
         return LoadedModel(ref, scorer, batcher)
@@ -133,8 +135,11 @@ class ModelManager:
 
     def by_version(self, name: str, version: int | None = None) -> LoadedModel | None:
         """A loaded model by name (and version); the newest loaded when no version is given."""
-        found = [m for m in self._current.values() if m.name == name
-                 and (version is None or m.version == version)]
+        found = [
+            m
+            for m in self._current.values()
+            if m.name == name and (version is None or m.version == version)
+        ]
         return max(found, key=lambda m: m.version) if found else None
 
     # -- following aliases -----------------------------------------------------------

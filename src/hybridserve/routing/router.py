@@ -29,12 +29,12 @@ from hybridserve.features.online import merge_request_features
 from hybridserve.observability.metrics import Metrics
 from hybridserve.predictions.cache import L1Cache
 from hybridserve.records import PredictionRecord, now, to_iso
-from hybridserve.runtimes.base import Prediction
 from hybridserve.routing.breaker import STATE_VALUE, CircuitBreaker, State
 from hybridserve.routing.models import LoadedModel, ModelManager
 from hybridserve.routing.rollout import in_share
 from hybridserve.routing.schema import EntityItem, PredictRequest
 from hybridserve.routing.shadow import ShadowScorer
+from hybridserve.runtimes.base import Prediction
 from hybridserve.services import Services
 
 log = logging.getLogger("hybridserve.router")
@@ -84,8 +84,12 @@ class Router:
         cfg = self.project.server.breaker
         self.breakers: dict[str, CircuitBreaker] = {}
         self._breaker_args = {
-            "failures": cfg.failures, "error_rate": cfg.error_rate, "window": cfg.window,
-            "min_calls": cfg.min_calls, "cooldown": cfg.cooldown, "on_change": self._breaker_moved,
+            "failures": cfg.failures,
+            "error_rate": cfg.error_rate,
+            "window": cfg.window,
+            "min_calls": cfg.min_calls,
+            "cooldown": cfg.cooldown,
+            "on_change": self._breaker_moved,
         }
         self.shadow = ShadowScorer(self, metrics, maxsize=self.project.server.shadow_queue)
         self._writebacks: set[asyncio.Task[None]] = set()
@@ -105,7 +109,9 @@ class Router:
 
     # -- the request -----------------------------------------------------------------
 
-    async def predict(self, route: str, req: PredictRequest, request_id: str | None = None) -> Outcome:
+    async def predict(
+        self, route: str, req: PredictRequest, request_id: str | None = None
+    ) -> Outcome:
         cfg = self.project.route(route)
         request_id = request_id or uuid.uuid4().hex
         loop = asyncio.get_running_loop()
@@ -143,26 +149,44 @@ class Router:
                 where = "features" if isinstance(item, str) else f"entities.{i}.features"
                 raise InvalidInput(
                     f"{where}: unknown request feature {unknown[0]!r} for route {route!r}"
-                    + (f" (allowed: {', '.join(sorted(allowed))})" if allowed
-                       else " (this route takes no request features)")
+                    + (
+                        f" (allowed: {', '.join(sorted(allowed))})"
+                        if allowed
+                        else " (this route takes no request features)"
+                    )
                 )
             keys.append(key)
             extra.append(feats or None)
         budget = cfg.latency_budget
         if req.timeout_ms is not None:
             budget = min(budget, req.timeout_ms / 1000)
-        max_stale = cfg.max_staleness if req.max_staleness is None else min(
-            cfg.max_staleness, req.max_staleness)
+        max_stale = (
+            cfg.max_staleness
+            if req.max_staleness is None
+            else min(cfg.max_staleness, req.max_staleness)
+        )
         primary = self.models.get(route)
         if primary is None:
             raise HybridServeError(f"route {route!r} has no model loaded")
         canary = self.models.get(route, "canary")
         pct = cfg.canary.percent if cfg.canary is not None else 0.0
-        models = [canary if canary is not None and in_share(k, pct, route) else primary
-                  for k in keys]
+        models = [
+            canary if canary is not None and in_share(k, pct, route) else primary for k in keys
+        ]
         n = len(keys)
-        return _Job(keys, extra, now(), t0 + budget, max_stale, models, [None] * n,
-                    [[] for _ in range(n)], [None] * n, [None] * n, [None] * n)
+        return _Job(
+            keys,
+            extra,
+            now(),
+            t0 + budget,
+            max_stale,
+            models,
+            [None] * n,
+            [[] for _ in range(n)],
+            [None] * n,
+            [None] * n,
+            [None] * n,
+        )
 
     # -- step 1: stored predictions --------------------------------------------------
 
@@ -176,7 +200,9 @@ class Router:
             return f"stale (age {age:.0f}s > {job.max_stale:.0f}s)"
         return None
 
-    def _serve_stored(self, route: str, job: _Job, i: int, rec: PredictionRecord, tier: str) -> bool:
+    def _serve_stored(
+        self, route: str, job: _Job, i: int, rec: PredictionRecord, tier: str
+    ) -> bool:
         why = self._fresh(rec, job, i)
         if why is None:
             source = "cache" if tier == "l1" else rec.source
@@ -203,7 +229,10 @@ class Router:
             return
         t = loop.time()
         records = await self._call(
-            "prediction_store", job, todo, "store",
+            "prediction_store",
+            job,
+            todo,
+            "store",
             self.services.predictions.get(route, [job.keys[i] for i in todo]),
         )
         self.metrics.child("stage_seconds", route, "store").observe(loop.time() - t)
@@ -215,8 +244,9 @@ class Router:
             elif self._serve_stored(route, job, i, rec, "store"):
                 self.cache.put(rec, cfg.max_staleness, job.at)
 
-    async def _call(self, dependency: str, job: _Job, todo: Sequence[int], step: str,
-                    coro: Any) -> Any:
+    async def _call(
+        self, dependency: str, job: _Job, todo: Sequence[int], step: str, coro: Any
+    ) -> Any:
         """Await ``coro`` within the time left, through ``dependency``'s breaker."""
         breaker = self.breaker(dependency)
         remaining = job.deadline - asyncio.get_running_loop().time()
@@ -257,11 +287,16 @@ class Router:
         rows: dict[int, Any] = {}
         if read and wanted:
             t = asyncio.get_running_loop().time()
-            got = await self._call("feature_store", job, read, "features",
-                                   self.services.features.read(wanted, [job.keys[i] for i in read],
-                                                               at=job.at))
+            got = await self._call(
+                "feature_store",
+                job,
+                read,
+                "features",
+                self.services.features.read(wanted, [job.keys[i] for i in read], at=job.at),
+            )
             self.metrics.child("stage_seconds", route, "features").observe(
-                asyncio.get_running_loop().time() - t)
+                asyncio.get_running_loop().time() - t
+            )
             if got is None:
                 need = [i for i in need if i not in set(read)]
             else:
@@ -274,8 +309,16 @@ class Router:
                 job.values[i] = merge_request_features(row, job.extra[i], job.at)
                 job.feature_as_of[i] = row.as_of
 
-    async def _score(self, route: str, job: _Job, todo: list[int], model: LoadedModel,
-                     request_id: str, source: str, probabilities: bool) -> list[PredictionRecord]:
+    async def _score(
+        self,
+        route: str,
+        job: _Job,
+        todo: list[int],
+        model: LoadedModel,
+        request_id: str,
+        source: str,
+        probabilities: bool,
+    ) -> list[PredictionRecord]:
         await self._features(route, job, todo, model)
         ready = [i for i in todo if job.values[i] is not None]
         if not ready:
@@ -289,8 +332,13 @@ class Router:
         rows = [ready[r] for r in prepared.rows]
         loop = asyncio.get_running_loop()
         t = loop.time()
-        prediction = await self._call(f"model:{model.label}", job, rows, source,
-                                      model.batcher.predict(prepared.matrix, job.deadline))
+        prediction = await self._call(
+            f"model:{model.label}",
+            job,
+            rows,
+            source,
+            model.batcher.predict(prepared.matrix, job.deadline),
+        )
         self.metrics.child("stage_seconds", route, "model").observe(loop.time() - t)
         if prediction is None:
             return []
@@ -298,19 +346,27 @@ class Router:
             prediction = Prediction(prediction.scores, None, prediction.classes)
         # A score is as fresh as its stalest stored input; request features are fresh now.
         as_of = [job.feature_as_of[i] or job.at for i in rows]
-        return scorer.records([job.keys[i] for i in rows], prediction, as_of=as_of,
-                              source="online", request_id=request_id, computed_at=job.at)
+        return scorer.records(
+            [job.keys[i] for i in rows],
+            prediction,
+            as_of=as_of,
+            source="online",
+            request_id=request_id,
+            computed_at=job.at,
+        )
 
-    async def _compute(self, route: str, cfg: RouteConfig, req: PredictRequest, job: _Job,
-                       request_id: str) -> None:
+    async def _compute(
+        self, route: str, cfg: RouteConfig, req: PredictRequest, job: _Job, request_id: str
+    ) -> None:
         groups: dict[int, list[int]] = {}
         for i in job.open():
             groups.setdefault(id(job.models[i]), []).append(i)
         fresh: list[PredictionRecord] = []
         for todo in groups.values():
             model = job.models[todo[0]]
-            records = await self._score(route, job, todo, model, request_id, "compute",
-                                        req.probabilities)
+            records = await self._score(
+                route, job, todo, model, request_id, "compute", req.probabilities
+            )
             by_key = {r.entity: r for r in records}
             for i in todo:
                 rec = by_key.get(job.keys[i])
@@ -343,8 +399,9 @@ class Router:
 
     # -- step 3: fallbacks -----------------------------------------------------------
 
-    async def _fallback(self, route: str, cfg: RouteConfig, req: PredictRequest, job: _Job,
-                        request_id: str) -> None:
+    async def _fallback(
+        self, route: str, cfg: RouteConfig, req: PredictRequest, job: _Job, request_id: str
+    ) -> None:
         for i in job.open():
             if job.stored[i] is None:
                 job.stored[i] = self.cache.get(route, job.keys[i], job.at)
@@ -360,40 +417,63 @@ class Router:
                     elif step.max_age is not None and job.at - rec.as_of > step.max_age:
                         job.trail[i].append("fallback stale_prediction: older than max_age")
                     else:
-                        job.answers[i] = self._answer(rec, "fallback:stale_prediction", job.at, True)
+                        job.answers[i] = self._answer(
+                            rec, "fallback:stale_prediction", job.at, True
+                        )
                         self.metrics.child("fallbacks", route, "stale_prediction", "").inc()
             elif isinstance(step, ModelStep):
                 model = self.models.get(route, f"fallback{n}")
                 if model is None:
                     self._note(job, todo, f"fallback model {step.model}: not loaded")
                     continue
-                records = await self._score(route, job, todo, model, request_id,
-                                            f"fallback model {model.label}", req.probabilities)
+                records = await self._score(
+                    route,
+                    job,
+                    todo,
+                    model,
+                    request_id,
+                    f"fallback model {model.label}",
+                    req.probabilities,
+                )
                 by_key = {r.entity: r for r in records}
                 for i in todo:
                     rec = by_key.get(job.keys[i])
                     if rec is not None:
-                        job.answers[i] = self._answer(rec, "fallback:model", job.at, True,
-                                                      req.probabilities)
+                        job.answers[i] = self._answer(
+                            rec, "fallback:model", job.at, True, req.probabilities
+                        )
                         self.metrics.child("fallbacks", route, "model", "").inc()
             elif isinstance(step, DefaultStep):
                 for i in todo:
                     job.answers[i] = {
-                        "entity": job.keys[i], "score": step.default, "label": None,
-                        "source": "fallback:default", "model": None, "model_version": None,
-                        "as_of": None, "age_s": None, "degraded": True,
+                        "entity": job.keys[i],
+                        "score": step.default,
+                        "label": None,
+                        "source": "fallback:default",
+                        "model": None,
+                        "model_version": None,
+                        "as_of": None,
+                        "age_s": None,
+                        "degraded": True,
                     }
                     self.metrics.child("fallbacks", route, "default", "").inc()
 
     # -- the answer ------------------------------------------------------------------
 
     @staticmethod
-    def _answer(rec: PredictionRecord, source: str, at: float, degraded: bool,
-                probabilities: bool = False) -> dict[str, Any]:
+    def _answer(
+        rec: PredictionRecord, source: str, at: float, degraded: bool, probabilities: bool = False
+    ) -> dict[str, Any]:
         out = {
-            "entity": rec.entity, "score": rec.score, "label": rec.label, "source": source,
-            "model": rec.model, "model_version": rec.model_version, "as_of": to_iso(rec.as_of),
-            "age_s": round(max(0.0, at - rec.as_of), 3), "degraded": degraded,
+            "entity": rec.entity,
+            "score": rec.score,
+            "label": rec.label,
+            "source": source,
+            "model": rec.model,
+            "model_version": rec.model_version,
+            "as_of": to_iso(rec.as_of),
+            "age_s": round(max(0.0, at - rec.as_of), 3),
+            "degraded": degraded,
         }
         if probabilities and rec.probabilities is not None:
             out["probabilities"] = rec.probabilities
@@ -406,24 +486,47 @@ class Router:
             m.child("requests", route, a["source"], "ok").inc()
             if a["age_s"] is not None:
                 m.child("prediction_age", route).observe(a["age_s"])
-        versions = ",".join(sorted({f"{a['model']}/{a['model_version']}" for a in answered
-                                    if a["model"] is not None}))
+        versions = ",".join(
+            sorted(
+                {f"{a['model']}/{a['model_version']}" for a in answered if a["model"] is not None}
+            )
+        )
         sources = ",".join(sorted({a["source"] for a in answered}))
         if len(answered) == len(job.keys):
-            return Outcome(200, {"request_id": request_id, "route": route,
-                                 "predictions": answered}, versions, sources)
-        missing = [{"entity": job.keys[i], "steps": job.trail[i]} for i, a in
-                   enumerate(job.answers) if a is None]
+            return Outcome(
+                200,
+                {"request_id": request_id, "route": route, "predictions": answered},
+                versions,
+                sources,
+            )
+        missing = [
+            {"entity": job.keys[i], "steps": job.trail[i]}
+            for i, a in enumerate(job.answers)
+            if a is None
+        ]
         m.child("requests", route, "none", "unavailable").inc(len(missing))
-        return Outcome(503, {
-            "error": f"no acceptable prediction for {len(missing)} of {len(job.keys)} "
-                     f"entities of route {route!r}",
-            "type": "NoFreshPrediction", "request_id": request_id, "route": route,
-            "predictions": answered, "unanswered": missing,
-        }, versions, sources)
+        return Outcome(
+            503,
+            {
+                "error": f"no acceptable prediction for {len(missing)} of {len(job.keys)} "
+                f"entities of route {route!r}",
+                "type": "NoFreshPrediction",
+                "request_id": request_id,
+                "route": route,
+                "predictions": answered,
+                "unanswered": missing,
+            },
+            versions,
+            sources,
+        )
+
+    async def flush(self) -> None:
+        """Wait for pending write-backs and shadow comparisons."""
+        if self._writebacks:
+            await asyncio.wait(list(self._writebacks), timeout=5)
+        await self.shadow.drain()
 
     async def close(self) -> None:
         await self.shadow.close()
         if self._writebacks:
             await asyncio.wait(self._writebacks, timeout=5)
-

@@ -14,7 +14,9 @@ from hybridserve.errors import InvalidInput
 from hybridserve.units import parse_duration
 
 FeatureValue = float | int | bool | str | None
-Key = Annotated[str, BeforeValidator(lambda v: str(v) if isinstance(v, int) and not isinstance(v, bool) else v)]
+Key = Annotated[
+    str, BeforeValidator(lambda v: str(v) if isinstance(v, int) and not isinstance(v, bool) else v)
+]
 
 
 class EntityItem(BaseModel):
@@ -30,16 +32,18 @@ class PredictRequest(BaseModel):
     entities: list[Annotated[str, Field(min_length=1, max_length=512)] | EntityItem] = Field(
         default=[], description="Entity keys, or {key, features} objects."
     )
-    entity: Key | None = Field(default=None, min_length=1, max_length=512,
-                               description="Shorthand for one entity.")
+    entity: Key | None = Field(
+        default=None, min_length=1, max_length=512, description="Shorthand for one entity."
+    )
     features: dict[str, FeatureValue] = Field(
         default={}, description="Request-time features for every entity of this request."
     )
     max_staleness: Annotated[float, BeforeValidator(parse_duration)] | None = Field(
         default=None, description="Tighten the route's freshness bound ('30s', '5m' or seconds)."
     )
-    timeout_ms: float | None = Field(default=None, gt=0, le=600_000,
-                                     description="Tighten the route's latency budget.")
+    timeout_ms: float | None = Field(
+        default=None, gt=0, le=600_000, description="Tighten the route's latency budget."
+    )
     mode: Literal["auto", "compute", "stored"] = Field(
         default="auto",
         description="auto: stored prediction if fresh, else compute; compute: always compute "
@@ -86,8 +90,12 @@ def _errors(exc: ValidationError) -> list[dict[str, Any]]:
 def validation_message(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors()[:5]:
-        loc = ".".join(str(p) for p in err["loc"] if not str(p)[:1].isupper()
-                       and str(p) not in ("str", "EntityItem", "function-before[<lambda>(), str]"))
+        loc = ".".join(
+            str(p)
+            for p in err["loc"]
+            if not str(p)[:1].isupper()
+            and str(p) not in ("str", "EntityItem", "function-before[<lambda>(), str]")
+        )
         msg = str(err["msg"]).removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown field"

@@ -31,13 +31,23 @@ class ShadowScorer:
         self.router = router
         self.metrics = metrics
         self.maxsize = maxsize
-        self._queue: asyncio.Queue[tuple[str, list[str], list[dict[str, Any] | None],
-                                         list[PredictionRecord]]] | None = None
+        self._queue: (
+            asyncio.Queue[
+                tuple[str, list[str], list[dict[str, Any] | None], list[PredictionRecord]]
+            ]
+            | None
+        ) = None
         self._worker: asyncio.Task[None] | None = None
         self.compared = 0
 
-    def offer(self, route: str, percent: float, keys: Sequence[str],
-              extra: Sequence[dict[str, Any] | None], records: Sequence[PredictionRecord]) -> None:
+    def offer(
+        self,
+        route: str,
+        percent: float,
+        keys: Sequence[str],
+        extra: Sequence[dict[str, Any] | None],
+        records: Sequence[PredictionRecord],
+    ) -> None:
         chosen = [r for r in records if in_share(r.entity, percent, "shadow:" + route)]
         if not chosen:
             return
@@ -46,8 +56,14 @@ class ShadowScorer:
             self._worker = asyncio.get_running_loop().create_task(self._run())
         by_key = dict(zip(keys, extra, strict=True))
         try:
-            self._queue.put_nowait((route, [r.entity for r in chosen],
-                                    [by_key.get(r.entity) for r in chosen], list(chosen)))
+            self._queue.put_nowait(
+                (
+                    route,
+                    [r.entity for r in chosen],
+                    [by_key.get(r.entity) for r in chosen],
+                    list(chosen),
+                )
+            )
         except asyncio.QueueFull:
             self.metrics.child("shadow", route, "dropped").inc(len(chosen))
 
@@ -63,15 +79,20 @@ class ShadowScorer:
             finally:
                 self._queue.task_done()
 
-    async def _compare(self, route: str, keys: list[str], extra: list[dict[str, Any] | None],
-                       primary: list[PredictionRecord]) -> None:
+    async def _compare(
+        self,
+        route: str,
+        keys: list[str],
+        extra: list[dict[str, Any] | None],
+        primary: list[PredictionRecord],
+    ) -> None:
         model = self.router.models.get(route, "shadow")
         if model is None:
             return
         rows = await self.router.services.features.read_route(route, keys)
         values = []
-        for row, req in zip(rows, extra, strict=True):
-            v = row.plain()
+        for feature_row, req in zip(rows, extra, strict=True):
+            v = feature_row.plain()
             v.update(req or {})
             values.append(v)
         prepared = model.scorer.prepare(keys, values)
@@ -91,8 +112,17 @@ class ShadowScorer:
             self.metrics.child("shadow_delta", route).observe(delta)
             self.compared += 1
             if self.compared % LOG_EVERY == 1:
-                log.info("shadow %s entity=%s primary=%s/%s %.4f shadow=%s %.4f %s", route,
-                         p.entity, p.model, p.model_version, p.score, model.label, s, outcome)
+                log.info(
+                    "shadow %s entity=%s primary=%s/%s %.4f shadow=%s %.4f %s",
+                    route,
+                    p.entity,
+                    p.model,
+                    p.model_version,
+                    p.score,
+                    model.label,
+                    s,
+                    outcome,
+                )
 
     async def drain(self) -> None:
         """Wait until every queued copy has been compared (tests, shutdown)."""

@@ -56,7 +56,8 @@ async def list_routes(request: Request) -> Response:
     out = {}
     for name, cfg in state.project.routes.items():
         out[name] = {
-            "entity": cfg.entity, "max_staleness_s": cfg.max_staleness,
+            "entity": cfg.entity,
+            "max_staleness_s": cfg.max_staleness,
             "latency_budget_ms": cfg.latency_budget * 1000,
             "models": {role: m.label for (r, role, m) in state.models.loaded() if r == name},
             "fallback": [s.model_dump() for s in cfg.fallback],
@@ -70,8 +71,14 @@ async def list_models(request: Request) -> Response:
     registry = state_of(request).services.registry
 
     def collect() -> list[dict[str, Any]]:
-        return [{"name": n, "versions": [v.version for v in registry.versions(n)],
-                 "aliases": registry.aliases(n)} for n in registry.list_models()]
+        return [
+            {
+                "name": n,
+                "versions": [v.version for v in registry.versions(n)],
+                "aliases": registry.aliases(n),
+            }
+            for n in registry.list_models()
+        ]
 
     return json_response(200, {"models": await asyncio.to_thread(collect)})
 
@@ -96,10 +103,13 @@ async def promote(request: Request) -> Response:
     name = request.path_params["name"]
     body = await json_body(request)
     version, alias = _int(body, "version"), _alias(body)
-    await asyncio.to_thread(state.services.registry.promote, name, version, alias=alias, actor=actor)
+    await asyncio.to_thread(
+        state.services.registry.promote, name, version, alias=alias, actor=actor
+    )
     changes = await state.models.refresh()
-    return json_response(200, {"model": name, "alias": alias, "version": version,
-                               "changes": changes})
+    return json_response(
+        200, {"model": name, "alias": alias, "version": version, "changes": changes}
+    )
 
 
 async def rollback(request: Request) -> Response:
@@ -107,11 +117,13 @@ async def rollback(request: Request) -> Response:
     state = state_of(request)
     name = request.path_params["name"]
     alias = _alias(await json_body(request))
-    version = await asyncio.to_thread(state.services.registry.rollback, name, alias=alias,
-                                      actor=actor)
+    version = await asyncio.to_thread(
+        state.services.registry.rollback, name, alias=alias, actor=actor
+    )
     changes = await state.models.refresh()
-    return json_response(200, {"model": name, "alias": alias, "version": version,
-                               "changes": changes})
+    return json_response(
+        200, {"model": name, "alias": alias, "version": version, "changes": changes}
+    )
 
 
 async def reload(request: Request) -> Response:
@@ -120,8 +132,9 @@ async def reload(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
-    return Response(state_of(request).metrics.render(),
-                    media_type="text/plain; version=0.0.4; charset=utf-8")
+    return Response(
+        state_of(request).metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8"
+    )
 
 
 def routes() -> list[Route]:

@@ -39,62 +39,89 @@ class HybridApp:
         self.state = state
         self.max_body = state.project.server.max_body_size
         routes: list[Any] = [*v2.routes(), *admin.routes(), *docs.routes()]
-        self.starlette = Starlette(routes=routes, lifespan=self._lifespan,
-                                   exception_handlers=exception_handlers())
+        self.starlette = Starlette(
+            routes=routes, lifespan=self._lifespan, exception_handlers=exception_handlers()
+        )
         self.starlette.state.hs = state
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, _app: Starlette) -> AsyncIterator[None]:
         await self.state.start()
-        log.info("ready: %d routes, models %s", len(self.state.project.routes),
-                 ", ".join(sorted({m.label for _, _, m in self.state.models.loaded()})))
+        log.info(
+            "ready: %d routes, models %s",
+            len(self.state.project.routes),
+            ", ".join(sorted({m.label for _, _, m in self.state.models.loaded()})),
+        )
         try:
             yield
         finally:
             await self.state.stop()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith(_PREDICT) and scope["method"] == "POST":
+        if (
+            scope["type"] == "http"
+            and scope["path"].startswith(_PREDICT)
+            and scope["method"] == "POST"
+        ):
             await self.predict(scope, receive, send)
         else:
             await self.starlette(scope, receive, send)
 
     async def predict(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
-        route = scope["path"][len(_PREDICT):]
+        route = scope["path"][len(_PREDICT) :]
         rid_header = header(scope, b"x-request-id")
         request_id = rid_header.decode()[:128] if rid_header else uuid.uuid4().hex
         state = self.state
         status = 500
         try:
             if state.auth.enabled:
-                state.auth.check(presented_key(header(scope, b"authorization"),
-                                               header(scope, b"x-api-key")), "predict")
+                state.auth.check(
+                    presented_key(header(scope, b"authorization"), header(scope, b"x-api-key")),
+                    "predict",
+                )
             if route not in state.project.routes:
                 state.project.route(route)  # raises RouteNotFound with the known routes
             body = await read_body(scope, receive, self.max_body)
             req = parse_predict_request(body)
             outcome = await state.router.predict(route, req, request_id)
             status = outcome.status
-            await send_json(send, status, outcome.body, [
-                (b"x-request-id", request_id.encode()),
-                (b"x-model-version", outcome.model_version.encode()),
-                (b"x-source", outcome.sources.encode()),
-            ])
+            await send_json(
+                send,
+                status,
+                outcome.body,
+                [
+                    (b"x-request-id", request_id.encode()),
+                    (b"x-model-version", outcome.model_version.encode()),
+                    (b"x-source", outcome.sources.encode()),
+                ],
+            )
         except HybridServeError as exc:
             status = exc.status
             if isinstance(exc, NotFound):
-                state.metrics.child("requests", route[:64] if route in state.project.routes
-                                    else "unknown", "none", "not_found").inc()
-            await send_json(send, status, error_body(exc, request_id),
-                            [(b"x-request-id", request_id.encode())])
+                state.metrics.child(
+                    "requests",
+                    route[:64] if route in state.project.routes else "unknown",
+                    "none",
+                    "not_found",
+                ).inc()
+            await send_json(
+                send, status, error_body(exc, request_id), [(b"x-request-id", request_id.encode())]
+            )
         except Exception:
             log.exception("request %s failed", request_id)
             await send_json(send, 500, {"error": "internal error", "request_id": request_id})
         if state.access_log:
-            access.info("", extra={"request_id": request_id, "method": "POST",
-                                   "path": scope["path"], "status": status,
-                                   "ms": round((time.perf_counter() - started) * 1000, 3)})
+            access.info(
+                "",
+                extra={
+                    "request_id": request_id,
+                    "method": "POST",
+                    "path": scope["path"],
+                    "status": status,
+                    "ms": round((time.perf_counter() - started) * 1000, 3),
+                },
+            )
 
 
 def create_app(project: Project, *, access_log: bool = True) -> HybridApp:

@@ -16,8 +16,12 @@ log = logging.getLogger("hybridserve.server")
 
 
 def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), status,
-                    headers=headers, media_type="application/json")
+    return Response(
+        orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY),
+        status,
+        headers=headers,
+        media_type="application/json",
+    )
 
 
 async def _hybrid(_request: Request, exc: Exception) -> Response:

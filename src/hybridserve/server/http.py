@@ -33,7 +33,9 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
         except ValueError:
             raise InvalidInput("content-length: not a number") from None
         if declared > limit:
-            raise PayloadTooLarge(f"request body of {declared} bytes exceeds the {limit}-byte limit")
+            raise PayloadTooLarge(
+                f"request body of {declared} bytes exceeds the {limit}-byte limit"
+            )
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -49,8 +51,9 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-async def send_json(send: Send, status: int, body: Any,
-                    headers: list[tuple[bytes, bytes]] | None = None) -> None:
+async def send_json(
+    send: Send, status: int, body: Any, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
     data = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
     out = [JSON_TYPE, (b"content-length", str(len(data)).encode())]
     if headers:

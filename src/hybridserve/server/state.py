@@ -26,16 +26,30 @@ class ServerState:
     extra: dict[str, object] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, project: Project, *, services: Services | None = None,
-              metrics: Metrics | None = None, access_log: bool = True) -> ServerState:
+    def build(
+        cls,
+        project: Project,
+        *,
+        services: Services | None = None,
+        metrics: Metrics | None = None,
+        access_log: bool = True,
+    ) -> ServerState:
         services = services or Services.open(project)
         metrics = metrics or Metrics()
         cfg = project.server
-        models = ModelManager(services, metrics, max_batch_size=cfg.max_batch_size,
-                              poll_interval=cfg.reload_interval)
+        models = ModelManager(
+            services, metrics, max_batch_size=cfg.max_batch_size, poll_interval=cfg.reload_interval
+        )
         router = Router(services, models, metrics, L1Cache(cfg.l1_cache_size))
-        return cls(project, services, metrics, models, router, Authenticator.from_project(project),
-                   access_log=access_log)
+        return cls(
+            project,
+            services,
+            metrics,
+            models,
+            router,
+            Authenticator.from_project(project),
+            access_log=access_log,
+        )
 
     async def start(self) -> None:
         """Load every model and check every store; raise (failing the start) on any problem."""

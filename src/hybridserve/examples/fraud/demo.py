@@ -21,7 +21,9 @@ from hybridserve.services import Services
 console = Console(highlight=False)
 
 
-async def run_demo(directory: Path, *, fresh: bool = False, sample: int = 10, once: bool = True) -> None:
+async def run_demo(
+    directory: Path, *, fresh: bool = False, sample: int = 10, once: bool = True
+) -> None:
     from hybridserve.cli.project import print_scores, score_entities
     from hybridserve.examples.fraud import scaffold
     from hybridserve.examples.fraud.train import train
@@ -47,11 +49,18 @@ async def run_demo(directory: Path, *, fresh: bool = False, sample: int = 10, on
         console.print("[bold]3.[/] materializing card_profile into the online store (SQLite)")
         from hybridserve.features.materialize import materialize
 
-        with Progress(TextColumn("   card_profile"), BarColumn(), MofNCompleteColumn(),
-                      console=console, transient=True) as bar:
+        with Progress(
+            TextColumn("   card_profile"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            console=console,
+            transient=True,
+        ) as bar:
             task = bar.add_task("materialize", total=None)
             mat = await materialize(
-                project, services.features, "card_profile",
+                project,
+                services.features,
+                "card_profile",
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
             )
         console.print(f"   {mat.entities} cards, {mat.written} written in {mat.seconds:.2f}s")
@@ -61,7 +70,9 @@ async def run_demo(directory: Path, *, fresh: bool = False, sample: int = 10, on
         scored = await score_entities(services, "fraud", cards, write=True)
         print_scores(scored, title="fraud scores (computed now from online features)")
         stored = await services.predictions.get("fraud", cards)
-        console.print(f"   {sum(r is not None for r in stored)} predictions stored in the prediction store")
+        console.print(
+            f"   {sum(r is not None for r in stored)} predictions stored in the prediction store"
+        )
     finally:
         await services.close()
     console.print(

@@ -24,6 +24,7 @@ from sklearn.metrics import average_precision_score, log_loss, roc_auc_score
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
 from hybridserve.examples.fraud.data import (
     FEATURES,
@@ -159,11 +160,13 @@ def fit_models(n_cards: int = 20_000, seed: int = 7) -> FittedModels:
         early_stopping=False,
         random_state=seed,
     )
-    model.fit(x_train, y_train)
-
     cols = [FEATURES.index(name) for name in RULES_FEATURES]
     rules = Pipeline([("scale", StandardScaler()), ("logreg", LogisticRegression(max_iter=1000))])
-    rules.fit(x_train[:, cols], y_train)
+    # One OpenMP thread: on data this small, threads gain little, and on a busy machine (a
+    # server or a test run alongside) spinning OpenMP workers make the fit several times slower.
+    with threadpool_limits(limits=1, user_api="openmp"):
+        model.fit(x_train, y_train)
+        rules.fit(x_train[:, cols], y_train)
     # Event times follow the wall clock; fingerprint only what the models were fitted on.
     return FittedModels(
         fraud=model,

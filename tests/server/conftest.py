@@ -1,0 +1,122 @@
+"""Fixtures for server tests: a trained fraud project (trained once per session, copied per
+test), an in-process app with its lifespan entered, and a real uvicorn server on a free port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+import yaml
+
+from hybridserve.config import Project, load_project
+from hybridserve.server.app import HybridApp, create_app
+
+
+@pytest.fixture(scope="session")
+def trained_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A scaffolded fraud project with both models registered and features materialized."""
+    from hybridserve.examples.fraud import scaffold
+    from hybridserve.examples.fraud.train import train
+    from hybridserve.features.materialize import materialize
+    from hybridserve.services import Services
+
+    root = tmp_path_factory.mktemp("fraud")
+    scaffold(root, n_cards=400)
+    project = load_project(root)
+    services = Services.open(project)
+    try:
+        train(project, n_cards=3000, registry=services.registry)
+        asyncio.run(materialize(project, services.features, "card_profile"))
+    finally:
+        asyncio.run(services.close())
+    return root
+
+
+ProjectFactory = Callable[..., Project]
+
+
+@pytest.fixture
+def make_project(trained_dir: Path, tmp_path: Path) -> ProjectFactory:
+    """Copy the trained project and apply ``changes`` (a dict merged into the YAML)."""
+
+    def make(changes: dict[str, Any] | None = None, **route_changes: Any) -> Project:
+        dest = tmp_path / "project"
+        if not dest.exists():
+            shutil.copytree(trained_dir, dest)
+        raw = yaml.safe_load((dest / "hybridserve.yaml").read_text())
+        for key, value in (changes or {}).items():
+            if isinstance(value, dict) and isinstance(raw.get(key), dict):
+                raw[key] = {**raw[key], **value}
+            else:
+                raw[key] = value
+        raw["routes"]["fraud"].update(route_changes)
+        (dest / "hybridserve.yaml").write_text(yaml.safe_dump(raw))
+        return load_project(dest / "hybridserve.yaml", env=False)
+
+    return make
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Callable[[Project], Any]]:
+    """Start an app in process (lifespan entered); yields a factory returning (app, client)."""
+    stack: list[Any] = []
+
+    async def start(project: Project) -> tuple[HybridApp, httpx.AsyncClient]:
+        app = create_app(project, access_log=False)
+        lifespan = app.starlette.router.lifespan_context(app.starlette)
+        await lifespan.__aenter__()
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hs")
+        stack.append((lifespan, client))
+        return app, client
+
+    yield start
+    for lifespan, client in reversed(stack):
+        await client.aclose()
+        await lifespan.__aexit__(None, None, None)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def live_server() -> Iterator[Callable[[Project], str]]:
+    """Run a real uvicorn server in a thread; the factory returns its base URL."""
+    servers: list[tuple[uvicorn.Server, threading.Thread]] = []
+
+    def start(project: Project) -> str:
+        port = free_port()
+        config = uvicorn.Config(
+            create_app(project, access_log=False),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            lifespan="on",
+        )
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while not server.started:
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise RuntimeError("server did not start")
+            time.sleep(0.02)
+        servers.append((server, thread))
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for server, thread in servers:
+        server.should_exit = True
+        thread.join(15)
