@@ -243,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         report.write_section(args.docs, text)
         log(f"wrote the Online section of {args.docs}")
     by_key = {r.key: r for r in results}
+    print(report.degraded_line(by_key))
     print(report.result_line(by_key, model_ms))
     measured = [p for r in results for p in r.points.values() if not math.isnan(p.rps)]
     return 0 if measured else 1

@@ -57,7 +57,10 @@ def table(results: list[ServerResult], concurrency: list[int]) -> str:
         cells = [r.label]
         for c in concurrency:
             p = r.points.get(c, LoadResult.failed())
-            cells += [_num(p.rps, 0), _num(p.p50_ms), _num(p.p99_ms)]
+            rps = _num(p.rps, 0)
+            if p.degraded() > 0:
+                rps += f" ({_num(p.rps * (1 - p.degraded()), 0)} not degraded)"
+            cells += [rps, _num(p.p50_ms), _num(p.p99_ms)]
         mixes = [f"c={c}: {r.points[c].mix()}" for c in concurrency if c in r.points]
         cells.append("; ".join(m for m in mixes if not m.endswith(": ")) or r.source or "-")
         lines.append("| " + " | ".join(cells) + " |")
@@ -111,8 +114,9 @@ def section(
         '- (f) `hybridserve serve`, route `fraud`, entity key only, `"mode": "compute"`: '
         "features read from the online store (SQLite), then computed now.",
         "",
-        "rps counts 2xx answers only. Latency percentiles are wrk's (closed loop, so they do not "
-        "include the queueing a fixed-rate client would see).",
+        "rps counts 2xx answers, including degraded ones (a fallback answered); the share not "
+        "degraded is given in brackets when some were. Latency percentiles are wrk's (closed "
+        "loop, so they do not include the queueing a fixed-rate client would see).",
     ]
     if notes:
         body += ["", "Notes:", ""] + [f"- {n}" for n in notes]
@@ -130,6 +134,17 @@ def write_section(doc: Path, text: str) -> None:
         new = old.rstrip("\n") + "\n\n" + text + "\n"
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text(new)
+
+
+def degraded_line(results: dict[str, ServerResult]) -> str:
+    """``DEGRADED key=percent ...``: share of fallback or non-200 answers per hybridserve point."""
+    pairs = [
+        f"c{c}_{key}_pct={100 * p.degraded():.1f}"
+        for key in ("stored", "online", "entity")
+        if key in results
+        for c, p in sorted(results[key].points.items())
+    ]
+    return "DEGRADED " + (" ".join(pairs) or "none-measured")
 
 
 def result_line(results: dict[str, ServerResult], model_ms: float) -> str:

@@ -52,12 +52,24 @@ class MicroBatcher:
         self._observe = observe
         self._pending: list[_Item] = []
         self._runner: asyncio.Task[None] | None = None
+        self._busy_since: float | None = None
+        """Loop time the running model call started (``None`` while the model is idle)."""
         self.batch_seconds = 0.0
         """Moving average of one model call's duration (0 until the first call)."""
 
     async def predict(self, matrix: Matrix, deadline: float | None = None) -> Prediction:
         """Score ``matrix`` (rows of one request) in the next batch; ``deadline`` is loop time."""
         loop = asyncio.get_running_loop()
+        if deadline is not None and self._busy_since is not None and self.batch_seconds:
+            # Busy: the earliest this request can finish is after the running call and one
+            # more. Fail now rather than when the next batch forms, so the caller has all the
+            # time left for its fallback.
+            at = loop.time()
+            running_ends = max(at, self._busy_since + self.batch_seconds)
+            if deadline < running_ends + self.batch_seconds:
+                raise DeadlineExceeded(
+                    f"{self.name}: deadline would pass before the next batch ends"
+                )
         future: asyncio.Future[Prediction] = loop.create_future()
         self._pending.append(_Item(matrix, float("inf") if deadline is None else deadline, future))
         if self._runner is None or self._runner.done():
@@ -73,7 +85,7 @@ class MicroBatcher:
             matrix = (
                 batch[0].matrix if len(batch) == 1 else np.concatenate([b.matrix for b in batch])
             )
-            started = loop.time()
+            started = self._busy_since = loop.time()
             try:
                 prediction = await loop.run_in_executor(self._executor, self._predict, matrix)
             except Exception as exc:
@@ -81,6 +93,8 @@ class MicroBatcher:
                     if not item.future.done():
                         item.future.set_exception(exc)
                 continue
+            finally:
+                self._busy_since = None
             took = loop.time() - started
             self.batch_seconds = (
                 took if not self.batch_seconds else 0.8 * self.batch_seconds + 0.2 * took

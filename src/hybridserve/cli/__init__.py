@@ -32,7 +32,7 @@ project_commands(app)
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except HybridServeError as exc:
         if os.environ.get("HYBRIDSERVE_DEBUG"):
             raise
@@ -43,20 +43,19 @@ def main() -> None:
         sys.exit(130)
     except SystemExit:
         raise
-    except Exception as exc:  # click's usage errors and anything unexpected
-        import click
-
-        if isinstance(exc, click.exceptions.Exit):
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
+    except Exception as exc:  # click's usage errors (typer vendors click) and the unexpected
+        show, code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
+        if callable(show) and isinstance(code, int):
+            show()
+            sys.exit(code)
+        if type(exc).__name__ == "Abort":
             sys.exit(1)
         if os.environ.get("HYBRIDSERVE_DEBUG"):
             raise
         err_console.print(f"[bold red]error:[/] {type(exc).__name__}: {exc}")
         sys.exit(1)
+    # Without standalone mode, click returns typer.Exit's code instead of exiting.
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 __all__ = ["app", "console", "main"]

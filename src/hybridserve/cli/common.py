@@ -15,7 +15,8 @@ from rich.table import Table
 from hybridserve.config import Project, load_project
 
 console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+# Error lines are never wrapped: one problem, one line, whatever the terminal width.
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 T = TypeVar("T")
 
 ProjectOpt = Annotated[

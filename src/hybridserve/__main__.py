@@ -1,0 +1,5 @@
+"""``python -m hybridserve``: the same as the ``hybridserve`` command."""
+
+from hybridserve.cli import main
+
+main()

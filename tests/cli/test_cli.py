@@ -1,0 +1,152 @@
+"""The command line as a user runs it: a subprocess, its output and its exit code."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+
+def hs(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "hybridserve", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=120,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(Path.home()), "COLUMNS": "200"},
+    )
+
+
+@pytest.fixture
+def project(trained_dir: Path, tmp_path: Path) -> Path:
+    dest = tmp_path / "p"
+    shutil.copytree(trained_dir, dest)
+    return dest
+
+
+def edit(project: Path, change: str, to: str) -> None:
+    path = project / "hybridserve.yaml"
+    text = path.read_text()
+    assert change in text
+    path.write_text(text.replace(change, to, 1))
+
+
+def test_validate_ok(project: Path) -> None:
+    r = hs("validate", "-p", str(project))
+    assert r.returncode == 0, r.stderr
+    assert "ok (1 routes" in r.stdout
+
+
+@pytest.mark.parametrize(
+    ("change", "to", "message"),
+    [
+        (
+            "max_staleness: 36h",
+            "max_staleness: soon",
+            "routes.fraud.max_staleness: expected a duration like '1h', got 'soon'",
+        ),
+        (
+            "max_staleness: 36h",
+            "max_staleness: 36h\n    colour: red",
+            "routes.fraud.colour: unknown key",
+        ),
+        (
+            "path: data/card_profile.parquet",
+            "path: data/nope.parquet",
+            "feature_views.card_profile.source.path: file not found",
+        ),
+        ("model: fraud@production", "model: fraud@nowhere", "routes.fraud.model: "),
+    ],
+)
+def test_broken_project_gives_one_clear_message_and_exit_2(
+    project: Path, change: str, to: str, message: str
+) -> None:
+    edit(project, change, to)
+    r = hs("validate", "-p", str(project))
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, r.stderr
+    assert message in lines[0]
+    assert "Traceback" not in r.stderr
+
+
+def test_promote_then_rollback_restores_alias_and_audits_both(project: Path) -> None:
+    artifact = next((project / ".hybridserve" / "artifacts" / "fraud").rglob("*.joblib"))
+    features = ",".join(
+        yaml.safe_load((project / "hybridserve.yaml").read_text())["models"]["fraud"]["features"]
+    )
+    r = hs(
+        "registry",
+        "register",
+        "fraud",
+        str(artifact),
+        "--features",
+        features,
+        "--metric",
+        "roc_auc=0.9",
+        "-p",
+        str(project),
+        "--json",
+    )
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["version"] == 2
+    assert hs("registry", "promote", "fraud", "2", "-p", str(project)).returncode == 0
+    r = hs("registry", "list", "-p", str(project), "--json")
+    assert {m["name"]: m["aliases"]["production"] for m in json.loads(r.stdout)}["fraud"] == 2
+    assert hs("registry", "rollback", "fraud", "-p", str(project)).returncode == 0
+    r = hs("registry", "list", "-p", str(project), "--json")
+    assert {m["name"]: m["aliases"]["production"] for m in json.loads(r.stdout)}["fraud"] == 1
+    audit = json.loads(hs("registry", "audit", "fraud", "-p", str(project), "--json").stdout)
+    moves = [
+        (e["action"], e["from_version"], e["to_version"])
+        for e in audit
+        if e["action"] in ("promote", "rollback")
+    ]
+    assert ("promote", 1, 2) in moves and ("rollback", 2, 1) in moves
+
+
+def test_usage_errors_exit_2_and_failures_exit_1(project: Path) -> None:
+    assert hs("registry", "promote", "-p", str(project)).returncode == 2  # missing arguments
+    r = hs("registry", "show", "nope@production", "-p", str(project))
+    assert r.returncode == 1 and "nope" in r.stderr and "Traceback" not in r.stderr
+    r = hs("validate", "-p", str(project / "missing"))
+    assert r.returncode == 2 and "project file not found" in r.stderr
+
+
+def test_features_and_score(project: Path) -> None:
+    r = hs("features", "get", "card_000001", "--route", "fraud", "-p", str(project), "--json")
+    assert r.returncode == 0, r.stderr
+    (row,) = json.loads(r.stdout)
+    assert row["features"]["amount_mean_30d"]["status"] == "present"
+    r = hs("score", "fraud", "card_000001", "ghost", "-p", str(project), "--json", "--write")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert [p["entity"] for p in out["predictions"]] == ["card_000001"]
+    assert out["predictions"][0]["model_version"] == 1
+    assert out["errors"][0]["entity"] == "ghost" and "missing feature" in out["errors"][0]["reason"]
+
+
+def test_materialize_prints_summary(project: Path) -> None:
+    r = hs("features", "materialize", "card_profile", "-p", str(project))
+    assert r.returncode == 0, r.stderr
+    assert "card_profile: 400 entities from 400 rows" in r.stdout
+
+
+def test_init_scaffolds_a_valid_project(tmp_path: Path) -> None:
+    r = hs("init", str(tmp_path / "new"))
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "new" / "hybridserve.yaml").exists()
+    assert hs("init", str(tmp_path / "new")).returncode == 2  # refuses to overwrite
+
+
+@pytest.mark.slow
+def test_demo_once(tmp_path: Path) -> None:
+    r = hs("demo", "--once", "--dir", str(tmp_path / "demo"))
+    assert r.returncode == 0, r.stderr
+    assert "fraud/1" in r.stdout and "online" in r.stdout and "card_000000" in r.stdout

@@ -1,0 +1,5 @@
+"""Shared fixtures: the trained fraud project and servers (see ``conftest_server``)."""
+
+from conftest_server import live_server, make_project, serve, trained_dir
+
+__all__ = ["live_server", "make_project", "serve", "trained_dir"]

@@ -1,0 +1,227 @@
+"""MicroBatcher: no wait when idle, merging while busy, deadlines, errors and cancellation.
+
+The fake model records every call; a gate (a ``threading.Event``) holds the model busy so the
+tests decide exactly what is queued when the next batch forms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import threading
+import time
+from collections.abc import AsyncIterator
+
+import numpy as np
+import pytest
+
+from hybridserve.batching import MicroBatcher
+from hybridserve.errors import DeadlineExceeded
+from hybridserve.runtimes.base import Prediction
+from hybridserve.scoring import Matrix
+
+
+class FakeModel:
+    """Scores each row as ``2 * row[0]``; can hold its next call until released."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.calls: list[Matrix] = []
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def hold(self) -> None:
+        """Block the next call inside the model until :meth:`release`."""
+        self.entered.clear()
+        self.gate.clear()
+
+    def release(self) -> None:
+        self.gate.set()
+
+    async def busy(self) -> None:
+        """Wait until a held call is inside the model."""
+        assert await asyncio.to_thread(self.entered.wait, 5.0)
+
+    def __call__(self, matrix: Matrix) -> Prediction:
+        self.calls.append(matrix.copy())
+        self.entered.set()
+        assert self.gate.wait(5.0)
+        if self.delay:
+            time.sleep(self.delay)
+        if (matrix[:, 0] < 0).any():
+            raise ValueError("poisoned row")
+        scores = matrix[:, 0] * 2.0
+        return Prediction(scores, np.stack([1 - scores, scores], axis=1), [0, 1])
+
+    @property
+    def sizes(self) -> list[int]:
+        return [len(m) for m in self.calls]
+
+
+def rows(*values: float) -> Matrix:
+    return np.array([[v, 0.0] for v in values], dtype=np.float64)
+
+
+@pytest.fixture
+async def model() -> FakeModel:
+    return FakeModel()
+
+
+@pytest.fixture
+async def batcher(model: FakeModel) -> AsyncIterator[MicroBatcher]:
+    b = MicroBatcher(model, max_batch_size=4, name="fake")
+    yield b
+    model.release()
+    await b.close()
+
+
+async def test_idle_model_runs_a_request_at_once(model: FakeModel, batcher: MicroBatcher) -> None:
+    m = rows(0.1)
+    direct, through = [], []
+    for _ in range(5):  # warm up the worker thread
+        await batcher.predict(m)
+    for _ in range(200):
+        t = time.perf_counter()
+        model(m)
+        direct.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        await batcher.predict(m)
+        through.append(time.perf_counter() - t)
+    added = statistics.median(through) - statistics.median(direct)
+    assert added < 0.002, f"the batcher added {added * 1000:.2f} ms at low load"
+    assert set(model.sizes) == {1}  # sequential requests are never held back to be merged
+
+
+async def test_busy_model_merges_waiting_requests_up_to_max_batch_size(
+    model: FakeModel, batcher: MicroBatcher
+) -> None:
+    model.hold()
+    first = asyncio.ensure_future(batcher.predict(rows(0.0)))
+    await model.busy()
+    waiting = [asyncio.ensure_future(batcher.predict(rows(i / 100))) for i in range(1, 11)]
+    await asyncio.sleep(0.01)
+    assert batcher.queued == 10
+    model.release()
+    results = await asyncio.gather(first, *waiting)
+    assert model.sizes == [1, 4, 4, 2]
+    for i, pred in enumerate(results):
+        assert pred.scores.tolist() == pytest.approx([2 * i / 100])
+
+
+async def test_merged_results_are_split_back_per_request(
+    model: FakeModel, batcher: MicroBatcher
+) -> None:
+    model.hold()
+    first = asyncio.ensure_future(batcher.predict(rows(0.9)))
+    await model.busy()
+    shapes = [rows(0.1), rows(0.2, 0.21, 0.22), rows(0.3, 0.31)]
+    waiting = [asyncio.ensure_future(batcher.predict(m)) for m in shapes]
+    await asyncio.sleep(0.01)
+    model.release()
+    await first
+    got = await asyncio.gather(*waiting)
+    assert model.sizes == [1, 4, 2]  # whole requests only, packed up to max_batch_size
+    for matrix, pred in zip(shapes, got, strict=True):
+        assert pred.scores.tolist() == pytest.approx((matrix[:, 0] * 2).tolist())
+        assert pred.probabilities is not None and pred.probabilities.shape == (len(matrix), 2)
+        assert pred.probabilities[:, 1].tolist() == pytest.approx(pred.scores.tolist())
+        assert pred.classes == [0, 1]
+
+
+async def test_earliest_deadlines_go_first_when_more_is_pending_than_fits(
+    model: FakeModel,
+) -> None:
+    batcher = MicroBatcher(model, max_batch_size=2, name="fake")
+    loop = asyncio.get_running_loop()
+    model.hold()
+    first = asyncio.ensure_future(batcher.predict(rows(0.0)))
+    await model.busy()
+    now = loop.time()
+    # The value of each row is its deadline rank; submitted out of order, one with no deadline.
+    order = [5, 1, 4, 2, 3]
+    waiting = [
+        asyncio.ensure_future(batcher.predict(rows(rank / 10), now + 10 + rank)) for rank in order
+    ]
+    waiting.append(asyncio.ensure_future(batcher.predict(rows(0.6))))
+    await asyncio.sleep(0.01)
+    model.release()
+    await asyncio.gather(first, *waiting)
+    await batcher.close()
+    served = [sorted(round(v * 10) for v in m[:, 0]) for m in model.calls[1:]]
+    assert served == [[1, 2], [3, 4], [5, 6]]
+
+
+async def test_request_that_would_miss_its_deadline_fails_fast() -> None:
+    model = FakeModel(delay=0.1)
+    batcher = MicroBatcher(model, max_batch_size=4, name="fake")
+    loop = asyncio.get_running_loop()
+    await batcher.predict(rows(0.1))  # learn how long a batch takes (~0.1 s)
+    assert batcher.batch_seconds >= 0.09
+    model.entered.clear()
+    busy = asyncio.ensure_future(batcher.predict(rows(0.2)))
+    await model.busy()
+    # The running batch ends in ~0.1 s and the next one ~0.1 s after: 0.15 s is too short.
+    t = loop.time()
+    with pytest.raises(DeadlineExceeded):
+        await batcher.predict(rows(0.3), t + 0.15)
+    waited = loop.time() - t
+    assert waited < 0.05, f"failed after {waited * 1000:.0f} ms, not at once"
+    # One with enough time is served, and the model never saw the failed rows.
+    ok = await batcher.predict(rows(0.4), loop.time() + 5)
+    assert ok.scores.tolist() == pytest.approx([0.8])
+    await busy
+    assert 0.3 not in [m[0, 0] for m in model.calls]
+    # Idle, a deadline shorter than one batch also fails without calling the model.
+    calls = len(model.calls)
+    with pytest.raises(DeadlineExceeded):
+        await batcher.predict(rows(0.5), loop.time() + 0.01)
+    assert len(model.calls) == calls
+    await batcher.close()
+
+
+async def test_predict_error_reaches_every_caller_of_the_batch_and_batcher_recovers(
+    model: FakeModel, batcher: MicroBatcher
+) -> None:
+    model.hold()
+    first = asyncio.ensure_future(batcher.predict(rows(0.0)))
+    await model.busy()
+    # One poisoned row makes the whole merged call fail.
+    waiting = [asyncio.ensure_future(batcher.predict(rows(v))) for v in (0.1, -1.0, 0.3)]
+    await asyncio.sleep(0.01)
+    model.release()
+    assert (await first).scores.tolist() == [0.0]
+    results = await asyncio.gather(*waiting, return_exceptions=True)
+    assert model.sizes == [1, 3]
+    assert all(isinstance(r, ValueError) and "poisoned" in str(r) for r in results), results
+    again = await batcher.predict(rows(0.5))
+    assert again.scores.tolist() == pytest.approx([1.0])
+
+
+async def test_cancelled_caller_is_skipped(model: FakeModel, batcher: MicroBatcher) -> None:
+    model.hold()
+    first = asyncio.ensure_future(batcher.predict(rows(0.0)))
+    await model.busy()
+    gone = asyncio.ensure_future(batcher.predict(rows(0.1)))
+    kept = asyncio.ensure_future(batcher.predict(rows(0.2)))
+    timed_out = asyncio.ensure_future(asyncio.wait_for(batcher.predict(rows(0.3)), 0.005))
+    await asyncio.sleep(0.01)
+    gone.cancel()
+    with pytest.raises(TimeoutError):
+        await timed_out
+    model.release()
+    await first
+    assert (await kept).scores.tolist() == pytest.approx([0.4])
+    assert gone.cancelled()
+    assert [m[:, 0].tolist() for m in model.calls] == [[0.0], [0.2]]
+
+
+async def test_close_lets_queued_work_finish(model: FakeModel) -> None:
+    batcher = MicroBatcher(model, max_batch_size=1, name="fake")
+    model.hold()
+    waiting = [asyncio.ensure_future(batcher.predict(rows(i / 10))) for i in range(3)]
+    await model.busy()
+    model.release()
+    await batcher.close()
+    assert all(w.done() and not w.exception() for w in waiting)
+    assert model.sizes == [1, 1, 1]
