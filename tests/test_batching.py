@@ -198,6 +198,23 @@ async def test_predict_error_reaches_every_caller_of_the_batch_and_batcher_recov
     assert again.scores.tolist() == pytest.approx([1.0])
 
 
+async def test_rows_that_cannot_be_merged_fail_their_batch_not_the_batcher(
+    model: FakeModel, batcher: MicroBatcher
+) -> None:
+    model.hold()
+    first = asyncio.ensure_future(batcher.predict(rows(0.0)))
+    await model.busy()
+    narrow = asyncio.ensure_future(batcher.predict(rows(0.1)))
+    wide = asyncio.ensure_future(batcher.predict(np.zeros((1, 3))))
+    await asyncio.sleep(0.01)
+    model.release()
+    await first
+    for waiting in (narrow, wide):
+        with pytest.raises(ValueError):
+            await asyncio.wait_for(waiting, 2)
+    assert (await batcher.predict(rows(0.25))).scores.tolist() == [0.5]
+
+
 async def test_cancelled_caller_is_skipped(model: FakeModel, batcher: MicroBatcher) -> None:
     model.hold()
     first = asyncio.ensure_future(batcher.predict(rows(0.0)))

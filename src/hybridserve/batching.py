@@ -82,11 +82,13 @@ class MicroBatcher:
             batch = self._take(loop.time())
             if not batch:
                 continue
-            matrix = (
-                batch[0].matrix if len(batch) == 1 else np.concatenate([b.matrix for b in batch])
-            )
             started = self._busy_since = loop.time()
             try:
+                matrix = (
+                    batch[0].matrix
+                    if len(batch) == 1
+                    else np.concatenate([b.matrix for b in batch])
+                )
                 prediction = await loop.run_in_executor(self._executor, self._predict, matrix)
             except Exception as exc:
                 for item in batch:

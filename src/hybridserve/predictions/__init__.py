@@ -1,7 +1,7 @@
-"""Prediction records and the store they live in."""
+"""Prediction records, the store they live in, and the server's L1 cache."""
 
 from __future__ import annotations
 
-from hybridserve.predictions.store import PredictionStore, prediction_key
+from hybridserve.predictions.store import PredictionStore, RunPointer, prediction_key, run_key
 
-__all__ = ["PredictionStore", "prediction_key"]
+__all__ = ["PredictionStore", "RunPointer", "prediction_key", "run_key"]

@@ -1,20 +1,45 @@
 """The prediction store: one record schema for batch, stream and online results.
 
-Records live under ``p:{route}:{entity}`` with ``as_of`` as the compare-and-set time, so a
-record computed from older features never replaces one computed from newer features,
-whichever path wrote it, and replaying a write changes nothing.
+Online and streaming records live under ``p:{route}:{entity}``. A batch run writes under its
+own keys, ``pb:{route}:{run_id}:{entity}``, and becomes visible only when it is published:
+publishing moves the route's run pointer (``run:{route}``) in one write, so readers switch
+from the previous run to the new one atomically, and a failed or partial run is never served.
+
+Every write uses the store's compare-and-set on ``as_of``, and a read takes the freshest of
+the route's record and the current run's record: a batch run computed from last night's
+snapshot never hides a fresher streaming score, whichever was written last.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from hybridserve.records import PredictionRecord
+import orjson
+
+from hybridserve.records import PredictionRecord, now
 from hybridserve.storage import Entry, KVStore
 
 
 def prediction_key(route: str, entity: str) -> str:
     return f"p:{route}:{entity}"
+
+
+def run_key(route: str, run_id: str, entity: str) -> str:
+    return f"pb:{route}:{run_id}:{entity}"
+
+
+def pointer_key(route: str) -> str:
+    return f"run:{route}"
+
+
+@dataclass(slots=True, frozen=True)
+class RunPointer:
+    """Which batch run a route serves, and the one before it (kept as the stale fallback)."""
+
+    run_id: str
+    previous: str | None
+    published_at: float
 
 
 class PredictionStore:
@@ -23,21 +48,80 @@ class PredictionStore:
         self.retention = retention
         """Seconds after ``as_of`` that a record is kept (``None``: until replaced)."""
 
-    async def put(self, records: Sequence[PredictionRecord]) -> int:
-        """Store records under the precedence rule; return how many replaced what was stored."""
+    def _entry(self, key: str, r: PredictionRecord) -> Entry:
         keep = self.retention
+        return Entry(key, r.to_bytes(), r.as_of, None if keep is None else r.as_of + keep)
+
+    async def put(self, records: Sequence[PredictionRecord]) -> int:
+        """Store online or stream records (precedence rule); return how many replaced."""
         return await self.kv.put_many(
-            [
-                Entry(
-                    prediction_key(r.route, r.entity),
-                    r.to_bytes(),
-                    r.as_of,
-                    None if keep is None else r.as_of + keep,
-                )
-                for r in records
-            ]
+            [self._entry(prediction_key(r.route, r.entity), r) for r in records]
         )
 
-    async def get(self, route: str, entities: Sequence[str]) -> list[PredictionRecord | None]:
-        entries = await self.kv.get_many([prediction_key(route, e) for e in entities])
+    async def put_run(self, run_id: str, records: Sequence[PredictionRecord]) -> int:
+        """Stage a batch run's records; they are served once the run is published."""
+        return await self.kv.put_many(
+            [self._entry(run_key(r.route, run_id, r.entity), r) for r in records]
+        )
+
+    async def get(
+        self, route: str, entities: Sequence[str], *, run_id: str | None = None
+    ) -> list[PredictionRecord | None]:
+        """The freshest record per entity among the route's own and run ``run_id``'s."""
+        if run_id is None:
+            entries = await self.kv.get_many([prediction_key(route, e) for e in entities])
+            return [None if e is None else PredictionRecord.from_bytes(e.value) for e in entries]
+        keys = []
+        for e in entities:
+            keys += [prediction_key(route, e), run_key(route, run_id, e)]
+        entries = await self.kv.get_many(keys)
+        out: list[PredictionRecord | None] = []
+        for i in range(len(entities)):
+            own, run = entries[2 * i], entries[2 * i + 1]
+            best = own if run is None or (own is not None and own.as_of >= run.as_of) else run
+            out.append(None if best is None else PredictionRecord.from_bytes(best.value))
+        return out
+
+    async def get_run(self, route: str, run_id: str, entities: Sequence[str]) -> list[PredictionRecord | None]:
+        """Only run ``run_id``'s records (audit, tests, comparing runs)."""
+        entries = await self.kv.get_many([run_key(route, run_id, e) for e in entities])
         return [None if e is None else PredictionRecord.from_bytes(e.value) for e in entries]
+
+    async def current_run(self, route: str) -> RunPointer | None:
+        (entry,) = await self.kv.get_many([pointer_key(route)])
+        if entry is None:
+            return None
+        data = orjson.loads(entry.value)
+        return RunPointer(data["run_id"], data.get("previous"), data["published_at"])
+
+    async def publish(self, route: str, run_id: str) -> RunPointer:
+        """Make ``run_id`` the route's served run in one write; the old one becomes previous.
+
+        Runs older than the previous one are deleted afterwards (their keys only).
+        """
+        current = await self.current_run(route)
+        if current is not None and current.run_id == run_id:
+            return current
+        at = now()
+        pointer = RunPointer(run_id, None if current is None else current.run_id, at)
+        payload = orjson.dumps(
+            {"run_id": pointer.run_id, "previous": pointer.previous, "published_at": at}
+        )
+        # as_of = publish time: a later publish always wins, a replay changes nothing.
+        await self.kv.put_many([Entry(pointer_key(route), payload, at)])
+        if current is not None and current.previous is not None:
+            await self.drop_run(route, current.previous)
+        return pointer
+
+    async def drop_run(self, route: str, run_id: str, *, batch: int = 1000) -> int:
+        """Delete a run's staged records."""
+        deleted = 0
+        keys: list[str] = []
+        async for key in self.kv.scan(f"pb:{route}:{run_id}:"):
+            keys.append(key)
+            if len(keys) >= batch:
+                deleted += await self.kv.delete_many(keys)
+                keys = []
+        if keys:
+            deleted += await self.kv.delete_many(keys)
+        return deleted

@@ -5,6 +5,8 @@ when at least ``min_calls`` of the last ``window`` calls were made and their fai
 ``error_rate`` or more. ``open``: calls are skipped (the router goes straight to the next
 step) until ``cooldown`` has passed. ``half_open``: one probe call goes through; success
 closes the breaker, failure opens it for another cool-down. A timeout counts as a failure.
+A probe that never reports back (its caller was cancelled) frees the slot after a cool-down,
+and a call that started before the breaker opened cannot close it by succeeding late.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class CircuitBreaker:
         self._consecutive = 0
         self._opened_at = 0.0
         self._probing = False
+        self._probe_at = 0.0
         self.state: State = "closed"
 
     def allow(self) -> bool:
@@ -52,16 +55,20 @@ class CircuitBreaker:
             if self._clock() - self._opened_at < self.cooldown:
                 return False
             self._set("half_open")
-        if self._probing:
+        at = self._clock()
+        if self._probing and at - self._probe_at < self.cooldown:
             return False
         self._probing = True
+        self._probe_at = at
         return True
 
     def success(self) -> None:
         self._recent.append(True)
         self._consecutive = 0
+        if self.state == "open":
+            return  # a call let through before the breaker opened: only a probe may close it
         self._probing = False
-        if self.state != "closed":
+        if self.state == "half_open":
             self._recent.clear()
             self._set("closed")
 

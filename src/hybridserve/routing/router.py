@@ -28,6 +28,7 @@ from hybridserve.errors import DeadlineExceeded, HybridServeError, InvalidInput,
 from hybridserve.features.online import merge_request_features
 from hybridserve.observability.metrics import Metrics
 from hybridserve.predictions.cache import L1Cache
+from hybridserve.predictions.store import RunPointer
 from hybridserve.records import PredictionRecord, now, to_iso
 from hybridserve.routing.breaker import STATE_VALUE, CircuitBreaker, State
 from hybridserve.routing.models import LoadedModel, ModelManager
@@ -93,6 +94,9 @@ class Router:
         }
         self.shadow = ShadowScorer(self, metrics, maxsize=self.project.server.shadow_queue)
         self._writebacks: set[asyncio.Task[None]] = set()
+        # route -> (batch run id served, loop time it was checked)
+        self._runs: dict[str, tuple[str | None, float]] = {}
+        self.run_check_interval = 1.0
 
     # -- breakers --------------------------------------------------------------------
 
@@ -228,12 +232,11 @@ class Router:
         if not todo:
             return
         t = loop.time()
+        run_id = await self._run_id(route, job, todo)
+        keys = [job.keys[i] for i in todo]
         records = await self._call(
-            "prediction_store",
-            job,
-            todo,
-            "store",
-            self.services.predictions.get(route, [job.keys[i] for i in todo]),
+            "prediction_store", job, todo, "store",
+            self.services.predictions.get(route, keys, run_id=run_id),
         )
         self.metrics.child("stage_seconds", route, "store").observe(loop.time() - t)
         if records is None:
@@ -243,6 +246,27 @@ class Router:
                 job.trail[i].append("store: miss")
             elif self._serve_stored(route, job, i, rec, "store"):
                 self.cache.put(rec, cfg.max_staleness, job.at)
+
+    async def _run_id(self, route: str, job: _Job, todo: Sequence[int]) -> str | None:
+        """The batch run the route serves, checked at most every ``run_check_interval``."""
+        cached = self._runs.get(route)
+        t = asyncio.get_running_loop().time()
+        if cached is not None and t - cached[1] < self.run_check_interval:
+            return cached[0]
+
+        async def read() -> tuple[RunPointer | None]:
+            return (await self.services.predictions.current_run(route),)
+
+        got = await self._call("prediction_store", job, todo, "store", read())
+        if got is None:  # the store is failing: keep serving the run we knew
+            return None if cached is None else cached[0]
+        run_id = None if got[0] is None else got[0].run_id
+        if cached is not None and cached[0] != run_id:
+            # A newly published run must not be hidden by what L1 holds from the old one.
+            self.cache.invalidate(route)
+            log.info("route %s now serves batch run %s (was %s)", route, run_id, cached[0])
+        self._runs[route] = (run_id, t)
+        return run_id
 
     async def _call(
         self, dependency: str, job: _Job, todo: Sequence[int], step: str, coro: Any
