@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    PrivateAttr,
     Tag,
     ValidationError,
     field_validator,
@@ -187,6 +188,104 @@ class RouteConfig(_Strict):
     description: str = ""
 
 
+class BatchInputConfig(_Strict):
+    """Where a batch job reads entity rows: a file/directory, or a feature view's source."""
+
+    path: str | None = None
+    format: Literal["parquet", "csv"] | None = None
+    view: str | None = None
+    timestamp: str | None = None
+    """Column with each row's feature time (``as_of``); default: the view's timestamp column,
+    or ``event_time`` when present, else the run's snapshot time."""
+
+    @model_validator(mode="after")
+    def _one_of(self) -> BatchInputConfig:
+        if (self.path is None) == (self.view is None):
+            raise ValueError("give exactly one of 'path' or 'view'")
+        return self
+
+
+class BatchJobConfig(_Strict):
+    route: str
+    input: BatchInputConfig
+    chunk_rows: int = Field(default=50_000, gt=0)
+    workers: int | None = Field(default=None, gt=0)
+    """Local process-pool size (default: the number of cores)."""
+    executor: Literal["local", "ray"] = "local"
+    ray_address: str | None = None
+    max_reject_share: float = Field(default=0.01, ge=0, le=1)
+    """A run fails when more than this share of rows is rejected."""
+    activity_column: str | None = None
+    """Column ranking entities by activity, for ``--top-k-active``."""
+    schedule: str | None = None
+    """Cron expression (``minute hour day month weekday``) for ``serve --scheduler``."""
+    runs_dir: str = ".hybridserve/runs"
+    description: str = ""
+
+
+class StreamSourceConfig(_Strict):
+    kind: Literal["redis", "replay", "memory"] = "redis"
+    url: str | None = None
+    """Redis URL (default: the online store's when it is Redis)."""
+    stream: str | None = None
+    """Redis stream key (default ``{prefix}stream:{name}``)."""
+    group: str = "hybridserve"
+    path: str | None = None
+    """Replay source: a JSONL or Parquet file, or a directory of them."""
+    maxlen: int | None = Field(default=None, gt=0)
+    """Approximate MAXLEN trimming on append."""
+
+
+WindowAgg = Literal["count", "sum", "mean", "min", "max", "distinct"]
+
+
+class WindowFeatureConfig(_Strict):
+    agg: WindowAgg
+    field: str | None = None
+    """The event field aggregated (not needed for ``count``)."""
+    window: Duration
+    kind: Literal["sliding", "tumbling"] = "sliding"
+    step: Duration | None = None
+    """Bucket width of a sliding window (default: window / 60)."""
+
+
+class WindowsConfig(_Strict):
+    view: str
+    """Feature view (declared under ``feature_views``) the aggregates are written to."""
+    features: dict[str, WindowFeatureConfig]
+
+
+class StreamConfig(_Strict):
+    source: StreamSourceConfig = StreamSourceConfig()
+    entity: str
+    fields: dict[str, Literal["float", "int", "bool", "str", "timestamp"]]
+    entity_field: str
+    id_field: str
+    time_field: str
+    allowed_lateness: Duration = 300.0
+    max_future: Duration = 300.0
+    """Events whose time is further ahead of the consumer's clock are dead-lettered."""
+    windows: WindowsConfig | None = None
+    route: str | None = None
+    """Route scored for every touched entity (none: only maintain features)."""
+    output_stream: str | None = None
+    dead_letter_stream: str | None = None
+    max_deliveries: int = Field(default=5, gt=0)
+    batch_size: int = Field(default=500, gt=0)
+    block: Duration = 0.1
+    max_in_flight: int = Field(default=5000, gt=0)
+    claim_idle: Duration = 30.0
+    """Pending entries idle this long are reclaimed from a dead consumer."""
+    dedup_ttl: Duration = 86400.0
+
+    @model_validator(mode="after")
+    def _fields_declared(self) -> StreamConfig:
+        for key in ("entity_field", "id_field", "time_field"):
+            if getattr(self, key) not in self.fields:
+                raise ValueError(f"{key} {getattr(self, key)!r} is not one of the declared fields")
+        return self
+
+
 class BreakerConfig(_Strict):
     failures: int = Field(default=5, gt=0)
     """Consecutive failures (errors or timeouts) that open a breaker."""
@@ -221,6 +320,10 @@ class ServerConfig(_Strict):
     """How often servers ask the registry whether an alias moved (0: never)."""
     shutdown_timeout: Duration = 10.0
     shadow_queue: int = Field(default=1000, ge=1)
+    model_execution: Literal["auto", "thread", "inline"] = "auto"
+    """Where model calls run: ``thread`` (off the event loop), ``inline`` (on it), or
+    ``auto``: inline when a full batch takes less than ``inline_below`` at start-up."""
+    inline_below: Duration = 0.002
     breaker: BreakerConfig = BreakerConfig()
     api_keys: list[ApiKeyConfig] = []
 
@@ -235,9 +338,12 @@ class Project(_Strict):
     feature_views: dict[str, FeatureViewConfig] = {}
     models: dict[str, ModelConfig] = {}
     routes: dict[str, RouteConfig] = {}
+    batch_jobs: dict[str, BatchJobConfig] = {}
+    streams: dict[str, StreamConfig] = {}
     server: ServerConfig = ServerConfig()
     base_dir: Path = Path(".")
     """Directory of the project file; relative paths resolve against it."""
+    _route_features: dict[str, dict[str, list[str]]] = PrivateAttr(default_factory=dict)
     source_file: Path | None = None
 
     @model_validator(mode="after")
@@ -263,6 +369,36 @@ class Project(_Strict):
                         f"routes.{name}.features.{i}: view {view_name!r} is keyed by "
                         f"{found.entity!r}, the route by {route.entity!r}"
                     )
+        for name, job in self.batch_jobs.items():
+            if job.route not in self.routes:
+                errors.append(f"batch_jobs.{name}.route: unknown route {job.route!r}")
+            if job.input.view is not None and job.input.view not in self.feature_views:
+                errors.append(
+                    f"batch_jobs.{name}.input.view: unknown feature view {job.input.view!r}"
+                )
+        for name, stream in self.streams.items():
+            if stream.entity not in self.entities:
+                errors.append(f"streams.{name}.entity: unknown entity {stream.entity!r}")
+            if stream.route is not None and stream.route not in self.routes:
+                errors.append(f"streams.{name}.route: unknown route {stream.route!r}")
+            if stream.windows is not None:
+                wview = self.feature_views.get(stream.windows.view)
+                if wview is None:
+                    errors.append(
+                        f"streams.{name}.windows.view: unknown feature view {stream.windows.view!r}"
+                    )
+                else:
+                    for feat, spec in stream.windows.features.items():
+                        if feat not in wview.features:
+                            errors.append(
+                                f"streams.{name}.windows.features.{feat}: not a feature "
+                                f"of view {stream.windows.view!r}"
+                            )
+                        if spec.agg != "count" and spec.field not in stream.fields:
+                            errors.append(
+                                f"streams.{name}.windows.features.{feat}.field: "
+                                f"expected one of the stream's fields, got {spec.field!r}"
+                            )
         if errors:
             raise ValueError("\n".join(errors))
         return self
@@ -304,7 +440,13 @@ class Project(_Strict):
             ) from None
 
     def route_features(self, route: str) -> dict[str, list[str]]:
-        """View name -> the feature names the route reads from it, in declaration order."""
+        """View name -> the feature names the route reads from it, in declaration order.
+
+        Computed once per route (the hot path asks on every request); do not mutate it.
+        """
+        cached = self._route_features.get(route)
+        if cached is not None:
+            return cached
         wanted: dict[str, list[str]] = {}
         for ref in self.route(route).features:
             view_name, _, feature = ref.partition(":")
@@ -312,6 +454,7 @@ class Project(_Strict):
             for f in [feature] if feature else list(self.feature_views[view_name].features):
                 if f not in names:
                     names.append(f)
+        self._route_features[route] = wanted
         return wanted
 
     def feature_spec(self, route: str, feature: str) -> FeatureSpec | None:

@@ -29,6 +29,7 @@ from hybridserve.records import PredictionRecord, Source, now
 from hybridserve.runtimes.base import Prediction, Runtime
 
 Matrix = npt.NDArray[np.float64]
+_PLAIN = frozenset({float, int, type(None)})
 
 
 @dataclass(slots=True, frozen=True)
@@ -103,18 +104,95 @@ class Scorer:
         self.specs = specs
         self._impute = [s.default if s.on_missing == "impute" else None for s in specs]
         self._ints = [s.dtype == "int" for s in specs]
+        self._impute_mask = np.array([v is not None for v in self._impute], dtype=bool)
+        self._impute_values = np.array(
+            [float(v) if v is not None else np.nan for v in self._impute],
+            dtype=np.float64,
+        )
+        self._int_cols = np.flatnonzero(np.array(self._ints, dtype=bool))
         self.fingerprint = feature_fingerprint(project, route, self.names)
 
     # -- step 1: validate --------------------------------------------------------------
 
     def prepare(self, entities: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> Prepared:
-        """Validate mapping rows (online and streaming): one matrix row per valid input row."""
+        """Validate mapping rows (online and streaming): one matrix row per valid input row.
+
+        Rows whose values are all plain floats, ints or missing (nearly all of them) are
+        converted in one numpy call and checked matrix-wide; only the others are walked
+        value by value. Both paths apply the same rules and word errors the same way.
+        """
+        names = self.names
+        plain: list[list[Any]] = []
+        plain_at: list[int] = []
+        odd: list[int] = []
+        is_plain = _PLAIN.__contains__
+        for i, row in enumerate(rows):
+            values = [row.get(n) for n in names]
+            if all(map(is_plain, map(type, values))):
+                plain.append(values)
+                plain_at.append(i)
+            else:
+                odd.append(i)
+        fast = self._check_matrix(
+            np.array(plain, dtype=np.float64).reshape(len(plain), len(names)), plain_at, entities
+        )
+        if not odd:
+            return fast
+        slow = self._prepare_odd(entities, rows, odd)
+        order = sorted(
+            zip(fast.rows + slow.rows, range(len(fast.rows) + len(slow.rows)), strict=True)
+        )
+        stacked = np.concatenate([fast.matrix, slow.matrix])
+        return Prepared(
+            stacked[[k for _, k in order]],
+            [i for i, _ in order],
+            sorted(fast.errors + slow.errors, key=lambda e: e.index),
+        )
+
+    def _check_matrix(self, m: Matrix, at: list[int], entities: Sequence[str]) -> Prepared:
+        """Missing-value policy, finiteness and integrality, checked for a whole matrix."""
+        if not at:
+            return Prepared(m, [])
+        reasons: dict[int, str] = {}
+        names = self.names
+        nan = np.isnan(m)
+        if nan.any():
+            if self._impute_mask.any():
+                fill = nan & self._impute_mask
+                m[fill] = np.broadcast_to(self._impute_values, m.shape)[fill]
+                nan &= ~self._impute_mask
+            for r in np.flatnonzero(nan.any(axis=1)).tolist():
+                reasons[r] = f"missing feature {names[int(nan[r].argmax())]!r}"
+        inf = np.isinf(m)
+        if inf.any():
+            for r in np.flatnonzero(inf.any(axis=1)).tolist():
+                j = int(inf[r].argmax())
+                reasons.setdefault(
+                    r, f"feature {names[j]!r}: expected a finite number, got {float(m[r, j])!r}"
+                )
+        if self._int_cols.size:
+            sub = m[:, self._int_cols]
+            frac = np.isfinite(sub) & (np.floor(sub) != sub)
+            for r in np.flatnonzero(frac.any(axis=1)).tolist():
+                j = int(self._int_cols[int(frac[r].argmax())])
+                reasons.setdefault(r, f"feature {names[j]!r}: expected int, got {float(m[r, j])!r}")
+        if not reasons:
+            return Prepared(m, at)
+        keep = [r for r in range(len(at)) if r not in reasons]
+        errors = [RowError(at[r], entities[at[r]], why) for r, why in sorted(reasons.items())]
+        return Prepared(m[keep], [at[r] for r in keep], errors)
+
+    def _prepare_odd(
+        self, entities: Sequence[str], rows: Sequence[Mapping[str, Any]], which: list[int]
+    ) -> Prepared:
+        """Value by value, for rows holding bools, numpy scalars or wrong types."""
         width = len(self.names)
-        matrix = np.empty((len(rows), width), dtype=np.float64)
+        matrix = np.empty((len(which), width), dtype=np.float64)
         ok: list[int] = []
         errors: list[RowError] = []
         names, impute, ints = self.names, self._impute, self._ints
-        for i, row in enumerate(rows):
+        for i in which:
+            row = rows[i]
             out = matrix[len(ok)]
             reason = None
             for j in range(width):

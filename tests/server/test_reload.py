@@ -10,11 +10,12 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
-from fraud_versions import add_fraud_version
 
+from fraud_versions import add_fraud_version
 from hybridserve.config import Project
 from hybridserve.runtimes.base import Prediction
 from hybridserve.scoring import Matrix
+from model_fakes import PredictFn, swap_predict
 
 Serve = Callable[[Project], Any]
 MakeProject = Callable[..., Project]
@@ -38,14 +39,16 @@ async def test_refresh_follows_a_promotion_and_in_flight_requests_keep_their_ver
     old = app.state.models.get("fraud")
     assert old is not None and old.version == 1
     entered, release = threading.Event(), threading.Event()
-    inner = old.batcher._predict
 
-    def held(matrix: Matrix) -> Prediction:
-        entered.set()
-        assert release.wait(5)
-        return inner(matrix)
+    def hold(inner: PredictFn) -> PredictFn:
+        def held(matrix: Matrix) -> Prediction:
+            entered.set()
+            assert release.wait(5)
+            return inner(matrix)
 
-    old.batcher._predict = held
+        return held
+
+    swap_predict(old.batcher, hold)
     in_flight = asyncio.ensure_future(
         client.post("/v1/predict/fraud", json={"entity": "card_000009", "mode": "compute"})
     )

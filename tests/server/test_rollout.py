@@ -13,15 +13,16 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
-from fraud_versions import add_fraud_version_offline
 from prometheus_client.parser import text_string_to_metric_families
 
+from fraud_versions import add_fraud_version_offline
 from hybridserve.config import Project
 from hybridserve.registry import Registry
 from hybridserve.routing.rollout import in_share
 from hybridserve.runtimes.base import Prediction
 from hybridserve.scoring import Matrix
 from hybridserve.server.app import HybridApp
+from model_fakes import PredictFn, swap_predict
 
 ROUTE = "fraud"
 CARDS = [f"card_{i:06d}" for i in range(400)]  # the cards with stored features
@@ -63,9 +64,7 @@ def test_canary_share_of_ten_thousand_entities_is_close_to_the_percent() -> None
 async def test_canary_entities_get_the_canary_version_and_keep_it(
     make_project: MakeProject, serve: Serve
 ) -> None:
-    project = make_project(
-        latency_budget="5s", canary={"model": "fraud@canary", "percent": 10}
-    )
+    project = make_project(latency_budget="5s", canary={"model": "fraud@canary", "percent": 10})
     canary = add_fraud_version_offline(project, alias="canary")
     assert canary == 2
     _, client = await serve(project)
@@ -104,16 +103,17 @@ def _slow_down(app: HybridApp, role: str, seconds: float) -> list[int]:
     """Make the model in ``role`` take ``seconds`` per call; return the list of call sizes."""
     model = app.state.models.get(ROUTE, role)
     assert model is not None
-    batcher = model.batcher
-    inner = batcher._predict
     sizes: list[int] = []
 
-    def slow(matrix: Matrix) -> Prediction:
-        sizes.append(len(matrix))
-        time.sleep(seconds)
-        return inner(matrix)
+    def wrap(inner: PredictFn) -> PredictFn:
+        def slow(matrix: Matrix) -> Prediction:
+            sizes.append(len(matrix))
+            time.sleep(seconds)
+            return inner(matrix)
 
-    batcher._predict = slow
+        return slow
+
+    swap_predict(model.batcher, wrap)
     return sizes
 
 
@@ -154,7 +154,7 @@ async def test_slow_or_failing_shadow_never_slows_or_changes_a_response(
     shadow_calls = _slow_down(app, "shadow", 0.3)
     baseline = await predict(client, CARDS[:5], mode="compute")  # warm; shadow starts work
     t = time.perf_counter()
-    for i in range(5):
+    for _ in range(5):
         got = await predict(client, CARDS[:5], mode="compute")
         assert [p["score"] for p in got] == [p["score"] for p in baseline]
         assert {p["model_version"] for p in got} == {1}
@@ -169,16 +169,14 @@ async def test_slow_or_failing_shadow_never_slows_or_changes_a_response(
         raise RuntimeError("shadow model is broken")
 
     await app.state.router.flush()
-    model.batcher._predict = broken
+    swap_predict(model.batcher, lambda _: broken)
     got = await predict(client, CARDS[5:10], mode="compute")
     assert all(p["source"] == "online" and not p["degraded"] for p in got)
     await app.state.router.flush()
     assert await metric(client, "hybridserve_shadow_total", outcome="error") == 5
 
 
-async def test_full_shadow_queue_drops_and_counts(
-    make_project: MakeProject, serve: Serve
-) -> None:
+async def test_full_shadow_queue_drops_and_counts(make_project: MakeProject, serve: Serve) -> None:
     project = make_project(
         {"server": {"shadow_queue": 1}},
         latency_budget="5s",
@@ -189,17 +187,17 @@ async def test_full_shadow_queue_drops_and_counts(
     held = threading.Event()
     model = app.state.models.get(ROUTE, "shadow")
     assert model is not None
-    inner = model.batcher._predict
 
-    def gated(matrix: Matrix) -> Prediction:
-        assert held.wait(5)
-        return inner(matrix)
+    def gate(inner: PredictFn) -> PredictFn:
+        def gated(matrix: Matrix) -> Prediction:
+            assert held.wait(5)
+            return inner(matrix)
 
-    model.batcher._predict = gated
+        return gated
+
+    swap_predict(model.batcher, gate)
     n = 40
-    results = await asyncio.gather(
-        *(predict(client, [CARDS[i]], mode="compute") for i in range(n))
-    )
+    results = await asyncio.gather(*(predict(client, [CARDS[i]], mode="compute") for i in range(n)))
     assert all(r[0]["source"] == "online" for r in results)
     dropped = await metric(client, "hybridserve_shadow_total", route=ROUTE, outcome="dropped")
     held.set()

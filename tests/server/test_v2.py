@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
 
 from hybridserve.features.online import merge_request_features
 from hybridserve.registry import Registry
@@ -152,6 +154,9 @@ async def test_requested_outputs_and_request_id(make_project, serve) -> None:  #
         ("label", "INT64", [2]),
         ("probabilities", "FP64", [2, 2]),
     ]
+    estimator = app.state.models.get("fraud", "fallback1").scorer.runtime.model
+    assert _output(body, "label").tolist() == estimator.predict(xr).tolist()
+    np.testing.assert_allclose(_output(body, "probabilities"), estimator.predict_proba(xr))
 
 
 async def test_binary_tensor_data(make_project, serve) -> None:  # type: ignore[no-untyped-def]
@@ -205,6 +210,14 @@ def _input(**changes: Any) -> bytes:
     return orjson.dumps({"inputs": [tensor]})
 
 
+def _columns(*names: str) -> bytes:
+    tensors = [{"name": n, "shape": [1], "datatype": "FP64", "data": [1]} for n in names]
+    return orjson.dumps({"inputs": tensors})
+
+
+_NAN_LITERAL = b'{"inputs":[{"name":"x","shape":[1],"datatype":"FP64","data":[NaN]}]}'
+
+
 @pytest.mark.parametrize(
     ("path", "body", "status", "needle"),
     [
@@ -225,13 +238,14 @@ def _input(**changes: Any) -> bytes:
         ("fraud", _input(data=[[0.5], [0.5, 1.0]]), 400, "not a regular array"),
         ("fraud", _input(data=None), 400, "needs 30 values, data has 1"),
         ("fraud", _input(data=[None] * 30), 400, "do not match datatype FP64"),
-        ("fraud", b'{"inputs":[{"name":"x","shape":[1],"datatype":"FP64","data":[NaN]}]}', 400, "malformed JSON"),  # fmt: skip
+        ("fraud", _NAN_LITERAL, 400, "malformed JSON"),
         ("fraud", _input(data=[*[0.5] * 29, float("nan")]), 400, "do not match"),  # NaN -> null
         ("fraud", _body(outputs=[{"name": "odds"}]), 400, "unknown output 'odds'"),
         ("fraud", _body(parameters={"timeout": "soon"}), 400, "parameters.timeout"),
         ("fraud", _body(id=7), 400, "id: expected a string"),
-        ("fraud", orjson.dumps({"inputs": [{"name": "amount_mean_30d", "shape": [1], "datatype": "FP64", "data": [1]}]}), 400, "missing input(s): amount_std_30d"),  # fmt: skip
-        ("fraud", orjson.dumps({"inputs": [{"name": "colour", "shape": [1], "datatype": "FP64", "data": [1]}] * 2}), 400, "unknown input 'colour'"),  # fmt: skip
+        ("fraud", _columns("amount_mean_30d"), 400, "missing input(s): amount_std_30d"),
+        ("fraud", _columns("colour", "colour"), 400, "unknown input 'colour'"),
+        ("fraud", _columns("amount_mean_30d", "amount_mean_30d"), 400, "given twice"),
     ],
 )
 async def test_bad_requests_get_a_protocol_error(
@@ -293,3 +307,76 @@ async def test_infer_needs_the_predict_scope(make_project, serve) -> None:  # ty
         "/v2/models/fraud/infer", content=_body(), headers={"authorization": "Bearer k-predict"}
     )
     assert r.status_code == 200, r.text
+
+
+def test_tritonclient_against_a_real_server(make_project, live_server) -> None:  # type: ignore[no-untyped-def]
+    """A client this project did not write: Triton's, with binary and JSON tensors."""
+    project = make_project()
+    url = live_server(project).removeprefix("http://")
+    with Registry.from_project(project) as registry:
+        runtime = registry.load("fraud@production")
+    names = runtime.signature.names
+    x = np.random.default_rng(7).uniform(0, 5, size=(4, len(names)))
+    expected = runtime.predict(x, probabilities=True)
+
+    client = httpclient.InferenceServerClient(url, network_timeout=30.0)
+    try:
+        assert client.is_server_live() and client.is_server_ready()
+        assert client.is_model_ready("fraud") and client.is_model_ready("fraud", "1")
+        assert not client.is_model_ready("fraud", "2") and not client.is_model_ready("nope")
+        meta = client.get_model_metadata("fraud")
+        assert meta["name"] == "fraud" and meta["versions"] == ["1"]
+        assert meta["inputs"][0]["shape"] == [-1, len(names)]
+        assert client.get_server_metadata()["name"] == "hybridserve"
+
+        # FP64, binary both ways (tritonclient's defaults): every output comes back.
+        inp = httpclient.InferInput("input-0", list(x.shape), "FP64")
+        inp.set_data_from_numpy(x)
+        result = client.infer("fraud", [inp], request_id="r1")
+        assert result.get_response()["id"] == "r1"
+        np.testing.assert_allclose(result.as_numpy("score"), expected.scores, rtol=1e-12)
+        assert expected.probabilities is not None
+        np.testing.assert_allclose(
+            result.as_numpy("probabilities"), expected.probabilities, rtol=1e-12
+        )
+        assert result.as_numpy("label").dtype == np.int64
+
+        # FP32 as JSON, one tensor per feature, one requested output as JSON.
+        x32 = x.astype(np.float32)
+        inputs = []
+        for j, name in enumerate(names):
+            col = httpclient.InferInput(name, [len(x), 1], "FP32")
+            col.set_data_from_numpy(x32[:, [j]], binary_data=False)
+            inputs.append(col)
+        out = httpclient.InferRequestedOutput("score", binary_data=False)
+        result = client.infer("fraud", inputs, model_version="1", outputs=[out], timeout=5_000_000)
+        assert [o["name"] for o in result.get_response()["outputs"]] == ["score"]
+        want = runtime.predict(x32.astype(np.float64)).scores
+        np.testing.assert_allclose(result.as_numpy("score"), want, rtol=1e-12)
+
+        with pytest.raises(InferenceServerException, match="model 'nope' is not loaded"):
+            client.infer("nope", [inp])
+        bad = httpclient.InferInput("input-0", [1, 2], "BYTES")
+        bad.set_data_from_numpy(np.array([[b"a", b"b"]], dtype=object))
+        with pytest.raises(InferenceServerException, match="BYTES tensors are not accepted"):
+            client.infer("fraud", [bad])
+    finally:
+        client.close()
+
+
+async def test_openapi_describes_v2(make_project, serve) -> None:  # type: ignore[no-untyped-def]
+    _, client = await serve(make_project())
+    spec = (await client.get("/openapi.json")).json()
+    for path in ("/v2", "/v2/models/{name}", "/v2/models/{name}/versions/{version}/infer"):
+        assert path in spec["paths"], path
+    refs = {r.split("/")[-1] for r in _refs(spec["paths"])}
+    assert refs <= set(spec["components"]["schemas"]), refs
+
+
+def _refs(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        own = [node["$ref"]] if "$ref" in node else []
+        return own + [r for v in node.values() for r in _refs(v)]
+    if isinstance(node, list):
+        return [r for v in node for r in _refs(v)]
+    return []

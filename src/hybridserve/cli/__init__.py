@@ -12,10 +12,12 @@ import sys
 
 import typer
 
+from hybridserve.cli.batch import batch_app
 from hybridserve.cli.common import console, err_console
 from hybridserve.cli.features import features_app
 from hybridserve.cli.project import project_commands
 from hybridserve.cli.registry import registry_app
+from hybridserve.cli.stream import stream_app
 from hybridserve.errors import HybridServeError
 
 app = typer.Typer(
@@ -27,6 +29,8 @@ app = typer.Typer(
 )
 app.add_typer(registry_app, name="registry")
 app.add_typer(features_app, name="features")
+app.add_typer(batch_app, name="batch")
+app.add_typer(stream_app, name="stream")
 project_commands(app)
 
 

@@ -96,6 +96,11 @@ class Metrics:
             ["route", "role", "model", "version"],
             registry=r,
         )
+        self.write_back_dropped = Counter(
+            "hybridserve_write_back_dropped_total",
+            "Computed predictions not written back (store failing or too far behind).",
+            registry=r,
+        )
         self.events = Counter(
             "hybridserve_events_total",
             "Events accepted on the ingest endpoint.",
@@ -106,7 +111,8 @@ class Metrics:
     @lru_cache(maxsize=4096)  # noqa: B019 - one Metrics per process, bounded cache
     def child(self, name: str, *labels: str) -> Any:
         """A bound label child, cached: ``metrics.child("requests", route, source, status)``."""
-        return getattr(self, name).labels(*labels)
+        metric = getattr(self, name)
+        return metric.labels(*labels) if labels else metric
 
     def set_model(self, route: str, role: str, model: str, version: int) -> None:
         for sample in [s for m in self.model_info.collect() for s in m.samples]:

@@ -82,7 +82,9 @@ class PredictionStore:
             out.append(None if best is None else PredictionRecord.from_bytes(best.value))
         return out
 
-    async def get_run(self, route: str, run_id: str, entities: Sequence[str]) -> list[PredictionRecord | None]:
+    async def get_run(
+        self, route: str, run_id: str, entities: Sequence[str]
+    ) -> list[PredictionRecord | None]:
         """Only run ``run_id``'s records (audit, tests, comparing runs)."""
         entries = await self.kv.get_many([run_key(route, run_id, e) for e in entities])
         return [None if e is None else PredictionRecord.from_bytes(e.value) for e in entries]

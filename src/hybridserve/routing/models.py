@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from hybridserve.batching import MicroBatcher
 from hybridserve.errors import HybridServeError
@@ -72,7 +75,11 @@ class ModelManager:
         max_batch_size: int = 64,
         poll_interval: float = 2.0,
         threads: int = 2,
+        execution: str = "auto",
+        inline_below: float = 0.002,
     ) -> None:
+        self.execution = execution
+        self.inline_below = inline_below
         self.services = services
         self.metrics = metrics
         self.max_batch_size = max_batch_size
@@ -111,15 +118,41 @@ class ModelManager:
 
             runtime = scorer.runtime
             proba = runtime.task == "classification"
+            took = self._warm_up(scorer)
+            inline = self.execution == "inline" or (
+                self.execution == "auto" and took < self.inline_below
+            )
+            log.info(
+                "%s: a batch of %d takes %.2f ms; model calls run %s",
+                mv.ref,
+                self.max_batch_size,
+                took * 1000,
+                "inline" if inline else "in a thread",
+            )
             batcher = MicroBatcher(
                 lambda m: runtime.predict(m, probabilities=proba),
                 max_batch_size=self.max_batch_size,
                 executor=self._executor,
                 observe=observe,
                 name=mv.ref,
+                inline=inline,
             )
             self._batchers[mv.ref] = batcher
         return LoadedModel(ref, scorer, batcher)
+
+    def _warm_up(self, scorer: Scorer) -> float:
+        """Time a full batch (best of three) before serving; also warms the model's caches."""
+        width = len(scorer.names)
+        matrix = np.zeros((self.max_batch_size, width), dtype=np.float64)
+        best = float("inf")
+        for _ in range(3):
+            started = time.perf_counter()
+            try:
+                scorer.runtime.predict(matrix)
+            except Exception:  # a model that rejects zeros: assume it is slow, use a thread
+                return float("inf")
+            best = min(best, time.perf_counter() - started)
+        return best
 
     def _install(self, route: str, role: str, model: LoadedModel) -> None:
         self._current[(route, role)] = model

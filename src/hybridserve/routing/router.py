@@ -25,7 +25,6 @@ from typing import Any
 
 from hybridserve.config import DefaultStep, ModelStep, RouteConfig, StalePredictionStep
 from hybridserve.errors import DeadlineExceeded, HybridServeError, InvalidInput, StoreError
-from hybridserve.features.online import merge_request_features
 from hybridserve.observability.metrics import Metrics
 from hybridserve.predictions.cache import L1Cache
 from hybridserve.predictions.store import RunPointer
@@ -94,6 +93,9 @@ class Router:
         }
         self.shadow = ShadowScorer(self, metrics, maxsize=self.project.server.shadow_queue)
         self._writebacks: set[asyncio.Task[None]] = set()
+        self._pending_writes: list[PredictionRecord] = []
+        self.write_back_delay = 0.005
+        self.max_pending_writes = 50_000
         # route -> (batch run id served, loop time it was checked)
         self._runs: dict[str, tuple[str | None, float]] = {}
         self.run_check_interval = 1.0
@@ -220,6 +222,9 @@ class Router:
 
     async def _stored(self, route: str, cfg: RouteConfig, job: _Job) -> None:
         loop = asyncio.get_running_loop()
+        # First learn which batch run is served (cached; re-read every run_check_interval):
+        # a newly published run clears L1, so L1 never hides it.
+        run_id = await self._run_id(route, job, range(len(job.keys)))
         t = loop.time()
         for i, key in enumerate(job.keys):
             rec = self.cache.get(route, key, job.at)
@@ -232,10 +237,12 @@ class Router:
         if not todo:
             return
         t = loop.time()
-        run_id = await self._run_id(route, job, todo)
         keys = [job.keys[i] for i in todo]
         records = await self._call(
-            "prediction_store", job, todo, "store",
+            "prediction_store",
+            job,
+            todo,
+            "store",
             self.services.predictions.get(route, keys, run_id=run_id),
         )
         self.metrics.child("stage_seconds", route, "store").observe(loop.time() - t)
@@ -269,9 +276,23 @@ class Router:
         return run_id
 
     async def _call(
-        self, dependency: str, job: _Job, todo: Sequence[int], step: str, coro: Any
+        self,
+        dependency: str,
+        job: _Job,
+        todo: Sequence[int],
+        step: str,
+        coro: Any,
+        model: LoadedModel | None = None,
     ) -> Any:
-        """Await ``coro`` within the time left, through ``dependency``'s breaker."""
+        """Await ``coro`` within the time left, through ``dependency``'s breaker.
+
+        Any failure (an error, a timeout) is noted in the entities' trail and returns
+        ``None`` so the next step can answer; it never becomes a 500. Failures charge the
+        dependency's breaker, except overload of a healthy model: a request shed by the
+        micro-batcher, or one that timed out queueing behind batches that each run well
+        within budget, says the model is busy, not broken, and opening its breaker would
+        turn overload into an outage.
+        """
         breaker = self.breaker(dependency)
         remaining = job.deadline - asyncio.get_running_loop().time()
         if remaining <= 0:
@@ -283,14 +304,34 @@ class Router:
             self._note(job, todo, f"{step}: skipped ({dependency} circuit open)")
             return None
         try:
-            result = await asyncio.wait_for(coro, remaining)
-        except _FAILURES as exc:
+            async with asyncio.timeout(remaining):
+                result = await coro
+        except DeadlineExceeded as exc:
+            self._busy(breaker)
+            self._note(job, todo, f"{step}: shed ({exc.message})")
+            return None
+        except TimeoutError:
+            if model is not None and model.batcher.batch_seconds < remaining / 2:
+                self._busy(breaker)
+                self._note(job, todo, f"{step}: timed out queueing for {model.label} (busy)")
+                return None
             breaker.failure()
-            why = "timed out" if isinstance(exc, TimeoutError) else f"failed ({exc})"
-            self._note(job, todo, f"{step}: {why}")
+            log.debug("%s: %s timed out", dependency, step)
+            self._note(job, todo, f"{step}: timed out after {remaining * 1000:.0f} ms")
+            return None
+        except Exception as exc:  # any failure of a dependency: fall back, never a 500
+            breaker.failure()
+            log.debug("%s: %s failed: %r", dependency, step, exc)
+            self._note(job, todo, f"{step}: failed ({type(exc).__name__}: {exc})")
             return None
         breaker.success()
         return result
+
+    @staticmethod
+    def _busy(breaker: CircuitBreaker) -> None:
+        """A busy-but-healthy outcome: frees a half-open probe without judging it."""
+        if breaker.state == "half_open":
+            breaker.success()
 
     @staticmethod
     def _note(job: _Job, todo: Sequence[int], text: str) -> None:
@@ -316,7 +357,7 @@ class Router:
                 job,
                 read,
                 "features",
-                self.services.features.read(wanted, [job.keys[i] for i in read], at=job.at),
+                self.services.features.read_values(wanted, [job.keys[i] for i in read], at=job.at),
             )
             self.metrics.child("stage_seconds", route, "features").observe(
                 asyncio.get_running_loop().time() - t
@@ -326,12 +367,15 @@ class Router:
             else:
                 rows = dict(zip(read, got, strict=True))
         for i in need:
-            row = rows.get(i)
-            if row is None:
+            got_row = rows.get(i)
+            if got_row is None:
                 job.values[i] = dict(job.extra[i] or {})
             else:
-                job.values[i] = merge_request_features(row, job.extra[i], job.at)
-                job.feature_as_of[i] = row.as_of
+                values, as_of = got_row
+                if job.extra[i]:
+                    values.update(job.extra[i])  # request features override stored ones
+                job.values[i] = values
+                job.feature_as_of[i] = as_of
 
     async def _score(
         self,
@@ -362,6 +406,7 @@ class Router:
             rows,
             source,
             model.batcher.predict(prepared.matrix, job.deadline),
+            model,
         )
         self.metrics.child("stage_seconds", route, "model").observe(loop.time() - t)
         if prediction is None:
@@ -405,21 +450,38 @@ class Router:
                 self.shadow.offer(route, cfg.shadow.percent, job.keys, job.extra, fresh)
 
     def _write_back(self, records: list[PredictionRecord]) -> None:
-        if len(self._writebacks) >= 256 or not self.breaker("prediction_store").allow():
-            return  # the store is struggling: serving matters more than remembering
+        """Queue computed records for the store; one write carries many requests' records.
 
-        async def write() -> None:
+        Writing each request's record in its own transaction or round trip would cost more
+        than scoring it; instead records gather for ``write_back_delay`` and go in one
+        ``put_many``. The queue is bounded: when the store cannot keep up, records are
+        dropped (and counted), since serving matters more than remembering.
+        """
+        if len(self._pending_writes) + len(records) > self.max_pending_writes:
+            self.metrics.child("write_back_dropped").inc(len(records))
+            return
+        self._pending_writes.extend(records)
+        if not self._writebacks:
+            task = asyncio.get_running_loop().create_task(self._flush_writes())
+            self._writebacks.add(task)
+            task.add_done_callback(self._writebacks.discard)
+
+    async def _flush_writes(self) -> None:
+        await asyncio.sleep(self.write_back_delay)
+        while self._pending_writes:
+            records, self._pending_writes = self._pending_writes, []
             breaker = self.breaker("prediction_store")
+            if not breaker.allow():
+                self.metrics.child("write_back_dropped").inc(len(records))
+                continue
             try:
-                await asyncio.wait_for(self.services.predictions.put(records), 2.0)
+                async with asyncio.timeout(2.0):
+                    await self.services.predictions.put(records)
                 breaker.success()
             except _FAILURES as exc:
                 breaker.failure()
+                self.metrics.child("write_back_dropped").inc(len(records))
                 log.warning("write-back of %d predictions failed: %s", len(records), exc)
-
-        task = asyncio.get_running_loop().create_task(write())
-        self._writebacks.add(task)
-        task.add_done_callback(self._writebacks.discard)
 
     # -- step 3: fallbacks -----------------------------------------------------------
 

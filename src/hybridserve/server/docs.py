@@ -33,13 +33,172 @@ def _err(description: str) -> dict[str, Any]:
     }
 
 
+_META_PROPS: dict[str, Any] = {
+    "name": {"type": "string"},
+    "datatype": {"type": "string"},
+    "shape": {"type": "array", "items": {"type": "integer"}},
+    "parameters": {"type": "object"},
+}
+_TENSOR_META = {
+    "type": "object",
+    "required": ["name", "datatype", "shape"],
+    "properties": _META_PROPS,
+}
+_TENSOR = {
+    "type": "object",
+    "required": ["name", "shape", "datatype"],
+    "properties": {
+        **_META_PROPS,
+        "data": {"description": "Row-major values, flat or nested (absent when binary)"},
+    },
+}
+_V2_SCHEMAS: dict[str, Any] = {
+    "V2Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {"error": {"type": "string"}},
+    },
+    "V2ServerMetadata": {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "version": {"type": "string"},
+            "extensions": {"type": "array", "items": {"type": "string"}},
+        },
+    },
+    "V2ModelMetadata": {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "versions": {"type": "array", "items": {"type": "string"}},
+            "platform": {"type": "string"},
+            "inputs": {"type": "array", "items": _TENSOR_META},
+            "outputs": {"type": "array", "items": _TENSOR_META},
+        },
+    },
+    "V2InferenceRequest": {
+        "type": "object",
+        "required": ["inputs"],
+        "properties": {
+            "id": {"type": "string"},
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "timeout": {"type": "number", "description": "Microseconds, as in Triton"},
+                    "binary_data_output": {"type": "boolean"},
+                },
+            },
+            "inputs": {"type": "array", "items": _TENSOR, "minItems": 1},
+            "outputs": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["name"],
+                    "properties": {
+                        "name": {"type": "string", "enum": ["score", "probabilities", "label"]},
+                        "parameters": {"type": "object"},
+                    },
+                },
+            },
+        },
+    },
+    "V2InferenceResponse": {
+        "type": "object",
+        "properties": {
+            "model_name": {"type": "string"},
+            "model_version": {"type": "string"},
+            "id": {"type": "string"},
+            "outputs": {"type": "array", "items": _TENSOR},
+        },
+    },
+}
+
+
+def _json_body(schema: str, description: str) -> dict[str, Any]:
+    ref = {"$ref": f"#/components/schemas/{schema}"}
+    return {"description": description, "content": {"application/json": {"schema": ref}}}
+
+
+def _v2_paths() -> dict[str, Any]:
+    """The Open Inference Protocol (KServe V2) endpoints of :mod:`hybridserve.server.v2`."""
+    name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+    version = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
+    not_found = _json_body("V2Error", "Model or version not loaded")
+    paths: dict[str, Any] = {
+        "/v2": {
+            "get": {
+                "summary": "Server metadata",
+                "operationId": "v2_server_metadata",
+                "responses": {"200": _json_body("V2ServerMetadata", "Server metadata")},
+            }
+        },
+        "/v2/health/live": {
+            "get": {"operationId": "live", "responses": {"200": {"description": "live"}}}
+        },
+        "/v2/health/ready": {
+            "get": {
+                "operationId": "ready",
+                "responses": {
+                    "200": {"description": "ready"},
+                    "503": {"description": "not ready"},
+                },
+            }
+        },
+    }
+    for prefix, params, tag in [
+        ("/v2/models/{name}", [name], ""),
+        ("/v2/models/{name}/versions/{version}", [name, version], "_version"),
+    ]:
+        paths[f"{prefix}/ready"] = {
+            "get": {
+                "summary": "Whether the model (version) is loaded: the status code is the answer",
+                "operationId": f"v2_model_ready{tag}",
+                "parameters": params,
+                "responses": {"200": {"description": "ready"}, "404": not_found},
+            }
+        }
+        paths[prefix] = {
+            "get": {
+                "summary": "Model metadata",
+                "operationId": f"v2_model_metadata{tag}",
+                "parameters": params,
+                "responses": {"200": _json_body("V2ModelMetadata", "Metadata"), "404": not_found},
+            }
+        }
+        paths[f"{prefix}/infer"] = {
+            "post": {
+                "summary": "Score rows given as one [-1, n_features] tensor or one per feature",
+                "operationId": f"v2_infer{tag}",
+                "parameters": params,
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {"$ref": "#/components/schemas/V2InferenceRequest"}
+                        }
+                    },
+                },
+                "responses": {
+                    "200": _json_body("V2InferenceResponse", "Outputs"),
+                    "400": _json_body("V2Error", "Invalid request (the message says why)"),
+                    "401": _json_body("V2Error", "Missing or invalid API key"),
+                    "403": _json_body("V2Error", "The key lacks the predict scope"),
+                    "404": not_found,
+                    "413": _json_body("V2Error", "Body too large"),
+                    "504": _json_body("V2Error", "No answer within the request's timeout"),
+                },
+            }
+        }
+    return paths
+
+
 def openapi(routes: list[str]) -> dict[str, Any]:
     defs: dict[str, Any] = {}
     req = PredictRequest.model_json_schema(ref_template="#/components/schemas/{model}")
     res = PredictResponse.model_json_schema(ref_template="#/components/schemas/{model}")
     for schema in (req, res):
         defs.update(schema.pop("$defs", {}))
-    defs |= {"PredictRequest": req, "PredictResponse": res, "Error": _ERROR}
+    defs |= {"PredictRequest": req, "PredictResponse": res, "Error": _ERROR, **_V2_SCHEMAS}
     return {
         "openapi": "3.0.3",
         "info": {
@@ -86,18 +245,7 @@ def openapi(routes: list[str]) -> dict[str, Any]:
                     },
                 }
             },
-            "/v2/health/live": {
-                "get": {"operationId": "live", "responses": {"200": {"description": "live"}}}
-            },
-            "/v2/health/ready": {
-                "get": {
-                    "operationId": "ready",
-                    "responses": {
-                        "200": {"description": "ready"},
-                        "503": {"description": "not ready"},
-                    },
-                }
-            },
+            **_v2_paths(),
         },
         "components": {"schemas": defs},
     }

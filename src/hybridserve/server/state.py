@@ -38,7 +38,12 @@ class ServerState:
         metrics = metrics or Metrics()
         cfg = project.server
         models = ModelManager(
-            services, metrics, max_batch_size=cfg.max_batch_size, poll_interval=cfg.reload_interval
+            services,
+            metrics,
+            max_batch_size=cfg.max_batch_size,
+            poll_interval=cfg.reload_interval,
+            execution=cfg.model_execution,
+            inline_below=cfg.inline_below,
         )
         router = Router(services, models, metrics, L1Cache(cfg.l1_cache_size))
         return cls(

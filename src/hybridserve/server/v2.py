@@ -235,10 +235,7 @@ def _tensor(spec: Any, i: int, raw: memoryview, offset: int) -> tuple[str, Matri
             raise InvalidInput(f"{where}: shape {shape} needs {size} values, data has {arr.size}")
         if size and arr.dtype.kind not in _KINDS[datatype]:
             raise InvalidInput(f"{where}: data: values do not match datatype {datatype}")
-    x = arr.astype(np.float64, copy=False).reshape(shape)
-    if arr.dtype.kind == "f" and not np.isfinite(x).all():
-        raise InvalidInput(f"{where}: data: NaN or infinite values are not accepted")
-    return name, x, offset
+    return name, arr.astype(np.float64, copy=False).reshape(shape), offset
 
 
 def _raw_tensor(
@@ -308,6 +305,14 @@ def decode_request(body: bytes, json_length: str | None = None) -> InferRequest:
 
 def assemble(inputs: list[tuple[str, Matrix]], features: list[str]) -> Matrix:
     """The ``(rows, n_features)`` matrix in signature order, from either input form."""
+    matrix = _arrange(inputs, features)
+    if not np.isfinite(matrix).all():  # one check per request; find the culprit only then
+        name = next(n for n, x in inputs if not np.isfinite(x).all())
+        raise InvalidInput(f"input {name!r}: data: NaN or infinite values are not accepted")
+    return matrix
+
+
+def _arrange(inputs: list[tuple[str, Matrix]], features: list[str]) -> Matrix:
     k = len(features)
     if len(inputs) == 1 and inputs[0][0] not in features:
         name, x = inputs[0]

@@ -66,10 +66,11 @@ class RedisStore:
             if len(keys) == 1:
                 results = [await self._redis.hmget(p + keys[0], "v", "t")]
             else:
-                pipe = self._redis.pipeline(transaction=False)
-                for key in keys:
-                    pipe.hmget(p + key, "v", "t")
-                results = await pipe.execute()
+                # ``async with``: a pipeline that fails must give its connection back.
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for key in keys:
+                        pipe.hmget(p + key, "v", "t")
+                    results = await pipe.execute()
         except self._errors as exc:
             raise StoreError(f"Redis read failed ({self.url}): {exc}") from exc
         out: list[Entry | None] = []
@@ -82,15 +83,15 @@ class RedisStore:
             return 0
         p = self._prefix
         try:
-            pipe = self._redis.pipeline(transaction=False)
-            for start in range(0, len(writes), _CHUNK):
-                chunk = writes[start : start + _CHUNK]
-                args: list[bytes | str | int] = []
-                for w in chunk:
-                    exp = 0 if w.expires_at is None else max(1, int(w.expires_at * 1000))
-                    args += [w.value, repr(w.as_of), exp]
-                await self._cas(keys=[p + w.key for w in chunk], args=args, client=pipe)
-            results = await pipe.execute()
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for start in range(0, len(writes), _CHUNK):
+                    chunk = writes[start : start + _CHUNK]
+                    args: list[bytes | str | int] = []
+                    for w in chunk:
+                        exp = 0 if w.expires_at is None else max(1, int(w.expires_at * 1000))
+                        args += [w.value, repr(w.as_of), exp]
+                    await self._cas(keys=[p + w.key for w in chunk], args=args, client=pipe)
+                results = await pipe.execute()
         except self._errors as exc:
             raise StoreError(f"Redis write failed ({self.url}): {exc}") from exc
         return int(sum(results))

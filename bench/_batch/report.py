@@ -1,0 +1,60 @@
+"""The Batch section of ``docs/benchmarks.md``, between its markers (the rest is kept)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+START, END = "<!-- batch:start -->", "<!-- batch:end -->"
+LABELS = {
+    "floor": "floor: `predict_proba` on a process pool, matrices in memory, no I/O",
+    "sqlite": "hybridserve `batch run`, local executor, SQLite store",
+    "redis": "hybridserve `batch run`, local executor, Redis store",
+    "ray": "hybridserve `batch run`, Ray executor (Ray Data actors), SQLite store",
+}
+
+
+def section(results: list[dict[str, Any]], **info: Any) -> str:
+    floor = next((r["rows_per_s"] for r in results if r["name"] == "floor"), None)
+    lines = [
+        START,
+        "## Batch",
+        "",
+        f"- date: {info['date']}",
+        f"- machine: {info['machine']}",
+        f"- command: `{info['command']}`",
+        f"- input: {info['rows']:,} cards x 30 features (Parquet, one row group per "
+        f"{info['chunk_rows']:,}-row chunk); model `fraud@production` "
+        "(HistGradientBoostingClassifier); "
+        f"{info['workers']} workers, one model thread each",
+        "- end to end = plan and read the input, validate, score, write every record to the "
+        "prediction store and a Parquet snapshot per chunk, manifest, publish; the wall time "
+        "includes starting the pool (or Ray) and loading the model",
+        "- peak memory: RSS and PSS summed over this process and all its descendants (pool "
+        "workers, the forkserver, Ray's processes), sampled every 50 ms; RSS counts a page "
+        "shared by N processes N times, PSS once",
+        "- the machine is shared: other test suites ran at the same time (load average "
+        f"{info['load']}), so rates are noisy",
+        "",
+        "| run | seconds | rows/s | share of floor | peak RSS MB | peak PSS MB | detail |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        share = "" if not floor else f"{r['rows_per_s'] / floor:.0%}"
+        lines.append(
+            f"| {LABELS.get(r['name'], r['name'])} | {r['seconds']:.2f} | "
+            f"{r['rows_per_s']:,.0f} | {share} | {r['peak_rss_mb']:,.0f} | "
+            f"{r['peak_pss_mb']:,.0f} | {r['detail']} |"
+        )
+    lines += ["", END]
+    return "\n".join(lines)
+
+
+def write(path: Path, text: str) -> None:
+    old = path.read_text() if path.exists() else "# Benchmarks\n"
+    if START in old and END in old:
+        head, rest = old.split(START, 1)
+        new = head + text + rest.split(END, 1)[1]
+    else:
+        new = old.rstrip("\n") + "\n\n" + text + "\n"
+    path.write_text(new)

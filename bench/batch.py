@@ -1,0 +1,250 @@
+"""Batch-scoring benchmark: hybridserve end to end against the raw model floor.
+
+Not a timed test: run it by hand (a few minutes with the defaults)::
+
+    .venv/bin/python bench/batch.py                  # 1,000,000 cards x 30 features
+    .venv/bin/python bench/batch.py --rows 200000    # a quicker smoke run
+
+It builds the fraud example in ``bench/.work/batch/`` (trains and registers ``fraud``, a
+HistGradientBoostingClassifier), writes the input Parquet (generated in slices with
+``generate_cards``; one row group per chunk), then measures, one after the other:
+
+- the floor: ``predict_proba`` over the same rows, in chunks, on a process pool with the same
+  number of workers (one thread each), the matrices already in memory: no I/O at all;
+- ``hybridserve batch run`` end to end (read, validate, score, write both sinks, publish)
+  with the SQLite prediction store, with Redis (a unique prefix, deleted afterwards) and with
+  the Ray executor.
+
+Peak memory is the largest sum of VmRSS over this process and all its descendants (pool
+workers, Ray's processes), sampled every 50 ms during each run. It writes the Batch section
+of ``docs/benchmarks.md`` (between ``<!-- batch:start -->`` and ``<!-- batch:end -->``) and
+prints a final ``RESULT key=value ...`` line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+
+from _batch import floor, report  # noqa: E402
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--rows", type=int, default=1_000_000)
+    p.add_argument("--chunk-rows", type=int, default=50_000)
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--redis", default="redis://127.0.0.1:6379/15")
+    p.add_argument("--skip", nargs="*", default=[], choices=["sqlite", "redis", "ray"])
+    p.add_argument("--work", type=Path, default=REPO / "bench" / ".work" / "batch")
+    p.add_argument("--docs", type=Path, default=REPO / "docs" / "benchmarks.md")
+    return p.parse_args()
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def tree_memory(root: int) -> tuple[int, int]:
+    """(RSS, PSS) in bytes, summed over ``root`` and every descendant process.
+
+    RSS counts pages shared between processes (forked workers, mapped libraries) once per
+    process; PSS divides each shared page among its sharers, so it adds up to real memory.
+    """
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    rss = pss = 0
+    todo = [root]
+    while todo:
+        pid = todo.pop()
+        todo += children.get(pid, [])
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Rss:"):
+                        rss += int(line.split()[1]) * 1024
+                    elif line.startswith("Pss:"):
+                        pss += int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return rss, pss
+
+
+@contextmanager
+def peak_memory() -> Iterator[list[int]]:
+    """Sample the process tree while the block runs; yields [peak RSS, peak PSS] in bytes."""
+    peak, stop = [0, 0], threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            rss, pss = tree_memory(os.getpid())
+            peak[0], peak[1] = max(peak[0], rss), max(peak[1], pss)
+            stop.wait(0.05)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield peak
+    finally:
+        stop.set()
+        thread.join()
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
+def build(args: argparse.Namespace) -> Path:
+    """The fraud example with a trained model and a ``bench`` job over the generated input."""
+    from hybridserve.config import load_project
+    from hybridserve.examples.fraud import scaffold
+    from hybridserve.examples.fraud.train import train
+
+    work = args.work
+    if work.exists():
+        shutil.rmtree(work)
+    scaffold(work, n_cards=1000)
+    path = work / "hybridserve.yaml"
+    raw = yaml.safe_load(path.read_text())
+    raw["batch_jobs"] = {
+        "bench": {
+            "route": "fraud",
+            "input": {"path": "data/bench.parquet"},
+            "chunk_rows": args.chunk_rows,
+            "workers": args.workers,
+        }
+    }
+    path.write_text(yaml.safe_dump(raw))
+    log("training the fraud model")
+    train(load_project(path))
+    log(f"writing {args.rows:,} rows to data/bench.parquet")
+    floor.write_input(work / "data" / "bench.parquet", args.rows, args.chunk_rows)
+    return path
+
+
+def measure(name: str, rows: int, fn: Callable[[], Any]) -> dict[str, Any]:
+    log(f"{name}: running")
+    with peak_memory() as peak:
+        t0 = time.perf_counter()
+        out = fn()
+        seconds = time.perf_counter() - t0
+    result = {
+        "name": name,
+        "seconds": seconds,
+        "rows_per_s": rows / seconds,
+        "peak_rss_mb": peak[0] / 2**20,
+        "peak_pss_mb": peak[1] / 2**20,
+        "detail": out,
+    }
+    log(
+        f"{name}: {seconds:.2f} s, {rows / seconds:,.0f} rows/s, "
+        f"peak RSS {peak[0] / 2**20:,.0f} MB, PSS {peak[1] / 2**20:,.0f} MB"
+    )
+    return result
+
+
+def measure_floor(project: Any, args: argparse.Namespace) -> dict[str, Any]:
+    model, chunks = floor.matrices(project, project.path("data/bench.parquet"), args.chunk_rows)
+    pool = floor.Floor(model, args.workers)
+    try:
+        return measure("floor", args.rows, lambda: pool.score(chunks))
+    finally:
+        pool.close()
+
+
+def main() -> int:
+    args = parse_args()
+    from hybridserve.batch import run_job
+    from hybridserve.config import load_project
+
+    project_file = build(args)
+    project = load_project(project_file, env=False)
+    results = [measure_floor(project, args)]  # its matrices are freed before the runs
+
+    def batch(run_id: str, proj: Any, executor: str = "local") -> Callable[[], Any]:
+        def go() -> str:
+            m = run_job(proj, "bench", run_id=run_id, executor=executor)
+            assert m.status == "completed" and m.total("scored") == args.rows, m.to_dict()
+            return f"{m.total('scored'):,} scored, {m.total_chunks} chunks"
+
+        return go
+
+    if "sqlite" not in args.skip:
+        results.append(measure("sqlite", args.rows, batch("bench-sqlite", project)))
+    if "redis" not in args.skip:
+        prefix = f"hs-bench-{uuid.uuid4().hex[:8]}:"
+        raw = yaml.safe_load(project_file.read_text())
+        raw["stores"] = {**raw["stores"], "predictions": args.redis, "prefix": prefix}
+        redis_file = project_file.with_name("redis.yaml")
+        redis_file.write_text(yaml.safe_dump(raw))
+        try:
+            results.append(
+                measure(
+                    "redis", args.rows, batch("bench-redis", load_project(redis_file, env=False))
+                )
+            )
+        finally:
+            floor.delete_prefix(args.redis, prefix)
+    if "ray" not in args.skip:
+        results.append(measure("ray", args.rows, batch("bench-ray", project, "ray")))
+
+    command = "python bench/batch.py" + ("" if args.rows == 1_000_000 else f" --rows {args.rows}")
+    section = report.section(
+        results,
+        rows=args.rows,
+        chunk_rows=args.chunk_rows,
+        workers=args.workers,
+        command=command,
+        date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        machine=f"{cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        load=", ".join(f"{x:.1f}" for x in os.getloadavg()),
+    )
+    report.write(args.docs, section)
+    by = {r["name"]: r for r in results}
+
+    def rate(name: str) -> str:
+        return f"{by[name]['rows_per_s']:.0f}" if name in by else "nan"
+
+    runs = [r for r in results if r["name"] != "floor"]
+    peak = max((r["peak_rss_mb"] for r in runs), default=float("nan"))
+    peak_pss = max((r["peak_pss_mb"] for r in runs), default=float("nan"))
+    print(
+        f"RESULT rows={args.rows} floor_rows_per_s={rate('floor')} "
+        f"sqlite_rows_per_s={rate('sqlite')} redis_rows_per_s={rate('redis')} "
+        f"ray_rows_per_s={rate('ray')} peak_rss_mb={peak:.0f} peak_pss_mb={peak_pss:.0f}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,327 @@
+"""Streaming benchmark: one consumer on Redis Streams with the fraud demo's windows and model.
+
+Not a timed test: run it by hand (about two minutes)::
+
+    .venv/bin/python bench/stream.py               # 200,000 events, then 20 s at 2,000 events/s
+    .venv/bin/python bench/stream.py --events 20000 --latency-seconds 5   # smoke run
+
+It builds the fraud example in ``bench/.work-stream/`` (trains and registers ``fraud``,
+materializes ``card_profile`` into Redis), then measures:
+
+1. throughput: ``--events`` demo transactions preloaded into a Redis stream, one consumer
+   (in this process) from the first read until the stream is drained: seven window features
+   per card, one scored row per event, predictions written to Redis, one output entry per
+   event. Duplicates and lost events are counted from the output stream;
+2. latency: a consumer subprocess, and this process offering ``--rate`` events/s (XADD in
+   10 ms ticks) while tailing the output stream: latency is from each event's XADD to its
+   output entry being readable (written in the same Redis script as the state, after the
+   prediction was stored).
+
+It writes the Stream section of ``docs/benchmarks.md`` (between ``<!-- stream:start -->``
+and ``<!-- stream:end -->``) and ends with ``RESULT events=... events_per_s=... p50_ms=...
+p99_ms=... duplicates=... lost=...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis
+import redis.asyncio as aredis
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+WORK = REPO / "bench" / ".work-stream"
+DOCS = REPO / "docs" / "benchmarks.md"
+STREAM = "transactions"
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--events", type=int, default=200_000)
+    p.add_argument("--rate", type=float, default=2000.0, help="offered load, events/s")
+    p.add_argument("--latency-seconds", type=float, default=20.0)
+    p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument(
+        "--redis", default=os.environ.get("HYBRIDSERVE_BENCH_REDIS", "redis://127.0.0.1:6379/14")
+    )
+    p.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
+    return p.parse_args()
+
+
+def build(url: str, prefix: str, batch_size: int) -> Path:
+    """The fraud project on Redis, trained once and reused."""
+    from hybridserve.config import load_project
+    from hybridserve.examples.fraud import scaffold
+    from hybridserve.examples.fraud.train import train
+    from hybridserve.services import Services
+
+    project_dir = WORK / "project"
+    if not (project_dir / ".hybridserve" / "registry.db").exists():
+        shutil.rmtree(project_dir, ignore_errors=True)
+        scaffold(project_dir)
+        project = load_project(project_dir, env=False)
+        services = Services.open(project)
+        train(project, registry=services.registry)
+        asyncio.run(services.close())
+    raw = yaml.safe_load((project_dir / "hybridserve.yaml").read_text())
+    raw["stores"] = {"online": url, "prefix": prefix}
+    raw["streams"][STREAM]["source"] = {"kind": "redis"}
+    raw["streams"][STREAM]["batch_size"] = batch_size
+    file = project_dir / f"bench-{prefix.strip(':')}.yaml"
+    file.write_text(yaml.safe_dump(raw))
+    return file
+
+
+def clean(url: str, prefix: str) -> None:
+    client = redis.Redis.from_url(url)
+    keys = list(client.scan_iter(f"{prefix}*", count=10_000))
+    for i in range(0, len(keys), 5000):
+        client.delete(*keys[i : i + 5000])
+    client.close()
+
+
+async def prepare(file: Path) -> Any:
+    from hybridserve.config import load_project
+    from hybridserve.features.materialize import materialize
+    from hybridserve.services import Services
+
+    project = load_project(file, env=False)
+    services = Services.open(project)
+    await materialize(project, services.features, "card_profile")
+    await services.close()
+    return project
+
+
+async def throughput(file: Path, n: int) -> dict[str, Any]:
+    from hybridserve.services import Services
+    from hybridserve.streaming import StreamConsumer
+    from hybridserve.streaming.demo import demo_events
+
+    project = await prepare(file)
+    payloads = demo_events(project, n, seed=21, rate=2000.0)
+    services = Services.open(project)
+    consumer = StreamConsumer(services, STREAM, consumer="bench", poll_interval=0)
+    await consumer.source.start()
+    for i in range(0, n, 10_000):
+        await consumer.source.append(payloads[i : i + 10_000])
+    started = time.perf_counter()
+    first: list[float] = []
+    real = consumer.processor.process
+
+    async def timed(entries: Any) -> Any:
+        if not first:
+            first.append(time.perf_counter())
+        return await real(entries)
+
+    consumer.processor.process = timed  # type: ignore[method-assign]
+    idle = 1.0
+    totals = await consumer.run(until_idle=idle)
+    seconds = time.perf_counter() - (first[0] if first else started) - idle
+    await consumer.close()
+    await services.close()
+    client = redis.Redis.from_url(project.stores.online)
+    out = f"{project.stores.prefix}stream:{STREAM}:out"
+    ids = [f[b"id"] for _, f in client.xrange(out)]
+    client.close()
+    unique = len(set(ids))
+    return {
+        "events": n,
+        "seconds": seconds,
+        "events_per_s": n / seconds,
+        "scored": totals.scored,
+        "duplicates": len(ids) - unique,
+        "lost": n - unique,
+        "batches": totals.batches,
+    }
+
+
+async def latency(file: Path, rate: float, duration: float) -> dict[str, Any]:
+    from hybridserve.streaming.demo import demo_events
+
+    project = await prepare(file)
+    n = int(rate * duration)
+    payloads = [orjson.loads(p) for p in demo_events(project, n, seed=22, rate=rate)]
+    key = f"{project.stores.prefix}stream:{STREAM}"
+    client = aredis.Redis.from_url(project.stores.online)
+    await client.xgroup_create(key, "hybridserve", id="0", mkstream=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "hybridserve",
+            "stream",
+            "run",
+            STREAM,
+            "--consumer",
+            "lat",
+            "-p",
+            str(file),
+            "--until-idle",
+            "5",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # start-up: imports, model load, first read
+        consumers = await client.xinfo_consumers(key, "hybridserve")
+        if any(c["name"] in (b"lat", "lat") for c in consumers):
+            break
+        await asyncio.sleep(0.2)
+    sent: dict[str, float] = {}
+    got: dict[str, float] = {}
+
+    async def tail() -> None:
+        reader = aredis.Redis.from_url(project.stores.online)
+        last = "0"
+        while len(got) < n:
+            resp = await reader.xread({f"{key}:out": last}, count=1000, block=500)
+            at = time.perf_counter()
+            for _, entries in resp or []:
+                for entry_id, fields in entries:
+                    last = entry_id
+                    got.setdefault(fields[b"id"].decode(), at)
+            if not resp and len(sent) == n and time.perf_counter() - max(sent.values()) > 10:
+                break
+        await reader.aclose()
+
+    tailer = asyncio.create_task(tail())
+    tick = 0.01
+    per_tick = rate * tick
+    start = time.perf_counter()
+    i = 0
+    while i < n:
+        due = int((time.perf_counter() - start) / tick * per_tick) + int(per_tick)
+        batch = payloads[i : min(n, due)]
+        if batch:
+            pipe = client.pipeline(transaction=False)
+            now = time.time()
+            for e in batch:
+                e["event_time"] = now
+                pipe.xadd(key, {"d": orjson.dumps(e)})
+            t = time.perf_counter()
+            await pipe.execute()
+            for e in batch:
+                sent[e["event_id"]] = t
+            i += len(batch)
+        await asyncio.sleep(tick)
+    offered = n / (time.perf_counter() - start)
+    await tailer
+    proc.wait(timeout=60)
+    await client.aclose()
+    order = sorted((t, k) for k, t in sent.items())
+    series = [(got[k] - t) * 1000 for t, k in order if k in got]
+    if os.environ.get("BENCH_DEBUG"):
+        tenth = max(1, len(series) // 10)
+        tenths = [round(max(series[i : i + tenth]), 1) for i in range(0, len(series), tenth)]
+        print("max latency per tenth of the run:", tenths)
+    lat = sorted(series)
+    pct = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] if lat else float("nan")  # noqa: E731
+    return {
+        "events": n,
+        "offered": offered,
+        "received": len(lat),
+        "p50": pct(0.5),
+        "p99": pct(0.99),
+        "max": lat[-1] if lat else float("nan"),
+    }
+
+
+def write_docs(args: argparse.Namespace, t: dict[str, Any], lat: dict[str, Any]) -> None:
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    load = os.getloadavg()
+    command = "python bench/stream.py" + (
+        f" --events {args.events}" if args.events != 200_000 else ""
+    )
+    lines = [
+        "<!-- stream:start -->",
+        "## Stream",
+        "",
+        f"- date: {when}",
+        f"- machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+        f"Redis 7.0 on the same host; 1-minute load average when the run ended {load[0]:.2f}",
+        f"- command: `{command}`",
+        f"- consumer: one `StreamConsumer` (batch size {args.batch_size}), route `fraud` "
+        "(HistGradientBoostingClassifier, 30 card_profile features), 7 window features "
+        "(`card_txn_windows`: sliding 10 min and 1 h, one tumbling hour); window state, "
+        "seen-set, features, predictions and the output stream on Redis",
+        "- events: the demo transactions (`generate_transactions`) over the 5,000 demo cards; "
+        "per event one scored row and one output entry, per card and batch one prediction write",
+        "",
+        "| measure | value |",
+        "|---|---|",
+        f"| events preloaded | {t['events']:,} |",
+        f"| sustained throughput, one consumer | {t['events_per_s']:,.0f} events/s "
+        f"({t['seconds']:.1f} s, {t['batches']} micro-batches) |",
+        f"| duplicates in the output stream | {t['duplicates']} |",
+        f"| lost (no output entry) | {t['lost']} |",
+        f"| offered load (latency run) | {lat['offered']:,.0f} events/s for "
+        f"{args.latency_seconds:g} s ({lat['received']:,} of {lat['events']:,} received) |",
+        f"| latency XADD -> output readable, p50 | {lat['p50']:.1f} ms |",
+        f"| latency XADD -> output readable, p99 | {lat['p99']:.1f} ms |",
+        f"| latency, max | {lat['max']:.1f} ms |",
+        "",
+        "Notes:",
+        "",
+        "- throughput counts from the first micro-batch to the last commit, consumer in this "
+        "process; the latency run has the consumer in its own process (`hybridserve stream "
+        "run`) while this process produces and tails the output stream",
+        "- an output entry is written by the same Redis script as the window state and the "
+        "seen-set, after the prediction was stored: when it is readable, the prediction is too",
+        "- the machine is shared and was not idle (other test runs used part of the two cores), "
+        "so figures are noisy",
+        "<!-- stream:end -->",
+    ]
+    text = "\n".join(lines)
+    doc = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
+    if "<!-- stream:start -->" in doc:
+        head, _, rest = doc.partition("<!-- stream:start -->")
+        _, _, tail = rest.partition("<!-- stream:end -->")
+        doc = head + text + tail
+    else:
+        doc = doc.rstrip("\n") + "\n\n" + text + "\n"
+    DOCS.write_text(doc)
+
+
+def main() -> None:
+    args = parse_args()
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1)  # as `hybridserve stream run` does (--model-threads 1)
+    WORK.mkdir(parents=True, exist_ok=True)
+    prefix_t, prefix_l = "hs_bench_t:", "hs_bench_l:"
+    for p in (prefix_t, prefix_l):
+        clean(args.redis, p)
+    try:
+        t = asyncio.run(throughput(build(args.redis, prefix_t, args.batch_size), args.events))
+        print(f"throughput: {t}", flush=True)
+        lat = asyncio.run(
+            latency(build(args.redis, prefix_l, args.batch_size), args.rate, args.latency_seconds)
+        )
+        print(f"latency: {lat}", flush=True)
+    finally:
+        for p in (prefix_t, prefix_l):
+            clean(args.redis, p)
+    if not args.no_docs:
+        write_docs(args, t, lat)
+    print(
+        f"RESULT events={t['events']} events_per_s={t['events_per_s']:.0f} "
+        f"p50_ms={lat['p50']:.1f} p99_ms={lat['p99']:.1f} duplicates={t['duplicates']} "
+        f"lost={t['lost']}"
+    )
+
+
+if __name__ == "__main__":
+    main()

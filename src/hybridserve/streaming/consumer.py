@@ -1,0 +1,266 @@
+"""The stream consumer: reads micro-batches, processes them in order, follows model aliases.
+
+A reader task fills a small queue while the processor works, but only while fewer than
+``max_in_flight`` entries are read and not yet acknowledged (backpressure). When a batch
+fails, nothing of it is acknowledged: the consumer drops what it read ahead, rewinds the
+source to its unacknowledged entries and re-reads them *one at a time*, so a poison entry
+fails alone and reaches ``max_deliveries`` (then the dead-letter stream) without dragging
+its neighbours with it. Pending entries of dead consumers are reclaimed every so often.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+
+import orjson
+
+from hybridserve.config import Project
+from hybridserve.errors import HybridServeError
+from hybridserve.records import now
+from hybridserve.registry.refs import ModelRef
+from hybridserve.services import Services
+from hybridserve.storage import Entry
+from hybridserve.streaming.events import RawEntry
+from hybridserve.streaming.metrics import StreamMetrics
+from hybridserve.streaming.pipeline import BatchProcessor, BatchResult
+from hybridserve.streaming.sources import REDIS_SCHEMES, Source, open_source, stream_config
+from hybridserve.streaming.sources.base import output_key
+from hybridserve.streaming.state import KVStateStore, RedisStateStore, StateStore
+
+log = logging.getLogger("hybridserve.stream")
+
+
+@dataclass(slots=True)
+class Totals:
+    read: int = 0
+    applied: int = 0
+    scored: int = 0
+    duplicates: int = 0
+    late: int = 0
+    dead: int = 0
+    failures: int = 0
+    batches: int = 0
+
+
+def open_state(project: Project, name: str, services: Services, source: Source) -> StateStore:
+    """Redis state (one atomic commit per batch) on a Redis store, else the KV state."""
+    cfg = stream_config(project, name)
+    url = project.url(project.stores.online)
+    if url.partition("://")[0].lower() not in REDIS_SCHEMES:
+        return KVStateStore(services.online_kv, name, cfg.dedup_ttl)
+    # Outputs join the commit when the output stream is on the same Redis as the state.
+    same = getattr(source, "url", None) == url and source.kind == "redis"
+    return RedisStateStore(
+        url,
+        project.stores.prefix,
+        name,
+        cfg.dedup_ttl,
+        output_key=output_key(project, name, cfg) if same else None,
+        maxlen=cfg.source.maxlen,
+    )
+
+
+class StreamConsumer:
+    def __init__(
+        self,
+        services: Services,
+        name: str,
+        *,
+        consumer: str = "consumer-1",
+        source: Source | None = None,
+        metrics: StreamMetrics | None = None,
+        poll_interval: float = 2.0,
+        stats_interval: float = 5.0,
+    ) -> None:
+        project = services.project
+        self.services, self.name, self.consumer = services, name, consumer
+        self.cfg = stream_config(project, name)
+        self.source = source or open_source(project, name, consumer=consumer, kv=services.online_kv)
+        self.state = open_state(project, name, services, self.source)
+        scorer = services.scorer(self.cfg.route) if self.cfg.route else None
+        self.processor = BatchProcessor(services, name, self.source, self.state, scorer)
+        self.metrics = metrics or StreamMetrics(name)
+        if scorer is not None:
+            self.metrics.model_version.set(scorer.runtime.version)
+        self.poll_interval, self.stats_interval = poll_interval, stats_interval
+        self.totals = Totals()
+        self._in_flight = 0
+        self._careful = 0
+        self._last_entry = time.monotonic()
+
+    # -- the loop ------------------------------------------------------------------------
+
+    async def run(
+        self, stop: asyncio.Event | None = None, *, until_idle: float | None = None
+    ) -> Totals:
+        """Consume until ``stop`` is set, or until nothing arrived for ``until_idle`` seconds."""
+        stop = stop or asyncio.Event()
+        await self.source.start()
+        self._space = asyncio.Condition()
+        queue: asyncio.Queue[list[RawEntry]] = asyncio.Queue(maxsize=4)
+        reader = asyncio.create_task(self._read(queue))
+        helpers = [asyncio.create_task(self._follow()), asyncio.create_task(self._stats())]
+        failures = 0
+        try:
+            while not stop.is_set():
+                try:
+                    entries = await asyncio.wait_for(queue.get(), 0.05)
+                except TimeoutError:
+                    idle = time.monotonic() - self._last_entry
+                    if until_idle is not None and self._in_flight == 0 and idle >= until_idle:
+                        break
+                    continue
+                try:
+                    self._record(await self.processor.process(entries))
+                    failures = 0
+                    self._careful = max(0, self._careful - len(entries))
+                except Exception as exc:
+                    failures += 1
+                    self.totals.failures += 1
+                    self.metrics.failures.inc()
+                    log.warning(
+                        "stream %s: batch of %d failed (%s); rewinding",
+                        self.name,
+                        len(entries),
+                        exc,
+                        exc_info=not isinstance(exc, HybridServeError),
+                    )
+                    reader.cancel()
+                    await asyncio.gather(reader, return_exceptions=True)
+                    while not queue.empty():
+                        queue.get_nowait()
+                    self._careful = max(1, self._in_flight)
+                    await self._release(self._in_flight)
+                    self.source.rewind()
+                    await asyncio.sleep(min(2.0, 0.02 * 2**failures))
+                    reader = asyncio.create_task(self._read(queue))
+                    continue
+                await self._release(len(entries))
+        finally:
+            reader.cancel()
+            for task in helpers:
+                task.cancel()
+            await asyncio.gather(reader, *helpers, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await self._write_stats(0.0)
+        return self.totals
+
+    async def _release(self, n: int) -> None:
+        async with self._space:
+            self._in_flight -= n
+            self.metrics.in_flight.set(self._in_flight)
+            self._space.notify_all()
+
+    async def _read(self, queue: asyncio.Queue[list[RawEntry]]) -> None:
+        cfg, source = self.cfg, self.source
+        claim_every = max(0.5, min(cfg.claim_idle / 2, 10.0))
+        last_claim = 0.0
+        while True:
+            async with self._space:
+                # After a failure, one entry at a time, each processed before the next read.
+                limit = 1 if self._careful > 0 else cfg.max_in_flight
+                await self._space.wait_for(lambda: self._in_flight < limit)  # noqa: B023
+                room = limit - self._in_flight
+            n = min(cfg.batch_size, room)
+            entries: list[RawEntry] = []
+            started = time.monotonic()
+            try:
+                if started - last_claim >= claim_every:
+                    last_claim = started
+                    entries = await source.claim_stale(cfg.claim_idle, n)
+                if not entries:
+                    entries = await source.read(n, cfg.block)
+            except HybridServeError as exc:  # the source is down: keep trying, slowly
+                log.warning("stream %s: read failed: %s", self.name, exc.message)
+                await asyncio.sleep(1.0)
+                continue
+            if not entries:
+                rest = cfg.block - (time.monotonic() - started)
+                if rest > 0:
+                    await asyncio.sleep(rest)  # sources that do not block (replay)
+                continue
+            self._last_entry = time.monotonic()
+            async with self._space:
+                self._in_flight += len(entries)
+                self.metrics.in_flight.set(self._in_flight)
+            self.metrics.read.inc(len(entries))
+            await queue.put(entries)
+
+    def _record(self, r: BatchResult) -> None:
+        t, m = self.totals, self.metrics
+        t.batches += 1
+        t.read += r.read
+        t.applied += r.applied
+        t.scored += r.scored
+        t.duplicates += r.duplicates
+        t.late += r.late
+        t.dead += r.dead + r.late
+        m.batch_size.observe(r.read)
+        m.scored.inc(r.scored)
+        m.duplicates.inc(r.duplicates)
+        m.late.inc(r.late)
+        m.dead.inc(r.dead + r.late)
+        for lag in r.event_lag:
+            m.event_latency.observe(lag)
+        for lag in r.read_lag:
+            m.read_latency.observe(lag)
+
+    # -- following aliases, publishing stats ---------------------------------------------
+
+    async def refresh_model(self) -> str | None:
+        """Swap in the version the route's alias points at now; return a line if it moved."""
+        scorer = self.processor.scorer
+        route = self.cfg.route
+        if scorer is None or route is None:
+            return None
+        ref = ModelRef.parse(self.services.project.route(route).model)
+        if ref.alias is None:
+            return None
+        registry = self.services.registry
+        version = await asyncio.to_thread(registry.resolve_version, ref.name, ref.alias)
+        if version == scorer.runtime.version:
+            return None
+        new = await asyncio.to_thread(self.services.scorer, route, f"{ref.name}/{version}")
+        self.processor.scorer = new
+        self.metrics.model_version.set(version)
+        line = f"stream {self.name}: {ref} moved from version {scorer.runtime.version} to {version}"
+        log.info(line)
+        return line
+
+    async def _follow(self) -> None:
+        while self.poll_interval > 0:
+            await asyncio.sleep(self.poll_interval)
+            try:
+                await self.refresh_model()
+            except Exception:  # keep following even if one poll fails
+                log.exception("stream %s: model refresh failed", self.name)
+
+    async def _stats(self) -> None:
+        last, last_t = 0, time.monotonic()
+        while True:
+            await asyncio.sleep(self.stats_interval)
+            t = time.monotonic()
+            rate = (self.totals.read - last) / max(1e-9, t - last_t)
+            last, last_t = self.totals.read, t
+            try:
+                await self._write_stats(rate)
+                info = await self.source.info()
+                if info.lag is not None:
+                    self.metrics.lag.set(info.lag)
+            except Exception:
+                log.exception("stream %s: stats update failed", self.name)
+
+    async def _write_stats(self, rate: float) -> None:
+        at = now()
+        body = {"consumer": self.consumer, "events_per_s": round(rate, 1), "updated_at": at}
+        body.update({k: getattr(self.totals, k) for k in Totals.__slots__})
+        key = f"sx:{self.name}:{self.consumer}"
+        await self.services.online_kv.put_many([Entry(key, orjson.dumps(body), at, at + 86400)])
+
+    async def close(self) -> None:
+        await self.state.close()
+        await self.source.close()

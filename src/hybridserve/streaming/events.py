@@ -1,0 +1,145 @@
+"""Stream events: raw entries as a source delivers them, and validation against a stream's fields.
+
+A source hands the consumer :class:`RawEntry` objects (a delivery id, the payload, how often
+it was delivered). :func:`decode` turns one into an :class:`Event` or says why it cannot:
+bad JSON, a missing entity, id or time, a value of the wrong type, or an event time too far
+in the future. The ingest endpoint uses :func:`validate` on the same rules, so an event it
+accepts is one the consumer accepts too.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from hybridserve.config import StreamConfig
+from hybridserve.errors import InvalidInput
+
+
+@dataclass(slots=True)
+class RawEntry:
+    """One delivery of one entry: the source's id for it, its payload, its delivery count."""
+
+    id: str
+    payload: bytes | dict[str, str]
+    """JSON bytes, or (an external producer's multi-field Redis entry) a field mapping."""
+    deliveries: int = 1
+    read_at: float = 0.0
+
+    def raw_text(self) -> str:
+        if isinstance(self.payload, bytes):
+            return self.payload.decode("utf-8", "replace")
+        return orjson.dumps(self.payload).decode()
+
+
+@dataclass(slots=True)
+class Event:
+    entry: RawEntry
+    event_id: str
+    entity: str
+    time: float
+    values: dict[str, Any]
+
+
+class BadEvent(InvalidInput):
+    """An event that does not match its stream's fields (the message names the field)."""
+
+
+def parse_timestamp(value: Any) -> float:
+    """Epoch seconds from a number (seconds) or an ISO-8601 string (``Z`` means UTC)."""
+    if value.__class__ is float or value.__class__ is int:
+        if not math.isfinite(value):
+            raise ValueError("not a finite time")
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+        ts = datetime.fromisoformat(value)
+        return (ts if ts.tzinfo else ts.replace(tzinfo=UTC)).timestamp()
+    raise ValueError(f"expected epoch seconds or an ISO time, got {value!r}")
+
+
+def _coerce(kind: str, value: Any, text: bool) -> Any:
+    """``value`` as ``kind``; strings are parsed only for field-mapping (text) payloads."""
+    cls = value.__class__
+    if kind == "float":
+        if cls is float or cls is int:
+            return float(value)
+        if text and cls is str:
+            return float(value)
+    elif kind == "int":
+        if cls is int:
+            return value
+        if cls is float and value.is_integer():
+            return int(value)
+        if text and cls is str:
+            return int(value)
+    elif kind == "str":
+        if cls is str:
+            return value
+    elif kind == "bool":
+        if cls is bool:
+            return value
+        if text and value in ("true", "false", "1", "0"):
+            return value in ("true", "1")
+    elif kind == "timestamp":
+        return parse_timestamp(value)
+    raise ValueError(f"expected {kind}, got {value!r}")
+
+
+def validate(
+    cfg: StreamConfig, obj: Any, *, at: float, text: bool = False
+) -> tuple[str, str, float, dict[str, Any]]:
+    """``(event_id, entity, time, values)`` of one event, or :class:`BadEvent` naming the field.
+
+    The entity, id and time fields are required; other declared fields may be absent or null.
+    """
+    if not isinstance(obj, dict):
+        raise BadEvent(f"expected a JSON object, got {type(obj).__name__}")
+    values: dict[str, Any] = {}
+    for name, kind in cfg.fields.items():
+        value = obj.get(name)
+        if value is None:
+            if name == cfg.entity_field or name == cfg.id_field or name == cfg.time_field:
+                raise BadEvent(f"{name}: required field is missing", field=name)
+            continue
+        try:
+            values[name] = _coerce(kind, value, text)
+        except (ValueError, TypeError, OverflowError):
+            raise BadEvent(f"{name}: expected {kind}, got {value!r}", field=name) from None
+    entity, event_id = values[cfg.entity_field], values[cfg.id_field]
+    if not isinstance(entity, str) or not entity:
+        raise BadEvent(f"{cfg.entity_field}: expected a non-empty key", field=cfg.entity_field)
+    if not isinstance(event_id, str) or not event_id:
+        event_id = str(event_id)
+    ts = float(values[cfg.time_field])
+    if ts > at + cfg.max_future:
+        raise BadEvent(
+            f"{cfg.time_field}: {ts:.3f} is more than {cfg.max_future:g}s in the future",
+            field=cfg.time_field,
+        )
+    return event_id, entity, ts, values
+
+
+def decode(cfg: StreamConfig, entry: RawEntry, at: float) -> Event | str:
+    """The event in ``entry``, or the reason it is dead-lettered."""
+    payload = entry.payload
+    text = not isinstance(payload, bytes)
+    if isinstance(payload, bytes):
+        try:
+            obj = orjson.loads(payload)
+        except orjson.JSONDecodeError as exc:
+            return f"bad JSON: {exc}"
+    else:
+        obj = payload
+    try:
+        event_id, entity, ts, values = validate(cfg, obj, at=at, text=text)
+    except BadEvent as exc:
+        return exc.message
+    return Event(entry, event_id, entity, ts, values)

@@ -1,0 +1,207 @@
+"""One micro-batch, from raw entries to committed effects, then the acknowledgement.
+
+The order is what makes redelivery safe (at-least-once in, effectively-once out):
+
+1. dead-letter entries that were delivered too often (poison) or do not validate;
+2. drop events already committed (the seen-set) or repeated within the batch;
+3. load the touched entities' window state and apply each event in stream order; an event
+   beyond the allowed lateness is dead-lettered as late and changes nothing;
+4. write the window features (``as_of`` = the entity's watermark) and score one row per
+   applied event, with the window values right after that event: so an event's score does
+   not depend on where batch boundaries fell, and a redone batch scores exactly the same;
+5. write each entity's newest prediction (precedence on ``as_of``), emit one output per event;
+6. commit state + seen-set (+ outputs on Redis) with a version check; on a conflict (another
+   consumer got there first) reload and redo; only then acknowledge.
+
+Every write before the commit is idempotent (compare-and-set on ``as_of``, or once per id), so
+a crash anywhere leaves nothing that a redo would write twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from hybridserve.errors import StoreError
+from hybridserve.records import PredictionRecord, now
+from hybridserve.scoring import Scorer
+from hybridserve.services import Services
+from hybridserve.streaming.events import Event, RawEntry, decode
+from hybridserve.streaming.sources import DeadLetter, Source, stream_config
+from hybridserve.streaming.state import Output, StateStore
+from hybridserve.streaming.windows import EntityState, WindowSpec
+
+_ATTEMPTS = 8
+
+
+@dataclass(slots=True)
+class BatchResult:
+    read: int = 0
+    applied: int = 0
+    scored: int = 0
+    duplicates: int = 0
+    late: int = 0
+    dead: int = 0
+    score_errors: int = 0
+    conflicts: int = 0
+    event_lag: list[float] = field(default_factory=list)
+    """Seconds from each scored event's time to its commit."""
+    read_lag: list[float] = field(default_factory=list)
+    """Seconds from each scored event's read to its commit."""
+
+
+def output_payload(r: PredictionRecord) -> bytes:
+    """The output entry of one scored event: deterministic (no wall-clock time in it)."""
+    return orjson.dumps(
+        {
+            "event_id": r.event_id,
+            "entity": r.entity,
+            "route": r.route,
+            "as_of": r.as_of,
+            "score": r.score,
+            "label": r.label,
+            "model": r.model,
+            "model_version": r.model_version,
+        }
+    )
+
+
+class BatchProcessor:
+    def __init__(
+        self,
+        services: Services,
+        name: str,
+        source: Source,
+        state: StateStore,
+        scorer: Scorer | None,
+    ) -> None:
+        self.services, self.name, self.source, self.state = services, name, source, state
+        self.cfg = stream_config(services.project, name)
+        self.spec = WindowSpec(self.cfg)
+        self.view = self.cfg.windows.view if self.cfg.windows is not None else None
+        self.scorer = scorer
+        route = self.cfg.route
+        wanted = services.project.route_features(route) if route else {}
+        self.other_views = {v: names for v, names in wanted.items() if v != self.view}
+
+    async def process(self, entries: list[RawEntry]) -> BatchResult:
+        """Process, commit and acknowledge ``entries``; raise (acking nothing) on failure."""
+        at = now()
+        cfg = self.cfg
+        res = BatchResult(read=len(entries))
+        dead: list[DeadLetter] = []
+        events: list[Event] = []
+        ids: set[str] = set()
+        for entry in entries:
+            if entry.deliveries > cfg.max_deliveries:
+                reason = f"poison: delivered {entry.deliveries} times (max {cfg.max_deliveries})"
+                dead.append((entry, reason))
+                continue
+            ev = decode(cfg, entry, at)
+            if isinstance(ev, str):
+                dead.append((entry, ev))
+            elif ev.event_id in ids:
+                res.duplicates += 1
+            else:
+                ids.add(ev.event_id)
+                events.append(ev)
+        if dead:
+            await self.source.dead_letter(dead)
+        res.dead = len(dead)
+        scorer = self.scorer  # a batch finishes on the model it started with
+        for attempt in range(_ATTEMPTS):
+            if await self._apply(events, scorer, res):
+                break
+            res.conflicts = attempt + 1
+        else:
+            raise StoreError(f"stream {self.name}: gave up after {_ATTEMPTS} commit conflicts")
+        await self.source.ack([e.id for e in entries])
+        return res
+
+    async def _apply(self, events: list[Event], scorer: Scorer | None, res: BatchResult) -> bool:
+        spec, cfg = self.spec, self.cfg
+        flags = await self.state.seen([ev.event_id for ev in events]) if events else []
+        fresh = [ev for ev, seen in zip(events, flags, strict=True) if not seen]
+        dups = len(events) - len(fresh)
+        entities = list(dict.fromkeys(ev.entity for ev in fresh))
+        loaded = await self.state.load(entities)
+        states: dict[str, EntityState] = {}
+        versions: dict[str, int] = {}
+        for entity, (version, raw) in zip(entities, loaded, strict=True):
+            versions[entity] = version
+            states[entity] = spec.new_state() if raw is None else spec.loads(raw)
+        applied: list[Event] = []
+        window_rows: list[dict[str, Any]] = []
+        late: list[DeadLetter] = []
+        for ev in fresh:
+            st = states[ev.entity]
+            outcome = spec.apply(st, ev.event_id, ev.time, ev.values)
+            if outcome == "applied":
+                applied.append(ev)
+                if scorer is not None:
+                    window_rows.append(spec.values(st))
+            elif outcome == "late":
+                behind = (st.watermark or 0.0) - ev.time
+                reason = (
+                    f"late: {behind:.3f}s behind the entity's watermark "
+                    f"(allowed_lateness {cfg.allowed_lateness:g}s)"
+                )
+                late.append((ev.entry, reason))
+            else:
+                dups += 1
+        if late:
+            await self.source.dead_letter(late)
+        touched = [e for e in entities if states[e].batch]
+        for e in touched:
+            spec.finish(states[e])
+        if self.view is not None and touched:
+            rows = [(e, spec.values(states[e]), states[e].watermark or 0.0) for e in touched]
+            await self.services.features.write(self.view, rows)
+        outputs: list[Output] = []
+        records: list[PredictionRecord] = []
+        score_errors = 0
+        if scorer is not None and applied:
+            records, score_errors = await self._score(scorer, applied, window_rows)
+            best: dict[str, PredictionRecord] = {}
+            for r in records:
+                b = best.get(r.entity)
+                if b is None or r.as_of >= b.as_of:
+                    best[r.entity] = r
+            await self.services.predictions.put(list(best.values()))
+            outputs = [(r.event_id or "", output_payload(r)) for r in records]
+            if not self.state.atomic_outputs:
+                await self.source.emit(outputs)
+        writes = [(e, versions[e], spec.dumps(states[e])) for e in touched]
+        seen = [ev.event_id for ev in fresh]
+        if (writes or seen) and not await self.state.commit(writes, seen, outputs):
+            return False
+        done = now()
+        res.applied, res.late, res.duplicates = len(applied), len(late), res.duplicates + dups
+        res.scored, res.score_errors = len(records), score_errors
+        res.event_lag = [done - ev.time for ev in applied]
+        res.read_lag = [done - ev.entry.read_at for ev in applied]
+        return True
+
+    async def _score(
+        self, scorer: Scorer, applied: list[Event], window_rows: list[dict[str, Any]]
+    ) -> tuple[list[PredictionRecord], int]:
+        entities = list(dict.fromkeys(ev.entity for ev in applied))
+        stored: dict[str, dict[str, Any]] = {}
+        if self.other_views:
+            rows = await self.services.features.read(self.other_views, entities)
+            stored = {row.entity: row.plain() for row in rows}
+        feature_rows = [
+            {**stored.get(ev.entity, {}), **w} for ev, w in zip(applied, window_rows, strict=True)
+        ]
+        result = await asyncio.to_thread(
+            scorer.score_rows,
+            [ev.entity for ev in applied],
+            feature_rows,
+            as_of=[ev.time for ev in applied],
+            source="stream",
+            event_ids=[ev.event_id for ev in applied],
+        )
+        return result.records, len(result.errors)

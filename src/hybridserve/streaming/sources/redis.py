@@ -1,0 +1,207 @@
+"""Redis Streams with a consumer group: the distributed source (Redis 7.0 commands only).
+
+Each event is one entry with a field ``d`` holding its JSON (entries written by other
+producers as plain field/value pairs are accepted too). A consumer first re-reads its own
+pending entries (``XREADGROUP ... 0``), then new ones (``>``); entries a dead consumer left
+pending longer than ``claim_idle`` are taken over with ``XAUTOCLAIM``. Delivery counts come
+from ``XPENDING`` (extended form). Dead letters and outputs are written by a Lua script that
+sets a marker key per entry (``SET NX``) before its ``XADD``, so a batch redone after a crash
+writes each of them once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from hybridserve._optional import require
+from hybridserve.errors import StoreError
+from hybridserve.records import now
+from hybridserve.streaming.events import RawEntry
+from hybridserve.streaming.sources.base import DeadLetter, SourceInfo
+
+# KEYS[1]: stream; KEYS[1 + i]: marker of item i.
+# ARGV: ttl_ms, maxlen (0: none), nf, nf field names, then nf values per item.
+_ONCE_LUA = """
+local ttl, maxlen, nf = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local written = 0
+for i = 2, #KEYS do
+  if redis.call('SET', KEYS[i], '1', 'NX', 'PX', ttl) then
+    local args = {KEYS[1]}
+    if maxlen > 0 then table.insert(args, 'MAXLEN'); table.insert(args, '~');
+      table.insert(args, maxlen) end
+    table.insert(args, '*')
+    local base = 3 + nf + (i - 2) * nf
+    for f = 1, nf do table.insert(args, ARGV[3 + f]); table.insert(args, ARGV[base + f]) end
+    redis.call('XADD', unpack(args))
+    written = written + 1
+  end
+end
+return written
+"""
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class RedisSource:
+    kind = "redis"
+
+    def __init__(
+        self,
+        url: str,
+        key: str,
+        group: str,
+        consumer: str,
+        *,
+        dead_letter_key: str,
+        output_key: str,
+        maxlen: int | None = None,
+        marker_ttl: float = 86400.0,
+        timeout: float = 5.0,
+    ) -> None:
+        redis_asyncio = require("redis.asyncio", "redis")
+        self.url, self.key, self.group, self.consumer = url, key, group, consumer
+        self.dead_letter_key, self.output_key = dead_letter_key, output_key
+        self.maxlen, self.marker_ttl = maxlen, marker_ttl
+        # Reads block up to ``block`` seconds, so the socket timeout must outlast them.
+        self._redis: Any = redis_asyncio.from_url(
+            url, socket_timeout=timeout + 5, socket_connect_timeout=timeout
+        )
+        self._once = self._redis.register_script(_ONCE_LUA)
+        self._errors = (require("redis.exceptions", "redis").RedisError, OSError)
+        self._cursor: str | None = "0"
+
+    async def start(self) -> None:
+        try:
+            await self._redis.xgroup_create(self.key, self.group, id="0", mkstream=True)
+        except self._errors as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise StoreError(
+                    f"cannot create group {self.group!r} on {self.key}: {exc}"
+                ) from exc
+
+    def _entries(self, raw: list[Any], at: float, deliveries: dict[str, int]) -> list[RawEntry]:
+        out = []
+        for entry_id, fields in raw:
+            eid = _text(entry_id)
+            payload: bytes | dict[str, str]
+            if not fields:
+                payload = b""  # trimmed away while pending: dead-lettered as bad JSON
+            elif b"d" in fields:
+                payload = fields[b"d"]
+            else:
+                payload = {_text(k): _text(v) for k, v in fields.items()}
+            out.append(RawEntry(eid, payload, deliveries.get(eid, 1), at))
+        return out
+
+    async def _deliveries(self, raw: list[Any]) -> dict[str, int]:
+        if not raw:
+            return {}
+        rows = await self._redis.xpending_range(
+            self.key, self.group, min=raw[0][0], max=raw[-1][0], count=len(raw) + 100
+        )
+        return {_text(r["message_id"]): int(r["times_delivered"]) for r in rows}
+
+    async def read(self, max_items: int, block: float) -> list[RawEntry]:
+        try:
+            if self._cursor is not None:
+                resp = await self._redis.xreadgroup(
+                    self.group, self.consumer, {self.key: self._cursor}, count=max_items
+                )
+                raw = resp[0][1] if resp else []
+                if raw:
+                    self._cursor = _text(raw[-1][0])
+                    return self._entries(raw, now(), await self._deliveries(raw))
+                self._cursor = None
+            ms = int(block * 1000)
+            resp = await self._redis.xreadgroup(
+                self.group, self.consumer, {self.key: ">"}, count=max_items, block=ms or None
+            )
+        except self._errors as exc:
+            raise StoreError(f"Redis read failed ({self.url}): {exc}") from exc
+        return self._entries(resp[0][1], now(), {}) if resp else []
+
+    async def ack(self, ids: Sequence[str]) -> None:
+        if ids:
+            try:
+                await self._redis.xack(self.key, self.group, *ids)
+            except self._errors as exc:
+                raise StoreError(f"Redis ack failed ({self.url}): {exc}") from exc
+
+    def rewind(self) -> None:
+        self._cursor = "0"
+
+    async def claim_stale(self, min_idle: float, max_items: int) -> list[RawEntry]:
+        raw: list[Any] = []
+        cursor = "0-0"
+        try:
+            while len(raw) < max_items:
+                resp = await self._redis.xautoclaim(
+                    self.key,
+                    self.group,
+                    self.consumer,
+                    int(min_idle * 1000),
+                    start_id=cursor,
+                    count=max_items - len(raw),
+                )
+                cursor = _text(resp[0])
+                raw += [r for r in resp[1] if r is not None]
+                if cursor == "0-0":
+                    break
+            return self._entries(raw, now(), await self._deliveries(raw)) if raw else []
+        except self._errors as exc:
+            raise StoreError(f"Redis claim failed ({self.url}): {exc}") from exc
+
+    async def _add_once(self, stream: str, fields: list[str], items: list[list[Any]]) -> None:
+        keys = [stream] + [f"{stream}:m:{item[0]}" for item in items]
+        args: list[Any] = [max(1, int(self.marker_ttl * 1000)), self.maxlen or 0, len(fields)]
+        args += fields
+        for item in items:
+            args += item
+        try:
+            await self._once(keys=keys, args=args)
+        except self._errors as exc:
+            raise StoreError(f"Redis write failed ({self.url}): {exc}") from exc
+
+    async def dead_letter(self, items: Sequence[DeadLetter]) -> None:
+        if items:
+            rows = [[e.id, reason, e.deliveries, e.raw_text()] for e, reason in items]
+            await self._add_once(
+                self.dead_letter_key, ["entry_id", "reason", "deliveries", "payload"], rows
+            )
+
+    async def emit(self, outputs: Sequence[tuple[str, bytes]]) -> None:
+        if outputs:
+            await self._add_once(self.output_key, ["id", "d"], [[i, d] for i, d in outputs])
+
+    async def append(self, payloads: Sequence[bytes]) -> list[str]:
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            for payload in payloads:
+                pipe.xadd(self.key, {"d": payload}, maxlen=self.maxlen, approximate=True)
+            return [_text(i) for i in await pipe.execute()]
+        except self._errors as exc:
+            raise StoreError(f"Redis append failed ({self.url}): {exc}") from exc
+
+    async def info(self) -> SourceInfo:
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.xlen(self.key)
+            pipe.xlen(self.dead_letter_key)
+            pipe.xlen(self.output_key)
+            length, dead, outputs = await pipe.execute()
+            groups = await self._redis.xinfo_groups(self.key) if length else []
+        except self._errors as exc:
+            raise StoreError(f"Redis read failed ({self.url}): {exc}") from exc
+        info = SourceInfo(length=length, dead_letters=dead, outputs=outputs)
+        for g in groups:
+            if _text(g["name"]) == self.group:
+                info.pending = int(g["pending"])
+                lag = g.get("lag")
+                info.lag = None if lag is None else int(lag)
+        return info
+
+    async def close(self) -> None:
+        await self._redis.aclose()

@@ -1,0 +1,186 @@
+"""The consumer on the in-process source and the SQLite store: validation, lateness, poison
+events, replay offsets and alias moves."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import orjson
+from stream_helpers import STREAM, consume, dumps, event, predictions, stream_project, windows
+
+from hybridserve.services import Services
+from hybridserve.streaming.sources.memory import drop_memory_log, memory_log
+
+
+def _log(project: Any) -> Any:
+    key = f"{project.stores.prefix}stream:{STREAM}"
+    drop_memory_log(key)
+    return memory_log(key)
+
+
+async def _append(services: Services, events: list[bytes]) -> None:
+    from hybridserve.streaming import open_source
+
+    await open_source(services.project, STREAM).append(events)
+
+
+async def test_bad_events_are_dead_lettered_with_reasons_and_the_stream_keeps_flowing(
+    make_project: Any,
+) -> None:
+    project = stream_project(make_project)
+    log = _log(project)
+    services = Services.open(project)
+    now = time.time()
+    good = [event("card_000001", now - 5), event("card_000002", now - 4)]
+    missing = event("card_000003", now - 3)
+    del missing["card_id"]
+    bad = [
+        b"{not json",
+        orjson.dumps(missing),
+        orjson.dumps({**event("card_000004", now - 2), "amount": "abc"}),
+        orjson.dumps(event("card_000005", now + 3600)),
+    ]
+    try:
+        await _append(services, [*bad[:2], *dumps(good[:1]), *bad[2:], *dumps(good[1:])])
+        _, totals = await consume(services)
+        reasons = [d["reason"] for d in log.dead_letters]
+        assert len(reasons) == 4
+        assert reasons[0].startswith("bad JSON")
+        assert reasons[1] == "card_id: required field is missing"
+        assert reasons[2].startswith("amount: expected float")
+        assert "in the future" in reasons[3]
+        assert log.dead_letters[0]["payload"] == "{not json"
+        assert totals.scored == 2 and not log.pending
+        assert {orjson.loads(p)["event_id"] for _, p in log.outputs} == {
+            e["event_id"] for e in good
+        }
+        got = await predictions(services, ["card_000001", "card_000002"])
+        assert {v[4] for v in got.values()} == {"stream"}
+        assert got["card_000001"][1] == good[0]["event_time"]
+    finally:
+        await services.close()
+
+
+async def test_late_events_within_lateness_count_later_ones_are_dead_lettered(
+    make_project: Any,
+) -> None:
+    project = stream_project(make_project, allowed_lateness=60)
+    log = _log(project)
+    services = Services.open(project)
+    card, t0 = "card_000007", time.time() - 300
+    try:
+        await _append(services, dumps([event(card, t0), event(card, t0 + 100, amount=20)]))
+        await consume(services)
+        before = (await windows(services, [card]))[card]
+        assert before["txn_count_10m"] == 2 and before["amount_sum_10m"] == 30
+        # 50 s behind the watermark: within the lateness, counts in its bucket.
+        await _append(services, dumps([event(card, t0 + 50, amount=5)]))
+        await consume(services)
+        within = (await windows(services, [card]))[card]
+        assert within["txn_count_10m"] == 3 and within["amount_sum_10m"] == 35
+        # 200 s behind: late; counted, dead-lettered, aggregates unchanged.
+        await _append(services, dumps([event(card, t0 - 100, amount=1000)]))
+        _, totals = await consume(services)
+        assert totals.late == 1
+        assert (await windows(services, [card]))[card] == within
+        assert log.dead_letters[-1]["reason"].startswith("late:")
+    finally:
+        await services.close()
+
+
+async def test_a_poison_event_is_dead_lettered_after_max_deliveries(make_project: Any) -> None:
+    project = stream_project(make_project, max_deliveries=3, batch_size=50)
+    log = _log(project)
+    services = Services.open(project)
+    now = time.time()
+    events = [event(f"card_{i:06d}", now - 10 + i * 0.1) for i in range(12)]
+    poison = events[5]["event_id"]
+    try:
+        await _append(services, dumps(events))
+        from hybridserve.streaming import StreamConsumer
+
+        consumer = StreamConsumer(services, STREAM, poll_interval=0)
+        real = consumer.processor.scorer
+        assert real is not None
+
+        class Exploding:
+            runtime = real.runtime
+
+            def score_rows(self, entities: list[str], rows: Any, **kw: Any) -> Any:
+                if any(kw["event_ids"][i] == poison for i in range(len(entities))):
+                    raise RuntimeError("model crashed on this event")
+                return real.score_rows(entities, rows, **kw)
+
+        consumer.processor.scorer = Exploding()  # type: ignore[assignment]
+        try:
+            totals = await consumer.run(until_idle=0.5)
+        finally:
+            await consumer.close()
+        assert [d["reason"].split(":")[0] for d in log.dead_letters] == ["poison"]
+        assert log.dead_letters[0]["deliveries"] == 4
+        assert totals.scored == 11 and totals.failures == 3 and not log.pending
+        emitted = [orjson.loads(p)["event_id"] for _, p in log.outputs]
+        assert sorted(emitted) == sorted(e["event_id"] for e in events if e["event_id"] != poison)
+    finally:
+        await services.close()
+
+
+async def test_replay_source_resumes_from_its_recorded_offset(
+    make_project: Any, tmp_path: Any
+) -> None:
+    folder = tmp_path / "replay"
+    folder.mkdir()
+    now = time.time()
+    events = [event(f"card_{i % 20:06d}", now - 100 + i * 0.1) for i in range(100)]
+    (folder / "a.jsonl").write_bytes(b"\n".join(dumps(events[:70])) + b"\n")
+    project = stream_project(
+        make_project, source={"kind": "replay", "path": str(folder)}, batch_size=30
+    )
+    services = Services.open(project)
+    try:
+        from hybridserve.streaming import StreamConsumer
+
+        first = StreamConsumer(services, STREAM, poll_interval=0)
+        await first.source.start()
+        for _ in range(2):  # two batches processed and acknowledged, then the consumer "dies"
+            await first.processor.process(await first.source.read(30, 0))
+        await first.source.read(30, 0)  # read, never acknowledged
+        (folder / "b.jsonl").write_bytes(b"\n".join(dumps(events[70:])) + b"\n")
+        second, totals = await consume(services)
+        assert totals.read == 40 and totals.duplicates == 0
+        assert len(second.source.log.outputs) == 40  # type: ignore[attr-defined]
+        _, again = await consume(services)
+        assert again.read == 0
+        counts = await windows(services, [f"card_{i:06d}" for i in range(20)])
+        assert sum(v["txn_count_10m"] for v in counts.values()) == 100
+    finally:
+        await services.close()
+
+
+async def test_an_alias_move_reaches_a_running_consumer(make_project: Any) -> None:
+    from fraud_versions import add_fraud_version
+    from hybridserve.streaming import StreamConsumer
+
+    project = stream_project(make_project)
+    _log(project)
+    services = Services.open(project)
+    card, now = "card_000009", time.time()
+    try:
+        consumer = StreamConsumer(services, STREAM, poll_interval=0.1)
+        stop = asyncio.Event()
+        task = asyncio.create_task(consumer.run(stop))
+        await _append(services, dumps([event(card, now - 10)]))
+        await asyncio.sleep(0.5)
+        assert (await predictions(services, [card]))[card][3] == 1
+        v2 = await asyncio.to_thread(add_fraud_version, services.registry, project, "production")
+        await asyncio.sleep(0.5)
+        await _append(services, dumps([event(card, now - 5)]))
+        await asyncio.sleep(0.5)
+        stop.set()
+        await task
+        await consumer.close()
+        assert (await predictions(services, [card]))[card][3] == v2
+    finally:
+        await services.close()

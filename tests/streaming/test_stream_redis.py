@@ -1,0 +1,218 @@
+"""The consumer on Redis Streams and the Redis store: SIGKILLed and restarted consumers,
+a consumer group shared by two consumers, reclaimed entries and poison events."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import pytest
+import redis
+from stream_helpers import STREAM, WINDOW_FEATURES, event, predictions, stream_project, windows
+
+from backends import redis_url
+from hybridserve.config import Project
+from hybridserve.features.materialize import materialize
+from hybridserve.services import Services
+from hybridserve.streaming import StreamConsumer
+from hybridserve.streaming.demo import demo_events
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+async def redis_project(make_project: Any) -> AsyncIterator[Project]:
+    """The trained project on Redis (features materialized there) with a redis stream."""
+    url = redis_url()
+    prefix = f"hs_test_{uuid.uuid4().hex[:10]}:"
+    project = stream_project(
+        make_project,
+        stores={"online": url, "prefix": prefix},
+        source={"kind": "redis"},
+        batch_size=1000,
+        claim_idle=0.3,
+    )
+    services = Services.open(project)
+    await materialize(project, services.features, "card_profile")
+    await services.close()
+    yield project
+    client = redis.Redis.from_url(url)
+    for p in (prefix, prefix.replace("hs_test_", "hs_ref_")):
+        keys = list(client.scan_iter(f"{p}*", count=5000))
+        for i in range(0, len(keys), 1000):
+            client.delete(*keys[i : i + 1000])
+    client.close()
+
+
+async def _reference(project: Project) -> Project:
+    """The same project under another prefix (features materialized), for a clean run."""
+    prefix = project.stores.prefix.replace("hs_test_", "hs_ref_")
+    stores = project.stores.model_copy(update={"prefix": prefix})
+    reference = project.model_copy(update={"stores": stores})
+    services = Services.open(reference)
+    await materialize(reference, services.features, "card_profile")
+    await services.close()
+    return reference
+
+
+async def _results(project: Project, cards: list[str]) -> tuple[Any, Any, dict[str, Any]]:
+    services = Services.open(project)
+    try:
+        feats = await windows(services, cards)
+        preds = await predictions(services, cards)
+    finally:
+        await services.close()
+    client = redis.Redis.from_url(project.stores.online)
+    entries = client.xrange(f"{project.stores.prefix}stream:{STREAM}:out")
+    client.close()
+    ids = [f[b"id"].decode() for _, f in entries]
+    assert len(ids) == len(set(ids)), "an event was emitted twice"
+    return feats, preds, {f[b"id"].decode(): orjson.loads(f[b"d"]) for _, f in entries}
+
+
+async def _preload(project: Project, payloads: list[bytes]) -> None:
+    services = Services.open(project)
+    consumer = StreamConsumer(services, STREAM, poll_interval=0)
+    try:
+        await consumer.source.start()
+        for i in range(0, len(payloads), 5000):
+            await consumer.source.append(payloads[i : i + 5000])
+    finally:
+        await consumer.close()
+        await services.close()
+
+
+async def _run_in_process(project: Project, **kwargs: Any) -> Any:
+    services = Services.open(project)
+    consumer = StreamConsumer(services, STREAM, poll_interval=0, **kwargs)
+    try:
+        return await consumer.run(until_idle=1.0)
+    finally:
+        await consumer.close()
+        await services.close()
+
+
+@pytest.mark.slow
+async def test_sigkilled_consumers_leave_the_same_results_as_a_clean_run(
+    redis_project: Project,
+) -> None:
+    n = 50_000
+    payloads = demo_events(redis_project, n, seed=5, rate=2000.0)
+    cards = sorted({orjson.loads(p)["card_id"] for p in payloads})
+
+    reference = await _reference(redis_project)
+    await _preload(reference, payloads)
+    totals = await _run_in_process(reference)
+    assert totals.scored == n
+
+    await _preload(redis_project, payloads)
+    assert redis_project.source_file is not None
+    command = [
+        sys.executable,
+        "-m",
+        "hybridserve",
+        "stream",
+        "run",
+        STREAM,
+        "--consumer",
+        "c1",
+        "-p",
+        str(redis_project.source_file),
+    ]
+    rng = random.Random(1)
+    client = redis.Redis.from_url(redis_project.stores.online)
+    stream_key = f"{redis_project.stores.prefix}stream:{STREAM}"
+    kills_mid_batch = 0
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    for _ in range(5):
+        proc = subprocess.Popen(
+            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        await asyncio.sleep(rng.uniform(2.0, 3.5))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        pending = client.xpending(stream_key, "hybridserve")["pending"]
+        kills_mid_batch += pending > 0
+    final = subprocess.run(
+        [*command, "--until-idle", "1.5"], env=env, capture_output=True, timeout=120
+    )
+    assert final.returncode == 0, final.stderr.decode()[-2000:]
+    assert client.xpending(stream_key, "hybridserve")["pending"] == 0
+    client.close()
+    assert kills_mid_batch >= 1, "no kill landed while entries were pending"
+
+    want = await _results(reference, cards)
+    got = await _results(redis_project, cards)
+    assert len(want[2]) == n
+    assert got[0] == want[0]  # window features
+    assert got[1] == want[1]  # predictions: score, as_of, event id, version, source
+    assert got[2] == want[2]  # the output stream, entry by entry
+
+
+async def test_two_consumers_share_the_work_and_process_every_event_once(
+    redis_project: Project,
+) -> None:
+    n = 8_000
+    payloads = demo_events(redis_project, n, seed=9, rate=2000.0)
+    cards = sorted({orjson.loads(p)["card_id"] for p in payloads})
+    reference = await _reference(redis_project)
+    await _preload(reference, payloads)
+    await _run_in_process(reference)
+
+    project = redis_project.model_copy(
+        update={
+            "streams": {
+                STREAM: redis_project.streams[STREAM].model_copy(update={"batch_size": 200})
+            }
+        }
+    )
+    await _preload(project, payloads)
+    one, two = await asyncio.gather(
+        _run_in_process(project, consumer="c1"), _run_in_process(project, consumer="c2")
+    )
+    assert one.scored > 0 and two.scored > 0
+    assert one.scored + two.scored == n
+    feats, _, outputs = await _results(project, cards)
+    ref_feats, _, ref_outputs = await _results(reference, cards)
+    assert set(outputs) == set(ref_outputs)
+    for card in cards:
+        for name in WINDOW_FEATURES:
+            assert feats[card][name] == pytest.approx(ref_feats[card][name]), (card, name)
+
+
+async def test_a_dead_consumers_entries_are_reclaimed_and_poison_is_dead_lettered(
+    redis_project: Project,
+) -> None:
+    client = redis.Redis.from_url(redis_project.stores.online)
+    key = f"{redis_project.stores.prefix}stream:{STREAM}"
+    now = time.time()
+    events = [event(f"card_{i:06d}", now - 10 + i) for i in range(5)]
+    await _preload(redis_project, [orjson.dumps(e) for e in events] + [b"{broken"])
+    # A consumer that read everything, kept re-reading entry 2, and died.
+    entries = client.xreadgroup("hybridserve", "ghost", {key: ">"})[0][1]
+    before_poison = entries[1][0]
+    for _ in range(5):
+        client.xreadgroup("hybridserve", "ghost", {key: before_poison}, count=1)
+    await asyncio.sleep(0.4)
+    totals = await _run_in_process(redis_project, consumer="c2")
+    assert totals.scored == 4
+    dead = client.xrange(f"{key}:dlq")
+    reasons = {f[b"entry_id"].decode(): f[b"reason"].decode() for _, f in dead}
+    assert reasons[entries[2][0].decode()].startswith("poison: delivered 7 times")
+    assert reasons[entries[5][0].decode()].startswith("bad JSON")
+    assert len(reasons) == 2
+    assert client.xpending(key, "hybridserve")["pending"] == 0
+    outputs = client.xrange(f"{key}:out")
+    assert sorted(f[b"id"].decode() for _, f in outputs) == sorted(
+        e["event_id"] for i, e in enumerate(events) if i != 2
+    )
+    client.close()
