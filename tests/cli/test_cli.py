@@ -147,6 +147,11 @@ def test_init_scaffolds_a_valid_project(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_demo_once(tmp_path: Path) -> None:
-    r = hs("demo", "--once", "--dir", str(tmp_path / "demo"))
+    r = hs("demo", "--once", "--dir", str(tmp_path / "demo"), "--port", "0", "--events", "500")
     assert r.returncode == 0, r.stderr
-    assert "fraud/1" in r.stdout and "online" in r.stdout and "card_000000" in r.stdout
+    out = r.stdout
+    assert "fraud/1" in out and "card_000000" in out and "completed" in out
+    assert "500 events read, 500 scored" in out
+    for source in ("│ batch ", "│ cache ", "│ stream ", "│ online ", "fallback:stale_prediction",
+                   "fallback:default"):
+        assert source in out, (source, out)

@@ -153,8 +153,13 @@ async def test_replay_source_resumes_from_its_recorded_offset(
         assert len(second.source.log.outputs) == 40  # type: ignore[attr-defined]
         _, again = await consume(services)
         assert again.read == 0
+        # A file added after every earlier one was read completely is read too.
+        later = [event(f"card_{i % 20:06d}", now - 50 + i * 0.1) for i in range(100, 110)]
+        (folder / "c.jsonl").write_bytes(b"\n".join(dumps(later)) + b"\n")
+        _, more = await consume(services)
+        assert more.read == 10 and more.duplicates == 0
         counts = await windows(services, [f"card_{i:06d}" for i in range(20)])
-        assert sum(v["txn_count_10m"] for v in counts.values()) == 100
+        assert sum(v["txn_count_10m"] for v in counts.values()) == 110
     finally:
         await services.close()
 

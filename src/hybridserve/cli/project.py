@@ -158,11 +158,13 @@ def demo(
     ),
     once: Annotated[bool, typer.Option(help="Exit when the demo is done.")] = False,
     fresh: Annotated[bool, typer.Option(help="Start from an empty demo directory.")] = False,
-    sample: Annotated[int, typer.Option(min=1, max=1000, help="Entities to score.")] = 10,
+    sample: Annotated[int, typer.Option(min=4, max=1000, help="Cards to sample.")] = 10,
+    port: Annotated[int, typer.Option(help="Server port (0: any free port).", min=0)] = 8000,
+    events: Annotated[int, typer.Option(min=1, help="Transactions to stream.")] = 2000,
 ) -> None:
     """Run the fraud example end to end on the embedded default (SQLite, no server)."""
     from hybridserve.examples.fraud.demo import run_demo
 
     if directory.exists() and not directory.is_dir():
         raise ConfigError(f"--dir: {directory} is not a directory")
-    run(run_demo(directory, fresh=fresh, sample=sample, once=once))
+    run(run_demo(directory, fresh=fresh, sample=sample, once=once, port=port, events=events))

@@ -18,6 +18,9 @@ def serve(
     ] = 1,
     access_log: Annotated[bool, typer.Option(help="JSON access log line per request.")] = True,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
+    scheduler: Annotated[
+        bool, typer.Option(help="Also run scheduled batch jobs (in the first worker only).")
+    ] = False,
     project_path: ProjectOpt = None,
 ) -> None:
     """Serve the project's routes over HTTP (hybrid API and Open Inference Protocol)."""
@@ -32,6 +35,12 @@ def serve(
     source = proj.source_file or Path("hybridserve.yaml")
     os.environ["HYBRIDSERVE_PROJECT"] = str(source)
     os.environ["HYBRIDSERVE_ACCESS_LOG"] = "1" if access_log else "0"
+    os.environ["HYBRIDSERVE_LOG_LEVEL"] = log_level
+    if scheduler:
+        from hybridserve.batch.schedule import Scheduler
+
+        Scheduler(proj)  # a bad cron expression fails here, before any worker starts
+        os.environ["HYBRIDSERVE_SCHEDULER_LOCK"] = str(proj.path(".hybridserve/scheduler.lock"))
     uvicorn.run(
         "hybridserve.server.factory:app_from_env",
         factory=True,

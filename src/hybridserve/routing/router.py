@@ -491,6 +491,24 @@ class Router:
         for i in job.open():
             if job.stored[i] is None:
                 job.stored[i] = self.cache.get(route, job.keys[i], job.at)
+        unread = [i for i in job.open() if job.stored[i] is None]
+        if (
+            unread
+            and req.mode == "compute"
+            and any(isinstance(s, StalePredictionStep) for s in cfg.fallback)
+        ):
+            # Step 1 was skipped for this request; the stale fallback still needs the store.
+            keys = [job.keys[i] for i in unread]
+            run_id = self._runs.get(route, (None, 0.0))[0]
+            records = await self._call(
+                "prediction_store",
+                job,
+                unread,
+                "fallback store read",
+                self.services.predictions.get(route, keys, run_id=run_id),
+            )
+            for i, rec in zip(unread, records or [None] * len(unread), strict=True):
+                job.stored[i] = rec
         for n, step in enumerate(cfg.fallback):
             todo = job.open()
             if not todo:

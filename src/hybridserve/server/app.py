@@ -21,7 +21,7 @@ from starlette.routing import Route
 from hybridserve.config import Project
 from hybridserve.errors import HybridServeError, NotFound
 from hybridserve.routing.schema import parse_predict_request
-from hybridserve.server import admin, docs, v2
+from hybridserve.server import admin, docs, events, v2
 from hybridserve.server.auth import presented_key
 from hybridserve.server.errors import exception_handlers
 from hybridserve.server.http import Receive, Scope, Send, error_body, header, read_body, send_json
@@ -38,7 +38,7 @@ class HybridApp:
     def __init__(self, state: ServerState) -> None:
         self.state = state
         self.max_body = state.project.server.max_body_size
-        routes: list[Any] = [*v2.routes(), *admin.routes(), *docs.routes()]
+        routes: list[Any] = [*v2.routes(), *admin.routes(), *events.routes(), *docs.routes()]
         self.starlette = Starlette(
             routes=routes, lifespan=self._lifespan, exception_handlers=exception_handlers()
         )
@@ -124,9 +124,15 @@ class HybridApp:
             )
 
 
-def create_app(project: Project, *, access_log: bool = True) -> HybridApp:
-    """Build the ASGI app for a project (models load when the lifespan starts)."""
-    return HybridApp(ServerState.build(project, access_log=access_log))
+def create_app(
+    project: Project, *, access_log: bool = True, scheduler: bool = False
+) -> HybridApp:
+    """Build the ASGI app for a project (models load when the lifespan starts).
+
+    ``scheduler``: also start due cron batch jobs (``batch_jobs.*.schedule``) in the
+    background; run it in one server process only.
+    """
+    return HybridApp(ServerState.build(project, access_log=access_log, scheduler=scheduler))
 
 
 __all__ = ["HybridApp", "Route", "create_app"]

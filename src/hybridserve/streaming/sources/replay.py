@@ -73,8 +73,11 @@ class ReplaySource:
         if entry is not None:
             saved = orjson.loads(entry.value)
             names = [f.name for f in self._files]
-            if saved["file"] in names:
+            done = int(saved["row"]) < 0  # every row of that file was acknowledged
+            if saved["file"] in names and not done:
                 self._committed = (names.index(saved["file"]), int(saved["row"]))
+            elif done:  # start with the first file named after it (files added later count)
+                self._committed = (sum(n <= saved["file"] for n in names), 0)
             else:  # the file was removed: start after every file named before it
                 self._committed = (sum(n < saved["file"] for n in names), 0)
         self._next = self._committed
@@ -127,8 +130,10 @@ class ReplaySource:
                 fi, row = fi + 1, 0
         if moved:
             self._committed = (fi, row)
-            name = self._files[fi].name if fi < len(self._files) else "\uffff"
-            payload = orjson.dumps({"file": name, "row": row})
+            if fi < len(self._files):
+                payload = orjson.dumps({"file": self._files[fi].name, "row": row})
+            else:  # all read: remember the last file as finished, so new files are read
+                payload = orjson.dumps({"file": self._files[-1].name, "row": -1})
             await self.kv.put_many([Entry(self.offset_key, payload, now())])
 
     def rewind(self) -> None:
