@@ -152,6 +152,12 @@ def test_demo_once(tmp_path: Path) -> None:
     out = r.stdout
     assert "fraud/1" in out and "card_000000" in out and "completed" in out
     assert "500 events read, 500 scored" in out
-    for source in ("│ batch ", "│ cache ", "│ stream ", "│ online ", "fallback:stale_prediction",
-                   "fallback:default"):
+    for source in (
+        "│ batch ",
+        "│ cache ",
+        "│ stream ",
+        "│ online ",
+        "fallback:stale_prediction",
+        "fallback:default",
+    ):
         assert source in out, (source, out)

@@ -124,9 +124,7 @@ class HybridApp:
             )
 
 
-def create_app(
-    project: Project, *, access_log: bool = True, scheduler: bool = False
-) -> HybridApp:
+def create_app(project: Project, *, access_log: bool = True, scheduler: bool = False) -> HybridApp:
     """Build the ASGI app for a project (models load when the lifespan starts).
 
     ``scheduler``: also start due cron batch jobs (``batch_jobs.*.schedule``) in the
