@@ -8,6 +8,8 @@ the process and ISO-8601 strings only at the edges.
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import os
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -17,6 +19,16 @@ import orjson
 
 Source = Literal["batch", "stream", "online"]
 FeatureStatus = Literal["present", "stale", "missing"]
+
+
+_ID_PREFIX = os.urandom(6).hex()
+_ID_COUNTER = itertools.count(1)
+
+
+def new_request_id() -> str:
+    """A request id unique across processes and restarts (random per process, then a
+    counter): as unique as a uuid4 for this purpose, at a fraction of the cost."""
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):08x}"
 
 
 def now() -> float:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,7 +27,7 @@ from hybridserve.errors import DeadlineExceeded, HybridServeError, InvalidInput,
 from hybridserve.observability.metrics import Metrics
 from hybridserve.predictions.cache import L1Cache
 from hybridserve.predictions.store import RunPointer
-from hybridserve.records import PredictionRecord, now, to_iso
+from hybridserve.records import PredictionRecord, new_request_id, now, to_iso
 from hybridserve.routing.breaker import STATE_VALUE, CircuitBreaker, State
 from hybridserve.routing.models import LoadedModel, ModelManager
 from hybridserve.routing.rollout import in_share
@@ -119,7 +118,7 @@ class Router:
         self, route: str, req: PredictRequest, request_id: str | None = None
     ) -> Outcome:
         cfg = self.project.route(route)
-        request_id = request_id or uuid.uuid4().hex
+        request_id = request_id or new_request_id()
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         job = self._job(route, cfg, req, t0)

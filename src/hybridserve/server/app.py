@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,6 +19,7 @@ from starlette.routing import Route
 
 from hybridserve.config import Project
 from hybridserve.errors import HybridServeError, NotFound
+from hybridserve.records import new_request_id
 from hybridserve.routing.schema import parse_predict_request
 from hybridserve.server import admin, docs, events, v2
 from hybridserve.server.auth import presented_key
@@ -71,7 +71,7 @@ class HybridApp:
         started = time.perf_counter()
         route = scope["path"][len(_PREDICT) :]
         rid_header = header(scope, b"x-request-id")
-        request_id = rid_header.decode()[:128] if rid_header else uuid.uuid4().hex
+        request_id = rid_header.decode()[:128] if rid_header else new_request_id()
         state = self.state
         status = 500
         try:

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import orjson
 
@@ -26,7 +26,7 @@ from hybridserve.services import Services
 from hybridserve.storage import Entry
 from hybridserve.streaming.events import RawEntry
 from hybridserve.streaming.metrics import StreamMetrics
-from hybridserve.streaming.pipeline import BatchProcessor, BatchResult
+from hybridserve.streaming.pipeline import BatchProcessor, BatchResult, EventCounts
 from hybridserve.streaming.sources import REDIS_SCHEMES, Source, open_source, stream_config
 from hybridserve.streaming.sources.base import output_key
 from hybridserve.streaming.state import KVStateStore, RedisStateStore, StateStore
@@ -35,13 +35,7 @@ log = logging.getLogger("hybridserve.stream")
 
 
 @dataclass(slots=True)
-class Totals:
-    read: int = 0
-    applied: int = 0
-    scored: int = 0
-    duplicates: int = 0
-    late: int = 0
-    dead: int = 0
+class Totals(EventCounts):
     failures: int = 0
     batches: int = 0
 
@@ -193,12 +187,8 @@ class StreamConsumer:
     def _record(self, r: BatchResult) -> None:
         t, m = self.totals, self.metrics
         t.batches += 1
-        t.read += r.read
-        t.applied += r.applied
-        t.scored += r.scored
-        t.duplicates += r.duplicates
-        t.late += r.late
-        t.dead += r.dead + r.late
+        t.add(r)
+        t.dead += r.late  # late events are dead-lettered too
         m.batch_size.observe(r.read)
         m.scored.inc(r.scored)
         m.duplicates.inc(r.duplicates)
@@ -257,7 +247,7 @@ class StreamConsumer:
     async def _write_stats(self, rate: float) -> None:
         at = now()
         body = {"consumer": self.consumer, "events_per_s": round(rate, 1), "updated_at": at}
-        body.update({k: getattr(self.totals, k) for k in Totals.__slots__})
+        body.update({f.name: getattr(self.totals, f.name) for f in fields(Totals)})
         key = f"sx:{self.name}:{self.consumer}"
         await self.services.online_kv.put_many([Entry(key, orjson.dumps(body), at, at + 86400)])
 

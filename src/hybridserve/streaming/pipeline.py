@@ -38,13 +38,26 @@ _ATTEMPTS = 8
 
 
 @dataclass(slots=True)
-class BatchResult:
+class EventCounts:
+    """What happened to events: one micro-batch's, or a consumer's running totals."""
+
     read: int = 0
     applied: int = 0
     scored: int = 0
     duplicates: int = 0
     late: int = 0
     dead: int = 0
+
+    def add(self, other: EventCounts) -> None:
+        for name in EVENT_COUNTS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+EVENT_COUNTS = ("read", "applied", "scored", "duplicates", "late", "dead")
+
+
+@dataclass(slots=True)
+class BatchResult(EventCounts):
     score_errors: int = 0
     conflicts: int = 0
     event_lag: list[float] = field(default_factory=list)
