@@ -19,6 +19,7 @@ per batch at 64 concurrent requests). Inline, it costs exactly its own time.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -91,7 +92,8 @@ class MicroBatcher:
             batch = self._take(loop.time())
             if not batch:
                 continue
-            started = self._busy_since = loop.time()
+            self._busy_since = loop.time()
+            started = time.perf_counter()  # loop.time() ticks in whole ms on uvloop
             try:
                 matrix = (
                     batch[0].matrix
@@ -109,7 +111,7 @@ class MicroBatcher:
                 continue
             finally:
                 self._busy_since = None
-            took = loop.time() - started
+            took = time.perf_counter() - started
             self.batch_seconds = (
                 took if not self.batch_seconds else 0.8 * self.batch_seconds + 0.2 * took
             )

@@ -158,8 +158,15 @@ async def test_replay_source_resumes_from_its_recorded_offset(
         (folder / "c.jsonl").write_bytes(b"\n".join(dumps(later)) + b"\n")
         _, more = await consume(services)
         assert more.read == 10 and more.duplicates == 0
+        # Rows appended to the last file after it was read to its end are read too
+        # (the events endpoint appends to one file), and a half-written line waits.
+        appended = [event(f"card_{i % 20:06d}", now - 40 + i * 0.1) for i in range(110, 115)]
+        with (folder / "c.jsonl").open("ab") as f:
+            f.write(b"\n".join(dumps(appended)) + b"\n" + b'{"event_id": "half')
+        _, tail = await consume(services)
+        assert tail.read == 5 and tail.duplicates == 0
         counts = await windows(services, [f"card_{i:06d}" for i in range(20)])
-        assert sum(v["txn_count_10m"] for v in counts.values()) == 110
+        assert sum(v["txn_count_10m"] for v in counts.values()) == 115
     finally:
         await services.close()
 

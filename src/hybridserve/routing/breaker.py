@@ -87,6 +87,11 @@ class CircuitBreaker:
             ):
                 self._open()
 
+    def release(self) -> None:
+        """End a half-open probe that told nothing about the dependency (it was shed or
+        cancelled before running): the next call may probe again, the state is unchanged."""
+        self._probing = False
+
     def _open(self) -> None:
         self._opened_at = self._clock()
         self._set("open")

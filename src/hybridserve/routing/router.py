@@ -20,6 +20,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from time import perf_counter
 from typing import Any
 
 from hybridserve.config import DefaultStep, ModelStep, RouteConfig, StalePredictionStep
@@ -120,18 +121,18 @@ class Router:
         cfg = self.project.route(route)
         request_id = request_id or new_request_id()
         loop = asyncio.get_running_loop()
-        t0 = loop.time()
-        job = self._job(route, cfg, req, t0)
+        t0 = perf_counter()  # stage timings; deadlines use the loop's clock (1 ms on uvloop)
+        job = self._job(route, cfg, req, loop.time())
         m = self.metrics
         if req.mode != "compute":
             await self._stored(route, cfg, job)
         if job.open() and req.mode != "stored":
             await self._compute(route, cfg, req, job, request_id)
         if job.open():
-            t = loop.time()
+            t = perf_counter()
             await self._fallback(route, cfg, req, job, request_id)
-            m.child("stage_seconds", route, "fallback").observe(loop.time() - t)
-        m.child("stage_seconds", route, "total").observe(loop.time() - t0)
+            m.child("stage_seconds", route, "fallback").observe(perf_counter() - t)
+        m.child("stage_seconds", route, "total").observe(perf_counter() - t0)
         return self._outcome(route, job, request_id)
 
     def _job(self, route: str, cfg: RouteConfig, req: PredictRequest, t0: float) -> _Job:
@@ -220,22 +221,21 @@ class Router:
         return False
 
     async def _stored(self, route: str, cfg: RouteConfig, job: _Job) -> None:
-        loop = asyncio.get_running_loop()
         # First learn which batch run is served (cached; re-read every run_check_interval):
         # a newly published run clears L1, so L1 never hides it.
         run_id = await self._run_id(route, job, range(len(job.keys)))
-        t = loop.time()
+        t = perf_counter()
         for i, key in enumerate(job.keys):
             rec = self.cache.get(route, key, job.at)
             if rec is None:
                 job.trail[i].append("l1: miss")
             else:
                 self._serve_stored(route, job, i, rec, "l1")
-        self.metrics.child("stage_seconds", route, "cache").observe(loop.time() - t)
+        self.metrics.child("stage_seconds", route, "cache").observe(perf_counter() - t)
         todo = job.open()
         if not todo:
             return
-        t = loop.time()
+        t = perf_counter()
         keys = [job.keys[i] for i in todo]
         records = await self._call(
             "prediction_store",
@@ -244,7 +244,7 @@ class Router:
             "store",
             self.services.predictions.get(route, keys, run_id=run_id),
         )
-        self.metrics.child("stage_seconds", route, "store").observe(loop.time() - t)
+        self.metrics.child("stage_seconds", route, "store").observe(perf_counter() - t)
         if records is None:
             return
         for i, rec in zip(todo, records, strict=True):
@@ -329,8 +329,7 @@ class Router:
     @staticmethod
     def _busy(breaker: CircuitBreaker) -> None:
         """A busy-but-healthy outcome: frees a half-open probe without judging it."""
-        if breaker.state == "half_open":
-            breaker.success()
+        breaker.release()
 
     @staticmethod
     def _note(job: _Job, todo: Sequence[int], text: str) -> None:
@@ -350,7 +349,7 @@ class Router:
         read = [i for i in need if not (job.extra[i] and all(n in job.extra[i] for n in names))]  # type: ignore[operator]
         rows: dict[int, Any] = {}
         if read and wanted:
-            t = asyncio.get_running_loop().time()
+            t = perf_counter()
             got = await self._call(
                 "feature_store",
                 job,
@@ -358,9 +357,7 @@ class Router:
                 "features",
                 self.services.features.read_values(wanted, [job.keys[i] for i in read], at=job.at),
             )
-            self.metrics.child("stage_seconds", route, "features").observe(
-                asyncio.get_running_loop().time() - t
-            )
+            self.metrics.child("stage_seconds", route, "features").observe(perf_counter() - t)
             if got is None:
                 need = [i for i in need if i not in set(read)]
             else:
@@ -397,8 +394,7 @@ class Router:
         if not prepared.rows:
             return []
         rows = [ready[r] for r in prepared.rows]
-        loop = asyncio.get_running_loop()
-        t = loop.time()
+        t = perf_counter()
         prediction = await self._call(
             f"model:{model.label}",
             job,
@@ -407,7 +403,7 @@ class Router:
             model.batcher.predict(prepared.matrix, job.deadline),
             model,
         )
-        self.metrics.child("stage_seconds", route, "model").observe(loop.time() - t)
+        self.metrics.child("stage_seconds", route, "model").observe(perf_counter() - t)
         if prediction is None:
             return []
         if not probabilities and prediction.probabilities is not None:
@@ -523,7 +519,9 @@ class Router:
                         job.answers[i] = self._answer(
                             rec, "fallback:stale_prediction", job.at, True
                         )
-                        self.metrics.child("fallbacks", route, "stale_prediction", "").inc()
+                        self.metrics.child(
+                            "fallbacks", route, "stale_prediction", _reason(job.trail[i])
+                        ).inc()
             elif isinstance(step, ModelStep):
                 model = self.models.get(route, f"fallback{n}")
                 if model is None:
@@ -545,7 +543,7 @@ class Router:
                         job.answers[i] = self._answer(
                             rec, "fallback:model", job.at, True, req.probabilities
                         )
-                        self.metrics.child("fallbacks", route, "model", "").inc()
+                        self.metrics.child("fallbacks", route, "model", _reason(job.trail[i])).inc()
             elif isinstance(step, DefaultStep):
                 for i in todo:
                     job.answers[i] = {
@@ -559,7 +557,7 @@ class Router:
                         "age_s": None,
                         "degraded": True,
                     }
-                    self.metrics.child("fallbacks", route, "default", "").inc()
+                    self.metrics.child("fallbacks", route, "default", _reason(job.trail[i])).inc()
 
     # -- the answer ------------------------------------------------------------------
 
@@ -633,3 +631,36 @@ class Router:
         await self.shadow.close()
         if self._writebacks:
             await asyncio.wait(self._writebacks, timeout=5)
+
+
+_REASONS = (  # (text in a trail step, reason label), most specific first
+    ("circuit open", "breaker_open"),
+    ("deadline passed", "deadline"),
+    ("shed (", "overload"),
+    ("(busy)", "overload"),
+    ("timed out", "timeout"),
+    ("failed (", "error"),
+)
+
+
+def _reason(trail: list[str]) -> str:
+    """Why the primary path did not answer, as a metric label (from the entity's trail).
+
+    The first failed dependency decides: its outcome (``breaker_open``,
+    ``deadline``, ``overload``, ``timeout``, ``error``), a row the model's Scorer rejected
+    (``invalid_features``), or, when nothing was computed, what the store held
+    (``stale``, ``other_version``, ``miss``).
+    """
+    steps = [s for s in trail if not s.startswith("fallback")]
+    for step in steps:  # the first dependency that failed is the cause
+        for text, reason in _REASONS:
+            if text in step:
+                return reason
+    if any(s.startswith("compute") for s in steps):
+        return "invalid_features"
+    for step in steps:
+        if ": stale" in step:
+            return "stale"
+        if ": made by" in step:
+            return "other_version"
+    return "miss"

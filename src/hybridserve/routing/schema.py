@@ -29,7 +29,7 @@ class PredictRequest(BaseModel):
     """One or many entities to predict for; request-time features are optional."""
 
     model_config = ConfigDict(extra="forbid")
-    entities: list[Annotated[str, Field(min_length=1, max_length=512)] | EntityItem] = Field(
+    entities: list[Annotated[Key, Field(min_length=1, max_length=512)] | EntityItem] = Field(
         default=[], description="Entity keys, or {key, features} objects."
     )
     entity: Key | None = Field(
@@ -93,8 +93,11 @@ def validation_message(exc: ValidationError) -> str:
         loc = ".".join(
             str(p)
             for p in err["loc"]
+            # pydantic's internal names of union members and validators are not fields
             if not str(p)[:1].isupper()
-            and str(p) not in ("str", "EntityItem", "function-before[<lambda>(), str]")
+            and str(p) not in ("str", "int", "float", "bool", "constrained-str")
+            and "[" not in str(p)
+            and "(" not in str(p)
         )
         msg = str(err["msg"]).removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":

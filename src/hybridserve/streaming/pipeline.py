@@ -204,8 +204,9 @@ class BatchProcessor:
         entities = list(dict.fromkeys(ev.entity for ev in applied))
         stored: dict[str, dict[str, Any]] = {}
         if self.other_views:
-            rows = await self.services.features.read(self.other_views, entities)
-            stored = {row.entity: row.plain() for row in rows}
+            # Values only (stale or missing ones left out): no per-feature objects.
+            rows = await self.services.features.read_values(self.other_views, entities)
+            stored = {e: values for e, (values, _) in zip(entities, rows, strict=True)}
         feature_rows = [
             {**stored.get(ev.entity, {}), **w} for ev, w in zip(applied, window_rows, strict=True)
         ]

@@ -38,7 +38,10 @@ def _rows(path: Path) -> list[bytes]:
         import pyarrow.parquet as pq
 
         return [orjson.dumps(r, default=_json_default) for r in pq.read_table(path).to_pylist()]
-    return [line for line in path.read_bytes().splitlines() if line.strip()]
+    data = path.read_bytes()
+    if not data.endswith(b"\n"):  # a writer is mid-line: the last line is not complete yet
+        data = data[: data.rfind(b"\n") + 1]
+    return [line for line in data.splitlines() if line.strip()]
 
 
 class ReplaySource:
@@ -49,6 +52,7 @@ class ReplaySource:
         self.log = MemoryLog()
         self._files: list[Path] = []
         self._rows: dict[str, list[bytes]] = {}
+        self._sizes: dict[str, int] = {}
         self._committed = (0, 0)
         """(file index, row) of the first unacknowledged row."""
         self._next = (0, 0)
@@ -83,35 +87,59 @@ class ReplaySource:
         self._next = self._committed
 
     def _file_rows(self, fi: int) -> list[bytes]:
-        name = self._files[fi].name
-        rows = self._rows.get(name)
+        path = self._files[fi]
+        rows = self._rows.get(path.name)
         if rows is None:
-            rows = self._rows[name] = _rows(self._files[fi])
+            self._sizes[path.name] = path.stat().st_size
+            rows = self._rows[path.name] = _rows(path)
         return rows
+
+    def _grew(self, fi: int) -> bool:
+        """Reload the last file if it grew (events appended by ``append`` or a writer)."""
+        path = self._files[fi]
+        if path.stat().st_size == self._sizes.get(path.name):
+            return False
+        self._rows.pop(path.name, None)
+        return True
 
     async def read(self, max_items: int, block: float) -> list[RawEntry]:
         out: list[RawEntry] = []
         at = now()
         fi, row = self._next
-        if fi >= len(self._files):
-            self._scan()  # a new file may have appeared
-        while len(out) < max_items and fi < len(self._files):
+        while len(out) < max_items:
+            if fi >= len(self._files):
+                self._scan()  # a new file may have appeared
+                if fi >= len(self._files):
+                    break
             rows = self._file_rows(fi)
+            if row >= len(rows):
+                if fi < len(self._files) - 1:
+                    fi, row = fi + 1, 0
+                    continue
+                # The last file, read to its end: it may have grown, or a newer file appeared.
+                if self._grew(fi) and row < len(self._file_rows(fi)):
+                    continue
+                self._scan()
+                if fi >= len(self._files) - 1:
+                    break
+                fi, row = fi + 1, 0
+                continue
             take = rows[row : row + max_items - len(out)]
             for k, payload in enumerate(take):
                 pos = (fi, row + k)
                 n = self._deliveries[pos] = self._deliveries.get(pos, 0) + 1
                 out.append(RawEntry(f"{self._files[fi].name}:{row + k}", payload, n, at))
             row += len(take)
-            if row >= len(rows):
-                fi, row = fi + 1, 0
         self._next = (fi, row)
         return out
 
     @property
     def exhausted(self) -> bool:
-        """Every row of every file has been acknowledged."""
-        return self._committed[0] >= len(self._files)
+        """Every row of every file (as they are now) has been acknowledged."""
+        fi, row = self._committed
+        if fi >= len(self._files):
+            return True
+        return fi == len(self._files) - 1 and row >= len(self._file_rows(fi))
 
     async def ack(self, ids: Sequence[str]) -> None:
         names = {f.name: i for i, f in enumerate(self._files)}
@@ -120,20 +148,22 @@ class ReplaySource:
             self._acked.add((names[name], int(pos)))
         fi, row = self._committed
         moved = False
+        # An offset at the end of a file that is no longer the last one moves to the next.
+        while fi < len(self._files) - 1 and row >= len(self._file_rows(fi)):
+            fi, row, moved = fi + 1, 0, True
         while (fi, row) in self._acked:
             self._acked.discard((fi, row))
             self._deliveries.pop((fi, row), None)
             moved = True
             row += 1
-            if row >= len(self._file_rows(fi)):
+            if row >= len(self._file_rows(fi)) and fi < len(self._files) - 1:
                 self._rows.pop(self._files[fi].name, None)
                 fi, row = fi + 1, 0
         if moved:
             self._committed = (fi, row)
-            if fi < len(self._files):
-                payload = orjson.dumps({"file": self._files[fi].name, "row": row})
-            else:  # all read: remember the last file as finished, so new files are read
-                payload = orjson.dumps({"file": self._files[-1].name, "row": -1})
+            # The last file is remembered with its row count, so rows appended to it later,
+            # and files named after it, are read after a restart.
+            payload = orjson.dumps({"file": self._files[fi].name, "row": row})
             await self.kv.put_many([Entry(self.offset_key, payload, now())])
 
     def rewind(self) -> None:
