@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -36,10 +37,27 @@ def now() -> float:
     return time.time()
 
 
+_iso_second: tuple[int, str] = (0, "1970-01-01T00:00:00")  # a whole second and its text
+
+
 def to_iso(ts: float | None) -> str | None:
+    """Epoch seconds as RFC 3339 UTC text (``2026-11-23T10:00:00.123456Z``).
+
+    Answers carry one or two of these each; the date-time part of the last second seen is
+    kept, so most calls only format the microseconds.
+    """
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+    second = math.floor(ts)
+    micros = round((ts - second) * 1_000_000)
+    if micros >= 1_000_000:
+        second, micros = second + 1, 0
+    global _iso_second
+    cached, text = _iso_second  # one tuple, swapped whole: safe across threads
+    if cached != second:
+        text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _iso_second = (second, text)
+    return f"{text}.{micros:06d}Z" if micros else f"{text}Z"
 
 
 @dataclass(slots=True)

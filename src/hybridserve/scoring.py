@@ -82,6 +82,7 @@ class Scorer:
         self.runtime = runtime
         self.threshold = project.route(route).threshold
         self.names = runtime.signature.names
+        self.name_set = frozenset(self.names)
         specs: list[FeatureSpec] = []
         missing = []
         for name in self.names:

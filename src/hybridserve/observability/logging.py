@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
+from typing import IO, Any
 
 import orjson
 
@@ -29,9 +29,24 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(out, default=str).decode()
 
 
+class _JsonLines(logging.StreamHandler):  # type: ignore[type-arg]
+    """The handler :func:`configure` installs; its stream also takes batched access lines."""
+
+
+def stream_for(logger: logging.Logger) -> IO[bytes] | None:
+    """The byte stream behind ``logger`` when :func:`configure` set it up for JSON lines."""
+    handlers = logger.handlers or (logger.parent.handlers if logger.parent else [])
+    if len(handlers) == 1 and isinstance(handlers[0], _JsonLines):
+        h = handlers[0]
+        if isinstance(h.formatter, JsonFormatter):
+            buffer = getattr(h.stream, "buffer", None)
+            return buffer if buffer is not None else None
+    return None
+
+
 def configure(level: str = "info", *, json: bool = True) -> None:
     """Send hybridserve's (and uvicorn's) logs to stderr, as JSON lines by default."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _JsonLines(sys.stderr)
     handler.setFormatter(
         JsonFormatter()
         if json

@@ -148,10 +148,13 @@ class Router:
         keys: list[str] = []
         extra: list[dict[str, Any] | None] = []
         for i, item in enumerate(items):
-            key = item if isinstance(item, str) else item.key
-            feats = req.features if isinstance(item, str) else {**req.features, **item.features}
-            unknown = [f for f in feats if f not in allowed]
-            if unknown:
+            if isinstance(item, str):
+                key, feats = item, req.features
+            else:
+                key = item.key
+                feats = {**req.features, **item.features} if req.features else item.features
+            if feats and not feats.keys() <= allowed.keys():
+                unknown = [f for f in feats if f not in allowed]
                 where = "features" if isinstance(item, str) else f"entities.{i}.features"
                 raise InvalidInput(
                     f"{where}: unknown request feature {unknown[0]!r} for route {route!r}"
@@ -343,10 +346,14 @@ class Router:
         need = [i for i in todo if job.values[i] is None]
         if not need:
             return
-        names = model.scorer.names
+        names = model.scorer.name_set
         wanted = self.project.route_features(route)
         # Features the request already gives are not read; views left empty are skipped.
-        read = [i for i in need if not (job.extra[i] and all(n in job.extra[i] for n in names))]  # type: ignore[operator]
+        read = (
+            [i for i in need if not (job.extra[i] and job.extra[i].keys() >= names)]  # type: ignore[union-attr]
+            if wanted
+            else []
+        )
         rows: dict[int, Any] = {}
         if read and wanted:
             t = perf_counter()

@@ -22,7 +22,7 @@ Key = Annotated[
 class EntityItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
     key: Key = Field(min_length=1, max_length=512)
-    features: dict[str, FeatureValue] = {}
+    features: dict[str, FeatureValue] = Field(default_factory=dict)
 
 
 class PredictRequest(BaseModel):
@@ -30,13 +30,13 @@ class PredictRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     entities: list[Annotated[Key, Field(min_length=1, max_length=512)] | EntityItem] = Field(
-        default=[], description="Entity keys, or {key, features} objects."
+        default_factory=list, description="Entity keys, or {key, features} objects."
     )
     entity: Key | None = Field(
         default=None, min_length=1, max_length=512, description="Shorthand for one entity."
     )
     features: dict[str, FeatureValue] = Field(
-        default={}, description="Request-time features for every entity of this request."
+        default_factory=dict, description="Request-time features for every entity of this request."
     )
     max_staleness: Annotated[float, BeforeValidator(parse_duration)] | None = Field(
         default=None, description="Tighten the route's freshness bound ('30s', '5m' or seconds)."
