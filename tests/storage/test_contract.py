@@ -95,6 +95,28 @@ async def test_mixed_batch_applies_precedence_per_key(store: KVStore) -> None:
     assert b is not None and b.value == b"b-new"
 
 
+async def test_put_columns_is_put_many_by_column(store: KVStore) -> None:
+    await store.put_many([Entry("a", b"a-new", 300.0), Entry("b", b"b-old", 100.0)])
+    keys, values = ["a", "b", "c"], [b"a-old", b"b-new", b"c-new"]
+    assert await store.put_columns(keys, values, [200.0, 200.0, 50.0]) == 2
+    a, b, c = await store.get_many(keys)
+    assert a is not None and (a.value, a.as_of) == (b"a-new", 300.0)
+    assert b is not None and (b.value, b.as_of, b.expires_at) == (b"b-new", 200.0, None)
+    assert c is not None and c.value == b"c-new"
+    # Replayed: nothing changes. With an expiry: every row gets it.
+    await store.put_columns(keys, values, [200.0, 200.0, 50.0])
+    assert await store.get_many(keys) == [a, b, c]
+    await store.put_columns(["d", "e"], [b"d", b"e"], [1.0, 1.0], expires_at=now() + 60)
+    await store.put_columns(["f", "g"], [b"f", b"g"], [1.0, 1.0], expires_at=now() - 1)
+    assert [e is not None for e in await store.get_many(["d", "e", "f", "g"])] == [
+        True,
+        True,
+        False,
+        False,
+    ]
+    assert await store.put_columns([], [], []) == 0
+
+
 async def test_ttl_expiry(store: KVStore) -> None:
     await store.put_many(
         [Entry("short", b"x", 500.0, expires_at=now() + 0.3), Entry("long", b"y", 1.0)]

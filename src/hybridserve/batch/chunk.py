@@ -4,7 +4,7 @@ A :class:`ChunkWorker` lives in a worker process (or a Ray actor) and keeps the 
 loaded. For each chunk it filters the rows (``--top-k-active``, ``--only-changed``), scores
 them through the Scorer's column path in one model call, then writes
 
-1. the records to the prediction store under the run's keys (one bulk ``put_many``, as
+1. the records to the prediction store under the run's keys (one bulk ``put_columns``, as
    ``PredictionStore.put_run`` writes them, encoded column-wise by :mod:`.encode`);
 2. the snapshot ``chunk-NNNNNN.parquet`` (temp file, fsync, ``os.replace``);
 3. rejected rows, if any, to ``rejected-NNNNNN.parquet`` with the entity, reason and raw row.
@@ -37,7 +37,7 @@ from hybridserve.features.offline import epoch_seconds
 from hybridserve.predictions.store import PredictionStore, run_key
 from hybridserve.records import PredictionRecord
 from hybridserve.scoring import Scorer
-from hybridserve.storage import Entry, open_store
+from hybridserve.storage import open_store
 
 DELAY_ENV = "HYBRIDSERVE_BATCH_CHUNK_DELAY"
 """Test hook: seconds each chunk sleeps before it is written (lets a test kill a run midway)."""
@@ -171,16 +171,15 @@ class ChunkWorker:
         snapshot = pa.table(columns, schema=SNAPSHOT_SCHEMA)
         blobs = record_bytes(names, scores, labels, as_of, **fixed)
         prefix = run_key(ctx.route, ctx.run_id, "")
-        entries = [
-            Entry(prefix + e, b, a)
-            for e, b, a in zip(names.to_pylist(), blobs, as_of.tolist(), strict=True)
-        ]
+        keys = [prefix + e for e in names.to_pylist()]
+        stamps = as_of.tolist()
         if carried is not None and carried.num_rows:
             snapshot = pa.concat_tables([snapshot, carried.cast(SNAPSHOT_SCHEMA)])
-            entries += [
-                Entry(prefix + r.entity, r.to_bytes(), r.as_of) for r in snapshot_records(carried)
-            ]
-        self.loop.run_until_complete(self.store.kv.put_many(entries))
+            for r in snapshot_records(carried):
+                keys.append(prefix + r.entity)
+                blobs.append(r.to_bytes())
+                stamps.append(r.as_of)
+        self.loop.run_until_complete(self.store.kv.put_columns(keys, blobs, stamps))
         write_parquet_atomic(chunk_file(ctx.run_dir, index), snapshot)
         if prepared.errors:
             write_parquet_atomic(

@@ -7,6 +7,8 @@ transaction, one Redis pipeline or Lua call):
 - ``put_many(writes)``: compare-and-set on ``as_of``: a write replaces the stored entry only
   when its ``as_of`` is not older than the stored one's (or the stored one has expired).
   Replaying a write changes nothing; an older write never overwrites a newer one;
+- ``put_columns(keys, values, as_of, expires_at)``: the same, for bulk writers that hold
+  their rows as columns (a batch chunk): no per-row objects on the way;
 - ``delete_many(keys)``;
 - ``scan(prefix)``: the keys starting with ``prefix``.
 
@@ -46,6 +48,16 @@ class KVStore(Protocol):
 
     async def put_many(self, writes: Sequence[Write]) -> int:
         """Store each write that is not older than what is stored; return how many were."""
+        ...
+
+    async def put_columns(
+        self,
+        keys: Sequence[str],
+        values: Sequence[bytes],
+        as_of: Sequence[float],
+        expires_at: float | None = None,
+    ) -> int:
+        """``put_many`` of ``Entry(keys[i], values[i], as_of[i], expires_at)`` for every ``i``."""
         ...
 
     async def delete_many(self, keys: Sequence[str]) -> int:

@@ -30,6 +30,16 @@ class FaultyStore:
         self._check()
         return await self.inner.put_many(writes)
 
+    async def put_columns(
+        self,
+        keys: Sequence[str],
+        values: Sequence[bytes],
+        as_of: Sequence[float],
+        expires_at: float | None = None,
+    ) -> int:
+        self._check()
+        return await self.inner.put_columns(keys, values, as_of, expires_at)
+
     async def delete_many(self, keys: Sequence[str]) -> int:
         self._check()
         return await self.inner.delete_many(keys)

@@ -53,6 +53,17 @@ class MemoryStore:
                 written += 1
         return written
 
+    async def put_columns(
+        self,
+        keys: Sequence[str],
+        values: Sequence[bytes],
+        as_of: Sequence[float],
+        expires_at: float | None = None,
+    ) -> int:
+        return await self.put_many(
+            [Entry(k, v, a, expires_at) for k, v, a in zip(keys, values, as_of, strict=True)]
+        )
+
     async def delete_many(self, keys: Sequence[str]) -> int:
         n = 0
         for key in keys:

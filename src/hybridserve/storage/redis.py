@@ -7,7 +7,8 @@ compare-and-set on ``as_of`` is atomic however many processes or hosts write at 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
+from itertools import islice, repeat
 from typing import Any
 
 from hybridserve._optional import require
@@ -81,16 +82,44 @@ class RedisStore:
     async def put_many(self, writes: Sequence[Write]) -> int:
         if not writes:
             return 0
+        return await self._put(
+            [w.key for w in writes],
+            [w.value for w in writes],
+            [w.as_of for w in writes],
+            [w.expires_at for w in writes],
+        )
+
+    async def put_columns(
+        self,
+        keys: Sequence[str],
+        values: Sequence[bytes],
+        as_of: Sequence[float],
+        expires_at: float | None = None,
+    ) -> int:
+        if not keys:
+            return 0
+        return await self._put(keys, values, as_of, repeat(expires_at))
+
+    async def _put(
+        self,
+        keys: Sequence[str],
+        values: Sequence[bytes],
+        as_of: Sequence[float],
+        expires_at: Iterable[float | None],
+    ) -> int:
+        """Compare-and-set writes: one Lua call per chunk of keys, every chunk in one pipeline."""
         p = self._prefix
+        exps = [0 if e is None else max(1, int(e * 1000)) for e in islice(expires_at, len(keys))]
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
-                for start in range(0, len(writes), _CHUNK):
-                    chunk = writes[start : start + _CHUNK]
+                for start in range(0, len(keys), _CHUNK):
+                    end = start + _CHUNK
                     args: list[bytes | str | int] = []
-                    for w in chunk:
-                        exp = 0 if w.expires_at is None else max(1, int(w.expires_at * 1000))
-                        args += [w.value, repr(w.as_of), exp]
-                    await self._cas(keys=[p + w.key for w in chunk], args=args, client=pipe)
+                    for v, a, e in zip(
+                        values[start:end], as_of[start:end], exps[start:end], strict=True
+                    ):
+                        args += (v, repr(float(a)), e)
+                    await self._cas(keys=[p + k for k in keys[start:end]], args=args, client=pipe)
                 results = await pipe.execute()
         except self._errors as exc:
             raise StoreError(f"Redis write failed ({self.url}): {exc}") from exc

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
+from itertools import repeat
 from pathlib import Path
 
 from hybridserve.errors import StoreError
@@ -90,7 +91,30 @@ class SQLiteStore:
             return 0
         at = now()
         p = self._prefix
-        rows = [(p + w.key, w.value, w.as_of, w.expires_at, at) for w in writes]
+        return self._write([(p + w.key, w.value, w.as_of, w.expires_at, at) for w in writes])
+
+    async def put_columns(
+        self,
+        keys: Sequence[str],
+        values: Sequence[bytes],
+        as_of: Sequence[float],
+        expires_at: float | None = None,
+    ) -> int:
+        if not keys:
+            return 0
+        p = self._prefix
+        return self._write(
+            zip(
+                [p + k for k in keys] if p else keys,
+                values,
+                as_of,
+                repeat(expires_at),
+                repeat(now()),
+            )
+        )
+
+    def _write(self, rows: Iterable[tuple[str, bytes, float, float | None, float]]) -> int:
+        """One transaction of compare-and-set upserts."""
         with self._lock:
             try:
                 before = self._conn.total_changes
@@ -102,11 +126,11 @@ class SQLiteStore:
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
                 raise StoreError(f"SQLite write failed: {exc}") from exc
-            self._writes_since_purge += len(rows)
+            self._writes_since_purge += written
             if self._writes_since_purge >= _PURGE_EVERY:
                 self._writes_since_purge = 0
                 self._conn.execute(
-                    "DELETE FROM kv WHERE expires_at IS NOT NULL AND expires_at <= ?", (at,)
+                    "DELETE FROM kv WHERE expires_at IS NOT NULL AND expires_at <= ?", (now(),)
                 )
         return written
 
