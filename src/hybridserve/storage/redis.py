@@ -32,6 +32,16 @@ end
 return written
 """
 
+# KEYS: the keys; returns one [value, as_of] pair per key (nils where absent). One command for
+# many hashes: a pipeline of HMGETs costs the client one packed command per key.
+_GET_LUA = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  out[i] = redis.call('HMGET', key, 'v', 't')
+end
+return out
+"""
+
 # Keys per script call: big enough to amortise the round trip, small enough not to stall
 # Redis (a script blocks the server while it runs).
 _CHUNK = 256
@@ -54,6 +64,7 @@ class RedisStore:
             health_check_interval=30,
         )
         self._cas = self._redis.register_script(_CAS_LUA)
+        self._get = self._redis.register_script(_GET_LUA)
         self._errors: tuple[type[BaseException], ...] = (
             require("redis.exceptions", "redis").RedisError,
             OSError,
@@ -69,9 +80,10 @@ class RedisStore:
             else:
                 # ``async with``: a pipeline that fails must give its connection back.
                 async with self._redis.pipeline(transaction=False) as pipe:
-                    for key in keys:
-                        pipe.hmget(p + key, "v", "t")
-                    results = await pipe.execute()
+                    for start in range(0, len(keys), _CHUNK):
+                        chunk = [p + k for k in keys[start : start + _CHUNK]]
+                        await self._get(keys=chunk, args=[], client=pipe)
+                    results = [pair for part in await pipe.execute() for pair in part]
         except self._errors as exc:
             raise StoreError(f"Redis read failed ({self.url}): {exc}") from exc
         out: list[Entry | None] = []

@@ -99,6 +99,11 @@ class BatchProcessor:
         route = self.cfg.route
         wanted = services.project.route_features(route) if route else {}
         self.other_views = {v: names for v, names in wanted.items() if v != self.view}
+        # entity -> (state version, that version's state, decoded), most recent last. The
+        # state is re-read every batch (another consumer may have moved it); when the version
+        # read is the one this consumer committed, the decoded object is used as is.
+        self._decoded: dict[str, tuple[int, EntityState]] = {}
+        self.max_decoded = 200_000
 
     async def process(self, entries: list[RawEntry]) -> BatchResult:
         """Process, commit and acknowledge ``entries``; raise (acking nothing) on failure."""
@@ -143,9 +148,15 @@ class BatchProcessor:
         loaded = await self.state.load(entities)
         states: dict[str, EntityState] = {}
         versions: dict[str, int] = {}
+        decoded = self._decoded
         for entity, (version, raw) in zip(entities, loaded, strict=True):
             versions[entity] = version
-            states[entity] = spec.new_state() if raw is None else spec.loads(raw)
+            # Taken out while in use: a failed attempt leaves no half-applied state behind.
+            hit = decoded.pop(entity, None)
+            if hit is not None and version > 0 and hit[0] == version:
+                states[entity] = hit[1]
+            else:
+                states[entity] = spec.new_state() if raw is None else spec.loads(raw)
         applied: list[Event] = []
         window_rows: list[dict[str, Any]] = []
         late: list[DeadLetter] = []
@@ -168,6 +179,7 @@ class BatchProcessor:
         if late:
             await self.source.dead_letter(late)
         touched = [e for e in entities if states[e].batch]
+        touched_states = {id(states[e]) for e in touched}
         for e in touched:
             spec.finish(states[e])
         if self.view is not None and touched:
@@ -191,6 +203,10 @@ class BatchProcessor:
         seen = [ev.event_id for ev in fresh]
         if (writes or seen) and not await self.state.commit(writes, seen, outputs):
             return False
+        for e in entities:  # committed: the next batch starts from these objects
+            decoded[e] = (versions[e] + (1 if id(states[e]) in touched_states else 0), states[e])
+        while len(decoded) > self.max_decoded:
+            decoded.pop(next(iter(decoded)))
         done = now()
         res.applied, res.late, res.duplicates = len(applied), len(late), res.duplicates + dups
         res.scored, res.score_errors = len(records), score_errors
