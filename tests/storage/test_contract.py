@@ -117,6 +117,20 @@ async def test_put_columns_is_put_many_by_column(store: KVStore) -> None:
     assert await store.put_columns([], [], []) == 0
 
 
+async def test_any_key_and_value_bytes_round_trip(store: KVStore) -> None:
+    keys = ["é;1,2", "k\nnewline", "ключ", "a" * 300, "x:y:z"]
+    values = [b"\x00\xff;,", b"", "ü".encode(), b"v" * 5000, b'{"a":1}']
+    assert await store.put_columns(keys, values, [1.5, 2.0, 1e-05, 3.25, 4.0]) == 5
+    got = await store.get_many(keys)
+    assert [e.value if e else None for e in got] == values
+    assert [e.as_of if e else None for e in got] == [1.5, 2.0, 1e-05, 3.25, 4.0]
+    many = [f"m{i}" for i in range(1203)]  # several script chunks
+    await store.put_columns(many, [str(i).encode() for i in range(1203)], [1.0] * 1203)
+    assert [e.value if e else None for e in await store.get_many(many)] == [
+        str(i).encode() for i in range(1203)
+    ]
+
+
 async def test_ttl_expiry(store: KVStore) -> None:
     await store.put_many(
         [Entry("short", b"x", 500.0, expires_at=now() + 0.3), Entry("long", b"y", 1.0)]
