@@ -15,10 +15,10 @@ HistGradientBoostingClassifier), writes the input Parquet (generated in slices w
   with the SQLite prediction store, with Redis (a unique prefix, deleted afterwards) and with
   the Ray executor.
 
-Peak memory is the largest sum of VmRSS over this process and all its descendants (pool
-workers, Ray's processes), sampled every 50 ms during each run. It writes the Batch section
-of ``docs/benchmarks.md`` (between ``<!-- batch:start -->`` and ``<!-- batch:end -->``) and
-prints a final ``RESULT key=value ...`` line.
+Peak memory is the largest sum of RSS (and of PSS) over this process and all its descendants
+(pool workers, Ray's processes): RSS sampled every 50 ms and PSS every second during each run.
+It writes the Batch section of ``docs/benchmarks.md`` (between ``<!-- batch:start -->`` and
+``<!-- batch:end -->``) and prints a final ``RESULT key=value ...`` line.
 """
 
 from __future__ import annotations

@@ -280,8 +280,7 @@ def write_docs(args: argparse.Namespace, t: dict[str, Any], lat: dict[str, Any])
         "run`) while this process produces and tails the output stream",
         "- an output entry is written by the same Redis script as the window state and the "
         "seen-set, after the prediction was stored: when it is readable, the prediction is too",
-        "- the machine is shared and was not idle (other test runs used part of the two cores), "
-        "so figures are noisy",
+        "- the machine is a shared VM whose speed varies from run to run, so figures are noisy",
         "<!-- stream:end -->",
     ]
     text = "\n".join(lines)

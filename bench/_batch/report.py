@@ -31,10 +31,10 @@ def section(results: list[dict[str, Any]], **info: Any) -> str:
         "prediction store and a Parquet snapshot per chunk, manifest, publish; the wall time "
         "includes starting the pool (or Ray) and loading the model",
         "- peak memory: RSS and PSS summed over this process and all its descendants (pool "
-        "workers, the forkserver, Ray's processes), sampled every 50 ms; RSS counts a page "
+        "workers, the forkserver, Ray's processes): RSS sampled every 50 ms, PSS every second; RSS counts a page "
         "shared by N processes N times, PSS once",
-        "- the machine is shared: other test suites ran at the same time (load average "
-        f"{info['load']}), so rates are noisy",
+        "- the machine is a shared VM whose speed varies from run to run (load average "
+        f"{info['load']}); compare the rows of one run, as ratios",
         "",
         "| run | seconds | rows/s | share of floor | peak RSS MB | peak PSS MB | detail |",
         "|---|---|---|---|---|---|---|",
