@@ -9,7 +9,7 @@ import pyarrow as pa
 
 from conftest import cards
 from hybridserve.batch.chunk import SNAPSHOT_SCHEMA, snapshot_records
-from hybridserve.batch.encode import record_bytes, snapshot_columns
+from hybridserve.batch.encode import ScoredColumns, record_bytes, snapshot_columns
 from hybridserve.config import Project
 from hybridserve.records import PredictionRecord
 from hybridserve.registry import Registry
@@ -32,20 +32,20 @@ def test_encoded_records_match_the_scorer(make_project: Callable[..., Project]) 
         )
         scores = prediction.scores
         labels = None if threshold is None else (scores >= threshold).astype(int)
-        fixed = {
-            "route": "fraud",
-            "model": "fraud",
-            "version": 1,
-            "run_id": "r",
-            "computed_at": 1.9e9,
-            "fingerprint": scorer.fingerprint,
-        }
-        names = pa.array(ids, pa.string())
-        got = [
-            PredictionRecord.from_bytes(b)
-            for b in record_bytes(names, scores, labels, as_of, **fixed)
-        ]
+        scored = ScoredColumns(
+            pa.array(ids, pa.string()),
+            scores,
+            labels,
+            as_of,
+            route="fraud",
+            model="fraud",
+            version=1,
+            run_id="r",
+            computed_at=1.9e9,
+            fingerprint=scorer.fingerprint,
+        )
+        got = [PredictionRecord.from_bytes(b) for b in record_bytes(scored)]
         assert got == expected
-        columns = snapshot_columns(names, scores, labels, as_of, **fixed)
+        columns = snapshot_columns(scored)
         columns["feature_hash"] = pa.array(np.zeros(50, dtype=np.int64))
         assert snapshot_records(pa.table(columns, schema=SNAPSHOT_SCHEMA)) == expected

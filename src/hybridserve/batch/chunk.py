@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from hybridserve.batch.changes import Previous, feature_hash
-from hybridserve.batch.encode import record_bytes, snapshot_columns
+from hybridserve.batch.encode import ScoredColumns, record_bytes, snapshot_columns
 from hybridserve.batch.manifest import ChunkStats, fsync_dir
 from hybridserve.config import Project
 from hybridserve.features.offline import epoch_seconds
@@ -158,18 +158,22 @@ class ChunkWorker:
         if len(keep):
             scores = scorer.runtime.predict(prepared.matrix).scores
         labels = None if scorer.threshold is None else (scores >= scorer.threshold).astype(int)
-        fixed: dict[str, Any] = {
-            "route": ctx.route,
-            "model": scorer.runtime.name,
-            "version": scorer.runtime.version,
-            "run_id": ctx.run_id,
-            "computed_at": ctx.snapshot_at,
-            "fingerprint": scorer.fingerprint,
-        }
-        columns = snapshot_columns(names, scores, labels, as_of, **fixed)
+        scored = ScoredColumns(
+            names,
+            scores,
+            labels,
+            as_of,
+            route=ctx.route,
+            model=scorer.runtime.name,
+            version=scorer.runtime.version,
+            run_id=ctx.run_id,
+            computed_at=ctx.snapshot_at,
+            fingerprint=scorer.fingerprint,
+        )
+        columns = snapshot_columns(scored)
         columns["feature_hash"] = pa.array(hashes[keep], pa.int64())
         snapshot = pa.table(columns, schema=SNAPSHOT_SCHEMA)
-        blobs = record_bytes(names, scores, labels, as_of, **fixed)
+        blobs = record_bytes(scored)
         prefix = run_key(ctx.route, ctx.run_id, "")
         keys = [prefix + e for e in names.to_pylist()]
         stamps = as_of.tolist()

@@ -62,31 +62,36 @@ def entity_json(entities: pa.Array) -> list[str]:
     return [_json(e) for e in entities.to_pylist()]
 
 
-def record_bytes(
-    entities: pa.Array,
-    scores: np.ndarray[Any, Any],
-    labels: np.ndarray[Any, Any] | None,
-    as_of: np.ndarray[Any, Any],
-    *,
-    route: str,
-    model: str,
-    version: int,
-    run_id: str,
-    computed_at: float,
-    fingerprint: str,
-) -> list[bytes]:
+@dataclasses.dataclass(frozen=True, slots=True)
+class ScoredColumns:
+    """A scored chunk as columns, with the values every row of the run shares."""
+
+    entities: pa.Array
+    scores: np.ndarray[Any, Any]
+    labels: np.ndarray[Any, Any] | None
+    as_of: np.ndarray[Any, Any]
+    route: str
+    model: str
+    version: int
+    run_id: str
+    computed_at: float
+    fingerprint: str
+
+
+def record_bytes(c: ScoredColumns) -> list[bytes]:
     """The stored form of each row's record (``source`` batch, no probabilities)."""
-    mid1 = f',"route":{_json(route)},"score":'
-    mid2 = f',"model":{_json(model)},"model_version":{int(version)},"source":"batch","as_of":'
-    mid3 = f',"computed_at":{_number(computed_at)},"label":'
+    mid1 = f',"route":{_json(c.route)},"score":'
+    mid2 = f',"model":{_json(c.model)},"model_version":{int(c.version)},"source":"batch","as_of":'
+    mid3 = f',"computed_at":{_number(c.computed_at)},"label":'
     tail = (
-        f',"probabilities":null,"run_id":{_json(run_id)},"event_id":null,"request_id":null,'
-        f'"feature_fingerprint":{_json(fingerprint)}}}'
+        f',"probabilities":null,"run_id":{_json(c.run_id)},"event_id":null,"request_id":null,'
+        f'"feature_fingerprint":{_json(c.fingerprint)}}}'
     )
-    names = entity_json(entities)
-    score_list, as_of_list = scores.tolist(), as_of.tolist()
+    names = entity_json(c.entities)
+    score_list, as_of_list = c.scores.tolist(), c.as_of.tolist()
+    labels = c.labels
     label_list = ["null"] * len(names) if labels is None else [str(v) for v in labels.tolist()]
-    if not np.isfinite(scores).all():
+    if not np.isfinite(c.scores).all():
         raise ValueError("the model returned a non-finite score")
     return [
         f'{{"entity":{e}{mid1}{s!r}{mid2}{a!r}{mid3}{lab}{tail}'.encode()
@@ -94,38 +99,26 @@ def record_bytes(
     ]
 
 
-def snapshot_columns(
-    entities: pa.Array,
-    scores: np.ndarray[Any, Any],
-    labels: np.ndarray[Any, Any] | None,
-    as_of: np.ndarray[Any, Any],
-    *,
-    route: str,
-    model: str,
-    version: int,
-    run_id: str,
-    computed_at: float,
-    fingerprint: str,
-) -> dict[str, pa.Array]:
+def snapshot_columns(c: ScoredColumns) -> dict[str, pa.Array]:
     """The same records as Arrow columns (the snapshot's record fields, in order)."""
-    n = len(entities)
+    n = len(c.entities)
 
     def const(value: Any, kind: pa.DataType) -> pa.Array:
         return pa.nulls(n, kind) if value is None else pa.repeat(pa.scalar(value, kind), n)
 
     return {
-        "entity": entities,
-        "route": const(route, pa.string()),
-        "score": pa.array(scores, pa.float64()),
-        "label": pa.nulls(n, pa.int64()) if labels is None else pa.array(labels, pa.int64()),
+        "entity": c.entities,
+        "route": const(c.route, pa.string()),
+        "score": pa.array(c.scores, pa.float64()),
+        "label": pa.nulls(n, pa.int64()) if c.labels is None else pa.array(c.labels, pa.int64()),
         "probabilities": const(None, pa.string()),
-        "model": const(model, pa.string()),
-        "model_version": const(version, pa.int64()),
+        "model": const(c.model, pa.string()),
+        "model_version": const(c.version, pa.int64()),
         "source": const("batch", pa.string()),
-        "as_of": pa.array(as_of, pa.float64()),
-        "computed_at": const(computed_at, pa.float64()),
-        "run_id": const(run_id, pa.string()),
+        "as_of": pa.array(c.as_of, pa.float64()),
+        "computed_at": const(c.computed_at, pa.float64()),
+        "run_id": const(c.run_id, pa.string()),
         "event_id": const(None, pa.string()),
         "request_id": const(None, pa.string()),
-        "feature_fingerprint": const(fingerprint, pa.string()),
+        "feature_fingerprint": const(c.fingerprint, pa.string()),
     }
