@@ -25,6 +25,7 @@ from hybridserve.runtimes._output import (
 )
 from hybridserve.runtimes.base import Flavour, Prediction, Signature, Task
 from hybridserve.runtimes.introspect import feature_names_in, infer_signature, infer_task
+from hybridserve.runtimes.trees import MAX_ROWS, compile_trees
 
 _NO_NAMES = "X does not have valid feature names"
 
@@ -102,6 +103,7 @@ class SklearnRuntime:
         _forget_feature_names(model)
         # A name we could not drop (a read-only property) falls back to a per-call filter.
         self._quiet = feature_names_in(model) is not None
+        self._trees = compile_trees(model, self._who)
         self.classes: list[Any] = []
         self._pos: int | None = None
         if task == "classification":
@@ -144,6 +146,9 @@ class SklearnRuntime:
         return Prediction(scores=np.asarray(out, dtype=np.float64).reshape(-1))
 
     def _run(self, x: Matrix) -> Any:
+        if self._trees is not None and len(x) <= MAX_ROWS:
+            p = self._trees.scores(np.asarray(x, dtype=np.float64))
+            return np.column_stack([1.0 - p, p]) if self.task == "classification" else p
         if not self._quiet:
             return self._call(x)
         with warnings.catch_warnings():
