@@ -89,11 +89,9 @@ class RedisStore:
             else:
                 # ``async with``: a pipeline that fails must give its connection back.
                 async with self._redis.pipeline(transaction=False) as pipe:
-                    for start in range(0, len(keys), _CHUNK):
-                        chunk = [(p + k).encode() for k in keys[start : start + _CHUNK]]
-                        lengths = "".join([f"{len(k)};" for k in chunk])
-                        await self._get(keys=[], args=[b"".join(chunk), lengths], client=pipe)
-                    results = [pair for part in await pipe.execute() for pair in part]
+                    for key in keys:
+                        pipe.hmget(p + key, "v", "t")
+                    results = await pipe.execute()
         except self._errors as exc:
             raise StoreError(f"Redis read failed ({self.url}): {exc}") from exc
         out: list[Entry | None] = []
