@@ -156,7 +156,17 @@ class StreamConsumer:
         while True:
             async with self._space:
                 # After a failure, one entry at a time, each processed before the next read.
-                limit = 1 if self._careful > 0 else cfg.max_in_flight
+                # While re-reading its own unacknowledged entries (after a restart), one batch
+                # at a time: each re-read counts as a delivery, and entries read ahead by a
+                # consumer that is then killed again would reach ``max_deliveries`` (and the
+                # dead-letter stream as poison) without ever having been attempted.
+                limit = (
+                    1
+                    if self._careful > 0
+                    else cfg.batch_size
+                    if source.recovering
+                    else cfg.max_in_flight
+                )
                 await self._space.wait_for(lambda: self._in_flight < limit)  # noqa: B023
                 room = limit - self._in_flight
             n = min(cfg.batch_size, room)

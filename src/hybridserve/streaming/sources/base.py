@@ -48,6 +48,12 @@ class Source(Protocol):
         """Make the next reads return this consumer's unacknowledged entries first."""
         ...
 
+    @property
+    def recovering(self) -> bool:
+        """Whether reads are returning this consumer's unacknowledged entries (after a start
+        or a rewind), each re-read counting as one more delivery of the entry."""
+        ...
+
     async def claim_stale(self, min_idle: float, max_items: int) -> list[RawEntry]:
         """Take over entries other consumers left unacknowledged for ``min_idle`` seconds."""
         ...

@@ -113,6 +113,10 @@ class MemorySource:
     def rewind(self) -> None:
         self._rewound, self._pel_cursor = True, 0
 
+    @property
+    def recovering(self) -> bool:
+        return bool(self._rewound)
+
     async def claim_stale(self, min_idle: float, max_items: int) -> list[RawEntry]:
         at = now()
         stale = [

@@ -133,6 +133,10 @@ class RedisSource:
     def rewind(self) -> None:
         self._cursor = "0"
 
+    @property
+    def recovering(self) -> bool:
+        return self._cursor is not None
+
     async def claim_stale(self, min_idle: float, max_items: int) -> list[RawEntry]:
         raw: list[Any] = []
         cursor = "0-0"

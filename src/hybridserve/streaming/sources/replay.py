@@ -170,6 +170,10 @@ class ReplaySource:
         self._next = self._committed
         self._acked.clear()
 
+    @property
+    def recovering(self) -> bool:
+        return False  # deliveries are counted in this process only: a restart resets them
+
     async def claim_stale(self, min_idle: float, max_items: int) -> list[RawEntry]:
         return []  # one reader per replay
 
