@@ -39,8 +39,8 @@ def stream_for(logger: logging.Logger) -> IO[bytes] | None:
     if len(handlers) == 1 and isinstance(handlers[0], _JsonLines):
         h = handlers[0]
         if isinstance(h.formatter, JsonFormatter):
-            buffer = getattr(h.stream, "buffer", None)
-            return buffer if buffer is not None else None
+            buffer: IO[bytes] | None = getattr(h.stream, "buffer", None)
+            return buffer
     return None
 
 

@@ -1,7 +1,7 @@
 """Redis store: the shared backend for a real deployment.
 
 Each key is a hash ``{v: value, t: as_of}`` with a native expiry (``PEXPIREAT``). Reads are
-one round trip (a Lua script per chunk of keys); writes go through one Lua script per chunk, so the
+one pipelined round trip; writes go through one Lua script per chunk of keys, so the
 compare-and-set on ``as_of`` is atomic however many processes or hosts write at once.
 """
 
@@ -15,11 +15,11 @@ from hybridserve._optional import require
 from hybridserve.errors import StoreError
 from hybridserve.storage.base import Entry, Write
 
-# Scripts take their keys and values packed into a few arguments (keys joined, values joined,
-# one "lengths and numbers" string) rather than three arguments per key: redis-py encodes and
-# frames every argument in Python, which cost more than the script itself. The keys are not
-# declared in KEYS, so the scripts are not cluster-safe (Redis Cluster would need them in one
-# hash slot anyway).
+# The write script takes its keys and values packed into three arguments (keys joined, values
+# joined, one "lengths and numbers" string) rather than three arguments per key: redis-py
+# encodes and frames every argument in Python, which cost more than the script itself. The keys
+# are not declared in KEYS, so the script is not cluster-safe (Redis Cluster would need them in
+# one hash slot anyway).
 
 # ARGV[1]: keys joined; ARGV[2]: values joined; ARGV[3]: "key_len,value_len,as_of,expire_at_ms;"
 # per key, in order (lengths in bytes; expire_at_ms 0 = never). Returns how many were written.
@@ -38,17 +38,6 @@ for klen, vlen, t, exp in string.gmatch(ARGV[3], '(%d+),(%d+),([^,;]+),(%d+);') 
   end
 end
 return written
-"""
-
-# ARGV[1]: keys joined; ARGV[2]: "key_len;" per key. Returns one [value, as_of] per key (nils
-# where absent): one command for many hashes instead of one HMGET per key.
-_GET_LUA = """
-local keys, pos, out = ARGV[1], 1, {}
-for len in string.gmatch(ARGV[2], '(%d+);') do
-  out[#out + 1] = redis.call('HMGET', string.sub(keys, pos, pos + len - 1), 'v', 't')
-  pos = pos + len
-end
-return out
 """
 
 # Keys per script call: big enough to amortise the round trip, small enough not to stall
@@ -73,7 +62,6 @@ class RedisStore:
             health_check_interval=30,
         )
         self._cas = self._redis.register_script(_CAS_LUA)
-        self._get = self._redis.register_script(_GET_LUA)
         self._errors: tuple[type[BaseException], ...] = (
             require("redis.exceptions", "redis").RedisError,
             OSError,
