@@ -31,8 +31,8 @@ def section(results: list[dict[str, Any]], **info: Any) -> str:
         "prediction store and a Parquet snapshot per chunk, manifest, publish; the wall time "
         "includes starting the pool (or Ray) and loading the model",
         "- peak memory: RSS and PSS summed over this process and all its descendants (pool "
-        "workers, the forkserver, Ray's processes): RSS sampled every 50 ms, PSS every second; RSS counts a page "
-        "shared by N processes N times, PSS once",
+        "workers, the forkserver, Ray's processes): RSS sampled every 50 ms, PSS every "
+        "second; RSS counts a page shared by N processes N times, PSS once",
         "- the machine is a shared VM whose speed varies from run to run (load average "
         f"{info['load']}); compare the rows of one run, as ratios",
         "",

@@ -127,6 +127,40 @@ async def test_a_poison_event_is_dead_lettered_after_max_deliveries(make_project
         await services.close()
 
 
+async def test_until_idle_counts_from_empty_reads_not_from_start_up(make_project: Any) -> None:
+    """A consumer whose first read is slow (a loaded machine, a slow network) must not stop
+    before it has read anything: it is idle only once its reads come back empty."""
+    project = stream_project(make_project)
+    _log(project)
+    services = Services.open(project)
+    now = time.time()
+    events = [event(f"card_{i:06d}", now - 10 + i * 0.1) for i in range(20)]
+    try:
+        await _append(services, dumps(events))
+        from hybridserve.streaming import StreamConsumer, open_source
+
+        source = open_source(project, STREAM)
+        read = source.read
+        calls = 0
+
+        async def slow_first_read(max_items: int, block: float) -> Any:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                await asyncio.sleep(0.6)
+            return await read(max_items, block)
+
+        source.read = slow_first_read  # type: ignore[method-assign]
+        consumer = StreamConsumer(services, STREAM, source=source, poll_interval=0)
+        try:
+            totals = await consumer.run(until_idle=0.2)
+        finally:
+            await consumer.close()
+        assert totals.scored == 20
+    finally:
+        await services.close()
+
+
 async def test_replay_source_resumes_from_its_recorded_offset(
     make_project: Any, tmp_path: Any
 ) -> None:

@@ -101,6 +101,18 @@ async def _run_in_process(project: Project, **kwargs: Any) -> Any:
         await services.close()
 
 
+async def _until_reading(
+    client: redis.Redis, key: str, proc: subprocess.Popen[bytes], timeout: float
+) -> None:
+    """Wait until the consumer ``c1`` has read from the group since it was started."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout and proc.poll() is None:
+        for c in client.xinfo_consumers(key, "hybridserve"):
+            if c["name"] == b"c1" and c["idle"] / 1000 < time.monotonic() - started - 0.05:
+                return
+        await asyncio.sleep(0.01)
+
+
 @pytest.mark.slow
 async def test_sigkilled_consumers_leave_the_same_results_as_a_clean_run(
     redis_project: Project,
@@ -137,7 +149,10 @@ async def test_sigkilled_consumers_leave_the_same_results_as_a_clean_run(
         proc = subprocess.Popen(
             command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        await asyncio.sleep(rng.uniform(2.0, 3.5))
+        # Kill at a random moment once it has started reading: start-up time (imports, the
+        # model) varies a lot on a loaded machine, so a fixed delay may kill it before.
+        await _until_reading(client, stream_key, proc, timeout=60.0)
+        await asyncio.sleep(rng.uniform(0.0, 1.5))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         pending = client.xpending(stream_key, "hybridserve")["pending"]

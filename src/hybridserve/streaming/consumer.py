@@ -84,14 +84,17 @@ class StreamConsumer:
         self.totals = Totals()
         self._in_flight = 0
         self._careful = 0
-        self._last_entry = time.monotonic()
+        self._empty_since: float | None = None
+        """Since when every read came back empty (``None``: the last one had entries)."""
 
     # -- the loop ------------------------------------------------------------------------
 
     async def run(
         self, stop: asyncio.Event | None = None, *, until_idle: float | None = None
     ) -> Totals:
-        """Consume until ``stop`` is set, or until nothing arrived for ``until_idle`` seconds."""
+        """Consume until ``stop`` is set, or until ``until_idle`` seconds in which every read
+        came back empty and nothing was in flight. Idleness is what the reads saw, not time
+        since start-up: a consumer slow to make its first read does not stop unread."""
         stop = stop or asyncio.Event()
         await self.source.start()
         self._space = asyncio.Condition()
@@ -104,8 +107,13 @@ class StreamConsumer:
                 try:
                     entries = await asyncio.wait_for(queue.get(), 0.05)
                 except TimeoutError:
-                    idle = time.monotonic() - self._last_entry
-                    if until_idle is not None and self._in_flight == 0 and idle >= until_idle:
+                    empty = self._empty_since
+                    if (
+                        until_idle is not None
+                        and empty is not None
+                        and self._in_flight == 0
+                        and time.monotonic() - empty >= until_idle
+                    ):
                         break
                     continue
                 try:
@@ -183,11 +191,13 @@ class StreamConsumer:
                 await asyncio.sleep(1.0)
                 continue
             if not entries:
+                if self._empty_since is None:
+                    self._empty_since = started
                 rest = cfg.block - (time.monotonic() - started)
                 if rest > 0:
                     await asyncio.sleep(rest)  # sources that do not block (replay)
                 continue
-            self._last_entry = time.monotonic()
+            self._empty_since = None
             async with self._space:
                 self._in_flight += len(entries)
                 self.metrics.in_flight.set(self._in_flight)

@@ -3,7 +3,8 @@
 Each event is one entry with a field ``d`` holding its JSON (entries written by other
 producers as plain field/value pairs are accepted too). A consumer first re-reads its own
 pending entries (``XREADGROUP ... 0``), then new ones (``>``); entries a dead consumer left
-pending longer than ``claim_idle`` are taken over with ``XAUTOCLAIM``. Delivery counts come
+pending longer than ``claim_idle`` are found with ``XPENDING ... IDLE`` and taken over with
+``XCLAIM`` (never the consumer's own: those are in flight). Delivery counts come
 from ``XPENDING`` (extended form). Dead letters and outputs are written by a Lua script that
 sets a marker key per entry (``SET NX``) before its ``XADD``, so a batch redone after a crash
 writes each of them once.
@@ -138,22 +139,31 @@ class RedisSource:
         return self._cursor is not None
 
     async def claim_stale(self, min_idle: float, max_items: int) -> list[RawEntry]:
-        raw: list[Any] = []
-        cursor = "0-0"
+        """Take over entries other consumers left pending for ``min_idle`` seconds.
+
+        Never this consumer's own: those are in flight in this process (or, after a
+        restart, re-read from the start of its pending list). Claiming them again would
+        deliver them twice and count deliveries that never happened, until a slow batch's
+        read-ahead looked like poison.
+        """
+        ms = int(min_idle * 1000)
+        ids: list[str] = []
+        start = "-"
         try:
-            while len(raw) < max_items:
-                resp = await self._redis.xautoclaim(
-                    self.key,
-                    self.group,
-                    self.consumer,
-                    int(min_idle * 1000),
-                    start_id=cursor,
-                    count=max_items - len(raw),
+            while len(ids) < max_items:
+                rows = await self._redis.xpending_range(
+                    self.key, self.group, min=start, max="+", count=max_items, idle=ms
                 )
-                cursor = _text(resp[0])
-                raw += [r for r in resp[1] if r is not None]
-                if cursor == "0-0":
+                ids += [
+                    _text(r["message_id"]) for r in rows if _text(r["consumer"]) != self.consumer
+                ]
+                if len(rows) < max_items:
                     break
+                start = "(" + _text(rows[-1]["message_id"])
+            if not ids:
+                return []
+            raw = await self._redis.xclaim(self.key, self.group, self.consumer, ms, ids[:max_items])
+            raw = [r for r in raw if r is not None and r[1] is not None]
             return self._entries(raw, now(), await self._deliveries(raw)) if raw else []
         except self._errors as exc:
             raise StoreError(f"Redis claim failed ({self.url}): {exc}") from exc
