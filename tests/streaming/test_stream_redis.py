@@ -231,3 +231,28 @@ async def test_a_dead_consumers_entries_are_reclaimed_and_poison_is_dead_lettere
         e["event_id"] for i, e in enumerate(events) if i != 2
     )
     client.close()
+
+
+async def test_a_consumer_claims_others_stale_entries_never_its_own(
+    redis_project: Project,
+) -> None:
+    """Its own pending entries are in flight in this process: claiming them again would
+    deliver them twice and inflate their delivery counts towards the poison limit."""
+    from hybridserve.streaming import open_source
+
+    now = time.time()
+    await _preload(redis_project, [orjson.dumps(event("card_000001", now - i)) for i in range(6)])
+    mine = open_source(redis_project, STREAM, consumer="c1")
+    other = open_source(redis_project, STREAM, consumer="c2")
+    try:
+        own = [e.id for e in await mine.read(3, 0)]
+        theirs = [e.id for e in await other.read(3, 0)]
+        await asyncio.sleep(0.1)
+        claimed = await mine.claim_stale(0.05, 10)
+        assert [e.id for e in claimed] == theirs
+        assert [e.deliveries for e in claimed] == [2, 2, 2]
+        assert await mine.claim_stale(0.0, 10) == []  # all six are its own now
+        assert [e.id for e in await other.claim_stale(0.0, 10)] == own + theirs
+    finally:
+        await mine.close()
+        await other.close()
