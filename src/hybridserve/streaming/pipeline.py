@@ -99,6 +99,11 @@ class BatchProcessor:
         route = self.cfg.route
         wanted = services.project.route_features(route) if route else {}
         self.other_views = {v: names for v, names in wanted.items() if v != self.view}
+        # entity -> (state version, that version's state, decoded), most recent last. The
+        # state is re-read every batch (another consumer may have moved it); when the version
+        # read is the one this consumer committed, the decoded object is used as is.
+        self._decoded: dict[str, tuple[int, EntityState]] = {}
+        self.max_decoded = 200_000
 
     async def process(self, entries: list[RawEntry]) -> BatchResult:
         """Process, commit and acknowledge ``entries``; raise (acking nothing) on failure."""
@@ -136,18 +141,36 @@ class BatchProcessor:
 
     async def _apply(self, events: list[Event], scorer: Scorer | None, res: BatchResult) -> bool:
         spec, cfg = self.spec, self.cfg
-        flags = await self.state.seen([ev.event_id for ev in events]) if events else []
+        if not events:
+            return True
+        # Three independent reads at once: which events were applied already, the entities'
+        # window state, and (for scoring) their features from the other views. State is
+        # loaded for every entity in the batch; one whose events all turn out to be
+        # duplicates is left unchanged.
+        entities = list(dict.fromkeys(ev.entity for ev in events))
+        flags, loaded, stored = await asyncio.gather(
+            self.state.seen([ev.event_id for ev in events]),
+            self.state.load(entities),
+            self._stored_features(scorer, entities),
+        )
         fresh = [ev for ev, seen in zip(events, flags, strict=True) if not seen]
         dups = len(events) - len(fresh)
-        entities = list(dict.fromkeys(ev.entity for ev in fresh))
-        loaded = await self.state.load(entities)
         states: dict[str, EntityState] = {}
         versions: dict[str, int] = {}
+        decoded = self._decoded
         for entity, (version, raw) in zip(entities, loaded, strict=True):
             versions[entity] = version
-            states[entity] = spec.new_state() if raw is None else spec.loads(raw)
+            # Taken out while in use: a failed attempt leaves no half-applied state behind.
+            hit = decoded.pop(entity, None)
+            if hit is not None and version > 0 and hit[0] == version:
+                states[entity] = hit[1]
+            else:
+                states[entity] = spec.new_state() if raw is None else spec.loads(raw)
         applied: list[Event] = []
         window_rows: list[dict[str, Any]] = []
+        # An entity's row after its last event is its row at the batch's end too: the
+        # watermark only moves forward, and ``finish`` drops only buckets outside every window.
+        last_row: dict[str, dict[str, Any]] = {}
         late: list[DeadLetter] = []
         for ev in fresh:
             st = states[ev.entity]
@@ -155,7 +178,8 @@ class BatchProcessor:
             if outcome == "applied":
                 applied.append(ev)
                 if scorer is not None:
-                    window_rows.append(spec.values(st))
+                    row = last_row[ev.entity] = spec.values(st)
+                    window_rows.append(row)
             elif outcome == "late":
                 behind = (st.watermark or 0.0) - ev.time
                 reason = (
@@ -168,29 +192,27 @@ class BatchProcessor:
         if late:
             await self.source.dead_letter(late)
         touched = [e for e in entities if states[e].batch]
+        touched_states = {id(states[e]) for e in touched}
         for e in touched:
             spec.finish(states[e])
-        if self.view is not None and touched:
-            rows = [(e, spec.values(states[e]), states[e].watermark or 0.0) for e in touched]
-            await self.services.features.write(self.view, rows)
-        outputs: list[Output] = []
-        records: list[PredictionRecord] = []
-        score_errors = 0
-        if scorer is not None and applied:
-            records, score_errors = await self._score(scorer, applied, window_rows)
-            best: dict[str, PredictionRecord] = {}
-            for r in records:
-                b = best.get(r.entity)
-                if b is None or r.as_of >= b.as_of:
-                    best[r.entity] = r
-            await self.services.predictions.put(list(best.values()))
-            outputs = [(r.event_id or "", output_payload(r)) for r in records]
-            if not self.state.atomic_outputs:
-                await self.source.emit(outputs)
+        view_rows = [
+            (e, last_row.get(e) or spec.values(states[e]), states[e].watermark or 0.0)
+            for e in touched
+        ]
+        # The view's new rows and the predictions go to the store at the same time; both
+        # land before the commit below makes the batch's state (and outputs) official.
+        _, (records, score_errors, outputs) = await asyncio.gather(
+            self._write_view(view_rows),
+            self._score_and_store(scorer, applied, window_rows, stored),
+        )
         writes = [(e, versions[e], spec.dumps(states[e])) for e in touched]
         seen = [ev.event_id for ev in fresh]
         if (writes or seen) and not await self.state.commit(writes, seen, outputs):
             return False
+        for e in entities:  # committed: the next batch starts from these objects
+            decoded[e] = (versions[e] + (1 if id(states[e]) in touched_states else 0), states[e])
+        while len(decoded) > self.max_decoded:
+            decoded.pop(next(iter(decoded)))
         done = now()
         res.applied, res.late, res.duplicates = len(applied), len(late), res.duplicates + dups
         res.scored, res.score_errors = len(records), score_errors
@@ -198,15 +220,29 @@ class BatchProcessor:
         res.read_lag = [done - ev.entry.read_at for ev in applied]
         return True
 
-    async def _score(
-        self, scorer: Scorer, applied: list[Event], window_rows: list[dict[str, Any]]
-    ) -> tuple[list[PredictionRecord], int]:
-        entities = list(dict.fromkeys(ev.entity for ev in applied))
-        stored: dict[str, dict[str, Any]] = {}
-        if self.other_views:
-            # Values only (stale or missing ones left out): no per-feature objects.
-            rows = await self.services.features.read_values(self.other_views, entities)
-            stored = {e: values for e, (values, _) in zip(entities, rows, strict=True)}
+    async def _stored_features(
+        self, scorer: Scorer | None, entities: list[str]
+    ) -> dict[str, dict[str, Any]]:
+        """Scoring's features from views other than the stream's own (values only)."""
+        if scorer is None or not self.other_views or not entities:
+            return {}
+        rows = await self.services.features.read_values(self.other_views, entities)
+        return {e: values for e, (values, _) in zip(entities, rows, strict=True)}
+
+    async def _write_view(self, rows: list[tuple[str, dict[str, Any], float]]) -> None:
+        if self.view is not None and rows:
+            await self.services.features.write(self.view, rows)
+
+    async def _score_and_store(
+        self,
+        scorer: Scorer | None,
+        applied: list[Event],
+        window_rows: list[dict[str, Any]],
+        stored: dict[str, dict[str, Any]],
+    ) -> tuple[list[PredictionRecord], int, list[Output]]:
+        """Score the applied events, store the newest prediction per entity, build outputs."""
+        if scorer is None or not applied:
+            return [], 0, []
         feature_rows = [
             {**stored.get(ev.entity, {}), **w} for ev, w in zip(applied, window_rows, strict=True)
         ]
@@ -218,4 +254,14 @@ class BatchProcessor:
             source="stream",
             event_ids=[ev.event_id for ev in applied],
         )
-        return result.records, len(result.errors)
+        records = result.records
+        best: dict[str, PredictionRecord] = {}
+        for r in records:
+            b = best.get(r.entity)
+            if b is None or r.as_of >= b.as_of:
+                best[r.entity] = r
+        await self.services.predictions.put(list(best.values()))
+        outputs = [(r.event_id or "", output_payload(r)) for r in records]
+        if not self.state.atomic_outputs:
+            await self.source.emit(outputs)
+        return records, len(result.errors), outputs
