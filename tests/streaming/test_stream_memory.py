@@ -161,6 +161,67 @@ async def test_until_idle_counts_from_empty_reads_not_from_start_up(make_project
         await services.close()
 
 
+async def _scored_rows(project: Any, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The feature rows the stream's scorer was given for ``events``."""
+    from hybridserve.streaming import StreamConsumer
+
+    _log(project)
+    services = Services.open(project)
+    rows: list[dict[str, Any]] = []
+    try:
+        await _append(services, dumps(events))
+        consumer = StreamConsumer(services, STREAM, poll_interval=0)
+        real = consumer.processor.scorer
+        assert real is not None
+
+        class Capturing:
+            runtime = real.runtime
+
+            def score_rows(self, entities: list[str], feature_rows: Any, **kw: Any) -> Any:
+                rows.extend(feature_rows)
+                return real.score_rows(entities, feature_rows, **kw)
+
+        consumer.processor.scorer = Capturing()  # type: ignore[assignment]
+        try:
+            totals = await consumer.run(until_idle=0.3)
+        finally:
+            await consumer.close()
+        assert totals.scored == len(events)
+    finally:
+        await services.close()
+    return rows
+
+
+async def test_a_route_reading_the_window_view_scores_each_event_with_its_windows(
+    make_project: Any,
+) -> None:
+    now = time.time()
+    events = [event("card_000001", now - 30 + i, amount=10.0 * (i + 1)) for i in range(3)]
+    stream_project(make_project)
+    project = make_project(
+        features=[
+            "card_profile",
+            "card_txn_windows:txn_count_10m",
+            "card_txn_windows:amount_sum_10m",
+        ]
+    )
+    rows = await _scored_rows(project, events)
+    assert [r["txn_count_10m"] for r in rows] == [1.0, 2.0, 3.0]
+    assert [r["amount_sum_10m"] for r in rows] == [10.0, 30.0, 60.0]
+    assert all("amount_max_1h" not in r and "amount_mean_30d" in r for r in rows)
+
+
+async def test_a_route_not_reading_the_window_view_gets_only_its_own_features(
+    make_project: Any,
+) -> None:
+    now = time.time()
+    rows = await _scored_rows(
+        stream_project(make_project), [event("card_000001", now - 5 + i) for i in range(2)]
+    )
+    assert len(rows) == 2
+    assert all("amount_mean_30d" in r and "txn_count_10m" not in r for r in rows)
+
+
 async def test_replay_source_resumes_from_its_recorded_offset(
     make_project: Any, tmp_path: Any
 ) -> None:

@@ -56,6 +56,17 @@ class _HistogramChild:
             self.counts[i] += 1
             self.sum += value
 
+    def observe_many(self, values: Sequence[float]) -> None:
+        """Observe each of ``values``: one lock for all of them."""
+        bounds = self._bounds
+        at = [bisect_left(bounds, v) for v in values]
+        total = sum(values)
+        with self._lock:
+            counts = self.counts
+            for i in at:
+                counts[i] += 1
+            self.sum += total
+
 
 class _Light(Collector):
     """A labelled family of children, exposed through a registry like prometheus-client's."""

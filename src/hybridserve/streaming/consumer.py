@@ -214,10 +214,8 @@ class StreamConsumer:
         m.duplicates.inc(r.duplicates)
         m.late.inc(r.late)
         m.dead.inc(r.dead + r.late)
-        for lag in r.event_lag:
-            m.event_latency.observe(lag)
-        for lag in r.read_lag:
-            m.read_latency.observe(lag)
+        m.event_latency.observe_many(r.event_lag)
+        m.read_latency.observe_many(r.read_lag)
 
     # -- following aliases, publishing stats ---------------------------------------------
 

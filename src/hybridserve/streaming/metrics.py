@@ -11,7 +11,7 @@ import contextlib
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from hybridserve.observability.metrics import BATCH_BUCKETS
+from hybridserve.observability.metrics import BATCH_BUCKETS, LightHistogram
 
 LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -36,14 +36,14 @@ class StreamMetrics:
             buckets=(*BATCH_BUCKETS, 1024, 2048, 4096),
             registry=r,
         ).labels(stream)
-        self.event_latency = Histogram(
+        self.event_latency = LightHistogram(
             "hybridserve_stream_event_latency_seconds",
             "From an event's time to its committed prediction.",
             ["stream"],
             buckets=LAG_BUCKETS,
             registry=r,
         ).labels(stream)
-        self.read_latency = Histogram(
+        self.read_latency = LightHistogram(
             "hybridserve_stream_read_latency_seconds",
             "From reading an event to its committed prediction.",
             ["stream"],

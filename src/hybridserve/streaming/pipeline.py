@@ -99,6 +99,9 @@ class BatchProcessor:
         route = self.cfg.route
         wanted = services.project.route_features(route) if route else {}
         self.other_views = {v: names for v, names in wanted.items() if v != self.view}
+        # The stream's own window features the route reads: scored with their values right
+        # after each event. A route that reads none of them gets none (and none computed).
+        self.window_names = tuple(wanted.get(self.view, ())) if self.view else ()
         # entity -> (state version, that version's state, decoded), most recent last. The
         # state is re-read every batch (another consumer may have moved it); when the version
         # read is the one this consumer committed, the decoded object is used as is.
@@ -171,15 +174,18 @@ class BatchProcessor:
         # An entity's row after its last event is its row at the batch's end too: the
         # watermark only moves forward, and ``finish`` drops only buckets outside every window.
         last_row: dict[str, dict[str, Any]] = {}
+        names = self.window_names if scorer is not None else ()
         late: list[DeadLetter] = []
         for ev in fresh:
             st = states[ev.entity]
             outcome = spec.apply(st, ev.event_id, ev.time, ev.values)
             if outcome == "applied":
                 applied.append(ev)
-                if scorer is not None:
+                if names:
                     row = last_row[ev.entity] = spec.values(st)
-                    window_rows.append(row)
+                    window_rows.append({n: row[n] for n in names})
+                else:
+                    window_rows.append({})
             elif outcome == "late":
                 behind = (st.watermark or 0.0) - ev.time
                 reason = (
