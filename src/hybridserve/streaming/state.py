@@ -20,8 +20,6 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-import orjson
-
 from hybridserve._optional import require
 from hybridserve.errors import StoreError
 from hybridserve.records import now
@@ -104,32 +102,47 @@ class KVStateStore:
         return None
 
 
-# ARGV[1]: JSON {ttl, s: [[key, expected_version, value]], seen: [key], out, maxlen, o: [[id, d]]}.
-# One argument rather than thousands: redis-py packs each argument in Python, cjson decodes in C.
+# Packed arguments, so redis-py frames ten strings per batch rather than several per event, and
+# the states (JSON themselves) are not escaped into another JSON document:
+#   ARGV[1] ttl_ms, ARGV[2] maxlen (0: none), ARGV[3] the output stream key ("" for none),
+#   ARGV[4] state keys joined, ARGV[5] state values joined, ARGV[6] "key_len,value_len,version;"
+#   per state, ARGV[7] seen keys joined, ARGV[8] "key_len," per seen key,
+#   ARGV[9] output ids joined, ARGV[10] output payloads joined, ARGV[11] "id_len,len;" each.
 # A state is stored as "version:value". The keys are built by the caller from one prefix, so
 # the script is not cluster-safe (Redis Cluster would need them all in one hash slot).
 _COMMIT_LUA = """
-local req = cjson.decode(ARGV[1])
-for _, s in ipairs(req.s) do
-  local cur = redis.call('GET', s[1])
-  local n = 0
-  if cur then n = tonumber(string.match(cur, '^(%d+):')) end
-  if n ~= s[2] then return 0 end
+local ttl, maxlen, out = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local sk, sv, seen, oi, od = ARGV[4], ARGV[5], ARGV[7], ARGV[9], ARGV[10]
+local states, keys = {}, {}
+local kpos, vpos = 1, 1
+for klen, vlen, n in string.gmatch(ARGV[6], '(%d+),(%d+),(%d+);') do
+  local key = string.sub(sk, kpos, kpos + klen - 1)
+  local cur = redis.call('GET', key)
+  local have = 0
+  if cur then have = tonumber(string.match(cur, '^(%d+):')) end
+  if have ~= tonumber(n) then return 0 end
+  local value = string.format('%d', tonumber(n) + 1) .. ':' .. string.sub(sv, vpos, vpos + vlen - 1)
+  states[#states + 1] = {key, value}
+  kpos, vpos = kpos + klen, vpos + vlen
 end
-for _, k in ipairs(req.seen) do
-  if redis.call('EXISTS', k) == 1 then return 0 end
+kpos = 1
+for klen in string.gmatch(ARGV[8], '(%d+),') do
+  local key = string.sub(seen, kpos, kpos + klen - 1)
+  kpos = kpos + klen
+  if redis.call('EXISTS', key) == 1 then return 0 end
+  keys[#keys + 1] = key
 end
-for _, s in ipairs(req.s) do
-  redis.call('SET', s[1], string.format('%d', s[2] + 1) .. ':' .. s[3], 'PX', req.ttl)
-end
-for _, k in ipairs(req.seen) do
-  redis.call('SET', k, '1', 'PX', req.ttl)
-end
-for _, o in ipairs(req.o) do
-  if req.maxlen > 0 then
-    redis.call('XADD', req.out, 'MAXLEN', '~', req.maxlen, '*', 'id', o[1], 'd', o[2])
+for _, s in ipairs(states) do redis.call('SET', s[1], s[2], 'PX', ttl) end
+for _, k in ipairs(keys) do redis.call('SET', k, '1', 'PX', ttl) end
+local ipos, dpos = 1, 1
+for ilen, dlen in string.gmatch(ARGV[11], '(%d+),(%d+);') do
+  local id = string.sub(oi, ipos, ipos + ilen - 1)
+  local d = string.sub(od, dpos, dpos + dlen - 1)
+  ipos, dpos = ipos + ilen, dpos + dlen
+  if maxlen > 0 then
+    redis.call('XADD', out, 'MAXLEN', '~', maxlen, '*', 'id', id, 'd', d)
   else
-    redis.call('XADD', req.out, '*', 'id', o[1], 'd', o[2])
+    redis.call('XADD', out, '*', 'id', id, 'd', d)
   end
 end
 return 1
@@ -191,16 +204,27 @@ class RedisStateStore:
         self, states: Sequence[StateWrite], seen: Sequence[str], outputs: Sequence[Output]
     ) -> bool:
         p, s = self.prefix, self.stream
-        request = {
-            "ttl": max(1, int(self.ttl * 1000)),
-            "s": [[p + state_key(s, e), n, v.decode()] for e, n, v in states],
-            "seen": [p + seen_key(s, e) for e in seen],
-            "out": self.output_key or "",
-            "maxlen": self.maxlen or 0,
-            "o": [[i, d.decode()] for i, d in outputs] if self.atomic_outputs else [],
-        }
+        state_keys = [(p + state_key(s, e)).encode() for e, _, _ in states]
+        seen_keys = [(p + seen_key(s, e)).encode() for e in seen]
+        outs = outputs if self.atomic_outputs else ()
+        out_ids = [i.encode() for i, _ in outs]
+        args = [
+            max(1, int(self.ttl * 1000)),
+            self.maxlen or 0,
+            self.output_key or "",
+            b"".join(state_keys),
+            b"".join(v for _, _, v in states),
+            "".join(
+                f"{len(k)},{len(v)},{n};" for k, (_, n, v) in zip(state_keys, states, strict=True)
+            ),
+            b"".join(seen_keys),
+            "".join(f"{len(k)}," for k in seen_keys),
+            b"".join(out_ids),
+            b"".join(d for _, d in outs),
+            "".join(f"{len(i)},{len(d)};" for i, (_, d) in zip(out_ids, outs, strict=True)),
+        ]
         try:
-            return bool(await self._commit(keys=[], args=[orjson.dumps(request)]))
+            return bool(await self._commit(keys=[], args=args))
         except self._errors as exc:
             raise StoreError(f"Redis commit failed ({self.url}): {exc}") from exc
 
