@@ -33,7 +33,11 @@ for klen, vlen, t, exp in string.gmatch(ARGV[3], '(%d+),(%d+),([^,;]+),(%d+);') 
   local cur = redis.call('HGET', key, 't')
   if (not cur) or tonumber(cur) <= tonumber(t) then
     redis.call('HSET', key, 'v', val, 't', t)
-    if tonumber(exp) > 0 then redis.call('PEXPIREAT', key, exp) else redis.call('PERSIST', key) end
+    if tonumber(exp) > 0 then
+      redis.call('PEXPIREAT', key, exp)
+    elseif cur then
+      redis.call('PERSIST', key)  -- a new key has no expiry to clear
+    end
     written = written + 1
   end
 end
