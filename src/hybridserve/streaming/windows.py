@@ -135,6 +135,7 @@ class WindowSpec:
             count = 0
             num: dict[str, list[float]] = {}
             uniq: dict[str, set[Any]] = {}
+            shared = set(g.distinct)  # fields whose set in ``uniq`` is still a bucket's own
             for i in sorted(ring):  # sorted: sums add up in the same order on every replay
                 if i < lo or i > hi:
                     continue
@@ -151,8 +152,13 @@ class WindowSpec:
                         t[3] = max(t[3], s[3])
                 for f, vals in b[2].items():
                     u = uniq.get(f)
-                    # No copy for the first bucket: ``|`` builds a new set, never mutating one.
-                    uniq[f] = vals if u is None else u | vals
+                    if u is None:
+                        uniq[f] = vals  # a bucket's own set: copied only when another joins
+                    elif f in shared:
+                        uniq[f] = u | vals
+                        shared.discard(f)
+                    else:
+                        u |= vals
             for name, agg, f in g.features:
                 out[name] = _pick(count, num.get(f or ""), uniq.get(f or ""), agg)
         return out
