@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -99,25 +100,12 @@ async def test_a_poison_event_is_dead_lettered_after_max_deliveries(make_project
     poison = events[5]["event_id"]
     try:
         await _append(services, dumps(events))
-        from hybridserve.streaming import StreamConsumer
 
-        consumer = StreamConsumer(services, STREAM, poll_interval=0)
-        real = consumer.processor.scorer
-        assert real is not None
+        def explode(entities: list[str], rows: Any, kw: dict[str, Any]) -> None:
+            if poison in kw["event_ids"]:
+                raise RuntimeError("model crashed on this event")
 
-        class Exploding:
-            runtime = real.runtime
-
-            def score_rows(self, entities: list[str], rows: Any, **kw: Any) -> Any:
-                if any(kw["event_ids"][i] == poison for i in range(len(entities))):
-                    raise RuntimeError("model crashed on this event")
-                return real.score_rows(entities, rows, **kw)
-
-        consumer.processor.scorer = Exploding()  # type: ignore[assignment]
-        try:
-            totals = await consumer.run(until_idle=0.5)
-        finally:
-            await consumer.close()
+        totals = await _run_wrapped(services, explode, until_idle=0.5)
         assert [d["reason"].split(":")[0] for d in log.dead_letters] == ["poison"]
         assert log.dead_letters[0]["deliveries"] == 4
         assert totals.scored == 11 and totals.failures == 3 and not log.pending
@@ -161,31 +149,41 @@ async def test_until_idle_counts_from_empty_reads_not_from_start_up(make_project
         await services.close()
 
 
-async def _scored_rows(project: Any, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The feature rows the stream's scorer was given for ``events``."""
+async def _run_wrapped(
+    services: Services,
+    hook: Callable[[list[str], Any, dict[str, Any]], None],
+    until_idle: float,
+    source: Any = None,
+) -> Any:
+    """Run a consumer whose scorer calls ``hook(entities, rows, kwargs)`` before each call."""
     from hybridserve.streaming import StreamConsumer
 
+    consumer = StreamConsumer(services, STREAM, poll_interval=0, source=source)
+    real = consumer.processor.scorer
+    assert real is not None
+
+    class Wrapped:
+        runtime = real.runtime
+
+        def score_rows(self, entities: list[str], rows: Any, **kw: Any) -> Any:
+            hook(entities, rows, kw)
+            return real.score_rows(entities, rows, **kw)
+
+    consumer.processor.scorer = Wrapped()  # type: ignore[assignment]
+    try:
+        return await consumer.run(until_idle=until_idle)
+    finally:
+        await consumer.close()
+
+
+async def _scored_rows(project: Any, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The feature rows the stream's scorer was given for ``events``."""
     _log(project)
     services = Services.open(project)
     rows: list[dict[str, Any]] = []
     try:
         await _append(services, dumps(events))
-        consumer = StreamConsumer(services, STREAM, poll_interval=0)
-        real = consumer.processor.scorer
-        assert real is not None
-
-        class Capturing:
-            runtime = real.runtime
-
-            def score_rows(self, entities: list[str], feature_rows: Any, **kw: Any) -> Any:
-                rows.extend(feature_rows)
-                return real.score_rows(entities, feature_rows, **kw)
-
-        consumer.processor.scorer = Capturing()  # type: ignore[assignment]
-        try:
-            totals = await consumer.run(until_idle=0.3)
-        finally:
-            await consumer.close()
+        totals = await _run_wrapped(services, lambda _e, r, _kw: rows.extend(r), until_idle=0.3)
         assert totals.scored == len(events)
     finally:
         await services.close()
@@ -220,6 +218,42 @@ async def test_a_route_not_reading_the_window_view_gets_only_its_own_features(
     )
     assert len(rows) == 2
     assert all("amount_mean_30d" in r and "txn_count_10m" not in r for r in rows)
+
+
+async def test_reads_that_pile_up_during_a_slow_batch_are_processed_together(
+    make_project: Any,
+) -> None:
+    """Small reads queued behind a slow batch join into one batch (up to batch_size), rather
+    than each paying a batch's fixed costs in turn."""
+    project = stream_project(make_project, batch_size=12)
+    _log(project)
+    services = Services.open(project)
+    now = time.time()
+    events = [event(f"card_{i:06d}", now - 10 + i * 0.1) for i in range(40)]
+    try:
+        await _append(services, dumps(events))
+        from hybridserve.streaming import open_source
+
+        source = open_source(project, STREAM)
+        read = source.read
+
+        async def small_reads(max_items: int, block: float) -> Any:
+            return await read(min(max_items, 4), block)
+
+        source.read = small_reads  # type: ignore[method-assign]
+        calls: list[int] = []
+
+        def slow_first(entities: list[str], rows: Any, kw: dict[str, Any]) -> None:
+            calls.append(len(entities))
+            if len(calls) == 1:
+                time.sleep(0.3)  # the queue fills up meanwhile
+
+        totals = await _run_wrapped(services, slow_first, until_idle=0.3, source=source)
+        assert totals.scored == 40
+        assert max(calls) == 12  # reads of four joined up to batch_size, never beyond
+        assert totals.batches < 10
+    finally:
+        await services.close()
 
 
 async def test_replay_source_resumes_from_its_recorded_offset(

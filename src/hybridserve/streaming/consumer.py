@@ -1,11 +1,12 @@
 """The stream consumer: reads micro-batches, processes them in order, follows model aliases.
 
 A reader task fills a small queue while the processor works, but only while fewer than
-``max_in_flight`` entries are read and not yet acknowledged (backpressure). When a batch
-fails, nothing of it is acknowledged: the consumer drops what it read ahead, rewinds the
-source to its unacknowledged entries and re-reads them *one at a time*, so a poison entry
-fails alone and reaches ``max_deliveries`` (then the dead-letter stream) without dragging
-its neighbours with it. Pending entries of dead consumers are reclaimed every so often.
+``max_in_flight`` entries are read and not yet acknowledged (backpressure). Reads that piled
+up in the queue are processed together, up to ``batch_size``. When a batch fails, nothing
+of it is acknowledged: the consumer drops what it read ahead, rewinds the source to its
+unacknowledged entries and re-reads them *one at a time*, so a poison entry fails alone and
+reaches ``max_deliveries`` (then the dead-letter stream) without dragging its neighbours
+with it. Pending entries of dead consumers are reclaimed every so often.
 """
 
 from __future__ import annotations
@@ -102,20 +103,33 @@ class StreamConsumer:
         reader = asyncio.create_task(self._read(queue))
         helpers = [asyncio.create_task(self._follow()), asyncio.create_task(self._stats())]
         failures = 0
+        carry: list[RawEntry] | None = None  # taken from the queue, left for the next batch
         try:
             while not stop.is_set():
-                try:
-                    entries = await asyncio.wait_for(queue.get(), 0.05)
-                except TimeoutError:
-                    empty = self._empty_since
-                    if (
-                        until_idle is not None
-                        and empty is not None
-                        and self._in_flight == 0
-                        and time.monotonic() - empty >= until_idle
-                    ):
+                if carry is not None:
+                    entries, carry = carry, None
+                else:
+                    try:
+                        entries = await asyncio.wait_for(queue.get(), 0.05)
+                    except TimeoutError:
+                        empty = self._empty_since
+                        if (
+                            until_idle is not None
+                            and empty is not None
+                            and self._in_flight == 0
+                            and time.monotonic() - empty >= until_idle
+                        ):
+                            break
+                        continue
+                # Reads that piled up while the last batch ran join this one (up to batch_size):
+                # under a steady trickle, small batches would each pay the fixed costs (store
+                # round trips, the model call) and wait behind one another in the queue.
+                while self._careful == 0 and not queue.empty():
+                    more = queue.get_nowait()
+                    if len(entries) + len(more) > self.cfg.batch_size:
+                        carry = more
                         break
-                    continue
+                    entries = entries + more
                 try:
                     self._record(await self.processor.process(entries))
                     failures = 0
@@ -133,6 +147,7 @@ class StreamConsumer:
                     )
                     reader.cancel()
                     await asyncio.gather(reader, return_exceptions=True)
+                    carry = None
                     while not queue.empty():
                         queue.get_nowait()
                     self._careful = max(1, self._in_flight)
