@@ -68,7 +68,8 @@ def build(url: str, prefix: str, batch_size: int) -> Path:
     from hybridserve.services import Services
 
     project_dir = WORK / "project"
-    if not (project_dir / ".hybridserve" / "registry.db").exists():
+    built = project_dir / ".hybridserve" / "registry.db"
+    if not built.exists() or not (project_dir / "hybridserve.yaml").exists():
         shutil.rmtree(project_dir, ignore_errors=True)
         scaffold(project_dir)
         project = load_project(project_dir, env=False)
