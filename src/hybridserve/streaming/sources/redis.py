@@ -100,8 +100,15 @@ class RedisSource:
     async def _deliveries(self, raw: list[Any]) -> dict[str, int]:
         if not raw:
             return {}
+        # Only this consumer's pending list: the entries just read or claimed are in it, and
+        # other consumers' entries between them would crowd them out of ``count``.
         rows = await self._redis.xpending_range(
-            self.key, self.group, min=raw[0][0], max=raw[-1][0], count=len(raw) + 100
+            self.key,
+            self.group,
+            min=raw[0][0],
+            max=raw[-1][0],
+            count=len(raw) + 100,
+            consumername=self.consumer,
         )
         return {_text(r["message_id"]): int(r["times_delivered"]) for r in rows}
 
