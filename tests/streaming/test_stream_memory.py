@@ -115,35 +115,43 @@ async def test_a_poison_event_is_dead_lettered_after_max_deliveries(make_project
         await services.close()
 
 
+async def _appended(
+    project: Any, events: list[dict[str, Any]], read: Callable[[Any, int, float], Any]
+) -> tuple[Services, Any]:
+    """Services and the stream's source after appending ``events``; the source reads through
+    ``read(real_read, max_items, block)``."""
+    from hybridserve.streaming import open_source
+
+    _log(project)
+    services = Services.open(project)
+    await _append(services, dumps(events))
+    source = open_source(project, STREAM)
+    real = source.read
+
+    async def wrapped(max_items: int, block: float) -> Any:
+        return await read(real, max_items, block)
+
+    source.read = wrapped  # type: ignore[method-assign]
+    return services, source
+
+
 async def test_until_idle_counts_from_empty_reads_not_from_start_up(make_project: Any) -> None:
     """A consumer whose first read is slow (a loaded machine, a slow network) must not stop
     before it has read anything: it is idle only once its reads come back empty."""
-    project = stream_project(make_project)
-    _log(project)
-    services = Services.open(project)
     now = time.time()
     events = [event(f"card_{i:06d}", now - 10 + i * 0.1) for i in range(20)]
+    calls = 0
+
+    async def slow_first_read(read: Any, max_items: int, block: float) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await asyncio.sleep(0.6)
+        return await read(max_items, block)
+
+    services, source = await _appended(stream_project(make_project), events, slow_first_read)
     try:
-        await _append(services, dumps(events))
-        from hybridserve.streaming import StreamConsumer, open_source
-
-        source = open_source(project, STREAM)
-        read = source.read
-        calls = 0
-
-        async def slow_first_read(max_items: int, block: float) -> Any:
-            nonlocal calls
-            calls += 1
-            if calls == 1:
-                await asyncio.sleep(0.6)
-            return await read(max_items, block)
-
-        source.read = slow_first_read  # type: ignore[method-assign]
-        consumer = StreamConsumer(services, STREAM, source=source, poll_interval=0)
-        try:
-            totals = await consumer.run(until_idle=0.2)
-        finally:
-            await consumer.close()
+        totals = await _run_wrapped(services, lambda *_: None, until_idle=0.2, source=source)
         assert totals.scored == 20
     finally:
         await services.close()
@@ -225,29 +233,22 @@ async def test_reads_that_pile_up_during_a_slow_batch_are_processed_together(
 ) -> None:
     """Small reads queued behind a slow batch join into one batch (up to batch_size), rather
     than each paying a batch's fixed costs in turn."""
-    project = stream_project(make_project, batch_size=12)
-    _log(project)
-    services = Services.open(project)
     now = time.time()
     events = [event(f"card_{i:06d}", now - 10 + i * 0.1) for i in range(40)]
+
+    async def small_reads(read: Any, max_items: int, block: float) -> Any:
+        return await read(min(max_items, 4), block)
+
+    project = stream_project(make_project, batch_size=12)
+    services, source = await _appended(project, events, small_reads)
+    calls: list[int] = []
+
+    def slow_first(entities: list[str], rows: Any, kw: dict[str, Any]) -> None:
+        calls.append(len(entities))
+        if len(calls) == 1:
+            time.sleep(0.3)  # the queue fills up meanwhile
+
     try:
-        await _append(services, dumps(events))
-        from hybridserve.streaming import open_source
-
-        source = open_source(project, STREAM)
-        read = source.read
-
-        async def small_reads(max_items: int, block: float) -> Any:
-            return await read(min(max_items, 4), block)
-
-        source.read = small_reads  # type: ignore[method-assign]
-        calls: list[int] = []
-
-        def slow_first(entities: list[str], rows: Any, kw: dict[str, Any]) -> None:
-            calls.append(len(entities))
-            if len(calls) == 1:
-                time.sleep(0.3)  # the queue fills up meanwhile
-
         totals = await _run_wrapped(services, slow_first, until_idle=0.3, source=source)
         assert totals.scored == 40
         assert max(calls) == 12  # reads of four joined up to batch_size, never beyond
