@@ -15,25 +15,41 @@ from hybridserve._optional import require
 from hybridserve.errors import StoreError
 from hybridserve.storage.base import Entry, Write
 
-# The write script takes its keys and values packed into three arguments (keys joined, values
-# joined, one "lengths and numbers" string) rather than three arguments per key: redis-py
-# encodes and frames every argument in Python, which cost more than the script itself. The keys
-# are not declared in KEYS, so the script is not cluster-safe (Redis Cluster would need them in
-# one hash slot anyway).
+# Scripts take a column of byte strings as two arguments, the strings joined and their lengths
+# (see :func:`packed`; Lua's ``split`` takes them apart), rather than one argument per string:
+# redis-py encodes and frames every argument in Python, which cost more than the scripts
+# themselves. Keys are not declared in KEYS, so the scripts are not cluster-safe (Redis Cluster
+# would need them in one hash slot anyway).
+LUA_SPLIT = """
+local function split(joined, lengths)
+  local out, pos = {}, 1
+  for len in string.gmatch(lengths, '(%d+),') do
+    out[#out + 1] = string.sub(joined, pos, pos + len - 1)
+    pos = pos + len
+  end
+  return out
+end
+"""
 
-# ARGV[1]: keys joined; ARGV[2]: values joined; ARGV[3]: "key_len,value_len,as_of,expire_at_ms;"
-# per key, in order (lengths in bytes; expire_at_ms 0 = never). Returns how many were written.
-_CAS_LUA = """
-local keys, vals = ARGV[1], ARGV[2]
-local kpos, vpos, written = 1, 1, 0
-for klen, vlen, t, exp in string.gmatch(ARGV[3], '(%d+),(%d+),([^,;]+),(%d+);') do
-  local key = string.sub(keys, kpos, kpos + klen - 1)
-  local val = string.sub(vals, vpos, vpos + vlen - 1)
-  kpos, vpos = kpos + klen, vpos + vlen
+
+def packed(parts: Sequence[bytes]) -> tuple[bytes, str]:
+    """A column of byte strings as two script arguments: joined, and ``"len,len,"``."""
+    return b"".join(parts), "".join([f"{len(x)}," for x in parts])
+
+
+# ARGV: keys, values, as_of, expire_at_ms (0 = never), each packed. Returns how many were written.
+_CAS_LUA = (
+    LUA_SPLIT
+    + """
+local keys, vals = split(ARGV[1], ARGV[2]), split(ARGV[3], ARGV[4])
+local as_of, exps = split(ARGV[5], ARGV[6]), split(ARGV[7], ARGV[8])
+local written = 0
+for i, key in ipairs(keys) do
+  local t, exp = as_of[i], tonumber(exps[i])
   local cur = redis.call('HGET', key, 't')
   if (not cur) or tonumber(cur) <= tonumber(t) then
-    redis.call('HSET', key, 'v', val, 't', t)
-    if tonumber(exp) > 0 then
+    redis.call('HSET', key, 'v', vals[i], 't', t)
+    if exp > 0 then
       redis.call('PEXPIREAT', key, exp)
     elseif cur then
       redis.call('PERSIST', key)  -- a new key has no expiry to clear
@@ -43,19 +59,20 @@ for klen, vlen, t, exp in string.gmatch(ARGV[3], '(%d+),(%d+),([^,;]+),(%d+);') 
 end
 return written
 """
+)
 
-# ARGV[1]: keys joined; ARGV[2]: "key_len," per key. Returns value, as_of, value, as_of, ...
-# (nils for an absent key). Many keys in one command: a pipeline of HMGETs costs the client
-# one packed and framed command per key, several times what Redis spends answering it.
-_GET_LUA = """
-local keys, kpos, out, n = ARGV[1], 1, {}, 0
-for klen in string.gmatch(ARGV[2], '(%d+),') do
-  local r = redis.call('HMGET', string.sub(keys, kpos, kpos + klen - 1), 'v', 't')
-  kpos = kpos + klen
+# ARGV: the keys, packed. Returns value, as_of, value, as_of, ... (nils for an absent key).
+_GET_LUA = (
+    LUA_SPLIT
+    + """
+local out, n = {}, 0
+for _, key in ipairs(split(ARGV[1], ARGV[2])) do
+  local r = redis.call('HMGET', key, 'v', 't')
   out[n + 1], out[n + 2], n = r[1], r[2], n + 2
 end
 return out
 """
+)
 
 # Keys per script call: big enough to amortise the round trip, small enough not to stall
 # Redis (a script blocks the server while it runs; 500 keys take about a millisecond).
@@ -97,8 +114,7 @@ class RedisStore:
                 async with self._redis.pipeline(transaction=False) as pipe:
                     for start in range(0, len(keys), _CHUNK):
                         chunk = [(p + k).encode() for k in keys[start : start + _CHUNK]]
-                        lengths = "".join(f"{len(k)}," for k in chunk)
-                        await self._get(keys=[], args=[b"".join(chunk), lengths], client=pipe)
+                        await self._get(keys=[], args=packed(chunk), client=pipe)
                     results = [x for part in await pipe.execute() for x in part]
         except self._errors as exc:
             raise StoreError(f"Redis read failed ({self.url}): {exc}") from exc
@@ -143,17 +159,13 @@ class RedisStore:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for start in range(0, len(keys), _CHUNK):
                     end = start + _CHUNK
-                    kb = [(p + k).encode() for k in keys[start:end]]
-                    vb = values[start:end]
-                    meta = "".join(
-                        [
-                            f"{len(k)},{len(v)},{float(a)!r},{e};"
-                            for k, v, a, e in zip(
-                                kb, vb, as_of[start:end], exps[start:end], strict=True
-                            )
-                        ]
-                    )
-                    await self._cas(keys=[], args=[b"".join(kb), b"".join(vb), meta], client=pipe)
+                    args = [
+                        *packed([(p + k).encode() for k in keys[start:end]]),
+                        *packed(values[start:end]),
+                        *packed([repr(float(a)).encode() for a in as_of[start:end]]),
+                        *packed([str(e).encode() for e in exps[start:end]]),
+                    ]
+                    await self._cas(keys=[], args=args, client=pipe)
                 results = await pipe.execute()
         except self._errors as exc:
             raise StoreError(f"Redis write failed ({self.url}): {exc}") from exc

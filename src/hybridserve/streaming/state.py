@@ -24,6 +24,7 @@ from hybridserve._optional import require
 from hybridserve.errors import StoreError
 from hybridserve.records import now
 from hybridserve.storage import Entry, KVStore
+from hybridserve.storage.redis import LUA_SPLIT, packed
 
 Output = tuple[str, bytes]
 """``(event_id, payload)`` for the output stream."""
@@ -102,51 +103,43 @@ class KVStateStore:
         return None
 
 
-# Packed arguments, so redis-py frames ten strings per batch rather than several per event, and
-# the states (JSON themselves) are not escaped into another JSON document:
-#   ARGV[1] ttl_ms, ARGV[2] maxlen (0: none), ARGV[3] the output stream key ("" for none),
-#   ARGV[4] state keys joined, ARGV[5] state values joined, ARGV[6] "key_len,value_len,version;"
-#   per state, ARGV[7] seen keys joined, ARGV[8] "key_len," per seen key,
-#   ARGV[9] output ids joined, ARGV[10] output payloads joined, ARGV[11] "id_len,len;" each.
-# A state is stored as "version:value". The keys are built by the caller from one prefix, so
-# the script is not cluster-safe (Redis Cluster would need them all in one hash slot).
-_COMMIT_LUA = """
+# ARGV[1] ttl_ms, ARGV[2] maxlen (0: none), ARGV[3] the output stream key ("" for none), then
+# packed columns (see ``hybridserve.storage.redis.packed``): state keys, their expected
+# versions, their new values; seen keys; output ids, output payloads. A state is stored as
+# "version:value". The keys are built by the caller from one prefix, so the script is not
+# cluster-safe (Redis Cluster would need them all in one hash slot).
+_COMMIT_LUA = (
+    LUA_SPLIT
+    + """
 local ttl, maxlen, out = ARGV[1], tonumber(ARGV[2]), ARGV[3]
-local sk, sv, seen, oi, od = ARGV[4], ARGV[5], ARGV[7], ARGV[9], ARGV[10]
-local states, keys = {}, {}
-local kpos, vpos = 1, 1
-for klen, vlen, n in string.gmatch(ARGV[6], '(%d+),(%d+),(%d+);') do
-  local key = string.sub(sk, kpos, kpos + klen - 1)
+local keys, versions = split(ARGV[4], ARGV[5]), split(ARGV[6], ARGV[7])
+local values = split(ARGV[8], ARGV[9])
+local seen = split(ARGV[10], ARGV[11])
+local ids, payloads = split(ARGV[12], ARGV[13]), split(ARGV[14], ARGV[15])
+for i, key in ipairs(keys) do
   local cur = redis.call('GET', key)
   local have = 0
   if cur then have = tonumber(string.match(cur, '^(%d+):')) end
-  if have ~= tonumber(n) then return 0 end
-  local value = string.format('%d', tonumber(n) + 1) .. ':' .. string.sub(sv, vpos, vpos + vlen - 1)
-  states[#states + 1] = {key, value}
-  kpos, vpos = kpos + klen, vpos + vlen
+  if have ~= tonumber(versions[i]) then return 0 end
 end
-kpos = 1
-for klen in string.gmatch(ARGV[8], '(%d+),') do
-  local key = string.sub(seen, kpos, kpos + klen - 1)
-  kpos = kpos + klen
+for _, key in ipairs(seen) do
   if redis.call('EXISTS', key) == 1 then return 0 end
-  keys[#keys + 1] = key
 end
-for _, s in ipairs(states) do redis.call('SET', s[1], s[2], 'PX', ttl) end
-for _, k in ipairs(keys) do redis.call('SET', k, '1', 'PX', ttl) end
-local ipos, dpos = 1, 1
-for ilen, dlen in string.gmatch(ARGV[11], '(%d+),(%d+);') do
-  local id = string.sub(oi, ipos, ipos + ilen - 1)
-  local d = string.sub(od, dpos, dpos + dlen - 1)
-  ipos, dpos = ipos + ilen, dpos + dlen
+for i, key in ipairs(keys) do
+  local next = string.format('%d', tonumber(versions[i]) + 1)
+  redis.call('SET', key, next .. ':' .. values[i], 'PX', ttl)
+end
+for _, key in ipairs(seen) do redis.call('SET', key, '1', 'PX', ttl) end
+for i, id in ipairs(ids) do
   if maxlen > 0 then
-    redis.call('XADD', out, 'MAXLEN', '~', maxlen, '*', 'id', id, 'd', d)
+    redis.call('XADD', out, 'MAXLEN', '~', maxlen, '*', 'id', id, 'd', payloads[i])
   else
-    redis.call('XADD', out, '*', 'id', id, 'd', d)
+    redis.call('XADD', out, '*', 'id', id, 'd', payloads[i])
   end
 end
 return 1
 """
+)
 
 
 class RedisStateStore:
@@ -204,24 +197,17 @@ class RedisStateStore:
         self, states: Sequence[StateWrite], seen: Sequence[str], outputs: Sequence[Output]
     ) -> bool:
         p, s = self.prefix, self.stream
-        state_keys = [(p + state_key(s, e)).encode() for e, _, _ in states]
-        seen_keys = [(p + seen_key(s, e)).encode() for e in seen]
         outs = outputs if self.atomic_outputs else ()
-        out_ids = [i.encode() for i, _ in outs]
         args = [
             max(1, int(self.ttl * 1000)),
             self.maxlen or 0,
             self.output_key or "",
-            b"".join(state_keys),
-            b"".join(v for _, _, v in states),
-            "".join(
-                f"{len(k)},{len(v)},{n};" for k, (_, n, v) in zip(state_keys, states, strict=True)
-            ),
-            b"".join(seen_keys),
-            "".join(f"{len(k)}," for k in seen_keys),
-            b"".join(out_ids),
-            b"".join(d for _, d in outs),
-            "".join(f"{len(i)},{len(d)};" for i, (_, d) in zip(out_ids, outs, strict=True)),
+            *packed([(p + state_key(s, e)).encode() for e, _, _ in states]),
+            *packed([str(n).encode() for _, n, _ in states]),
+            *packed([v for _, _, v in states]),
+            *packed([(p + seen_key(s, e)).encode() for e in seen]),
+            *packed([i.encode() for i, _ in outs]),
+            *packed([d for _, d in outs]),
         ]
         try:
             return bool(await self._commit(keys=[], args=args))
