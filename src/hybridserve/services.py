@@ -6,6 +6,7 @@ backends the same way from the same project file.
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -64,3 +65,11 @@ class Services:
         if self.predictions_kv is not self.online_kv:
             await self.predictions_kv.close()
         self.registry.close()
+
+
+def freeze_loaded() -> None:
+    """Move everything loaded so far (libraries, models, config: it lives as long as the
+    process) out of the garbage collector's sight, so a full collection under load walks only
+    request or batch garbage instead of pausing the loop for tens of milliseconds."""
+    gc.collect()
+    gc.freeze()

@@ -43,10 +43,9 @@ def run_consumer(
     project_path: ProjectOpt = None,
 ) -> None:
     """Consume STREAM until interrupted: windows, scores, predictions, outputs, then ack."""
-    import gc
     import os
 
-    from hybridserve.services import Services
+    from hybridserve.services import Services, freeze_loaded
     from hybridserve.streaming import StreamConsumer
     from hybridserve.streaming.metrics import serve_metrics
 
@@ -70,11 +69,7 @@ def run_consumer(
         )
         server = await serve_metrics(worker.metrics, metrics_port) if metrics_port else None
         console.print(f"stream {stream}: consuming as {name!r} ({worker.source.kind} source)")
-        # What is loaded now (libraries, the model, config) lives as long as the process: out of
-        # the collector's sight, so a full collection walks only batch garbage and does not
-        # stall a batch for tens of milliseconds.
-        gc.collect()
-        gc.freeze()
+        freeze_loaded()
         try:
             return await worker.run(stop, until_idle=until_idle)
         finally:

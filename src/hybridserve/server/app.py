@@ -9,7 +9,6 @@ metrics, docs) is a Starlette app behind it. Errors become JSON in one place
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -28,6 +27,7 @@ from hybridserve.server.auth import presented_key
 from hybridserve.server.errors import exception_handlers
 from hybridserve.server.http import Receive, Scope, Send, error_body, header, read_body, send_json
 from hybridserve.server.state import ServerState
+from hybridserve.services import freeze_loaded
 
 log = logging.getLogger("hybridserve.server")
 _PREDICT = "/v1/predict/"
@@ -49,11 +49,7 @@ class HybridApp:
     @contextlib.asynccontextmanager
     async def _lifespan(self, _app: Starlette) -> AsyncIterator[None]:
         await self.state.start()
-        # Everything loaded so far (models, config, libraries) lives as long as the process:
-        # move it out of the collector's sight, so a full collection under load walks only
-        # request garbage (otherwise each one pauses every request for tens of milliseconds).
-        gc.collect()
-        gc.freeze()
+        freeze_loaded()
         log.info(
             "ready: %d routes, models %s",
             len(self.state.project.routes),
