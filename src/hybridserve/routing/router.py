@@ -91,7 +91,9 @@ class Router:
             "cooldown": cfg.cooldown,
             "on_change": self._breaker_moved,
         }
-        self.shadow = ShadowScorer(self, metrics, maxsize=self.project.server.shadow_queue)
+        self.shadow = ShadowScorer(
+            models, services.features, metrics, maxsize=self.project.server.shadow_queue
+        )
         self._writebacks: set[asyncio.Task[None]] = set()
         self._pending_writes: list[PredictionRecord] = []
         self.write_back_delay = 0.005

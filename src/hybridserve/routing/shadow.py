@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any
 from hybridserve.routing.rollout import in_share
 
 if TYPE_CHECKING:
+    from hybridserve.features.online import OnlineFeatureStore
     from hybridserve.observability.metrics import Metrics
     from hybridserve.records import PredictionRecord
-    from hybridserve.routing.router import Router
+    from hybridserve.routing.models import ModelManager
 
 log = logging.getLogger("hybridserve.shadow")
 AGREE_WITHIN = 0.05
@@ -27,8 +28,19 @@ LOG_EVERY = 100
 
 
 class ShadowScorer:
-    def __init__(self, router: Router, metrics: Metrics, *, maxsize: int = 1000) -> None:
-        self.router = router
+    """Scores offered copies on each route's ``shadow`` model from ``models``, with features
+    read from ``features``; it needs nothing else of the router that offers them."""
+
+    def __init__(
+        self,
+        models: ModelManager,
+        features: OnlineFeatureStore,
+        metrics: Metrics,
+        *,
+        maxsize: int = 1000,
+    ) -> None:
+        self.models = models
+        self.features = features
         self.metrics = metrics
         self.maxsize = maxsize
         self._queue: (
@@ -86,10 +98,10 @@ class ShadowScorer:
         extra: list[dict[str, Any] | None],
         primary: list[PredictionRecord],
     ) -> None:
-        model = self.router.models.get(route, "shadow")
+        model = self.models.get(route, "shadow")
         if model is None:
             return
-        rows = await self.router.services.features.read_route(route, keys)
+        rows = await self.features.read_route(route, keys)
         values = []
         for feature_row, req in zip(rows, extra, strict=True):
             v = feature_row.plain()
