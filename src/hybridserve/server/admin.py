@@ -1,4 +1,4 @@
-"""Admin endpoints (``/v1/admin/...``), metrics, and the auth check shared by Starlette routes.
+"""Admin endpoints (``/v1/admin/...``) and metrics.
 
 Admin calls need the ``admin`` scope and alias moves are written to the registry's audit
 log with the API key's name as the actor.
@@ -9,45 +9,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from hybridserve.errors import InvalidInput
-from hybridserve.server.auth import presented_key
 from hybridserve.server.errors import json_response
-from hybridserve.server.state import ServerState
-
-
-def state_of(request: Request) -> ServerState:
-    return request.app.state.hs  # type: ignore[no-any-return]
-
-
-def authorize(request: Request, scope: str) -> str:
-    """The caller's name (its API key's name, or its address when auth is off)."""
-    state = state_of(request)
-    name = state.auth.check(
-        presented_key(request.headers.get("authorization"), request.headers.get("x-api-key")),
-        scope,
-    )
-    client = request.client.host if request.client else "unknown"
-    return name or f"anonymous@{client}"
-
-
-async def json_body(request: Request, limit: int = 64 * 1024) -> dict[str, Any]:
-    raw = await request.body()
-    if len(raw) > limit:
-        raise InvalidInput(f"body exceeds {limit} bytes")
-    if not raw:
-        return {}
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"malformed JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise InvalidInput("expected a JSON object")
-    return data
+from hybridserve.server.requests import authorize, json_body, state_of
 
 
 async def list_routes(request: Request) -> Response:

@@ -10,8 +10,8 @@ from starlette.routing import Route
 
 from hybridserve import __version__
 from hybridserve.routing.schema import PredictRequest, PredictResponse
-from hybridserve.server.admin import state_of
 from hybridserve.server.errors import json_response
+from hybridserve.server.requests import state_of
 
 _SWAGGER = """<!doctype html><html><head><title>hybridserve API</title>
 <link rel="stylesheet" href="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css">

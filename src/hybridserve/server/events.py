@@ -8,7 +8,6 @@ consumer does the rest. Needs the ``ingest`` scope when auth is on.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import orjson
@@ -18,29 +17,12 @@ from starlette.routing import Route
 
 from hybridserve.errors import InvalidInput, PayloadTooLarge
 from hybridserve.records import now
-from hybridserve.server.admin import authorize, state_of
 from hybridserve.server.errors import json_response
+from hybridserve.server.requests import authorize, state_of
 from hybridserve.streaming.events import BadEvent, validate
-from hybridserve.streaming.sources import Source, open_source, stream_config
+from hybridserve.streaming.sources import stream_config
 
 MAX_EVENTS = 10_000
-
-
-async def _source(request: Request, name: str) -> Source:
-    """One source per stream per server process, opened on first use."""
-    state = state_of(request)
-    sources: dict[str, Source] = state.extra.setdefault("stream_sources", {})  # type: ignore[assignment]
-    source = sources.get(name)
-    if source is None:
-        lock: asyncio.Lock = state.extra.setdefault("stream_sources_lock", asyncio.Lock())  # type: ignore[assignment]
-        async with lock:
-            source = sources.get(name)
-            if source is None:
-                source = open_source(
-                    state.project, name, consumer="ingest", kv=state.services.online_kv
-                )
-                sources[name] = source
-    return source
 
 
 async def post_events(request: Request) -> Response:
@@ -67,16 +49,9 @@ async def post_events(request: Request) -> Response:
         except BadEvent as exc:
             where = f"events[{i}]." if isinstance(body, list) else ""
             raise InvalidInput(where + exc.message, index=i, **exc.details) from None
-    ids = await (await _source(request, name)).append([orjson.dumps(e) for e in events])
+    ids = await state.ingest.get(name).append([orjson.dumps(e) for e in events])
     state.metrics.events.labels(name, "accepted").inc(len(events))
     return json_response(202, {"stream": name, "accepted": len(events), "ids": ids})
-
-
-async def close_sources(extra: dict[str, object]) -> None:
-    """Close the sources the endpoint opened (call on server shutdown)."""
-    sources: dict[str, Source] = extra.pop("stream_sources", {})  # type: ignore[assignment]
-    for source in sources.values():
-        await source.close()
 
 
 def routes() -> list[Route]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from hybridserve.config import Project
 from hybridserve.observability.metrics import Metrics
@@ -12,6 +13,33 @@ from hybridserve.routing.models import ModelManager
 from hybridserve.routing.router import Router
 from hybridserve.server.auth import Authenticator
 from hybridserve.services import Services
+from hybridserve.storage import KVStore
+from hybridserve.streaming.sources import Source, open_source
+
+if TYPE_CHECKING:
+    from hybridserve.batch.schedule import Scheduler
+
+
+class IngestSources:
+    """The stream sources ``POST /v1/events`` appends to: one per stream per server process,
+    opened on first use (opening is synchronous, so two requests cannot open one twice)."""
+
+    def __init__(self, project: Project, kv: KVStore) -> None:
+        self.project = project
+        self.kv = kv
+        self._open: dict[str, Source] = {}
+
+    def get(self, stream: str) -> Source:
+        source = self._open.get(stream)
+        if source is None:
+            source = open_source(self.project, stream, consumer="ingest", kv=self.kv)
+            self._open[stream] = source
+        return source
+
+    async def close(self) -> None:
+        opened, self._open = self._open, {}
+        for source in opened.values():
+            await source.close()
 
 
 @dataclass
@@ -22,10 +50,12 @@ class ServerState:
     models: ModelManager
     router: Router
     auth: Authenticator
+    ingest: IngestSources
+    """The sources the events endpoint appends to."""
     ready: bool = False
     access_log: bool = True
     scheduler: bool = False
-    extra: dict[str, object] = field(default_factory=dict)
+    _scheduler: Scheduler | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -57,6 +87,7 @@ class ServerState:
             models,
             router,
             Authenticator.from_project(project),
+            IngestSources(project, services.online_kv),
             access_log=access_log,
             scheduler=scheduler,
         )
@@ -70,23 +101,21 @@ class ServerState:
         if self.scheduler:
             from hybridserve.batch.schedule import Scheduler
 
-            sched = Scheduler(self.project)
-            self.extra["scheduler"] = sched
-            self._tasks.append(asyncio.get_running_loop().create_task(sched.run_forever()))
+            self._scheduler = Scheduler(self.project)
+            self._tasks.append(
+                asyncio.get_running_loop().create_task(self._scheduler.run_forever())
+            )
         self.ready = True
 
     async def stop(self) -> None:
         """Stop intake of new work, let in-flight work finish, then close every backend."""
-        from hybridserve.server.events import close_sources
-
         self.ready = False
-        sched = self.extra.get("scheduler")
-        if sched is not None:
-            await sched.close()  # type: ignore[attr-defined]
+        if self._scheduler is not None:
+            await self._scheduler.close()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.router.close()
-        await close_sources(self.extra)
+        await self.ingest.close()
         await self.models.close()
         await self.services.close()

@@ -42,8 +42,8 @@ from hybridserve.errors import (
 )
 from hybridserve.routing.models import LoadedModel
 from hybridserve.runtimes.base import Prediction, Runtime
-from hybridserve.server.admin import authorize, state_of
 from hybridserve.server.http import read_body
+from hybridserve.server.requests import authorize, state_of
 from hybridserve.server.state import ServerState
 
 Matrix = npt.NDArray[np.float64]
