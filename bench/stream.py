@@ -106,9 +106,9 @@ async def prepare(file: Path) -> Any:
 
 
 async def throughput(file: Path, n: int) -> dict[str, Any]:
+    from hybridserve.examples.fraud.transactions import demo_events
     from hybridserve.services import Services
     from hybridserve.streaming import StreamConsumer
-    from hybridserve.streaming.demo import demo_events
 
     project = await prepare(file)
     payloads = demo_events(project, n, seed=21, rate=2000.0)
@@ -151,7 +151,7 @@ async def throughput(file: Path, n: int) -> dict[str, Any]:
 
 
 async def latency(file: Path, rate: float, duration: float) -> dict[str, Any]:
-    from hybridserve.streaming.demo import demo_events
+    from hybridserve.examples.fraud.transactions import demo_events
 
     project = await prepare(file)
     n = int(rate * duration)

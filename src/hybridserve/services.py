@@ -7,13 +7,16 @@ backends the same way from the same project file.
 from __future__ import annotations
 
 import gc
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from hybridserve.config import Project
-from hybridserve.features.online import OnlineFeatureStore
+from hybridserve.errors import InvalidInput
+from hybridserve.features.online import OnlineFeatureStore, merge_request_features
 from hybridserve.predictions.store import PredictionStore
-from hybridserve.scoring import Scorer
+from hybridserve.records import now
+from hybridserve.scoring import Scorer, ScoreResult
 from hybridserve.storage import KVStore, open_store
 
 if TYPE_CHECKING:
@@ -59,6 +62,32 @@ class Services:
             scorer = Scorer(self.project, route, self.registry.load(version.ref))
             self._scorers[key] = scorer
         return scorer
+
+    async def score_entities(
+        self,
+        route: str,
+        entities: Sequence[str],
+        *,
+        model_ref: str | None = None,
+        write: bool = False,
+        at: float | None = None,
+    ) -> ScoreResult:
+        """Score ``entities`` now from their online features through the route's Scorer (or
+        ``model_ref``'s), without a server; ``write`` stores the records (source ``online``).
+
+        What ``hybridserve score`` and the demo's local step run.
+        """
+        if not entities:
+            raise InvalidInput("give at least one entity key")
+        scorer = self.scorer(route, model_ref)
+        at = now() if at is None else at
+        rows = await self.features.read_route(route, entities, at=at)
+        values = [merge_request_features(r, None, at) for r in rows]
+        as_of = [r.as_of if r.as_of is not None else at for r in rows]
+        result = scorer.score_rows(entities, values, as_of=as_of, source="online", request_id="cli")
+        if write and result.records:
+            await self.predictions.put(result.records)
+        return result
 
     async def close(self) -> None:
         await self.online_kv.close()

@@ -21,10 +21,10 @@ from stream_helpers import STREAM, WINDOW_FEATURES, event, predictions, stream_p
 
 from backends import redis_url
 from hybridserve.config import Project
+from hybridserve.examples.fraud.transactions import demo_events
 from hybridserve.features.materialize import materialize
 from hybridserve.services import Services
 from hybridserve.streaming import StreamConsumer
-from hybridserve.streaming.demo import demo_events
 
 pytestmark = pytest.mark.redis
 

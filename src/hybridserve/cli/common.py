@@ -1,4 +1,5 @@
-"""Shared CLI plumbing: the project option, output helpers, running coroutines."""
+"""Shared CLI plumbing: the project option, output helpers (tables, JSON, scores), running
+coroutines."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hybridserve.config import Project, load_project
+from hybridserve.scoring import ScoreResult
 
 console = Console(highlight=False)
 # Error lines are never wrapped: one problem, one line, whatever the terminal width.
@@ -54,3 +56,43 @@ def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> 
     for r in rows:
         t.add_row(*("" if v is None else str(v) for v in r))
     console.print(t)
+
+
+def score_summary(result: ScoreResult, at: float) -> dict[str, Any]:
+    """Scored records and row errors as JSON-ready dicts (ages as of ``at``)."""
+    return {
+        "predictions": [
+            {
+                "entity": r.entity,
+                "score": r.score,
+                "label": r.label,
+                "model": r.model,
+                "model_version": r.model_version,
+                "source": r.source,
+                "age_s": round(r.age(at), 1),
+            }
+            for r in result.records
+        ],
+        "errors": [{"entity": e.entity, "reason": e.reason} for e in result.errors],
+    }
+
+
+def print_scores(summary: dict[str, Any], title: str = "predictions") -> None:
+    """A :func:`score_summary` as a table, then one line per entity not scored."""
+    table(
+        title,
+        ["entity", "score", "label", "model", "source", "age"],
+        [
+            [
+                p["entity"],
+                f"{p['score']:.4f}",
+                p["label"],
+                f"{p['model']}/{p['model_version']}",
+                p["source"],
+                f"{p['age_s']:.0f}s",
+            ]
+            for p in summary["predictions"]
+        ],
+    )
+    for e in summary["errors"]:
+        err_console.print(f"[yellow]not scored:[/] {e['entity']}: {e['reason']}")

@@ -26,8 +26,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
+from hybridserve.cli.common import print_scores, score_summary
 from hybridserve.config import Project, load_project
 from hybridserve.errors import ModelNotFound
+from hybridserve.records import now
 from hybridserve.services import Services
 
 # Wide enough for the answers table even when output goes to a pipe or a log.
@@ -106,13 +108,14 @@ def _cards(project: Project, sample: int) -> list[str]:
 
 async def score_locally(project: Project, cards: list[str]) -> None:
     """The Scorer on its own, without a server (what ``hybridserve score`` does)."""
-    from hybridserve.cli.project import print_scores, score_entities
-
     services = Services.open(project)
     try:
         console.print("   scoring 3 cards locally through the Scorer")
-        scored = await score_entities(services, "fraud", cards[:3])
-        print_scores(scored, title="   local scores (computed now from online features)")
+        at = now()
+        scored = await services.score_entities("fraud", cards[:3], at=at)
+        print_scores(
+            score_summary(scored, at), title="   local scores (computed now from online features)"
+        )
     finally:
         await services.close()
 
@@ -132,7 +135,7 @@ async def batch_run(project: Project) -> None:
 
 async def stream_replay(project: Project, events: int) -> list[str]:
     """Step 4: transactions through the stream consumer; returns cards it scored."""
-    from hybridserve.streaming.demo import replay_demo
+    from hybridserve.examples.fraud.transactions import replay_demo
 
     console.print(f"[bold]4.[/] replaying {events} card transactions through the stream consumer")
     result = await replay_demo(project, events)

@@ -13,11 +13,12 @@ from hybridserve.cli.common import (
     console,
     err_console,
     print_json,
+    print_scores,
     project,
     run,
-    table,
+    score_summary,
 )
-from hybridserve.errors import ConfigError, InvalidInput
+from hybridserve.errors import ConfigError
 from hybridserve.records import now
 
 
@@ -86,7 +87,11 @@ def score(
     async def go() -> dict[str, Any]:
         services = Services.open(proj)
         try:
-            return await score_entities(services, route, entities, model=model, write=write)
+            at = now()
+            scored = await services.score_entities(
+                route, entities, model_ref=model, write=write, at=at
+            )
+            return score_summary(scored, at)
         finally:
             await services.close()
 
@@ -97,59 +102,6 @@ def score(
         print_scores(result)
     if result["errors"] and not result["predictions"]:
         raise typer.Exit(1)
-
-
-async def score_entities(
-    services: Any, route: str, entities: list[str], *, model: str | None = None, write: bool = False
-) -> dict[str, Any]:
-    """Read features, score through the Scorer, optionally store; a JSON-ready summary."""
-    from hybridserve.features.online import merge_request_features
-
-    if not entities:
-        raise InvalidInput("give at least one entity key")
-    scorer = services.scorer(route, model)
-    at = now()
-    rows = await services.features.read_route(route, entities, at=at)
-    values = [merge_request_features(r, None, at) for r in rows]
-    as_of = [r.as_of if r.as_of is not None else at for r in rows]
-    result = scorer.score_rows(entities, values, as_of=as_of, source="online", request_id="cli")
-    if write and result.records:
-        await services.predictions.put(result.records)
-    return {
-        "predictions": [
-            {
-                "entity": r.entity,
-                "score": r.score,
-                "label": r.label,
-                "model": r.model,
-                "model_version": r.model_version,
-                "source": r.source,
-                "age_s": round(r.age(at), 1),
-            }
-            for r in result.records
-        ],
-        "errors": [{"entity": e.entity, "reason": e.reason} for e in result.errors],
-    }
-
-
-def print_scores(result: dict[str, Any], title: str = "predictions") -> None:
-    table(
-        title,
-        ["entity", "score", "label", "model", "source", "age"],
-        [
-            [
-                p["entity"],
-                f"{p['score']:.4f}",
-                p["label"],
-                f"{p['model']}/{p['model_version']}",
-                p["source"],
-                f"{p['age_s']:.0f}s",
-            ]
-            for p in result["predictions"]
-        ],
-    )
-    for e in result["errors"]:
-        err_console.print(f"[yellow]not scored:[/] {e['entity']}: {e['reason']}")
 
 
 def demo(
@@ -163,7 +115,7 @@ def demo(
     events: Annotated[int, typer.Option(min=1, help="Transactions to stream.")] = 2000,
 ) -> None:
     """Run the fraud example end to end on the embedded default (SQLite, no server)."""
-    from hybridserve.examples.fraud.demo import run_demo
+    from hybridserve.cli.demo import run_demo
 
     if directory.exists() and not directory.is_dir():
         raise ConfigError(f"--dir: {directory} is not a directory")

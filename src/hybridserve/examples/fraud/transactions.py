@@ -1,5 +1,5 @@
-"""The demo hook: replay demo card transactions through a consumer, so some online answers
-come from ``stream``.
+"""The example's card transactions for the stream: generated for the project's cards, and
+replayed through a consumer so some online answers come from ``stream`` (the demo's step 4).
 
 ``await replay_demo(project, 1000)`` writes 1,000 transactions of cards the project knows
 (event times ending now) to the ``transactions`` stream's source (a new JSONL file for a
@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 import orjson
 
 from hybridserve.config import Project
+from hybridserve.examples.fraud.data import generate_transactions
 from hybridserve.services import Services
 from hybridserve.streaming.consumer import StreamConsumer, Totals
 from hybridserve.streaming.sources import stream_config
@@ -37,8 +38,6 @@ def demo_events(
 ) -> list[bytes]:
     """``n_events`` JSON transactions of the project's cards, the last one about now."""
     import pyarrow.parquet as pq
-
-    from hybridserve.examples.fraud.data import generate_transactions
 
     view = project.feature_views.get("card_profile")
     cards: list[str] | int = 1000
