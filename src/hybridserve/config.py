@@ -353,22 +353,7 @@ class Project(_Strict):
             if view.entity not in self.entities:
                 errors.append(f"feature_views.{name}.entity: unknown entity {view.entity!r}")
         for name, route in self.routes.items():
-            if route.entity not in self.entities:
-                errors.append(f"routes.{name}.entity: unknown entity {route.entity!r}")
-            for i, ref in enumerate(route.features):
-                view_name, _, feature = ref.partition(":")
-                found = self.feature_views.get(view_name)
-                if found is None:
-                    errors.append(f"routes.{name}.features.{i}: unknown feature view {view_name!r}")
-                elif feature and feature not in found.features:
-                    errors.append(
-                        f"routes.{name}.features.{i}: view {view_name!r} has no feature {feature!r}"
-                    )
-                elif found.entity != route.entity:
-                    errors.append(
-                        f"routes.{name}.features.{i}: view {view_name!r} is keyed by "
-                        f"{found.entity!r}, the route by {route.entity!r}"
-                    )
+            errors.extend(self._route_errors(name, route))
         for name, job in self.batch_jobs.items():
             if job.route not in self.routes:
                 errors.append(f"batch_jobs.{name}.route: unknown route {job.route!r}")
@@ -377,31 +362,57 @@ class Project(_Strict):
                     f"batch_jobs.{name}.input.view: unknown feature view {job.input.view!r}"
                 )
         for name, stream in self.streams.items():
-            if stream.entity not in self.entities:
-                errors.append(f"streams.{name}.entity: unknown entity {stream.entity!r}")
-            if stream.route is not None and stream.route not in self.routes:
-                errors.append(f"streams.{name}.route: unknown route {stream.route!r}")
-            if stream.windows is not None:
-                wview = self.feature_views.get(stream.windows.view)
-                if wview is None:
-                    errors.append(
-                        f"streams.{name}.windows.view: unknown feature view {stream.windows.view!r}"
-                    )
-                else:
-                    for feat, spec in stream.windows.features.items():
-                        if feat not in wview.features:
-                            errors.append(
-                                f"streams.{name}.windows.features.{feat}: not a feature "
-                                f"of view {stream.windows.view!r}"
-                            )
-                        if spec.agg != "count" and spec.field not in stream.fields:
-                            errors.append(
-                                f"streams.{name}.windows.features.{feat}.field: "
-                                f"expected one of the stream's fields, got {spec.field!r}"
-                            )
+            errors.extend(self._stream_errors(name, stream))
         if errors:
             raise ValueError("\n".join(errors))
         return self
+
+    def _route_errors(self, name: str, route: RouteConfig) -> list[str]:
+        errors: list[str] = []
+        if route.entity not in self.entities:
+            errors.append(f"routes.{name}.entity: unknown entity {route.entity!r}")
+        for i, ref in enumerate(route.features):
+            view_name, _, feature = ref.partition(":")
+            found = self.feature_views.get(view_name)
+            if found is None:
+                errors.append(f"routes.{name}.features.{i}: unknown feature view {view_name!r}")
+            elif feature and feature not in found.features:
+                errors.append(
+                    f"routes.{name}.features.{i}: view {view_name!r} has no feature {feature!r}"
+                )
+            elif found.entity != route.entity:
+                errors.append(
+                    f"routes.{name}.features.{i}: view {view_name!r} is keyed by "
+                    f"{found.entity!r}, the route by {route.entity!r}"
+                )
+        return errors
+
+    def _stream_errors(self, name: str, stream: StreamConfig) -> list[str]:
+        errors: list[str] = []
+        if stream.entity not in self.entities:
+            errors.append(f"streams.{name}.entity: unknown entity {stream.entity!r}")
+        if stream.route is not None and stream.route not in self.routes:
+            errors.append(f"streams.{name}.route: unknown route {stream.route!r}")
+        if stream.windows is None:
+            return errors
+        wview = self.feature_views.get(stream.windows.view)
+        if wview is None:
+            errors.append(
+                f"streams.{name}.windows.view: unknown feature view {stream.windows.view!r}"
+            )
+            return errors
+        for feat, spec in stream.windows.features.items():
+            if feat not in wview.features:
+                errors.append(
+                    f"streams.{name}.windows.features.{feat}: not a feature "
+                    f"of view {stream.windows.view!r}"
+                )
+            if spec.agg != "count" and spec.field not in stream.fields:
+                errors.append(
+                    f"streams.{name}.windows.features.{feat}.field: "
+                    f"expected one of the stream's fields, got {spec.field!r}"
+                )
+        return errors
 
     def path(self, relative: str | Path) -> Path:
         """Resolve a path from the project file against the file's directory."""

@@ -30,7 +30,7 @@ from hybridserve.batch.manifest import (
     last_completed,
     run_lock,
 )
-from hybridserve.config import Project
+from hybridserve.config import BatchJobConfig, Project
 from hybridserve.errors import ConfigError
 from hybridserve.predictions.store import PredictionStore
 from hybridserve.records import now
@@ -77,16 +77,7 @@ def run_job(
             existing.only_changed,
             existing.top_k_active,
         )
-    if top_k_active is not None and (top_k_active < 1 or job.activity_column is None):
-        raise ConfigError(
-            f"--top-k-active: needs a positive number and batch_jobs.{job_name}.activity_column"
-        )
-    chosen = executor or job.executor
-    if chosen not in ("local", "ray"):
-        raise ConfigError(f"--executor: expected 'local' or 'ray', got {chosen!r}")
-    n_workers = workers or job.workers or os.cpu_count() or 1
-    if n_workers < 1:
-        raise ConfigError(f"--workers: expected a positive number, got {n_workers}")
+    chosen, n_workers = _executor(job_name, job, top_k_active, executor, workers)
 
     from hybridserve.registry import Registry
 
@@ -211,6 +202,27 @@ def _previous(project: Project, job: str, run_id: str, scorer: Scorer) -> str | 
         and prev.feature_fingerprint == scorer.fingerprint
     )
     return prev.run_id if same else None
+
+
+def _executor(
+    job_name: str,
+    job: BatchJobConfig,
+    top_k_active: int | None,
+    executor: str | None,
+    workers: int | None,
+) -> tuple[str, int]:
+    """Check the run's options against the job; the executor and worker count to use."""
+    if top_k_active is not None and (top_k_active < 1 or job.activity_column is None):
+        raise ConfigError(
+            f"--top-k-active: needs a positive number and batch_jobs.{job_name}.activity_column"
+        )
+    chosen = executor or job.executor
+    if chosen not in ("local", "ray"):
+        raise ConfigError(f"--executor: expected 'local' or 'ray', got {chosen!r}")
+    n_workers = workers or job.workers or os.cpu_count() or 1
+    if n_workers < 1:
+        raise ConfigError(f"--workers: expected a positive number, got {n_workers}")
+    return chosen, n_workers
 
 
 def _same_options(
