@@ -11,6 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+import hybridserve
+
+# The subprocess runs the hybridserve these tests import, wherever the environment installed one.
+SOURCE_ROOT = str(Path(hybridserve.__file__).resolve().parents[1])
+
 
 def hs(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -19,7 +24,12 @@ def hs(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
         text=True,
         cwd=cwd,
         timeout=120,
-        env={"PATH": "/usr/bin:/bin", "HOME": str(Path.home()), "COLUMNS": "200"},
+        env={
+            "PATH": "/usr/bin:/bin",
+            "HOME": str(Path.home()),
+            "COLUMNS": "200",
+            "PYTHONPATH": SOURCE_ROOT,
+        },
     )
 
 
@@ -138,11 +148,19 @@ def test_materialize_prints_summary(project: Path) -> None:
     assert "card_profile: 400 entities from 400 rows" in r.stdout
 
 
-def test_init_scaffolds_a_valid_project(tmp_path: Path) -> None:
-    r = hs("init", str(tmp_path / "new"))
+def test_init_leaves_a_project_that_validates(tmp_path: Path) -> None:
+    """The first two commands a new user runs: what init prints next must succeed."""
+    new = tmp_path / "new"
+    r = hs("init", str(new))
     assert r.returncode == 0, r.stderr
-    assert (tmp_path / "new" / "hybridserve.yaml").exists()
-    assert hs("init", str(tmp_path / "new")).returncode == 2  # refuses to overwrite
+    assert (new / "hybridserve.yaml").exists()
+    assert "training and registering fraud and fraud_rules" in r.stdout
+    assert "fraud/1" in r.stdout and "fraud_rules/1" in r.stdout
+    assert r.stdout.rstrip().splitlines()[-1] == f"next: hybridserve validate -p {new}"
+    v = hs("validate", "-p", str(new))
+    assert v.returncode == 0, v.stderr
+    assert "ok (1 routes" in v.stdout
+    assert hs("init", str(new)).returncode == 2  # refuses to overwrite
 
 
 @pytest.mark.slow

@@ -30,6 +30,7 @@ from hybridserve.cli.common import print_scores, score_summary
 from hybridserve.config import Project, load_project
 from hybridserve.errors import ModelNotFound
 from hybridserve.records import now
+from hybridserve.registry import Registry
 from hybridserve.services import Services
 
 # Wide enough for the answers table even when output goes to a pipe or a log.
@@ -56,7 +57,6 @@ async def run_demo(
 async def prepare(directory: Path, *, fresh: bool) -> Project:
     """Steps 1-2: project, data, models, online features."""
     from hybridserve.examples.fraud import scaffold
-    from hybridserve.examples.fraud.train import train
     from hybridserve.features.materialize import materialize
 
     if fresh and directory.exists():
@@ -70,12 +70,7 @@ async def prepare(directory: Path, *, fresh: bool) -> Project:
     project = load_project(project_file)
     services = Services.open(project)
     try:
-        try:
-            production = services.registry.get("fraud@production")
-            console.print(f"   models already registered: {production.ref} at production")
-        except ModelNotFound:
-            console.print("   training and registering fraud and fraud_rules ...")
-            console.print(f"   {train(project, registry=services.registry)}")
+        register_models(project, services.registry, indent="   ")
         console.print("[bold]2.[/] materializing card_profile into the online store (SQLite)")
         with Progress(
             TextColumn("   card_profile"),
@@ -95,6 +90,19 @@ async def prepare(directory: Path, *, fresh: bool) -> Project:
     finally:
         await services.close()
     return project
+
+
+def register_models(project: Project, registry: Registry, *, indent: str = "") -> None:
+    """Train, register and promote the example's two models, unless ``fraud`` is already at
+    production (the demo's step 1, and what ``hybridserve init`` does after scaffolding)."""
+    from hybridserve.examples.fraud.train import train
+
+    try:
+        production = registry.get("fraud@production")
+        console.print(f"{indent}models already registered: {production.ref} at production")
+    except ModelNotFound:
+        console.print(f"{indent}training and registering fraud and fraud_rules ...")
+        console.print(f"{indent}{train(project, registry=registry)}")
 
 
 def _cards(project: Project, sample: int) -> list[str]:

@@ -36,11 +36,18 @@ def init(
     directory: Annotated[Path, typer.Argument(help="Where to create the project.")] = Path("."),
     force: Annotated[bool, typer.Option(help="Overwrite an existing hybridserve.yaml.")] = False,
 ) -> None:
-    """Scaffold a project from the fraud example (project file and sample data)."""
+    """Scaffold the fraud example (file, sample data) and train and register its models."""
+    from hybridserve.cli.demo import register_models
+    from hybridserve.config import load_project
     from hybridserve.examples.fraud import scaffold
+    from hybridserve.registry import Registry
 
     path = scaffold(directory, force=force)
-    console.print(f"created {path}\nnext: hybridserve validate -p {path.parent}")
+    console.print(f"created {path}")
+    proj = load_project(path)
+    with Registry.from_project(proj) as registry:
+        register_models(proj, registry)
+    console.print(f"next: hybridserve validate -p {path.parent}")
 
 
 def validate(project_path: ProjectOpt = None, json: JsonOpt = False) -> None:
