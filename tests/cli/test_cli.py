@@ -47,6 +47,12 @@ def edit(project: Path, change: str, to: str) -> None:
     path.write_text(text.replace(change, to, 1))
 
 
+def test_version() -> None:
+    r = hs("--version")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == f"hybridserve {hybridserve.__version__}\n"
+
+
 def test_validate_ok(project: Path) -> None:
     r = hs("validate", "-p", str(project))
     assert r.returncode == 0, r.stderr

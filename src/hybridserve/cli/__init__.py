@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Annotated
 
 import typer
 
+from hybridserve import __version__
 from hybridserve.cli.batch import batch_app
 from hybridserve.cli.common import console, err_console
 from hybridserve.cli.features import features_app
@@ -27,6 +29,26 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"hybridserve {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Options taken before the command (typer shows the app's own help for the group)."""
+
+
 app.add_typer(registry_app, name="registry")
 app.add_typer(features_app, name="features")
 app.add_typer(batch_app, name="batch")
