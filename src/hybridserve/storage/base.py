@@ -1,6 +1,6 @@
 """The key-value interface shared by the online feature store and the prediction store.
 
-Four operations, each on many keys at once so every backend can batch them (one SQL
+Five data operations, each on many keys at once so every backend can batch them (one SQL
 transaction, one Redis pipeline or Lua call):
 
 - ``get_many(keys)``: the live entry of each key, or ``None``;
@@ -10,7 +10,10 @@ transaction, one Redis pipeline or Lua call):
 - ``put_columns(keys, values, as_of, expires_at)``: the same, for bulk writers that hold
   their rows as columns (a batch chunk): no per-row objects on the way;
 - ``delete_many(keys)``;
-- ``scan(prefix)``: the keys starting with ``prefix``.
+- ``scan(prefix)``: the keys starting with ``prefix``;
+
+and ``ping()`` (raise :class:`~hybridserve.errors.StoreError` when the backend is
+unreachable: the server's start-up and health checks), ``close()``, and the store's ``url``.
 
 Expiry is absolute (``expires_at``, epoch seconds) and decided by the caller, so a replayed
 write is byte-for-byte the same write. Keys given to and returned by a store are the caller's
