@@ -1,15 +1,16 @@
 """Every error hybridserve raises, in one tree.
 
 Each class carries the HTTP status the server answers with and the exit code the CLI
-exits with, so the core never imports a web framework and errors are translated to
-responses in exactly one place (``server/errors.py``) and to exit codes in one place
-(``cli.py``)::
+exits with, so the core never imports a web framework. The transports translate them: to
+HTTP responses in three places, one per way a request is served (``server/app.py``'s hot
+predict path, with the body from ``server/http.py``'s ``error_body``; the Starlette endpoints'
+handlers in ``server/errors.py``; and ``server/v2.py``, whose protocol wants
+``{"error": message}``), and to exit codes in one (``main`` in ``cli/__init__.py``)::
 
     HybridServeError                 500, exit 1
      +-- ConfigError                 500, exit 2   project file or CLI usage problems
      +-- MissingExtra                500, exit 1   an optional dependency is not installed
      +-- InvalidInput                400           bad request data (names the field)
-     |    +-- FeatureValidationError 400           a feature row failed validation
      +-- Unauthorized                401
      +-- Forbidden                   403
      +-- NotFound                    404
@@ -18,7 +19,10 @@ responses in exactly one place (``server/errors.py``) and to exit codes in one p
      +-- PayloadTooLarge             413
      +-- ArtifactIntegrityError      500           an artifact's sha256 does not match
      +-- StoreError                  503           a backend failed or timed out
-     +-- NoFreshPrediction           503           every step of a route's chain failed
+     +-- NoFreshPrediction           503           the ``type`` of the router's answer when
+                                                   the fallback chain leaves an entity
+                                                   unanswered (a body the router builds,
+                                                   since it carries the answered entities)
      +-- DeadlineExceeded            504
 """
 
@@ -55,10 +59,6 @@ class MissingExtra(HybridServeError):
 
 class InvalidInput(HybridServeError):
     status = 400
-
-
-class FeatureValidationError(InvalidInput):
-    pass
 
 
 class Unauthorized(HybridServeError):
@@ -106,6 +106,8 @@ class StoreError(HybridServeError):
 
 
 class NoFreshPrediction(HybridServeError):
+    """Names the router's 503 answer (see :mod:`hybridserve.errors`); not raised."""
+
     status = 503
 
 

@@ -2,8 +2,9 @@
 
 ``POST /v1/predict/{route}`` is served by a pure-ASGI handler (no framework routing, no
 middleware stack: it is the hot path); everything else (the Open Inference Protocol, admin,
-metrics, docs) is a Starlette app behind it. Errors become JSON in one place
-(:mod:`hybridserve.server.errors`).
+metrics, docs) is a Starlette app behind it. Errors become JSON here on the hot path (the
+body from :func:`~hybridserve.server.http.error_body`) and in :mod:`hybridserve.server.errors`
+for the Starlette app.
 """
 
 from __future__ import annotations
