@@ -2,8 +2,8 @@
 
 ``scaffold(dest)`` lays out a ready-to-run project (used by ``hybridserve init`` and the
 demo); :mod:`.train` registers the two models the project's ``fraud`` route uses; :mod:`.data`
-generates the cards and transactions. It ships inside the package so it works after
-``pip install``.
+generates the cards and transactions, and :mod:`.transactions` feeds them to the stream. It
+ships inside the package so it works after ``pip install``.
 """
 
 from __future__ import annotations
