@@ -3,13 +3,19 @@ codes, through this package's own stubs (tritonclient's and KServe's are in test
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
 import pytest
 
+import hybridserve
 from conftest_server import free_port
 from hybridserve import __version__
 from hybridserve.server.grpc import grpc_predict_v2_pb2 as pb
@@ -242,3 +248,51 @@ async def test_requests_share_the_micro_batcher_with_rest(make_project, stub) ->
     batcher.predict = spy
     await s.ModelInfer(_request(_rows(2)))
     assert calls == [2]
+
+
+def _serve(project_file: Any, *args: str, pythonpath: str = "") -> subprocess.Popen[str]:
+    """``hybridserve serve`` as a user runs it, from this checkout's package."""
+    src = str(Path(hybridserve.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [pythonpath, src]))}
+    argv = [sys.executable, "-m", "hybridserve", "serve", "-p", str(project_file), *args]
+    pipe = subprocess.PIPE
+    return subprocess.Popen(argv, stdout=pipe, stderr=pipe, text=True, env=env)
+
+
+@pytest.mark.slow
+def test_serve_command_serves_grpc(make_project) -> None:  # type: ignore[no-untyped-def]
+    project = make_project()
+    port, grpc_port = free_port(), free_port()
+    proc = _serve(project.source_file, "--port", str(port), "--grpc-port", str(grpc_port))
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            deadline = time.monotonic() + 90
+            while True:
+                assert proc.poll() is None, proc.communicate()[1][-2000:]
+                try:
+                    if stub.ServerReady(pb.ServerReadyRequest(), timeout=5).ready:
+                        break
+                except grpc.RpcError:
+                    pass
+                assert time.monotonic() < deadline, "the gRPC server did not become ready"
+                time.sleep(0.2)
+            resp = stub.ModelInfer(_request(_rows(2)), timeout=30)
+            assert resp.model_name == "fraud" and len(resp.raw_output_contents) == 3
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=60)
+
+
+def test_serve_command_refuses_bad_grpc_options(make_project, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    project = make_project()
+    proc = _serve(project.source_file, "--port", "8123", "--grpc-port", "8123")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "--grpc-port 8123: the HTTP server already uses it" in err
+    # Without grpcio, the command names the extra to install, in one line.
+    (tmp_path / "nogrpc" / "grpc").mkdir(parents=True)
+    (tmp_path / "nogrpc" / "grpc" / "__init__.py").write_text("raise ImportError('no grpc')\n")
+    proc = _serve(project.source_file, "--grpc-port", "0", pythonpath=str(tmp_path / "nogrpc"))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    assert "pip install 'hybridserve[grpc]'" in err and len(err.strip().splitlines()) == 1, err

@@ -11,6 +11,7 @@ import os
 import sys
 
 import typer
+from rich.markup import escape
 
 from hybridserve.cli.batch import batch_app
 from hybridserve.cli.common import console, err_console
@@ -40,7 +41,8 @@ def main() -> None:
     except HybridServeError as exc:
         if os.environ.get("HYBRIDSERVE_DEBUG"):
             raise
-        err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False, markup=True)
+        # Escaped: a message's own brackets ("hybridserve[grpc]") are text, not markup.
+        err_console.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err_console.print("interrupted")
