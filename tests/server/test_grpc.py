@@ -296,3 +296,16 @@ def test_serve_command_refuses_bad_grpc_options(make_project, tmp_path: Path) ->
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 1, err
     assert "pip install 'hybridserve[grpc]'" in err and len(err.strip().splitlines()) == 1, err
+
+
+async def test_a_malformed_message_is_invalid_argument(make_project, stub) -> None:  # type: ignore[no-untyped-def]
+    app, _ = await stub(make_project())
+    address = app.grpc_address
+    async with grpc.aio.insecure_channel(address) as channel:
+        call = channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelInfer", request_serializer=None
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call(b"\xff\xff\xff")
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "malformed ModelInferRequest" in (err.value.details() or "")

@@ -18,11 +18,10 @@ request's gRPC deadline bounds the model call as the ``timeout`` parameter does.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -37,8 +36,9 @@ from hybridserve.server.state import ServerState
 grpc: Any = require("grpc", "grpc")
 require("google.protobuf", "grpc")
 
+from google.protobuf.message import DecodeError  # noqa: E402
+
 from hybridserve.server.grpc import grpc_predict_v2_pb2 as pb  # noqa: E402
-from hybridserve.server.grpc import grpc_predict_v2_pb2_grpc as pb_grpc  # noqa: E402
 
 log = logging.getLogger("hybridserve.server")
 
@@ -70,8 +70,8 @@ _CONTENTS = {
 }
 """Datatype -> the ``InferTensorContents`` field of its values (FP16 and BF16 have none)."""
 
-Message = TypeVar("Message")
-Method = Callable[[Any, Any, Any], Awaitable[Message]]
+SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+Handler = Callable[[Any, Any], Awaitable[Any]]
 
 
 def status_code(exc: HybridServeError) -> Any:
@@ -79,22 +79,26 @@ def status_code(exc: HybridServeError) -> Any:
     return _CODES.get(exc.status, grpc.StatusCode.INTERNAL)
 
 
-def _protocol_errors(method: Method[Message]) -> Method[Message]:
-    """End the call with the error's status and message, as REST answers ``{"error": ...}``."""
+def _protocol_errors(method: Handler, request_type: Any) -> Handler:
+    """Parse the request, call ``method``; end the call with an error's status and message,
+    as REST answers ``{"error": ...}`` (a malformed message is INVALID_ARGUMENT, not gRPC's
+    UNKNOWN)."""
 
-    @functools.wraps(method)
-    async def wrapper(self: Any, request: Any, context: Any) -> Message:
+    async def handler(data: bytes, context: Any) -> Any:
         try:
-            return await method(self, request, context)
+            try:
+                request = request_type.FromString(data)
+            except DecodeError as exc:
+                raise InvalidInput(f"malformed {request_type.DESCRIPTOR.name}: {exc}") from None
+            return await method(request, context)
         except HybridServeError as exc:
             code, message = status_code(exc), exc.message
         except Exception:
             log.exception("gRPC %s failed", method.__name__)
             code, message = grpc.StatusCode.INTERNAL, "internal error"
         await context.abort(code, message)  # raises: the call ends here
-        raise AssertionError("unreachable")
 
-    return wrapper
+    return handler
 
 
 # -- messages ------------------------------------------------------------------------------
@@ -183,7 +187,9 @@ def _tensor_metadata(tensors: list[dict[str, Any]]) -> list[Any]:
 # -- the service ---------------------------------------------------------------------------
 
 
-class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
+class InferenceService:
+    """One method per RPC of ``SERVICE``, taking and returning its messages."""
+
     def __init__(self, state: ServerState) -> None:
         self.state = state
 
@@ -193,17 +199,14 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     async def ServerReady(self, _request: Any, _context: Any) -> Any:
         return pb.ServerReadyResponse(ready=self.state.ready)
 
-    @_protocol_errors
     async def ModelReady(self, request: Any, _context: Any) -> Any:
         return pb.ModelReadyResponse(
             ready=dataplane.model_ready(self.state, request.name, request.version)
         )
 
-    @_protocol_errors
     async def ServerMetadata(self, _request: Any, _context: Any) -> Any:
         return pb.ServerMetadataResponse(**dataplane.server_metadata())
 
-    @_protocol_errors
     async def ModelMetadata(self, request: Any, _context: Any) -> Any:
         meta = await dataplane.model_metadata(self.state, request.name, request.version)
         return pb.ModelMetadataResponse(
@@ -214,7 +217,6 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             outputs=_tensor_metadata(meta["outputs"]),
         )
 
-    @_protocol_errors
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         state = self.state
         metadata = dict(context.invocation_metadata() or ())
@@ -225,6 +227,18 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         req = decode_request(request, context.time_remaining())
         rid = str(metadata.get("x-request-id") or uuid.uuid4().hex)
         return encode_response(await dataplane.infer(state, model, req, rid))
+
+    def handlers(self) -> dict[str, Any]:
+        """The service's method handlers, named and typed as the .proto declares them."""
+        handlers = {}
+        for method in SERVICE.methods:
+            request_type = getattr(pb, method.input_type.name)
+            response_type = getattr(pb, method.output_type.name)
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                _protocol_errors(getattr(self, method.name), request_type),
+                response_serializer=response_type.SerializeToString,
+            )
+        return handlers
 
 
 class GrpcServer:
@@ -244,8 +258,11 @@ class GrpcServer:
                 ("grpc.max_send_message_length", -1),
             ]
         )
-        service = InferenceService(self.state)
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(service, server)  # type: ignore[no-untyped-call]
+        handlers = InferenceService(self.state).handlers()
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),)
+        )
+        server.add_registered_method_handlers(SERVICE.full_name, handlers)
         try:
             port = server.add_insecure_port(self.address)
         except RuntimeError as exc:
