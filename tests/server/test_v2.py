@@ -385,6 +385,13 @@ async def test_openapi_describes_v2(make_project, serve) -> None:  # type: ignor
     spec = (await client.get("/openapi.json")).json()
     for path in ("/v2", "/v2/models/{name}", "/v2/models/{name}/versions/{version}/infer"):
         assert path in spec["paths"], path
+    for path, status, keys in [
+        ("/v2/health/live", "200", ["live"]),
+        ("/v2/health/ready", "503", ["ready"]),
+        ("/v2/models/{name}/ready", "200", ["name", "ready"]),
+    ]:
+        answer = spec["paths"][path]["get"]["responses"][status]
+        assert answer["content"]["application/json"]["schema"]["required"] == keys, path
     refs = {r.split("/")[-1] for r in _refs(spec["paths"])}
     assert refs <= set(spec["components"]["schemas"]), refs
 
