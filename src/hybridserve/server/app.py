@@ -52,17 +52,17 @@ class HybridApp:
         await self.state.start()
         freeze_loaded()
         grpc_server = None
-        if self.grpc_address is not None:
-            from hybridserve.server.grpc.service import GrpcServer
-
-            grpc_server = GrpcServer(self.state, self.grpc_address)
-            await grpc_server.start()
-        log.info(
-            "ready: %d routes, models %s",
-            len(self.state.project.routes),
-            ", ".join(sorted({m.label for _, _, m in self.state.models.loaded()})),
-        )
         try:
+            if self.grpc_address is not None:
+                from hybridserve.server.grpc.service import GrpcServer
+
+                grpc_server = GrpcServer(self.state, self.grpc_address)
+                await grpc_server.start()
+            log.info(
+                "ready: %d routes, models %s",
+                len(self.state.project.routes),
+                ", ".join(sorted({m.label for _, _, m in self.state.models.loaded()})),
+            )
             yield
         finally:
             if grpc_server is not None:
