@@ -6,7 +6,7 @@ Not a timed test: run it by hand (it takes about 4 minutes with the defaults)::
     .venv/bin/python bench/online.py --quick         # 3 s points, for smoke runs
 
 It builds the fraud example in ``bench/.work/`` (trains and registers ``fraud``, materializes the
-``card_profile`` view, stores a precomputed prediction for every card), then measures six servers
+``card_profile`` view, stores a precomputed prediction for every card), then measures seven servers
 one after the other, each pinned to core 0 while wrk runs pinned to core 1, at concurrency 1 and
 64:
 
@@ -17,7 +17,10 @@ one after the other, each pinned to core 0 while wrk runs pinned to core 1, at c
 (d) ``stored``: ``hybridserve serve``, answers from stored predictions (mode ``auto``);
 (e) ``online``: ``hybridserve serve``, features in the request, ``mode: compute``;
 (f) ``entity``: ``hybridserve serve``, entity keys only, features from the online store,
-    ``mode: compute``.
+    ``mode: compute``;
+(g) ``grpc``: ``hybridserve serve --grpc-port``, the Open Inference Protocol's gRPC
+    ``ModelInfer`` with the 30 features as one raw FP64 tensor, computed now; the load comes
+    from ``_online/grpc_load.py`` (grpc.aio callers on one channel) pinned to core 1.
 
 It also times the model's own ``predict_proba`` on one row in-process. It writes the Online
 section of ``docs/benchmarks.md`` (between ``<!-- online:start -->`` and ``<!-- online:end -->``)
@@ -42,12 +45,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _online import loadgen, report, servers
-from _online.project import BenchProject, build
+from _online.project import ROUTE, BenchProject, build
 
 REPO = Path(__file__).resolve().parent.parent
 SERVER_CORE = 0
 CLIENT_CORE = 1
-ALL_SERVERS = ["floor", "naive", "mosec", "stored", "online", "entity"]
+ALL_SERVERS = ["floor", "naive", "mosec", "stored", "online", "entity", "grpc"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -130,6 +133,17 @@ def describe(spec: servers.ServerSpec, status: int, answer: object) -> str:
     return "constant" if spec.key == "floor" else "model"
 
 
+def load(spec: servers.ServerSpec, port: int, c: int, seconds: float) -> loadgen.LoadResult:
+    """One point from the client core: wrk for HTTP servers, grpc_load for gRPC."""
+    if spec.grpc_port is not None:
+        return loadgen.run_grpc(
+            spec.grpc_port, ROUTE, spec.bodies, concurrency=c, seconds=seconds, core=CLIENT_CORE
+        )
+    return loadgen.run_wrk(
+        port, spec.path, spec.bodies, concurrency=c, seconds=seconds, core=CLIENT_CORE
+    )
+
+
 def measure(spec: servers.ServerSpec, args: argparse.Namespace, logs: Path) -> report.ServerResult:
     """Start one server, measure every concurrency, stop it."""
     result = report.ServerResult(spec.key, spec.label)
@@ -149,14 +163,8 @@ def measure(spec: servers.ServerSpec, args: argparse.Namespace, logs: Path) -> r
                 result.note = f"expected a stored prediction, got source {result.source!r}"
             for c in args.concurrency:
                 if args.warmup > 0:
-                    loadgen.run_wrk(
-                        srv.port, spec.path, spec.bodies,
-                        concurrency=c, seconds=args.warmup, core=CLIENT_CORE,
-                    )  # fmt: skip
-                point = loadgen.run_wrk(
-                    srv.port, spec.path, spec.bodies,
-                    concurrency=c, seconds=args.duration, core=CLIENT_CORE,
-                )  # fmt: skip
+                    load(spec, srv.port, c, args.warmup)
+                point = load(spec, srv.port, c, args.duration)
                 result.points[c] = point
                 log(
                     f"{spec.key} c={c}: {point.rps:,.0f} rps, p50 {point.p50_ms:.2f} ms, "

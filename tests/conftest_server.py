@@ -71,8 +71,8 @@ async def serve() -> AsyncIterator[Callable[[Project], Any]]:
     """Start an app in process (lifespan entered); yields a factory returning (app, client)."""
     stack: list[Any] = []
 
-    async def start(project: Project) -> tuple[HybridApp, httpx.AsyncClient]:
-        app = create_app(project, access_log=False)
+    async def start(project: Project, **options: Any) -> tuple[HybridApp, httpx.AsyncClient]:
+        app = create_app(project, access_log=False, **options)
         lifespan = app.starlette.router.lifespan_context(app.starlette)
         await lifespan.__aenter__()
         client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hs")
@@ -96,10 +96,10 @@ def live_server() -> Iterator[Callable[[Project], str]]:
     """Run a real uvicorn server in a thread; the factory returns its base URL."""
     servers: list[tuple[uvicorn.Server, threading.Thread]] = []
 
-    def start(project: Project) -> str:
+    def start(project: Project, **options: Any) -> str:
         port = free_port()
         config = uvicorn.Config(
-            create_app(project, access_log=False),
+            create_app(project, access_log=False, **options),
             host="127.0.0.1",
             port=port,
             log_level="warning",

@@ -1,9 +1,10 @@
-"""The load generator: wrk pinned to its own core, driven by ``post.lua``.
+"""The load generators: wrk (HTTP) and ``grpc_load.py`` (gRPC), each pinned to its own core.
 
 ``post.lua`` rotates through a file of request bodies (one per line) and prints a
 ``WRK_RESULT {json}`` line from wrk's ``done()`` hook; :func:`run_wrk` parses that line.
 wrk is a closed-loop generator: ``concurrency`` connections, each sending its next request
-when the previous answer arrives.
+when the previous answer arrives. :func:`run_grpc` runs ``grpc_load.py`` (``concurrency``
+closed-loop callers of ``ModelInfer`` on one channel) in a process of its own the same way.
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ import json
 import math
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 LUA = Path(__file__).resolve().with_name("post.lua")
+GRPC_LOAD = Path(__file__).resolve().with_name("grpc_load.py")
 WRK_TIMEOUT_S = 10
 
 
@@ -97,4 +100,36 @@ def run_wrk(
         max_ms=data["max_us"] / 1e3,
         errors=errors,
         sources={str(k): int(v) for k, v in data.get("sources", {}).items()},
+    )
+
+
+def run_grpc(
+    port: int, model: str, rows: Path, *, concurrency: int, seconds: float, core: int
+) -> LoadResult:
+    """Run ``grpc_load.py`` for ``seconds`` with ``concurrency`` callers, pinned to ``core``."""
+    argv = [
+        "taskset", "-c", str(core), sys.executable, str(GRPC_LOAD),
+        f"127.0.0.1:{port}", str(rows), model, str(concurrency), str(seconds),
+    ]  # fmt: skip
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
+    for line in proc.stdout.splitlines():
+        if line.startswith("GRPC_RESULT "):
+            data = json.loads(line.removeprefix("GRPC_RESULT "))
+            break
+    else:
+        raise RuntimeError(
+            f"grpc_load printed no result (rc {proc.returncode}): {proc.stderr[-500:]}"
+        )
+    secs = data["duration_us"] / 1e6
+    ok = data["requests"] - data["not_ok"]
+    return LoadResult(
+        requests=data["requests"],
+        seconds=secs,
+        rps=ok / secs if secs > 0 else math.nan,
+        p50_ms=data["p50_us"] / 1e3,
+        p90_ms=data["p90_us"] / 1e3,
+        p99_ms=data["p99_us"] / 1e3,
+        max_ms=data["max_us"] / 1e3,
+        errors=data["not_ok"],
+        sources={str(k): int(v) for k, v in data["sources"].items()},
     )

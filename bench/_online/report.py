@@ -113,6 +113,10 @@ def section(
         'features), `"mode": "compute"`: every answer computed now through the micro-batcher.',
         '- (f) `hybridserve serve`, route `fraud`, entity key only, `"mode": "compute"`: '
         "features read from the online store (SQLite), then computed now.",
+        "- (g) `hybridserve serve --grpc-port`, the Open Inference Protocol's gRPC `ModelInfer` "
+        "on model `fraud`: the same 30 features as one raw FP64 `[1, 30]` tensor, computed now "
+        "through the same micro-batcher; load from `bench/_online/grpc_load.py` (grpc.aio "
+        "callers on one channel, closed loop) pinned to core 1 instead of wrk.",
         "",
         "rps counts 2xx answers, including degraded ones (a fallback answered); the share not "
         "degraded is given in brackets when some were. Latency percentiles are wrk's (closed "
@@ -140,7 +144,7 @@ def degraded_line(results: dict[str, ServerResult]) -> str:
     """``DEGRADED key=percent ...``: share of fallback or non-200 answers per hybridserve point."""
     pairs = [
         f"c{c}_{key}_pct={100 * p.degraded():.1f}"
-        for key in ("stored", "online", "entity")
+        for key in ("stored", "online", "entity", "grpc")
         if key in results
         for c, p in sorted(results[key].points.items())
     ]
@@ -170,6 +174,9 @@ def result_line(results: dict[str, ServerResult], model_ms: float) -> str:
         ("c64_online_p99_ms", f(get("online", 64, "p99_ms"), 2)),
         ("c64_entity_rps", f(get("entity", 64, "rps"), 0)),
         ("c1_online_p50_ms", f(get("online", 1, "p50_ms"), 2)),
+        ("c64_grpc_rps", f(get("grpc", 64, "rps"), 0)),
+        ("c64_grpc_p99_ms", f(get("grpc", 64, "p99_ms"), 2)),
+        ("c1_grpc_p50_ms", f(get("grpc", 1, "p50_ms"), 2)),
         ("c1_naive_p50_ms", f(get("naive", 1, "p50_ms"), 2)),
     ]
     return "RESULT " + " ".join(f"{k}={v}" for k, v in pairs)

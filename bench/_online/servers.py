@@ -1,4 +1,4 @@
-"""The six servers under test: how to start each one pinned to core 0, and how to stop it.
+"""The servers under test: how to start each one pinned to core 0, and how to stop it.
 
 Each server is a :class:`ServerSpec`: a command line, an environment, the request path and body
 file the load generator uses, and a readiness probe. :class:`RunningServer` starts it in its own
@@ -49,6 +49,8 @@ class ServerSpec:
     env: dict[str, str] = field(default_factory=dict)
     unavailable: str | None = None
     """Why this server cannot run here (then it is reported as ``nan``)."""
+    grpc_port: int | None = None
+    """Measure gRPC ``ModelInfer`` on this port (``bodies`` is then the rows file)."""
 
 
 def free_port() -> int:
@@ -104,7 +106,7 @@ def first_line(path: Path) -> bytes:
 
 
 def specs(bench: BenchProject, mosec_missing: str | None) -> list[ServerSpec]:
-    """All six servers, with fresh ports; the unavailable ones carry the reason."""
+    """All seven servers, with fresh ports; the unavailable ones carry the reason."""
     model_env = {"BENCH_MODEL": str(bench.model_path), "BENCH_FEATURES": ",".join(bench.features)}
     features = bench.bodies["features"]
     hs_missing = hybridserve_serve_missing()
@@ -177,6 +179,21 @@ def specs(bench: BenchProject, mosec_missing: str | None) -> list[ServerSpec]:
                 key, label, argv, path, bench.bodies[kind], "/v2/health/ready", unavailable=missing
             )
         )
+    port, grpc_port = free_port(), free_port()
+    argv = [str(HYBRIDSERVE), "serve", "-p", str(bench.project_dir), "--host", "127.0.0.1"]
+    argv += ["--port", str(port), "--grpc-port", str(grpc_port), "--workers", "1"]
+    out.append(
+        ServerSpec(
+            "grpc",
+            "(g) hybridserve, gRPC ModelInfer, raw tensor",
+            argv,
+            "inference.GRPCInferenceService/ModelInfer",
+            bench.rows_path,
+            "/v2/health/ready",
+            unavailable=hs_missing,
+            grpc_port=grpc_port,
+        )
+    )
     return out
 
 
@@ -257,6 +274,13 @@ class RunningServer(contextlib.AbstractContextManager["RunningServer"]):
 
     def probe(self) -> tuple[int, Any]:
         """Send the first benchmark body; ``(status, decoded JSON or raw text)``."""
+        if self.spec.grpc_port is not None:
+            import numpy as np
+
+            from _online import grpc_load
+
+            rows = np.load(self.spec.bodies)
+            return grpc_load.probe(f"127.0.0.1:{self.spec.grpc_port}", rows, ROUTE)
         status, body = http(self.port, self.spec.path, first_line(self.spec.bodies), 10.0)
         try:
             return status, json.loads(body)

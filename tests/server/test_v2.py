@@ -46,12 +46,28 @@ async def test_server_metadata_and_health(make_project, serve) -> None:  # type:
         "version": __version__,
         "extensions": ["binary_tensor_data"],
     }
-    assert (await client.get("/v2/health/live")).status_code == 200
-    assert (await client.get("/v2/health/ready")).status_code == 200
+    # The status code is the answer for Triton's clients; KServe's parses the JSON body.
+    for path, body in [("live", {"live": True}), ("ready", {"ready": True})]:
+        r = await client.get(f"/v2/health/{path}")
+        assert r.status_code == 200 and r.json() == body, path
+        assert r.headers["content-type"] == "application/json"
+
+
+async def test_health_while_not_ready(make_project, serve) -> None:  # type: ignore[no-untyped-def]
+    app, client = await serve(make_project())
+    app.state.ready = False
+    r = await client.get("/v2/health/ready")
+    assert r.status_code == 503 and r.json() == {"ready": False}
+    r = await client.get("/v2/models/fraud/ready")
+    assert r.status_code == 503 and r.json() == {"name": "fraud", "ready": False}
+    r = await client.get("/v2/health/live")
+    assert r.status_code == 200 and r.json() == {"live": True}
 
 
 async def test_model_readiness_is_the_status_code(make_project, serve) -> None:  # type: ignore[no-untyped-def]
     _, client = await serve(make_project())
+    r = await client.get("/v2/models/fraud/versions/1/ready")
+    assert r.json() == {"name": "fraud", "ready": True}
     for path, status in [
         ("/v2/models/fraud/ready", 200),
         ("/v2/models/fraud/versions/1/ready", 200),
@@ -369,6 +385,13 @@ async def test_openapi_describes_v2(make_project, serve) -> None:  # type: ignor
     spec = (await client.get("/openapi.json")).json()
     for path in ("/v2", "/v2/models/{name}", "/v2/models/{name}/versions/{version}/infer"):
         assert path in spec["paths"], path
+    for path, status, keys in [
+        ("/v2/health/live", "200", ["live"]),
+        ("/v2/health/ready", "503", ["ready"]),
+        ("/v2/models/{name}/ready", "200", ["name", "ready"]),
+    ]:
+        answer = spec["paths"][path]["get"]["responses"][status]
+        assert answer["content"]["application/json"]["schema"]["required"] == keys, path
     refs = {r.split("/")[-1] for r in _refs(spec["paths"])}
     assert refs <= set(spec["components"]["schemas"]), refs
 

@@ -12,6 +12,7 @@ import sys
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from hybridserve import __version__
 from hybridserve.cli.batch import batch_app
@@ -62,7 +63,8 @@ def main() -> None:
     except HybridServeError as exc:
         if os.environ.get("HYBRIDSERVE_DEBUG"):
             raise
-        err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False, markup=True)
+        # Escaped: a message's own brackets ("hybridserve[grpc]") are text, not markup.
+        err_console.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err_console.print("interrupted")

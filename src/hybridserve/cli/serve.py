@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from hybridserve.cli.common import ProjectOpt, project
+from hybridserve.errors import ConfigError
 
 
 def serve(
@@ -21,9 +22,18 @@ def serve(
     scheduler: Annotated[
         bool, typer.Option(help="Also run scheduled batch jobs (in the first worker only).")
     ] = False,
+    grpc_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Also serve the Open Inference Protocol over gRPC on this port (extra 'grpc').",
+            min=0,
+            max=65535,
+        ),
+    ] = None,
     project_path: ProjectOpt = None,
 ) -> None:
-    """Serve the project's routes over HTTP (hybrid API and Open Inference Protocol)."""
+    """Serve the project's routes over HTTP (hybrid API and Open Inference Protocol), and the
+    Open Inference Protocol over gRPC with ``--grpc-port``."""
     import math
     import os
 
@@ -37,6 +47,16 @@ def serve(
     os.environ["HYBRIDSERVE_PROJECT"] = str(source)
     os.environ["HYBRIDSERVE_ACCESS_LOG"] = "1" if access_log else "0"
     os.environ["HYBRIDSERVE_LOG_LEVEL"] = log_level
+    os.environ.pop("HYBRIDSERVE_GRPC_ADDRESS", None)
+    if grpc_port is not None:
+        from hybridserve._optional import require
+
+        require("grpc", "grpc")  # a missing extra fails here, naming it, before any worker
+        require("google.protobuf", "grpc")
+        if grpc_port == port:
+            raise ConfigError(f"--grpc-port {grpc_port}: the HTTP server already uses it")
+        # Each worker binds it (SO_REUSEPORT): the kernel spreads calls over the workers.
+        os.environ["HYBRIDSERVE_GRPC_ADDRESS"] = _address(host, grpc_port)
     if scheduler:
         from hybridserve.batch.schedule import Scheduler
 
@@ -57,3 +77,8 @@ def serve(
         timeout_graceful_shutdown=math.ceil(proj.server.shutdown_timeout),
         lifespan="on",
     )
+
+
+def _address(host: str, port: int) -> str:
+    """``host:port`` as gRPC spells it (an IPv6 host in brackets)."""
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"

@@ -37,8 +37,9 @@ _PREDICT = "/v1/predict/"
 class HybridApp:
     """The server: the fast predict path in front of a Starlette app for the rest."""
 
-    def __init__(self, state: ServerState) -> None:
+    def __init__(self, state: ServerState, *, grpc_address: str | None = None) -> None:
         self.state = state
+        self.grpc_address = grpc_address
         self.max_body = state.project.server.max_body_size
         routes: list[Any] = [*v2.routes(), *admin.routes(), *events.routes(), *docs.routes()]
         self.starlette = Starlette(
@@ -51,14 +52,22 @@ class HybridApp:
     async def _lifespan(self, _app: Starlette) -> AsyncIterator[None]:
         await self.state.start()
         freeze_loaded()
-        log.info(
-            "ready: %d routes, models %s",
-            len(self.state.project.routes),
-            ", ".join(sorted({m.label for _, _, m in self.state.models.loaded()})),
-        )
+        grpc_server = None
         try:
+            if self.grpc_address is not None:
+                from hybridserve.server.grpc.service import GrpcServer
+
+                grpc_server = GrpcServer(self.state, self.grpc_address)
+                await grpc_server.start()
+            log.info(
+                "ready: %d routes, models %s",
+                len(self.state.project.routes),
+                ", ".join(sorted({m.label for _, _, m in self.state.models.loaded()})),
+            )
             yield
         finally:
+            if grpc_server is not None:
+                await grpc_server.stop(self.state.project.server.shutdown_timeout)
             await self.state.stop()
             self.access.flush()
 
@@ -126,13 +135,21 @@ class HybridApp:
             )
 
 
-def create_app(project: Project, *, access_log: bool = True, scheduler: bool = False) -> HybridApp:
+def create_app(
+    project: Project,
+    *,
+    access_log: bool = True,
+    scheduler: bool = False,
+    grpc_address: str | None = None,
+) -> HybridApp:
     """Build the ASGI app for a project (models load when the lifespan starts).
 
     ``scheduler``: also start due cron batch jobs (``batch_jobs.*.schedule``) in the
-    background; run it in one server process only.
+    background; run it in one server process only. ``grpc_address`` (``host:port``): also
+    serve the Open Inference Protocol over gRPC there, for the lifespan of the app.
     """
-    return HybridApp(ServerState.build(project, access_log=access_log, scheduler=scheduler))
+    state = ServerState.build(project, access_log=access_log, scheduler=scheduler)
+    return HybridApp(state, grpc_address=grpc_address)
 
 
 __all__ = ["HybridApp", "Route", "create_app"]

@@ -124,6 +124,12 @@ def _v2_paths() -> dict[str, Any]:
     name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
     version = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
     not_found = _json_body("V2Error", "Model or version not loaded")
+
+    def health(description: str, *keys: str) -> dict[str, Any]:  # KServe's client reads these
+        props: dict[str, Any] = {k: {"type": "string" if k == "name" else "boolean"} for k in keys}
+        schema = {"type": "object", "properties": props, "required": list(keys)}
+        return {"description": description, "content": {"application/json": {"schema": schema}}}
+
     paths: dict[str, Any] = {
         "/v2": {
             "get": {
@@ -133,14 +139,14 @@ def _v2_paths() -> dict[str, Any]:
             }
         },
         "/v2/health/live": {
-            "get": {"operationId": "live", "responses": {"200": {"description": "live"}}}
+            "get": {"operationId": "live", "responses": {"200": health("live", "live")}}
         },
         "/v2/health/ready": {
             "get": {
                 "operationId": "ready",
                 "responses": {
-                    "200": {"description": "ready"},
-                    "503": {"description": "not ready"},
+                    "200": health("ready", "ready"),
+                    "503": health("not ready", "ready"),
                 },
             }
         },
@@ -151,10 +157,14 @@ def _v2_paths() -> dict[str, Any]:
     ]:
         paths[f"{prefix}/ready"] = {
             "get": {
-                "summary": "Whether the model (version) is loaded: the status code is the answer",
+                "summary": "Whether the model (version) is ready: the status code is the answer",
                 "operationId": f"v2_model_ready{tag}",
                 "parameters": params,
-                "responses": {"200": {"description": "ready"}, "404": not_found},
+                "responses": {
+                    "200": health("ready", "name", "ready"),
+                    "503": health("not ready", "name", "ready"),
+                    "404": not_found,
+                },
             }
         }
         paths[prefix] = {

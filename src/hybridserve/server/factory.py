@@ -17,6 +17,7 @@ def app_from_env() -> HybridApp:
         project,
         access_log=os.environ.get("HYBRIDSERVE_ACCESS_LOG", "1") == "1",
         scheduler=_scheduler_lock(),
+        grpc_address=os.environ.get("HYBRIDSERVE_GRPC_ADDRESS") or None,
     )
 
 
