@@ -20,7 +20,6 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from conftest_server import free_port
-from hybridserve.cli.project import score_entities
 from hybridserve.config import Project
 from hybridserve.features.online import merge_request_features
 from hybridserve.services import Services
@@ -35,12 +34,12 @@ def _scorer_view(project: Project) -> tuple[np.ndarray, list[float], Any]:
     async def go() -> tuple[np.ndarray, list[float], Any]:
         services = Services.open(project)
         try:
-            scored = await score_entities(services, "fraud", CARDS)
+            scored = await services.score_entities("fraud", CARDS)
             rows = await services.features.read_route("fraud", CARDS)
             scorer = services.scorer("fraud")
             prepared = scorer.prepare(CARDS, [merge_request_features(r, None, 0.0) for r in rows])
             assert prepared.rows == list(range(len(CARDS))), prepared.errors
-            scores = [p["score"] for p in scored["predictions"]]
+            scores = [r.score for r in scored.records]
             return prepared.matrix, scores, scorer.runtime
         finally:
             await services.close()
