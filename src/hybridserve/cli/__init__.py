@@ -13,7 +13,7 @@ import sys
 import typer
 
 from hybridserve.cli.batch import batch_app
-from hybridserve.cli.common import console, err_console
+from hybridserve.cli.common import console, err_console, print_error
 from hybridserve.cli.features import features_app
 from hybridserve.cli.project import project_commands
 from hybridserve.cli.registry import registry_app
@@ -40,7 +40,7 @@ def main() -> None:
     except HybridServeError as exc:
         if os.environ.get("HYBRIDSERVE_DEBUG"):
             raise
-        err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False, markup=True)
+        print_error(exc.message)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err_console.print("interrupted")
@@ -56,7 +56,7 @@ def main() -> None:
             sys.exit(1)
         if os.environ.get("HYBRIDSERVE_DEBUG"):
             raise
-        err_console.print(f"[bold red]error:[/] {type(exc).__name__}: {exc}")
+        print_error(f"{type(exc).__name__}: {exc}")
         sys.exit(1)
     # Without standalone mode, click returns typer.Exit's code instead of exiting.
     sys.exit(code if isinstance(code, int) else 0)

@@ -11,12 +11,15 @@ import orjson
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from hybridserve.config import Project, load_project
 
-console = Console(highlight=False)
+# Output is mostly names, paths and messages from users and backends: printed as they are,
+# never read as rich markup (``[red]``) or emoji codes (``:key:``). Styled parts are ``Text``.
+console = Console(highlight=False, markup=False, emoji=False)
 # Error lines are never wrapped: one problem, one line, whatever the terminal width.
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, markup=False, emoji=False, soft_wrap=True)
 T = TypeVar("T")
 
 ProjectOpt = Annotated[
@@ -29,6 +32,11 @@ ProjectOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for machines.")]
+
+
+def print_error(message: str, label: str = "error", style: str = "bold red") -> None:
+    """One line on stderr: ``label:`` in ``style``, then ``message`` exactly as given."""
+    err_console.print(Text.assemble((f"{label}:", style), " ", message))
 
 
 def project(path: Path | None) -> Project:

@@ -11,7 +11,7 @@ from hybridserve.cli.common import (
     JsonOpt,
     ProjectOpt,
     console,
-    err_console,
+    print_error,
     print_json,
     project,
     run,
@@ -58,7 +58,7 @@ def validate(project_path: ProjectOpt = None, json: JsonOpt = False) -> None:
     if problems:
         if not json:
             for p in problems:
-                err_console.print(f"[red]error:[/] {proj.source_file}: {p}")
+                print_error(f"{proj.source_file}: {p}", style="red")
         raise typer.Exit(2)
     if not json:
         console.print(
@@ -149,7 +149,7 @@ def print_scores(result: dict[str, Any], title: str = "predictions") -> None:
         ],
     )
     for e in result["errors"]:
-        err_console.print(f"[yellow]not scored:[/] {e['entity']}: {e['reason']}")
+        print_error(f"{e['entity']}: {e['reason']}", label="not scored", style="yellow")
 
 
 def demo(
