@@ -12,8 +12,9 @@ import re
 
 # scheme://user:secret@ — the secret runs to the netloc's last "@" (an unescaped "@" in a
 # password is still masked whole); the user part is kept, as it says who connects.
-_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^:/?#@\s]*):[^/?#\s]*@")
-_QUERY_SECRET = re.compile(r"(?i)([?&](?:password|passwd|pass|pwd|secret|token)=)[^&#\s]*")
+# Quotes end a URL too: a log line is JSON, and a mask must not run across its fields.
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^:/?#@\s\"']*):[^/?#\s\"']*@")
+_QUERY_SECRET = re.compile(r"(?i)([?&](?:password|passwd|pass|pwd|secret|token)=)[^&#\s\"']*")
 
 
 def masked_url(url: str) -> str:

@@ -198,3 +198,19 @@ def test_sqlite_that_cannot_be_opened(
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: cannot open"), r.stderr
     assert_no_secret(r.stdout, r.stderr)
+
+
+def test_log_lines_mask_urls_in_a_drivers_text() -> None:
+    """A traceback or a driver's message may name a URL: the log line masks it anyway."""
+    from hybridserve.observability.logging import JsonFormatter, PlainFormatter
+
+    try:
+        raise ConnectionError(f"cannot reach postgresql://hs:{PASSWORD}@db:5432/registry")
+    except ConnectionError as exc:
+        record = logging.LogRecord(
+            "hybridserve.test", logging.ERROR, __file__, 1, "failed: %s", (exc,), sys.exc_info()
+        )
+    for formatter in (JsonFormatter(), PlainFormatter("%(message)s")):
+        line = formatter.format(record)
+        assert "postgresql://hs:***@db:5432/registry" in line, line
+        assert_no_secret(line)

@@ -14,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from hybridserve.config import Project, load_project
+from hybridserve.urls import masked_url
 
 # Output is mostly names, paths and messages from users and backends: printed as they are,
 # never read as rich markup (``[red]``) or emoji codes (``:key:``). Styled parts are ``Text``.
@@ -35,8 +36,9 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for machines."
 
 
 def print_error(message: str, label: str = "error", style: str = "bold red") -> None:
-    """One line on stderr: ``label:`` in ``style``, then ``message`` exactly as given."""
-    err_console.print(Text.assemble((f"{label}:", style), " ", message))
+    """One line on stderr: ``label:`` in ``style``, then ``message`` as given (any backend
+    URL in it masked, as in every message: the text may be a driver's)."""
+    err_console.print(Text.assemble((f"{label}:", style), " ", masked_url(message)))
 
 
 def project(path: Path | None) -> Project:
