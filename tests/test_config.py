@@ -139,3 +139,46 @@ def test_sizes_and_formatting() -> None:
     assert format_duration(0.25) == "250ms"
     assert format_duration(3600) == "1h"
     assert format_duration(90) == "1.5m"
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        (
+            {"sha256": "abc123"},
+            "server.api_keys.0.sha256: api key 'ops': expected 64 hex digits (the key's sha256,"
+            " as 'sha256sum' prints it), got 6 characters",
+        ),
+        ({"sha256": "z" * 64}, "server.api_keys.0.sha256: api key 'ops': expected 64 hex digits"),
+        ({"key": ""}, "server.api_keys.0.key: api key 'ops': expected a non-empty key"),
+        (
+            {"key": "clé"},
+            "server.api_keys.0.key: api key 'ops': expected visible ASCII characters only",
+        ),
+        ({"key": "two words"}, "server.api_keys.0.key: api key 'ops': expected visible ASCII"),
+    ],
+)
+def test_api_keys_that_could_never_match_are_refused(
+    tmp_path: Path, entry: dict[str, str], expected: str
+) -> None:
+    import yaml
+
+    raw = {"server": {"api_keys": [{"name": "ops", **entry}]}}
+    path = write(tmp_path, yaml.safe_dump(raw, allow_unicode=True))
+    with pytest.raises(ConfigError) as info:
+        load_project(path)
+    assert info.value.message.startswith(f"{path}: {expected}"), info.value.message
+    assert info.value.exit_code == 2
+    if entry.get("key"):
+        assert entry["key"] not in info.value.message  # a key is never echoed
+
+
+def test_api_key_sha256_and_body_timeout() -> None:
+    digest = "2BB80D537B1DA3E38BD30361AA855686BDE0EACD7162FEF6A25FE97BF527A25B"
+    server = project_from_dict(
+        {"server": {"body_timeout": "2s", "api_keys": [{"name": "ops", "sha256": digest}]}}
+    ).server
+    assert server.body_timeout == 2.0 and server.api_keys[0].sha256 == digest.lower()
+    assert project_from_dict({}).server.body_timeout == 10.0
+    with pytest.raises(ConfigError, match=r"server\.body_timeout: Input should be greater than 0"):
+        project_from_dict({"server": {"body_timeout": 0}})

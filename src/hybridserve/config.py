@@ -9,6 +9,7 @@ Relative paths in the file are resolved against the file's directory.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -22,6 +23,7 @@ from pydantic import (
     PrivateAttr,
     Tag,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -296,6 +298,24 @@ class BreakerConfig(_Strict):
     """How long an open breaker skips its dependency before letting a probe through."""
 
 
+_SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
+
+
+def api_key_problem(key: str) -> str | None:
+    """Why ``key`` cannot be an API key, or ``None`` when it can.
+
+    Keys are visible ASCII (``!`` to ``~``): a header carries them as bytes, and only for
+    these characters do every client, proxy and endpoint agree on what the bytes are. The
+    one rule for keys in the project file and in ``HYBRIDSERVE_API_KEYS``; never echoes
+    the key.
+    """
+    if not key:
+        return "expected a non-empty key"
+    if not all("!" <= c <= "~" for c in key):
+        return "expected visible ASCII characters only (no spaces, no non-ASCII)"
+    return None
+
+
 class ApiKeyConfig(_Strict):
     name: str
     sha256: str | None = None
@@ -303,6 +323,28 @@ class ApiKeyConfig(_Strict):
     key: str | None = None
     """The key itself (better given as ``HYBRIDSERVE_API_KEYS``)."""
     scopes: list[Literal["predict", "ingest", "admin"]] = ["predict"]
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex_digest(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        if not _SHA256_HEX.fullmatch(value):
+            # Not echoed: it may be the key itself, pasted into the wrong field.
+            got = "non-hex characters" if len(value) == 64 else f"{len(value)} characters"
+            raise ValueError(
+                f"api key {info.data.get('name')!r}: expected 64 hex digits (the key's "
+                f"sha256, as 'sha256sum' prints it), got {got}"
+            )
+        return value.lower()
+
+    @field_validator("key")
+    @classmethod
+    def _usable_key(cls, value: str | None, info: ValidationInfo) -> str | None:
+        problem = None if value is None else api_key_problem(value)
+        if problem:
+            raise ValueError(f"api key {info.data.get('name')!r}: {problem}")
+        return value
 
     @model_validator(mode="after")
     def _one_of(self) -> ApiKeyConfig:
@@ -324,6 +366,8 @@ class ServerConfig(_Strict):
     """Where model calls run: ``thread`` (off the event loop), ``inline`` (on it), or
     ``auto``: inline when a full batch takes less than ``inline_below`` at start-up."""
     inline_below: Duration = 0.002
+    body_timeout: Duration = Field(default=10.0, gt=0)
+    """Longest time a client may take to send a request body (408 after it)."""
     breaker: BreakerConfig = BreakerConfig()
     api_keys: list[ApiKeyConfig] = []
 

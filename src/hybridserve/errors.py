@@ -15,6 +15,7 @@ handlers in ``server/errors.py``; and ``server/v2.py``, whose protocol wants
      +-- Forbidden                   403
      +-- NotFound                    404
      |    +-- RouteNotFound, ModelNotFound, FeatureViewNotFound, RunNotFound
+     +-- RequestTimeout              408           the body did not arrive in time
      +-- Conflict                    409           e.g. a registry name/version clash
      +-- PayloadTooLarge             413
      +-- ArtifactIntegrityError      500           an artifact's sha256 does not match
@@ -87,6 +88,10 @@ class FeatureViewNotFound(NotFound):
 
 class RunNotFound(NotFound):
     pass
+
+
+class RequestTimeout(HybridServeError):
+    status = 408
 
 
 class Conflict(HybridServeError):

@@ -185,3 +185,24 @@ def test_demo_once(tmp_path: Path) -> None:
         "fallback:default",
     ):
         assert source in out, (source, out)
+
+
+def test_error_text_is_printed_as_is_not_as_markup_or_emoji(project: Path) -> None:
+    """What a message quotes (a key, a path, a backend's text) reaches the terminal unchanged."""
+    edit(project, "routes:", 'server: {":key: [bold]x[/bold] :warning:": 1}\nroutes:')
+    r = hs("validate", "-p", str(project))
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "server.:key: [bold]x[/bold] :warning:: unknown key" in r.stderr, r.stderr
+    assert "\N{KEY}" not in r.stderr and "\N{WARNING SIGN}" not in r.stderr
+
+
+@pytest.mark.parametrize("command", ["validate", "serve"])
+def test_an_api_key_that_cannot_match_stops_the_project_loading(
+    project: Path, command: str
+) -> None:
+    edit(project, "routes:", "server:\n  api_keys: [{name: ops, sha256: not-a-digest}]\nroutes:")
+    r = hs(command, "-p", str(project))
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, r.stderr
+    assert "server.api_keys.0.sha256: api key 'ops': expected 64 hex digits" in lines[0]

@@ -12,11 +12,10 @@ import sys
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
 from hybridserve import __version__
 from hybridserve.cli.batch import batch_app
-from hybridserve.cli.common import console, err_console
+from hybridserve.cli.common import console, err_console, print_error
 from hybridserve.cli.features import features_app
 from hybridserve.cli.project import project_commands
 from hybridserve.cli.registry import registry_app
@@ -63,8 +62,7 @@ def main() -> None:
     except HybridServeError as exc:
         if os.environ.get("HYBRIDSERVE_DEBUG"):
             raise
-        # Escaped: a message's own brackets ("hybridserve[grpc]") are text, not markup.
-        err_console.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False)
+        print_error(exc.message)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err_console.print("interrupted")
@@ -80,7 +78,7 @@ def main() -> None:
             sys.exit(1)
         if os.environ.get("HYBRIDSERVE_DEBUG"):
             raise
-        err_console.print(f"[bold red]error:[/] {type(exc).__name__}: {exc}")
+        print_error(f"{type(exc).__name__}: {exc}")
         sys.exit(1)
     # Without standalone mode, click returns typer.Exit's code instead of exiting.
     sys.exit(code if isinstance(code, int) else 0)

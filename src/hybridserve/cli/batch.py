@@ -61,7 +61,7 @@ def run_cmd(
     except InvalidInput as exc:  # a usage error: exit 2
         raise ConfigError(exc.message) from None
     with Progress(
-        TextColumn(f"batch {job}"),
+        TextColumn("batch {task.description}", markup=False),  # the name is not a template
         BarColumn(),
         MofNCompleteColumn(),
         TaskProgressColumn(),

@@ -12,13 +12,17 @@ import orjson
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from hybridserve.config import Project, load_project
 from hybridserve.scoring import ScoreResult
+from hybridserve.urls import masked_url
 
-console = Console(highlight=False)
+# Output is mostly names, paths and messages from users and backends: printed as they are,
+# never read as rich markup (``[red]``) or emoji codes (``:key:``). Styled parts are ``Text``.
+console = Console(highlight=False, markup=False, emoji=False)
 # Error lines are never wrapped: one problem, one line, whatever the terminal width.
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, markup=False, emoji=False, soft_wrap=True)
 T = TypeVar("T")
 
 ProjectOpt = Annotated[
@@ -31,6 +35,12 @@ ProjectOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for machines.")]
+
+
+def print_error(message: str, label: str = "error", style: str = "bold red") -> None:
+    """One line on stderr: ``label:`` in ``style``, then ``message`` as given (any backend
+    URL in it masked, as in every message: the text may be a driver's)."""
+    err_console.print(Text.assemble((f"{label}:", style), " ", masked_url(message)))
 
 
 def project(path: Path | None) -> Project:
@@ -95,4 +105,4 @@ def print_scores(summary: dict[str, Any], title: str = "predictions") -> None:
         ],
     )
     for e in summary["errors"]:
-        err_console.print(f"[yellow]not scored:[/] {e['entity']}: {e['reason']}")
+        print_error(f"{e['entity']}: {e['reason']}", label="not scored", style="yellow")

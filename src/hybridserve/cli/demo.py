@@ -25,6 +25,7 @@ import uvicorn
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
+from rich.text import Text
 
 from hybridserve.cli.common import print_scores, score_summary
 from hybridserve.config import Project, load_project
@@ -33,8 +34,18 @@ from hybridserve.records import now
 from hybridserve.registry import Registry
 from hybridserve.services import Services
 
-# Wide enough for the answers table even when output goes to a pipe or a log.
-console = Console(highlight=False, width=max(120, shutil.get_terminal_size().columns))
+# Wide enough for the answers table even when output goes to a pipe or a log. Text (paths,
+# answers) is printed as it is, never read as markup or emoji codes; styles are ``Text``.
+console = Console(
+    highlight=False,
+    markup=False,
+    emoji=False,
+    width=max(120, shutil.get_terminal_size().columns),
+)
+
+
+def _step(number: int, text: str) -> None:
+    console.print(Text.assemble((f"{number}.", "bold"), " ", text))
 
 
 async def run_demo(
@@ -63,15 +74,15 @@ async def prepare(directory: Path, *, fresh: bool) -> Project:
         shutil.rmtree(directory)
     project_file = directory / "hybridserve.yaml"
     if not project_file.exists():
-        console.print(f"[bold]1.[/] creating the demo project and its data in {directory}/")
+        _step(1, f"creating the demo project and its data in {directory}/")
         scaffold(directory)
     else:
-        console.print(f"[bold]1.[/] using the demo project in {directory}/")
+        _step(1, f"using the demo project in {directory}/")
     project = load_project(project_file)
     services = Services.open(project)
     try:
         register_models(project, services.registry, indent="   ")
-        console.print("[bold]2.[/] materializing card_profile into the online store (SQLite)")
+        _step(2, "materializing card_profile into the online store (SQLite)")
         with Progress(
             TextColumn("   card_profile"),
             BarColumn(),
@@ -132,7 +143,7 @@ async def batch_run(project: Project) -> None:
     """Step 3: the nightly batch job, published atomically."""
     from hybridserve.batch.runner import run_job
 
-    console.print("[bold]3.[/] running batch job fraud_daily over every card")
+    _step(3, "running batch job fraud_daily over every card")
     # run_job drives its own event loop and process pool: keep it off this loop.
     manifest = await asyncio.to_thread(run_job, project, "fraud_daily")
     console.print(
@@ -145,7 +156,7 @@ async def stream_replay(project: Project, events: int) -> list[str]:
     """Step 4: transactions through the stream consumer; returns cards it scored."""
     from hybridserve.examples.fraud.transactions import replay_demo
 
-    console.print(f"[bold]4.[/] replaying {events} card transactions through the stream consumer")
+    _step(4, f"replaying {events} card transactions through the stream consumer")
     result = await replay_demo(project, events)
     t = result.totals
     console.print(
@@ -174,7 +185,7 @@ async def serve_and_ask(
         await asyncio.sleep(0.05)
     bound = server.servers[0].sockets[0].getsockname()[1]
     url = f"http://127.0.0.1:{bound}"
-    console.print(f"[bold]5.[/] server on {url}; asking it about cards")
+    _step(5, f"server on {url}; asking it about cards")
     plain = [c for c in cards if c not in set(streamed)]
     features = app.state.services.features
     outage = FaultyStore(features.kv)
@@ -214,9 +225,10 @@ async def serve_and_ask(
     if once:
         server.should_exit = True
     else:
-        console.print(
-            "[bold]6.[/] serving until Ctrl-C; try:\n"
-            f'   curl -s {url}/v1/predict/fraud -d \'{{"entity": "{plain[0]}"}}\''
+        _step(
+            6,
+            "serving until Ctrl-C; try:\n"
+            f'   curl -s {url}/v1/predict/fraud -d \'{{"entity": "{plain[0]}"}}\'',
         )
     await serving
 

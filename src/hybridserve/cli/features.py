@@ -51,7 +51,7 @@ def materialize(
         services = Services.open(proj)
         try:
             with Progress(
-                TextColumn("materializing " + view),
+                TextColumn("materializing {task.description}", markup=False),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TimeRemainingColumn(),

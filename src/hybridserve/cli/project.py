@@ -11,7 +11,7 @@ from hybridserve.cli.common import (
     JsonOpt,
     ProjectOpt,
     console,
-    err_console,
+    print_error,
     print_json,
     print_scores,
     project,
@@ -66,7 +66,7 @@ def validate(project_path: ProjectOpt = None, json: JsonOpt = False) -> None:
     if problems:
         if not json:
             for p in problems:
-                err_console.print(f"[red]error:[/] {proj.source_file}: {p}")
+                print_error(f"{proj.source_file}: {p}", style="red")
         raise typer.Exit(2)
     if not json:
         console.print(

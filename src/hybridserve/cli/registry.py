@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.text import Text
 
 from hybridserve.cli.common import JsonOpt, ProjectOpt, console, print_json, project, table
 from hybridserve.errors import InvalidInput
@@ -91,9 +92,13 @@ def register(
         print_json(mv.to_dict())
     else:
         console.print(
-            f"registered [bold]{mv.ref}[/] ({mv.flavour}, "
-            + (f"sha256 {mv.sha256[:12]})" if mv.sha256 else f"{mv.callable_ref})")
-            + (f", {promote} -> {mv.version}" if promote else "")
+            Text.assemble(
+                "registered ",
+                (mv.ref, "bold"),
+                f" ({mv.flavour}, "
+                + (f"sha256 {mv.sha256[:12]})" if mv.sha256 else f"{mv.callable_ref})")
+                + (f", {promote} -> {mv.version}" if promote else ""),
+            )
         )
 
 
@@ -148,7 +153,7 @@ def show(
         print_json(data)
         return
     for key, value in data.items():
-        console.print(f"[bold]{key}[/]: {value}")
+        console.print(Text.assemble((key, "bold"), f": {value}"))
 
 
 @registry_app.command()

@@ -1,4 +1,8 @@
-"""Structured JSON logs: one object per line, with the request id where there is one."""
+"""Structured JSON logs: one object per line, with the request id where there is one.
+
+Every line goes through :func:`hybridserve.urls.masked_url`: hybridserve's own messages name
+backends masked already, and this keeps a password out of the text of a driver's exception
+or a traceback too."""
 
 from __future__ import annotations
 
@@ -7,6 +11,8 @@ import sys
 from typing import IO, Any
 
 import orjson
+
+from hybridserve.urls import masked_url
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
@@ -26,7 +32,14 @@ class JsonFormatter(logging.Formatter):
                 out[key] = value
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return orjson.dumps(out, default=str).decode()
+        return masked_url(orjson.dumps(out, default=str).decode())
+
+
+class PlainFormatter(logging.Formatter):
+    """Human-readable lines (``configure(json=False)``), masked like the JSON ones."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return masked_url(super().format(record))
 
 
 class _JsonLines(logging.StreamHandler):  # type: ignore[type-arg]
@@ -50,7 +63,7 @@ def configure(level: str = "info", *, json: bool = True) -> None:
     handler.setFormatter(
         JsonFormatter()
         if json
-        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        else PlainFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     )
     for name in ("hybridserve", "uvicorn.error"):
         logger = logging.getLogger(name)

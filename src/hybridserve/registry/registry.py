@@ -281,6 +281,14 @@ class Registry:
             )
             q.write_audit(conn, actor or current_user(), "delete_alias", name, alias, current, None)
 
+    def record_action(
+        self, action: str, *, actor: str | None = None, details: dict[str, Any] | None = None
+    ) -> None:
+        """Audit an action on the whole registry that moves no alias (a server's ``reload``),
+        with model ``*`` and what it did in ``details``."""
+        with self._tx(write=True) as conn:
+            q.write_audit(conn, actor or current_user(), action, "*", None, None, None, details)
+
     def _move(self, name: str, alias: str, version: int, action: str, actor: str | None) -> None:
         check_name(alias, "alias")
         with self._tx(write=True) as conn:

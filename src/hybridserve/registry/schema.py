@@ -33,6 +33,7 @@ from sqlalchemy.pool import StaticPool
 
 from hybridserve._optional import require
 from hybridserve.errors import ConfigError, StoreError
+from hybridserve.urls import masked_url
 
 SCHEMA_VERSION = 1
 """Bump with a migration in :func:`ensure_schema` whenever the tables change."""
@@ -120,7 +121,8 @@ def make_engine(url: str) -> Engine:
         parsed = make_url(url)
     except ArgumentError:
         raise ConfigError(
-            f"invalid registry URL {url!r}: expected sqlite:///path or postgresql://user@host/db"
+            f"invalid registry URL {masked_url(url)!r}: "
+            "expected sqlite:///path or postgresql://user@host/db"
         ) from None
     backend = parsed.get_backend_name()
     if backend in ("postgresql", "postgres"):
@@ -129,7 +131,8 @@ def make_engine(url: str) -> Engine:
         return create_engine(parsed, pool_pre_ping=True, pool_size=5, max_overflow=5)
     if backend != "sqlite":
         raise ConfigError(
-            f"unsupported registry URL {url!r}: expected sqlite:///path or postgresql://..."
+            f"unsupported registry URL {masked_url(url)!r}: "
+            "expected sqlite:///path or postgresql://..."
         )
     database = parsed.database or ":memory:"
     if database == ":memory:":
@@ -139,10 +142,17 @@ def make_engine(url: str) -> Engine:
     else:
         from pathlib import Path
 
-        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        try:
+            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot open the registry database {masked_url(url)}: {exc}") from exc
         engine = create_engine(parsed, connect_args={"timeout": 30.0})
     _sqlite_pragmas(engine)
     return engine
+
+
+def _where(engine: Engine) -> str:
+    return masked_url(engine.url.render_as_string(hide_password=False))
 
 
 def ensure_schema(engine: Engine) -> None:
@@ -153,7 +163,7 @@ def ensure_schema(engine: Engine) -> None:
                 found = conn.execute(select(schema_version.c.version)).scalar()
             if found is not None and found > SCHEMA_VERSION:
                 raise ConfigError(
-                    f"the registry database {engine.url.render_as_string(hide_password=True)} "
+                    f"the registry database {_where(engine)} "
                     f"has schema version {found}, but this hybridserve only knows versions up "
                     f"to {SCHEMA_VERSION}: upgrade hybridserve to use it"
                 )
@@ -167,5 +177,4 @@ def ensure_schema(engine: Engine) -> None:
             if conn.execute(select(schema_version.c.version)).scalar() is None:
                 conn.execute(schema_version.insert().values(version=SCHEMA_VERSION))
     except SQLAlchemyError as exc:
-        where = engine.url.render_as_string(hide_password=True)
-        raise StoreError(f"cannot open the registry database {where}: {exc}") from exc
+        raise StoreError(f"cannot open the registry database {_where(engine)}: {exc}") from exc

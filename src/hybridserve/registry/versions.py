@@ -79,7 +79,8 @@ class AuditEntry:
     at: float
     actor: str
     action: str
-    """``register``, ``promote``, ``rollback``, ``alias`` or ``delete_alias``."""
+    """``register``, ``promote``, ``rollback``, ``alias``, ``delete_alias``, or ``reload`` (model
+    ``*``: a server re-resolved every alias; ``details.changes`` says what moved)."""
     model: str
     alias: str | None
     from_version: int | None

@@ -326,7 +326,9 @@ class Router:
         except Exception as exc:  # any failure of a dependency: fall back, never a 500
             breaker.failure()
             log.debug("%s: %s failed: %r", dependency, step, exc)
-            self._note(job, todo, f"{step}: failed ({type(exc).__name__}: {exc})")
+            # The class only: the answer goes to clients, the error's text (a backend's
+            # address, a driver's message) stays in the debug log.
+            self._note(job, todo, f"{step}: failed ({type(exc).__name__})")
             return None
         breaker.success()
         return result

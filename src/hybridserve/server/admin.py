@@ -1,7 +1,7 @@
 """Admin endpoints (``/v1/admin/...``) and metrics.
 
-Admin calls need the ``admin`` scope and alias moves are written to the registry's audit
-log with the API key's name as the actor.
+Admin calls need the ``admin`` scope; alias moves and reloads are written to the registry's
+audit log with the API key's name as the actor.
 """
 
 from __future__ import annotations
@@ -95,8 +95,13 @@ async def rollback(request: Request) -> Response:
 
 
 async def reload(request: Request) -> Response:
-    authorize(request, "admin")
-    return json_response(200, {"changes": await state_of(request).models.refresh()})
+    actor = authorize(request, "admin")
+    state = state_of(request)
+    changes = await state.models.refresh()
+    await asyncio.to_thread(
+        state.services.registry.record_action, "reload", actor=actor, details={"changes": changes}
+    )
+    return json_response(200, {"changes": changes})
 
 
 async def metrics(request: Request) -> Response:

@@ -21,12 +21,20 @@ from starlette.routing import Route
 from hybridserve.config import Project
 from hybridserve.errors import HybridServeError, NotFound
 from hybridserve.observability.access import AccessLog
-from hybridserve.records import new_request_id
 from hybridserve.routing.schema import parse_predict_request
 from hybridserve.server import admin, docs, events, v2
 from hybridserve.server.auth import presented_key
 from hybridserve.server.errors import exception_handlers
-from hybridserve.server.http import Receive, Scope, Send, error_body, header, read_body, send_json
+from hybridserve.server.http import (
+    BodyDeadline,
+    Receive,
+    Scope,
+    Send,
+    error_body,
+    read_body,
+    request_id,
+    send_json,
+)
 from hybridserve.server.state import ServerState
 from hybridserve.services import freeze_loaded
 
@@ -41,6 +49,7 @@ class HybridApp:
         self.state = state
         self.grpc_address = grpc_address
         self.max_body = state.project.server.max_body_size
+        self.body_timeout = state.project.server.body_timeout
         routes: list[Any] = [*v2.routes(), *admin.routes(), *events.routes(), *docs.routes()]
         self.starlette = Starlette(
             routes=routes, lifespan=self._lifespan, exception_handlers=exception_handlers()
@@ -72,40 +81,37 @@ class HybridApp:
             self.access.flush()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] == "http"
-            and scope["path"].startswith(_PREDICT)
-            and scope["method"] == "POST"
-        ):
-            await self.predict(scope, receive, send)
-        else:
+        if scope["type"] != "http":
             await self.starlette(scope, receive, send)
+            return
+        # Every endpoint reads its body through the same deadline (a 408 after it).
+        bounded = BodyDeadline(receive, send, self.body_timeout)
+        if scope["path"].startswith(_PREDICT) and scope["method"] == "POST":
+            await self.predict(scope, bounded.receive, bounded.send)
+        else:
+            await self.starlette(scope, bounded.receive, bounded.send)
 
     async def predict(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         route = scope["path"][len(_PREDICT) :]
-        rid_header = header(scope, b"x-request-id")
-        request_id = rid_header.decode()[:128] if rid_header else new_request_id()
+        rid = request_id(scope)
         state = self.state
         status = 500
         try:
             if state.auth.enabled:
-                state.auth.check(
-                    presented_key(header(scope, b"authorization"), header(scope, b"x-api-key")),
-                    "predict",
-                )
+                state.auth.check(presented_key(scope), "predict")
             if route not in state.project.routes:
                 state.project.route(route)  # raises RouteNotFound with the known routes
             body = await read_body(scope, receive, self.max_body)
             req = parse_predict_request(body)
-            outcome = await state.router.predict(route, req, request_id)
+            outcome = await state.router.predict(route, req, rid)
             status = outcome.status
             await send_json(
                 send,
                 status,
                 outcome.body,
                 [
-                    (b"x-request-id", request_id.encode()),
+                    (b"x-request-id", rid.encode()),
                     (b"x-model-version", outcome.model_version.encode()),
                     (b"x-source", outcome.sources.encode()),
                 ],
@@ -119,15 +125,13 @@ class HybridApp:
                     "none",
                     "not_found",
                 ).inc()
-            await send_json(
-                send, status, error_body(exc, request_id), [(b"x-request-id", request_id.encode())]
-            )
+            await send_json(send, status, error_body(exc, rid), [(b"x-request-id", rid.encode())])
         except Exception:
-            log.exception("request %s failed", request_id)
-            await send_json(send, 500, {"error": "internal error", "request_id": request_id})
+            log.exception("request %s failed", rid)
+            await send_json(send, 500, {"error": "internal error", "request_id": rid})
         if state.access_log:
             self.access.write(
-                request_id,
+                rid,
                 "POST",
                 scope["path"],
                 status,

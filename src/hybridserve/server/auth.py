@@ -4,6 +4,13 @@ Keys come from the project file (``server.api_keys``, preferably as sha256 hashe
 ``HYBRIDSERVE_API_KEYS`` (``name:key:scope+scope,...``). Auth is on whenever any key is
 configured. A presented key is hashed and compared with every stored hash in constant time,
 so neither the comparison nor the lookup leaks which key or how much of one matched.
+
+A presented key is the header's bytes, never decoded: every endpoint (the raw predict path
+and the Starlette ones, which would decode headers as latin-1) reads it with
+:func:`presented_key` from the ASGI scope, so a key matches on all of them or on none, and a
+header that is not UTF-8 is just a key that does not match (401). Configured keys are
+visible ASCII (:func:`hybridserve.config.api_key_problem`), whose bytes are the same in every
+encoding a client might use.
 """
 
 from __future__ import annotations
@@ -13,8 +20,9 @@ import hmac
 import os
 from dataclasses import dataclass
 
-from hybridserve.config import Project
+from hybridserve.config import Project, api_key_problem
 from hybridserve.errors import ConfigError, Forbidden, Unauthorized
+from hybridserve.server.http import Scope, header
 
 SCOPES = ("predict", "ingest", "admin")
 
@@ -26,8 +34,8 @@ class ApiKey:
     scopes: frozenset[str]
 
 
-def _digest(key: str) -> bytes:
-    return hashlib.sha256(key.encode()).digest()
+def _digest(key: bytes) -> bytes:
+    return hashlib.sha256(key).digest()
 
 
 def parse_env_keys(text: str) -> list[ApiKey]:
@@ -39,11 +47,14 @@ def parse_env_keys(text: str) -> list[ApiKey]:
                 "HYBRIDSERVE_API_KEYS: expected 'name:key:scope+scope,...', got an entry "
                 f"with {len(parts)} part(s) ({parts[0]!r})"
             )
+        problem = api_key_problem(parts[1])
+        if problem:
+            raise ConfigError(f"HYBRIDSERVE_API_KEYS: {parts[0]}: {problem}")
         scopes = frozenset(parts[2].split("+"))
         bad = scopes - set(SCOPES)
         if bad:
             raise ConfigError(f"HYBRIDSERVE_API_KEYS: {parts[0]}: unknown scope(s) {sorted(bad)}")
-        keys.append(ApiKey(parts[0], _digest(parts[1]), scopes))
+        keys.append(ApiKey(parts[0], _digest(parts[1].encode("ascii")), scopes))
     return keys
 
 
@@ -55,7 +66,8 @@ class Authenticator:
     def from_project(cls, project: Project) -> Authenticator:
         keys = []
         for k in project.server.api_keys:
-            digest = bytes.fromhex(k.sha256) if k.sha256 else _digest(k.key or "")
+            # Both validated when the project loaded: 64 hex digits, or a visible-ASCII key.
+            digest = bytes.fromhex(k.sha256) if k.sha256 else _digest((k.key or "").encode())
             keys.append(ApiKey(k.name, digest, frozenset(k.scopes)))
         keys += parse_env_keys(os.environ.get("HYBRIDSERVE_API_KEYS", ""))
         return cls(keys)
@@ -64,7 +76,7 @@ class Authenticator:
     def enabled(self) -> bool:
         return bool(self.keys)
 
-    def check(self, presented: str | None, scope: str) -> str | None:
+    def check(self, presented: bytes | None, scope: str) -> str | None:
         """The key's name when ``presented`` may use ``scope``; raise 401/403 otherwise."""
         if not self.keys:
             return None
@@ -82,12 +94,19 @@ class Authenticator:
         return found.name
 
 
-def presented_key(authorization: bytes | str | None, api_key: bytes | str | None) -> str | None:
-    if api_key:
-        return api_key.decode() if isinstance(api_key, bytes) else api_key
+def presented_key(scope: Scope) -> bytes | None:
+    """The key an HTTP request presents: ``X-API-Key``, else ``Authorization: Bearer KEY``,
+    as the bytes sent (surrounding spaces and tabs dropped)."""
+    return key_from(header(scope, b"x-api-key"), header(scope, b"authorization"))
+
+
+def key_from(api_key: bytes | None, authorization: bytes | None) -> bytes | None:
+    """The key in an ``X-API-Key`` value, else in an ``Authorization: Bearer KEY`` value (the
+    one rule for HTTP headers and gRPC metadata)."""
+    if api_key and api_key.strip(b" \t"):
+        return api_key.strip(b" \t")
     if authorization:
-        text = authorization.decode() if isinstance(authorization, bytes) else authorization
-        scheme, _, token = text.partition(" ")
-        if scheme.lower() == "bearer" and token:
-            return token.strip()
+        scheme, _, token = authorization.strip(b" \t").partition(b" ")
+        if scheme.lower() == b"bearer" and token.strip(b" \t"):
+            return token.strip(b" \t")
     return None

@@ -1,13 +1,17 @@
-"""Small raw-ASGI helpers for the hot path: read a bounded body, send a JSON answer."""
+"""Small raw-ASGI helpers for the hot path: read a bounded body, send a JSON answer, and
+the request-level rules every endpoint shares (the body deadline, the request id)."""
 
 from __future__ import annotations
 
+import asyncio
+import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import orjson
 
-from hybridserve.errors import HybridServeError, InvalidInput, PayloadTooLarge
+from hybridserve.errors import HybridServeError, InvalidInput, PayloadTooLarge, RequestTimeout
+from hybridserve.records import new_request_id
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -22,6 +26,62 @@ def header(scope: Scope, name: bytes) -> bytes | None:
         if key == name:
             return value  # type: ignore[no-any-return]
     return None
+
+
+_REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,128}")
+
+
+def request_id(scope: Scope) -> str:
+    """The caller's ``X-Request-Id`` (up to 128 bytes of it) when it is visible ASCII, else a
+    new id: a header that could not be echoed or logged as sent (not UTF-8, control
+    characters) is ignored rather than failing the request."""
+    raw = header(scope, b"x-request-id")
+    if raw and _REQUEST_ID.fullmatch(raw[:128]):
+        return raw[:128].decode("ascii")
+    return new_request_id()
+
+
+class BodyDeadline:
+    """A request's ``receive`` and ``send`` with the body bounded to ``timeout`` seconds.
+
+    Until the last body message has arrived, ``receive`` waits no longer than what is left
+    of the deadline, then raises :class:`RequestTimeout`, which whichever handler is reading
+    the body (the raw predict path, a Starlette endpoint) answers as a 408. That answer
+    carries ``connection: close``: the rest of the body may still be on its way, so the
+    connection cannot serve another request. Once the body is complete, ``receive`` is the
+    server's own again (handlers wait on it for the disconnect).
+    """
+
+    __slots__ = ("_body_done", "_deadline", "_receive", "_send", "_timeout", "expired")
+
+    def __init__(self, receive: Receive, send: Send, timeout: float) -> None:
+        self._receive, self._send, self._timeout = receive, send, timeout
+        self._deadline = asyncio.get_running_loop().time() + timeout
+        self._body_done = False
+        self.expired = False
+
+    async def receive(self) -> Message:
+        if self._body_done:
+            return await self._receive()
+        try:
+            async with asyncio.timeout_at(self._deadline):
+                message = await self._receive()
+        except TimeoutError:
+            self.expired = True
+            raise RequestTimeout(
+                f"the request body did not arrive within {self._timeout:g} s (server.body_timeout)"
+            ) from None
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            self._body_done = True
+        return message
+
+    async def send(self, message: Message) -> None:
+        if self.expired and message["type"] == "http.response.start":
+            message = {
+                **message,
+                "headers": [*message.get("headers", ()), (b"connection", b"close")],
+            }
+        await self._send(message)
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:

@@ -26,7 +26,7 @@ def authorize(request: Request, scope: str) -> str:
     """The caller's name (its API key's name, or its address when auth is off)."""
     state = state_of(request)
     name = state.auth.check(
-        presented_key(request.headers.get("authorization"), request.headers.get("x-api-key")),
+        presented_key(request.scope),
         scope,
     )
     client = request.client.host if request.client else "unknown"

@@ -11,6 +11,7 @@ from typing import cast
 from hybridserve._optional import import_string
 from hybridserve.errors import ConfigError
 from hybridserve.storage.base import Entry, KVStore, Write, wins
+from hybridserve.urls import masked_url
 
 BACKENDS: dict[str, str] = {
     "memory": "hybridserve.storage.memory:MemoryStore",
@@ -27,7 +28,7 @@ def open_store(url: str, prefix: str = "") -> KVStore:
     target = BACKENDS.get(scheme)
     if target is None:
         raise ConfigError(
-            f"unknown store URL {url!r}: expected one of "
+            f"unknown store URL {masked_url(url)!r}: expected one of "
             + ", ".join(f"{s}://" for s in sorted(BACKENDS))
         )
     cls = import_string(target)

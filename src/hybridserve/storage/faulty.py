@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Sequence
 
 from hybridserve.errors import StoreError
 from hybridserve.storage.base import Entry, KVStore, Write
+from hybridserve.urls import masked_url
 
 
 class FaultyStore:
@@ -20,7 +21,7 @@ class FaultyStore:
 
     def _check(self) -> None:
         if self.down:
-            raise StoreError(f"{self.url} is down (outage drill)")
+            raise StoreError(f"{masked_url(self.url)} is down (outage drill)")
 
     async def get_many(self, keys: Sequence[str]) -> list[Entry | None]:
         self._check()

@@ -14,6 +14,7 @@ from typing import Any
 from hybridserve._optional import require
 from hybridserve.errors import StoreError
 from hybridserve.storage.base import Entry, Write
+from hybridserve.urls import masked_url
 
 # Scripts take a column of byte strings as two arguments, the strings joined and their lengths
 # (see :func:`packed`; Lua's ``split`` takes them apart), rather than one argument per string:
@@ -117,7 +118,7 @@ class RedisStore:
                         await self._get(keys=[], args=packed(chunk), client=pipe)
                     results = [x for part in await pipe.execute() for x in part]
         except self._errors as exc:
-            raise StoreError(f"Redis read failed ({self.url}): {exc}") from exc
+            raise StoreError(f"Redis read failed ({masked_url(self.url)}): {exc}") from exc
         out: list[Entry | None] = []
         for i, key in enumerate(keys):
             value = results[2 * i]
@@ -168,7 +169,7 @@ class RedisStore:
                     await self._cas(keys=[], args=args, client=pipe)
                 results = await pipe.execute()
         except self._errors as exc:
-            raise StoreError(f"Redis write failed ({self.url}): {exc}") from exc
+            raise StoreError(f"Redis write failed ({masked_url(self.url)}): {exc}") from exc
         return int(sum(results))
 
     async def delete_many(self, keys: Sequence[str]) -> int:
@@ -177,7 +178,7 @@ class RedisStore:
         try:
             return int(await self._redis.delete(*[self._prefix + k for k in keys]))
         except self._errors as exc:
-            raise StoreError(f"Redis delete failed ({self.url}): {exc}") from exc
+            raise StoreError(f"Redis delete failed ({masked_url(self.url)}): {exc}") from exc
 
     async def scan(self, prefix: str) -> AsyncIterator[str]:
         seen: set[bytes] = set()
@@ -189,13 +190,13 @@ class RedisStore:
                     seen.add(key)
                     yield key.decode()[cut:]
         except self._errors as exc:
-            raise StoreError(f"Redis scan failed ({self.url}): {exc}") from exc
+            raise StoreError(f"Redis scan failed ({masked_url(self.url)}): {exc}") from exc
 
     async def ping(self) -> None:
         try:
             await self._redis.ping()
         except self._errors as exc:
-            raise StoreError(f"Redis is unreachable at {self.url}: {exc}") from exc
+            raise StoreError(f"Redis is unreachable at {masked_url(self.url)}: {exc}") from exc
 
     async def close(self) -> None:
         await self._redis.aclose()

@@ -17,6 +17,7 @@ from pathlib import Path
 from hybridserve.errors import StoreError
 from hybridserve.records import now
 from hybridserve.storage.base import Entry, Write
+from hybridserve.urls import masked_url
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (
@@ -43,7 +44,7 @@ _PURGE_EVERY = 10_000
 def sqlite_path(url: str) -> str:
     """The file path in ``sqlite:///relative`` or ``sqlite:////absolute`` (``:memory:`` too)."""
     if not url.startswith("sqlite:///"):
-        raise StoreError(f"not a SQLite URL: {url!r} (expected sqlite:///path)")
+        raise StoreError(f"not a SQLite URL: {masked_url(url)!r} (expected sqlite:///path)")
     return url.removeprefix("sqlite:///")
 
 
@@ -52,17 +53,17 @@ class SQLiteStore:
         self.url = url
         self._prefix = prefix
         path = sqlite_path(url)
-        if path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
         try:
+            if path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
             self._conn = sqlite3.connect(
                 path, timeout=30.0, isolation_level=None, check_same_thread=False
             )
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.executescript(_SCHEMA)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open SQLite store at {path!r}: {exc}") from exc
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"cannot open SQLite store {masked_url(url)}: {exc}") from exc
         self._lock = threading.Lock()
         self._writes_since_purge = 0
 

@@ -25,6 +25,7 @@ from hybridserve.errors import StoreError
 from hybridserve.records import now
 from hybridserve.storage import Entry, KVStore
 from hybridserve.storage.redis import LUA_SPLIT, packed
+from hybridserve.urls import masked_url
 
 Output = tuple[str, bytes]
 """``(event_id, payload)`` for the output stream."""
@@ -173,7 +174,7 @@ class RedisStateStore:
         try:
             found = await self._redis.mget([p + seen_key(s, e) for e in event_ids])
         except self._errors as exc:
-            raise StoreError(f"Redis read failed ({self.url}): {exc}") from exc
+            raise StoreError(f"Redis read failed ({masked_url(self.url)}): {exc}") from exc
         return [v is not None for v in found]
 
     async def load(self, entities: Sequence[str]) -> list[tuple[int, bytes | None]]:
@@ -183,7 +184,7 @@ class RedisStateStore:
         try:
             found = await self._redis.mget([p + state_key(s, e) for e in entities])
         except self._errors as exc:
-            raise StoreError(f"Redis read failed ({self.url}): {exc}") from exc
+            raise StoreError(f"Redis read failed ({masked_url(self.url)}): {exc}") from exc
         out: list[tuple[int, bytes | None]] = []
         for raw in found:
             if raw is None:
@@ -212,7 +213,7 @@ class RedisStateStore:
         try:
             return bool(await self._commit(keys=[], args=args))
         except self._errors as exc:
-            raise StoreError(f"Redis commit failed ({self.url}): {exc}") from exc
+            raise StoreError(f"Redis commit failed ({masked_url(self.url)}): {exc}") from exc
 
     async def close(self) -> None:
         await self._redis.aclose()

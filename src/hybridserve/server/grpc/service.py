@@ -29,7 +29,7 @@ import numpy.typing as npt
 from hybridserve._optional import require
 from hybridserve.errors import ConfigError, HybridServeError, InvalidInput
 from hybridserve.server import dataplane
-from hybridserve.server.auth import presented_key
+from hybridserve.server.auth import key_from
 from hybridserve.server.dataplane import InferRequest, InferResult
 from hybridserve.server.state import ServerState
 
@@ -221,7 +221,7 @@ class InferenceService:
         state = self.state
         metadata = dict(context.invocation_metadata() or ())
         if state.auth.enabled:
-            key = presented_key(metadata.get("authorization"), metadata.get("x-api-key"))
+            key = key_from(_raw(metadata.get("x-api-key")), _raw(metadata.get("authorization")))
             state.auth.check(key, "predict")
         model = dataplane.resolve(state, request.model_name, request.model_version)
         req = decode_request(request, context.time_remaining())
@@ -277,3 +277,10 @@ class GrpcServer:
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None
+
+
+def _raw(value: Any) -> bytes | None:
+    """A metadata value as bytes (gRPC gives ASCII text values as ``str``)."""
+    if value is None or isinstance(value, bytes):
+        return value
+    return str(value).encode("utf-8", "surrogateescape")

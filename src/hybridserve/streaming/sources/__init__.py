@@ -14,6 +14,7 @@ from hybridserve.streaming.sources.base import (
     output_key,
     stream_key,
 )
+from hybridserve.urls import masked_url
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 
@@ -36,7 +37,7 @@ def source_url(project: Project, name: str) -> str:
     if url.partition("://")[0].lower() not in REDIS_SCHEMES:
         raise ConfigError(
             f"streams.{name}.source.url: a redis source needs a redis:// URL "
-            f"(the online store is {url!r})"
+            f"(the online store is {masked_url(url)!r})"
         )
     return url
 

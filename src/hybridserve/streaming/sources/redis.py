@@ -20,6 +20,7 @@ from hybridserve.errors import StoreError
 from hybridserve.records import now
 from hybridserve.streaming.events import RawEntry
 from hybridserve.streaming.sources.base import DeadLetter, SourceInfo
+from hybridserve.urls import masked_url
 
 # KEYS[1]: stream; KEYS[1 + i]: marker of item i.
 # ARGV: ttl_ms, maxlen (0: none), nf, nf field names, then nf values per item.
@@ -128,7 +129,7 @@ class RedisSource:
                 self.group, self.consumer, {self.key: ">"}, count=max_items, block=ms or None
             )
         except self._errors as exc:
-            raise StoreError(f"Redis read failed ({self.url}): {exc}") from exc
+            raise StoreError(f"Redis read failed ({masked_url(self.url)}): {exc}") from exc
         return self._entries(resp[0][1], now(), {}) if resp else []
 
     async def ack(self, ids: Sequence[str]) -> None:
@@ -136,7 +137,7 @@ class RedisSource:
             try:
                 await self._redis.xack(self.key, self.group, *ids)
             except self._errors as exc:
-                raise StoreError(f"Redis ack failed ({self.url}): {exc}") from exc
+                raise StoreError(f"Redis ack failed ({masked_url(self.url)}): {exc}") from exc
 
     def rewind(self) -> None:
         self._cursor = "0"
@@ -173,7 +174,7 @@ class RedisSource:
             raw = [r for r in raw if r is not None and r[1] is not None]
             return self._entries(raw, now(), await self._deliveries(raw)) if raw else []
         except self._errors as exc:
-            raise StoreError(f"Redis claim failed ({self.url}): {exc}") from exc
+            raise StoreError(f"Redis claim failed ({masked_url(self.url)}): {exc}") from exc
 
     async def _add_once(self, stream: str, fields: list[str], items: list[list[Any]]) -> None:
         keys = [stream] + [f"{stream}:m:{item[0]}" for item in items]
@@ -184,7 +185,7 @@ class RedisSource:
         try:
             await self._once(keys=keys, args=args)
         except self._errors as exc:
-            raise StoreError(f"Redis write failed ({self.url}): {exc}") from exc
+            raise StoreError(f"Redis write failed ({masked_url(self.url)}): {exc}") from exc
 
     async def dead_letter(self, items: Sequence[DeadLetter]) -> None:
         if items:
@@ -204,7 +205,7 @@ class RedisSource:
                 pipe.xadd(self.key, {"d": payload}, maxlen=self.maxlen, approximate=True)
             return [_text(i) for i in await pipe.execute()]
         except self._errors as exc:
-            raise StoreError(f"Redis append failed ({self.url}): {exc}") from exc
+            raise StoreError(f"Redis append failed ({masked_url(self.url)}): {exc}") from exc
 
     async def info(self) -> SourceInfo:
         try:
@@ -215,7 +216,7 @@ class RedisSource:
             length, dead, outputs = await pipe.execute()
             groups = await self._redis.xinfo_groups(self.key) if length else []
         except self._errors as exc:
-            raise StoreError(f"Redis read failed ({self.url}): {exc}") from exc
+            raise StoreError(f"Redis read failed ({masked_url(self.url)}): {exc}") from exc
         info = SourceInfo(length=length, dead_letters=dead, outputs=outputs)
         for g in groups:
             if _text(g["name"]) == self.group:
