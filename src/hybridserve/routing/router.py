@@ -30,11 +30,13 @@ from hybridserve.predictions.cache import L1Cache
 from hybridserve.predictions.store import RunPointer
 from hybridserve.records import PredictionRecord, new_request_id, now, to_iso
 from hybridserve.routing.breaker import STATE_VALUE, CircuitBreaker, State
+from hybridserve.routing.lag import LoopLag
 from hybridserve.routing.models import LoadedModel, ModelManager
 from hybridserve.routing.rollout import in_share
 from hybridserve.routing.schema import EntityItem, PredictRequest
 from hybridserve.routing.shadow import ShadowScorer
 from hybridserve.runtimes.base import Prediction
+from hybridserve.scoring import value_problem
 from hybridserve.services import Services
 
 log = logging.getLogger("hybridserve.router")
@@ -99,6 +101,8 @@ class Router:
         # route -> (batch run id served, loop time it was checked)
         self._runs: dict[str, tuple[str | None, float]] = {}
         self.run_check_interval = 1.0
+        self.lag = LoopLag()
+        """Tells a dependency's timeout from the loop's own lateness (see ``routing/lag.py``)."""
 
     # -- breakers --------------------------------------------------------------------
 
@@ -121,6 +125,7 @@ class Router:
         cfg = self.project.route(route)
         request_id = request_id or new_request_id()
         loop = asyncio.get_running_loop()
+        self.lag.start()
         t0 = perf_counter()  # stage timings; deadlines use the loop's clock (1 ms on uvloop)
         job = self._job(route, cfg, req, loop.time())
         m = self.metrics
@@ -164,6 +169,12 @@ class Router:
                         else " (this route takes no request features)"
                     )
                 )
+            if feats:
+                for name, value in feats.items():
+                    problem = value_problem(allowed[name], value)
+                    if problem is not None:
+                        where = "features" if isinstance(item, str) else f"entities.{i}.features"
+                        raise InvalidInput(f"{where}.{name}: {problem}")
             keys.append(key)
             extra.append(feats or None)
         budget = cfg.latency_budget
@@ -289,11 +300,12 @@ class Router:
         """Await ``coro`` within the time left, through ``dependency``'s breaker.
 
         Any failure (an error, a timeout) is noted in the entities' trail and returns
-        ``None`` so the next step can answer; it never becomes a 500. Failures charge the
-        dependency's breaker, except overload of a healthy model: a request shed by the
-        micro-batcher, or one that timed out queueing behind batches that each run well
-        within budget, says the model is busy, not broken, and opening its breaker would
-        turn overload into an outage.
+        ``None`` so the next step can answer; it never becomes a 500. Errors and timeouts
+        charge the dependency's breaker, except when the cause is our own: a request shed by
+        the micro-batcher, one that timed out queueing behind model batches that each run
+        well within budget, or a timeout while the event loop itself ran late (saturated by
+        its own requests, or frozen by a pause) says this process was busy, not that the
+        dependency is broken, and opening its breaker would turn overload into an outage.
         """
         breaker = self.breaker(dependency)
         remaining = job.deadline - asyncio.get_running_loop().time()
@@ -305,6 +317,7 @@ class Router:
             coro.close()
             self._note(job, todo, f"{step}: skipped ({dependency} circuit open)")
             return None
+        started = perf_counter()
         try:
             async with asyncio.timeout(remaining):
                 result = await coro
@@ -316,6 +329,11 @@ class Router:
             if model is not None and model.batcher.batch_seconds < remaining / 2:
                 self._busy(breaker)
                 self._note(job, todo, f"{step}: timed out queueing for {model.label} (busy)")
+                return None
+            if self.lag.explains(started, remaining):
+                self._busy(breaker)
+                late = self.lag.since(started) * 1000
+                self._note(job, todo, f"{step}: timed out, event loop {late:.0f} ms late (busy)")
                 return None
             breaker.failure()
             log.debug("%s: %s timed out", dependency, step)
@@ -472,7 +490,9 @@ class Router:
         await asyncio.sleep(self.write_back_delay)
         while self._pending_writes:
             records, self._pending_writes = self._pending_writes, []
-            breaker = self.breaker("prediction_store")
+            # Writes have their own breaker: a store that cannot write (a full or read-only
+            # disk) may still serve reads, and failed writes must not stop them.
+            breaker = self.breaker("prediction_store:write")
             if not breaker.allow():
                 self.metrics.child("write_back_dropped").inc(len(records))
                 continue
@@ -635,6 +655,7 @@ class Router:
         await self.shadow.drain()
 
     async def close(self) -> None:
+        self.lag.stop()
         await self.shadow.close()
         if self._writebacks:
             await asyncio.wait(self._writebacks, timeout=5)
