@@ -19,6 +19,7 @@ from statistics import median
 from typing import TYPE_CHECKING
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from hybridserve.batching import MicroBatcher
 from hybridserve.errors import HybridServeError
@@ -94,6 +95,11 @@ class ModelManager:
 
     def load_all(self) -> None:
         """Load every model of every route; raise with every problem found."""
+        threads = self.services.project.server.model_threads
+        if threads is not None:
+            # Process-wide and kept: this process serves; batch runs have their own processes.
+            threadpool_limits(limits=threads)
+            log.info("model calls use at most %d thread(s) each (server.model_threads)", threads)
         problems = []
         for route in self.services.project.routes:
             for role, ref in route_refs(self.services, route).items():
