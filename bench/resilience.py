@@ -3,6 +3,8 @@
 Two runs of ``hybridserve serve`` on the bench project with its stores on Redis (server on core
 0, wrk on core 1, 64 connections, the route's stored predictions fresh):
 
+The L1 cache is off by default (``--l1 0``), so every answer reads Redis.
+
 1. **healthy**: straight to Redis for ``--seconds``. Every answer should come from the store or
    L1; the share of fallbacks is reported (target: under 1%). Before the loop-lag rule and the
    blocking connection pool, the store and model breakers opened within 0.3 s of the load
@@ -31,6 +33,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
@@ -48,6 +52,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--outage", type=float, default=10.0, help="how long Redis is down")
     ap.add_argument("--work", type=Path, default=HERE / ".work-resilience")
     ap.add_argument("--cards", type=int, default=5000)
+    ap.add_argument(
+        "--l1",
+        type=int,
+        default=0,
+        help="L1 cache size (default 0: every answer reads Redis, which is what is tested)",
+    )
     return ap.parse_args(argv)
 
 
@@ -114,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"building the bench project under {args.work} (stores on Redis, prefix {prefix})")
     bench = project.build(args.work, n_cards=args.cards)
     print(f"stored predictions: {bench.stored:,}")
+    project_file = bench.project_dir / "hybridserve.yaml"
+    doc = yaml.safe_load(project_file.read_text())
+    doc.setdefault("server", {})["l1_cache_size"] = args.l1
+    project_file.write_text(yaml.safe_dump(doc, sort_keys=False))
     env = {"HYBRIDSERVE_ONLINE_STORE_URL": redis_url, "HYBRIDSERVE_STORE_PREFIX": prefix}
     results: dict[str, Any] = {}
     try:
