@@ -96,9 +96,15 @@ def run(spec: servers.ServerSpec, seconds: float, logs: Path) -> loadgen.LoadRes
     with servers.RunningServer(spec, core=0, log=logs / f"{spec.key}.log") as server:
         # Warm up (L1, connections) for a couple of seconds, then measure.
         loadgen.run_wrk(server.port, spec.path, spec.bodies, concurrency=64, seconds=2, core=1)
-        return loadgen.run_wrk(
+        result = loadgen.run_wrk(
             server.port, spec.path, spec.bodies, concurrency=64, seconds=seconds, core=1
         )
+        # Why answers fell back, and where the breakers ended, as the server counted them.
+        _, text = servers.http(server.port, "/metrics")
+        for line in text.decode().splitlines():
+            if line.startswith(("hybridserve_fallbacks_total", "hybridserve_breaker_state")):
+                print("   ", line)
+        return result
 
 
 def row(name: str, r: loadgen.LoadResult) -> str:
