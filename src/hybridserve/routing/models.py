@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from statistics import median
@@ -137,7 +138,9 @@ class ModelManager:
             self._batchers[mv.ref] = batcher
         return LoadedModel(ref, scorer, batcher)
 
-    def _inline(self, ref: str, scorer: Scorer) -> bool:
+    def _inline(
+        self, ref: str, scorer: Scorer, clock: Callable[[], float] = time.perf_counter
+    ) -> bool:
         """Run this model's calls on the event loop? Decided once, at load, and logged.
 
         ``auto`` times a full batch several times and takes the median: one timing of one
@@ -149,7 +152,7 @@ class ModelManager:
         if self.execution != "auto":
             log.info("%s: model calls run %s (server.model_execution)", ref, self.execution)
             return self.execution == "inline"
-        times = self._warm_up(scorer)
+        times = self._warm_up(scorer, clock=clock)
         if not times:
             log.info("%s: the model rejects a batch of zeros; model calls run in a thread", ref)
             return False
@@ -170,19 +173,21 @@ class ModelManager:
         )
         return inline
 
-    def _warm_up(self, scorer: Scorer, calls: int = 11) -> list[float]:
+    def _warm_up(
+        self, scorer: Scorer, calls: int = 11, clock: Callable[[], float] = time.perf_counter
+    ) -> list[float]:
         """Time full batches before serving (also warms the model's caches); [] if it fails."""
         width = len(scorer.names)
         matrix = np.zeros((self.max_batch_size, width), dtype=np.float64)
         times = []
         for n in range(calls + 2):
-            started = time.perf_counter()
+            started = clock()
             try:
                 scorer.runtime.predict(matrix)
             except Exception:  # a model that rejects zeros: assume it is slow, use a thread
                 return []
             if n >= 2:  # the first calls fill caches
-                times.append(time.perf_counter() - started)
+                times.append(clock() - started)
         return times
 
     def _install(self, route: str, role: str, model: LoadedModel) -> None:
