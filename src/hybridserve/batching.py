@@ -3,9 +3,17 @@
 When the model is idle a request runs at once: no timer, no added wait at low load. While a
 batch runs, newcomers gather; the moment the model is free the next batch starts with up to
 ``max_batch_size`` rows, earliest deadlines first. A request whose deadline would pass before
-the next batch can finish (judged from a moving average of batch times) is failed at once with
-:class:`~hybridserve.errors.DeadlineExceeded`, so its caller can still use a fallback in time
-instead of waiting for a model answer that would come too late.
+the next batch can finish is failed at once with :class:`~hybridserve.errors.DeadlineExceeded`,
+so its caller can still use a fallback in time instead of waiting for a model answer that would
+come too late.
+
+That judgement rests on :class:`BatchTimes`, an estimate that cannot wedge: it is the median of
+the last few batch times (one call slowed by a stall, a garbage-collection pause or a
+SIGSTOP'd process does not move it), and it decays towards zero while no batch runs. A moving
+average used to be the figure: one 500 ms stall pushed it past a 50 ms budget, every request
+was then refused before any batch ran, the average never came down, and the server answered
+from fallbacks for good. Now the evidence keeps being refreshed: when nothing has run for a
+while the estimate shrinks until a batch runs again and measures the model anew.
 
 Where the model call runs is chosen per model (``inline``): a slow model runs in a worker
 thread, off the event loop. A fast one (a batch in about a millisecond, like most tree
@@ -20,9 +28,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from statistics import median
 
 import numpy as np
 
@@ -33,6 +43,41 @@ from hybridserve.scoring import Matrix
 PredictFn = Callable[[Matrix], Prediction]
 BatchObserver = Callable[[int, float], None]
 """Called after each model call with (rows, seconds)."""
+
+
+class BatchTimes:
+    """How long one model call takes: the median of the last ``window`` calls, decaying while
+    no call runs (halving for every ``half_life`` seconds that the model sat idle, counted from
+    when the next call could have started after the last one ended)."""
+
+    def __init__(
+        self,
+        *,
+        window: int = 15,
+        half_life: float = 0.25,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self._recent: deque[float] = deque(maxlen=window)
+        self._median = 0.0
+        self._last = 0.0
+        self.half_life = half_life
+        self._clock = clock
+
+    def observe(self, seconds: float) -> None:
+        self._recent.append(seconds)
+        self._median = median(self._recent)
+        self._last = self._clock()
+
+    @property
+    def seconds(self) -> float:
+        """The current estimate (0 until the first call)."""
+        if not self._median:
+            return 0.0
+        # Idle: past the time the next call could have started after the last one ended.
+        idle = self._clock() - self._last - self._median
+        if idle <= 0:
+            return self._median
+        return float(self._median * 0.5 ** (idle / self.half_life))
 
 
 @dataclass(slots=True)
@@ -64,19 +109,25 @@ class MicroBatcher:
         self._runner: asyncio.Task[None] | None = None
         self._busy_since: float | None = None
         """Loop time the running model call started (``None`` while the model is idle)."""
-        self.batch_seconds = 0.0
-        """Moving average of one model call's duration (0 until the first call)."""
+        self.times = BatchTimes()
+        """How long one model call takes (see :class:`BatchTimes`)."""
+
+    @property
+    def batch_seconds(self) -> float:
+        """The estimate of one model call's duration (0 until the first call)."""
+        return self.times.seconds
 
     async def predict(self, matrix: Matrix, deadline: float | None = None) -> Prediction:
         """Score ``matrix`` (rows of one request) in the next batch; ``deadline`` is loop time."""
         loop = asyncio.get_running_loop()
-        if deadline is not None and self._busy_since is not None and self.batch_seconds:
+        if deadline is not None and self._busy_since is not None:
             # Busy: the earliest this request can finish is after the running call and one
             # more. Fail now rather than when the next batch forms, so the caller has all the
             # time left for its fallback.
+            took = self.times.seconds
             at = loop.time()
-            running_ends = max(at, self._busy_since + self.batch_seconds)
-            if deadline < running_ends + self.batch_seconds:
+            running_ends = max(at, self._busy_since + took)
+            if took and deadline < running_ends + took:
                 raise DeadlineExceeded(
                     f"{self.name}: deadline would pass before the next batch ends"
                 )
@@ -112,9 +163,7 @@ class MicroBatcher:
             finally:
                 self._busy_since = None
             took = time.perf_counter() - started
-            self.batch_seconds = (
-                took if not self.batch_seconds else 0.8 * self.batch_seconds + 0.2 * took
-            )
+            self.times.observe(took)
             if self._observe is not None:
                 self._observe(len(matrix), took)
             self._deliver(batch, prediction)
@@ -124,7 +173,7 @@ class MicroBatcher:
         if len(pending) > 1:
             pending.sort(key=lambda item: item.deadline)
         # Fail what cannot finish in time: its caller still has a fallback to try.
-        horizon = at + self.batch_seconds
+        horizon = at + self.times.seconds
         batch: list[_Item] = []
         rows = 0
         keep: list[_Item] = []

@@ -364,8 +364,14 @@ class ServerConfig(_Strict):
     shadow_queue: int = Field(default=1000, ge=1)
     model_execution: Literal["auto", "thread", "inline"] = "auto"
     """Where model calls run: ``thread`` (off the event loop), ``inline`` (on it), or
-    ``auto``: inline when a full batch takes less than ``inline_below`` at start-up."""
-    inline_below: Duration = 0.002
+    ``auto``: inline when a full batch takes less than ``inline_below`` at start-up (the
+    median of 11 timed batches; the choice and the timings are logged)."""
+    inline_below: Duration = 0.010
+    model_threads: int | None = Field(default=1, ge=1)
+    """Threads one model call may use (OpenMP and BLAS pools; ``null``: the libraries' own
+    default, one per core). Online batches are small: measured on 2 busy cores, a 64-row
+    batch of the example's gradient boosting took 0.7 ms on one thread and a median of 1.2 to
+    36 ms with OpenMP's two, whose threads spin against the event loop."""
     body_timeout: Duration = Field(default=10.0, gt=0)
     """Longest time a client may take to send a request body (408 after it)."""
     breaker: BreakerConfig = BreakerConfig()

@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from hybridserve.config import FeatureSpec, Project
+from hybridserve.config import DType, FeatureSpec, Project
 from hybridserve.errors import ConfigError
 from hybridserve.records import PredictionRecord, Source, now
 from hybridserve.runtimes.base import Prediction, Runtime
@@ -387,6 +387,35 @@ def _coerce(name: str, value: Any) -> tuple[float | None, str | None]:
     if isinstance(value, bool | np.bool_ | np.integer | np.floating):
         return float(value), None
     return None, f"feature {name!r}: expected a number, got {value!r}"
+
+
+def value_problem(dtype: DType, value: Any) -> str | None:
+    """What is wrong with ``value`` given for a feature of ``dtype`` (``None``: nothing).
+
+    Request-time features are checked with this before any step runs, so a value the Scorer
+    would reject is a 400 naming the field, not a degraded answer; it words its findings as
+    the Scorer words a rejected row.
+    """
+    cls = value.__class__
+    if cls is float:
+        if value - value != 0.0:  # NaN or infinite
+            return f"expected a finite number, got {value!r}"
+        if dtype == "int" and not value.is_integer():
+            return f"expected int, got {value!r}"
+        return None if dtype in ("float", "int") else _expected(dtype, value)
+    if cls is int:
+        ok = dtype in ("float", "int") or (dtype == "bool" and value in (0, 1))
+        return None if ok else _expected(dtype, value)
+    if cls is bool:
+        return None if dtype != "str" else _expected(dtype, value)
+    if cls is str:
+        return None if dtype == "str" else _expected(dtype, value)
+    return _expected(dtype, value)
+
+
+def _expected(dtype: DType, value: Any) -> str:
+    wanted = {"float": "a number", "int": "an int", "bool": "true or false", "str": "a string"}
+    return f"expected {wanted[dtype]}, got {value!r}"
 
 
 def _numeric_column(col: Any) -> tuple[Matrix, npt.NDArray[np.bool_] | None]:

@@ -37,7 +37,7 @@ async def test_router_switches_only_when_a_run_completes(
     await asyncio.to_thread(run_job, project, "old", run_id="old1")
 
     app, client = await serve(project)
-    app.state.router.run_check_interval = 0
+    app.state.router.runs.interval = 0
     entities = ["card_000001", "card_000150", "card_000399"]
 
     async def served() -> list[tuple[str, str]]:

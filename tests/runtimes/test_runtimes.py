@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import timeit
 
 import numpy as np
 import pytest
@@ -79,13 +78,3 @@ def test_missing_extra_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "lightgbm", None)  # import lightgbm -> ImportError
     with pytest.raises(MissingExtra, match=r"hybridserve\[lightgbm\]"):
         LightGBMRuntime.load("unused.joblib", name="m", version=1, signature=SIG, task="regression")
-
-
-def test_overhead_over_predict_proba_is_small() -> None:
-    model = tm.train("logreg")
-    rt = SklearnRuntime(model, name="m", version=1, signature=SIG, task="classification")
-    x, _, _ = tm.dataset(n=32, seed=9)
-    n = 200
-    direct = min(timeit.repeat(lambda: model.predict_proba(x), number=n, repeat=5)) / n
-    wrapped = min(timeit.repeat(lambda: rt.predict(x), number=n, repeat=5)) / n
-    assert wrapped - direct < 30e-6, f"overhead {(wrapped - direct) * 1e6:.1f} µs per call"

@@ -151,16 +151,31 @@ async def test_slow_or_failing_shadow_never_slows_or_changes_a_response(
     project = make_project(latency_budget="5s", shadow={"model": "fraud@shadow", "percent": 100})
     _point_shadow(project)
     app, client = await serve(project)
-    shadow_calls = _slow_down(app, "shadow", 0.3)
-    baseline = await predict(client, CARDS[:5], mode="compute")  # warm; shadow starts work
-    t = time.perf_counter()
-    for _ in range(5):
-        got = await predict(client, CARDS[:5], mode="compute")
-        assert [p["score"] for p in got] == [p["score"] for p in baseline]
-        assert {p["model_version"] for p in got} == {1}
-    took = time.perf_counter() - t
-    assert took < 0.5, f"5 requests took {took:.2f}s behind a 0.3 s/call shadow"
-    assert shadow_calls  # the shadow did run, off the request path
+    # The shadow model is held inside its call until the test lets it go: every answer below
+    # comes back while it is stuck, so none of them waited for it.
+    gate = threading.Event()
+    shadow = app.state.models.get(ROUTE, "shadow")
+    assert shadow is not None
+    shadow_calls: list[int] = []
+
+    def wrap(inner: PredictFn) -> PredictFn:
+        def held(matrix: Matrix) -> Prediction:
+            shadow_calls.append(len(matrix))
+            assert gate.wait(30)
+            return inner(matrix)
+
+        return held
+
+    swap_predict(shadow.batcher, wrap)
+    try:
+        baseline = await predict(client, CARDS[:5], mode="compute")  # the shadow starts work
+        for _ in range(5):
+            got = await predict(client, CARDS[:5], mode="compute")
+            assert [p["score"] for p in got] == [p["score"] for p in baseline]
+            assert {p["model_version"] for p in got} == {1}
+        assert shadow_calls and not gate.is_set()  # the shadow ran, and is still stuck
+    finally:
+        gate.set()
     # A shadow that fails is counted, and responses do not notice.
     model = app.state.models.get(ROUTE, "shadow")
     assert model is not None

@@ -37,7 +37,7 @@ _worker: ChunkWorker | None = None
 
 def _limit_threads() -> None:
     # One BLAS/OpenMP thread per worker: the pool is the parallelism.
-    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+    from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)
 

@@ -51,7 +51,7 @@ def run_consumer(
 
     proj = project(project_path)
     if model_threads:
-        from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+        from threadpoolctl import threadpool_limits
 
         threadpool_limits(limits=model_threads)
     name = consumer or f"{socket.gethostname()}-{os.getpid()}"

@@ -127,3 +127,34 @@ class PredictionStore:
         if keys:
             deleted += await self.kv.delete_many(keys)
         return deleted
+
+
+class RunPointerCache:
+    """Which batch run each route serves, as last read, so a request need not read it.
+
+    :meth:`get` returns the cached run id while it is younger than ``interval`` (``None``
+    as "unknown, read it"); :meth:`set` records a fresh read and says whether the run
+    changed (the caller then clears what L1 holds from the old run).
+    """
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self.interval = interval
+        self._runs: dict[str, tuple[str | None, float]] = {}
+
+    def get(self, route: str, at: float) -> tuple[bool, str | None]:
+        """``(fresh, run_id)``: fresh when read less than ``interval`` before ``at``."""
+        cached = self._runs.get(route)
+        if cached is None:
+            return False, None
+        return at - cached[1] < self.interval, cached[0]
+
+    def known(self, route: str) -> str | None:
+        """The last run id read for ``route``, however old (``None`` if never read)."""
+        cached = self._runs.get(route)
+        return None if cached is None else cached[0]
+
+    def set(self, route: str, run_id: str | None, at: float) -> bool:
+        """Record a read; ``True`` when it names another run than the last read did."""
+        cached = self._runs.get(route)
+        self._runs[route] = (run_id, at)
+        return cached is not None and cached[0] != run_id

@@ -14,7 +14,10 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from hybridserve.config import BreakerConfig
 
 State = Literal["closed", "open", "half_open"]
 STATE_VALUE: dict[State, int] = {"closed": 0, "half_open": 1, "open": 2}
@@ -101,3 +104,47 @@ class CircuitBreaker:
             self.state = state
             if self._on_change is not None:
                 self._on_change(self.name, state)
+
+
+class Breakers:
+    """One breaker per dependency, made on first use from the server's breaker settings.
+
+    Names are ``prediction_store``, ``prediction_store:write``, ``feature_store`` and
+    ``model:NAME/VERSION``; ``on_new`` hears of each new breaker and ``on_change`` of every
+    state move (the server reports both as a metric, and moves as a log line).
+    """
+
+    def __init__(
+        self,
+        cfg: BreakerConfig,
+        *,
+        on_change: Callable[[str, State], None] | None = None,
+        on_new: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._cfg = cfg
+        self._on_change = on_change
+        self._on_new = on_new
+        self._clock = clock
+        self._all: dict[str, CircuitBreaker] = {}
+
+    def __call__(self, name: str) -> CircuitBreaker:
+        b = self._all.get(name)
+        if b is None:
+            cfg = self._cfg
+            b = self._all[name] = CircuitBreaker(
+                name,
+                failures=cfg.failures,
+                error_rate=cfg.error_rate,
+                window=cfg.window,
+                min_calls=cfg.min_calls,
+                cooldown=cfg.cooldown,
+                clock=self._clock,
+                on_change=self._on_change,
+            )
+            if self._on_new is not None:
+                self._on_new(name)
+        return b
+
+    def states(self) -> dict[str, State]:
+        return {name: b.state for name, b in self._all.items()}

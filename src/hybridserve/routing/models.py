@@ -13,11 +13,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from statistics import median
 from typing import TYPE_CHECKING
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from hybridserve.batching import MicroBatcher
 from hybridserve.errors import HybridServeError
@@ -76,7 +79,7 @@ class ModelManager:
         poll_interval: float = 2.0,
         threads: int = 2,
         execution: str = "auto",
-        inline_below: float = 0.002,
+        inline_below: float = 0.010,
     ) -> None:
         self.execution = execution
         self.inline_below = inline_below
@@ -93,6 +96,11 @@ class ModelManager:
 
     def load_all(self) -> None:
         """Load every model of every route; raise with every problem found."""
+        threads = self.services.project.server.model_threads
+        if threads is not None:
+            # Process-wide and kept: this process serves; batch runs have their own processes.
+            threadpool_limits(limits=threads)
+            log.info("model calls use at most %d thread(s) each (server.model_threads)", threads)
         problems = []
         for route in self.services.project.routes:
             for role, ref in route_refs(self.services, route).items():
@@ -118,17 +126,7 @@ class ModelManager:
 
             runtime = scorer.runtime
             proba = runtime.task == "classification"
-            took = self._warm_up(scorer)
-            inline = self.execution == "inline" or (
-                self.execution == "auto" and took < self.inline_below
-            )
-            log.info(
-                "%s: a batch of %d takes %.2f ms; model calls run %s",
-                mv.ref,
-                self.max_batch_size,
-                took * 1000,
-                "inline" if inline else "in a thread",
-            )
+            inline = self._inline(mv.ref, scorer)
             batcher = MicroBatcher(
                 lambda m: runtime.predict(m, probabilities=proba),
                 max_batch_size=self.max_batch_size,
@@ -140,19 +138,57 @@ class ModelManager:
             self._batchers[mv.ref] = batcher
         return LoadedModel(ref, scorer, batcher)
 
-    def _warm_up(self, scorer: Scorer) -> float:
-        """Time a full batch (best of three) before serving; also warms the model's caches."""
+    def _inline(
+        self, ref: str, scorer: Scorer, clock: Callable[[], float] = time.perf_counter
+    ) -> bool:
+        """Run this model's calls on the event loop? Decided once, at load, and logged.
+
+        ``auto`` times a full batch several times and takes the median: one timing of one
+        batch (as before) ranged 1.4-3.4 ms over starts on one machine and picked a
+        different mode from start to start when compared with 2 ms. The threshold
+        (``inline_below``, 10 ms by default) is far from where fast tree models land, so the
+        choice is the same on every start.
+        """
+        if self.execution != "auto":
+            log.info("%s: model calls run %s (server.model_execution)", ref, self.execution)
+            return self.execution == "inline"
+        times = self._warm_up(scorer, clock=clock)
+        if not times:
+            log.info("%s: the model rejects a batch of zeros; model calls run in a thread", ref)
+            return False
+        took = median(times)
+        inline = took < self.inline_below
+        log.info(
+            "%s: a batch of %d takes %.2f ms (median of %d; %.2f-%.2f ms), %s %.1f ms: "
+            "model calls run %s",
+            ref,
+            self.max_batch_size,
+            took * 1000,
+            len(times),
+            min(times) * 1000,
+            max(times) * 1000,
+            "under" if inline else "not under",
+            self.inline_below * 1000,
+            "inline" if inline else "in a thread",
+        )
+        return inline
+
+    def _warm_up(
+        self, scorer: Scorer, calls: int = 11, clock: Callable[[], float] = time.perf_counter
+    ) -> list[float]:
+        """Time full batches before serving (also warms the model's caches); [] if it fails."""
         width = len(scorer.names)
         matrix = np.zeros((self.max_batch_size, width), dtype=np.float64)
-        best = float("inf")
-        for _ in range(3):
-            started = time.perf_counter()
+        times = []
+        for n in range(calls + 2):
+            started = clock()
             try:
                 scorer.runtime.predict(matrix)
             except Exception:  # a model that rejects zeros: assume it is slow, use a thread
-                return float("inf")
-            best = min(best, time.perf_counter() - started)
-        return best
+                return []
+            if n >= 2:  # the first calls fill caches
+                times.append(clock() - started)
+        return times
 
     def _install(self, route: str, role: str, model: LoadedModel) -> None:
         self._current[(route, role)] = model

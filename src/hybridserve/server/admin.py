@@ -30,7 +30,7 @@ async def list_routes(request: Request) -> Response:
             "models": {role: m.label for (r, role, m) in state.models.loaded() if r == name},
             "fallback": [s.model_dump() for s in cfg.fallback],
         }
-    breakers = {n: b.state for n, b in state.router.breakers.items()}
+    breakers = state.router.breakers.states()
     return json_response(200, {"routes": out, "breakers": breakers})
 
 

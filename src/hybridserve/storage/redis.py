@@ -89,13 +89,18 @@ class RedisStore:
         redis_asyncio = require("redis.asyncio", "redis")
         self.url = url
         self._prefix = prefix
-        self._redis: Any = redis_asyncio.from_url(
+        # A blocking pool: past 64 connections in use a call waits for one to come back
+        # instead of failing with "Too many connections". Running out of our own connections
+        # under load is our saturation, not Redis failing, and must not charge its breaker.
+        pool = redis_asyncio.BlockingConnectionPool.from_url(
             url,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             max_connections=64,
+            timeout=timeout,
             health_check_interval=30,
         )
+        self._redis: Any = redis_asyncio.Redis.from_pool(pool)
         self._cas = self._redis.register_script(_CAS_LUA)
         self._get = self._redis.register_script(_GET_LUA)
         self._errors: tuple[type[BaseException], ...] = (

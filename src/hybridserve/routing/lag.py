@@ -1,0 +1,95 @@
+"""How late the event loop runs its own work: evidence that a slow call was our fault.
+
+A dependency call that times out is normally the dependency's failure, and it charges that
+dependency's circuit breaker. But a call also times out when the process itself could not get
+to the answer in time: the event loop was saturated by its own requests, a garbage-collection
+pause froze it, or the whole process was stopped (SIGSTOP, a VM hiccup). Charging the
+breaker then turns our own saturation into a dependency outage: measured with Redis healthy
+under 64 connections, the prediction-store and model breakers opened within 0.3 s and most
+answers became fallbacks. After a half-second freeze every call in flight timed out at once.
+
+:class:`LoopLag` keeps a timer that should fire every ``interval`` seconds and notes by how
+much each firing was late. A call that timed out is explained by the loop when the lateness
+seen while it ran adds up to a good part of the time it was allowed (:meth:`explains`); the
+router then releases the breaker instead of charging it. The timer costs one callback per
+``interval`` (100 a second by default), nothing per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+
+
+class LoopLag:
+    def __init__(
+        self,
+        *,
+        interval: float = 0.01,
+        keep: float = 5.0,
+        threshold: float = 0.002,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.interval = interval
+        self.keep = keep
+        self.threshold = threshold
+        """Lateness below this is ordinary timer jitter and is not recorded."""
+        self._clock = clock
+        self._late: deque[tuple[float, float]] = deque()
+        """(when the timer fired, how late it was), for firings later than ``threshold``."""
+        self._due = 0.0
+        self._handle: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self) -> None:
+        """Start watching the running loop (idempotent)."""
+        if self._handle is None:
+            self._loop = asyncio.get_running_loop()
+            self._schedule()
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _schedule(self) -> None:
+        assert self._loop is not None
+        self._due = self._clock() + self.interval
+        self._handle = self._loop.call_later(self.interval, self._tick)
+
+    def _tick(self) -> None:
+        at = self._clock()
+        self.note(at, at - self._due)
+        self._schedule()
+
+    def note(self, at: float, late: float) -> None:
+        """Record that work due before ``at`` ran ``late`` seconds late."""
+        if late > self.threshold:
+            self._late.append((at, late))
+        while self._late and self._late[0][0] < at - self.keep:
+            self._late.popleft()
+
+    def since(self, started: float) -> float:
+        """Seconds of lateness the loop showed after ``started`` (a ``perf_counter`` time)."""
+        total = 0.0
+        for at, late in reversed(self._late):
+            if at <= started:
+                break
+            total += min(late, at - started)
+        # The timer has not fired yet for a stall still going on or just ended.
+        if self._handle is not None:
+            now = self._clock()
+            overdue = now - self._due
+            if overdue > self.threshold:
+                total += min(overdue, now - started)
+        return total
+
+    def explains(self, started: float, allowed: float) -> bool:
+        """Was a call started at ``started`` and allowed ``allowed`` seconds held up by the loop?
+
+        True when the loop ran late for at least a quarter of the allowed time while the call
+        was out: the answer may well have been there, waiting for the loop to read it.
+        """
+        return self.since(started) >= 0.25 * allowed

@@ -1,0 +1,74 @@
+"""Where model calls run is decided once per model, from a robust figure, and logged."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from hybridserve.config import Project
+
+MakeProject = Callable[..., Project]
+Serve = Callable[[Project], Any]
+
+
+async def test_auto_mode_logs_the_timings_it_decided_on(
+    make_project: MakeProject, serve: Serve, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="hybridserve.models")
+    app, _ = await serve(make_project({"server": {"model_execution": "auto"}}))
+    lines = [r.getMessage() for r in caplog.records if "a batch of 64 takes" in r.getMessage()]
+    assert len(lines) == 2, lines  # fraud and its fallback model fraud_rules
+    for line in lines:
+        m = re.search(
+            r"takes ([\d.]+) ms \(median of 11; ([\d.]+)-([\d.]+) ms\), (under|not under) "
+            r"10.0 ms: model calls run (inline|in a thread)$",
+            line,
+        )
+        assert m, line
+        median, low, high = (float(m.group(i)) for i in (1, 2, 3))
+        assert low <= median <= high
+        assert (m.group(4) == "under") == (m.group(5) == "inline") == (median < 10.0)
+    fraud = app.state.models.get("fraud")
+    assert fraud is not None
+    assert fraud.batcher.inline == any(
+        line.startswith("fraud/1") and line.endswith("inline") for line in lines
+    )
+
+
+class StallingModel:
+    """A model whose every third call is caught in a 50 ms stall, on a fake clock."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.calls = 0
+
+    def clock(self) -> float:
+        return self.now
+
+    def predict(self, matrix: Any, **kw: Any) -> None:
+        self.calls += 1
+        self.now += 0.050 if self.calls % 3 == 0 else 0.001
+
+
+@pytest.mark.parametrize("inline_below", [0.002, 0.010])
+def test_stalled_timings_do_not_change_the_choice(
+    make_project: MakeProject, inline_below: float
+) -> None:
+    from hybridserve.observability.metrics import Metrics
+    from hybridserve.routing.models import ModelManager
+    from hybridserve.scoring import Scorer
+    from hybridserve.services import Services
+
+    project = make_project()
+    services = Services.open(project)
+    manager = ModelManager(services, Metrics(), execution="auto", inline_below=inline_below)
+    scorer = Scorer(project, "fraud", services.registry.load("fraud@production"))
+    model = StallingModel()
+    scorer.runtime.predict = model.predict  # type: ignore[method-assign]
+    # A third of the timed calls took 50 times longer; the median is still the model's 1 ms.
+    assert manager._inline("fraud/1", scorer, clock=model.clock) is True
+    assert model.calls == 13  # two to warm up, eleven timed
