@@ -172,6 +172,23 @@ FallbackStep = Annotated[
 ]
 
 
+class StalenessBySource(_Strict):
+    """One freshness bound per source of a stored prediction (a source left out: 1 h)."""
+
+    batch: Duration = 3600.0
+    stream: Duration = 3600.0
+    online: Duration = 3600.0
+
+
+Staleness = Annotated[
+    Annotated[Duration, Tag("One")] | Annotated[StalenessBySource, Tag("BySource")],
+    Discriminator(
+        lambda v: "BySource" if isinstance(v, dict | StalenessBySource) else "One",
+    ),
+]
+"""A freshness bound: one duration, or ``{batch, stream, online}`` durations."""
+
+
 class RouteConfig(_Strict):
     model: str
     """Model reference: ``name@alias`` or ``name/version``."""
@@ -180,7 +197,9 @@ class RouteConfig(_Strict):
     """Feature views (``card_profile``) or single features (``card_profile:amount_mean``)."""
     request_features: dict[str, DType] = {}
     """Features a request may send itself; they override stored values."""
-    max_staleness: Duration = 3600.0
+    max_staleness: Staleness = 3600.0
+    """How old a stored prediction may be and still be served: one bound, or one per source
+    (``{batch: 24h, stream: 10m, online: 1h}``). A request's ``max_staleness`` only tightens."""
     latency_budget: Duration = 0.1
     fallback: list[FallbackStep] = []
     canary: RolloutConfig | None = None
@@ -188,6 +207,21 @@ class RouteConfig(_Strict):
     threshold: float | None = None
     """For classifiers: ``label = score >= threshold`` when set."""
     description: str = ""
+
+    def staleness(self, source: str) -> float:
+        """The freshness bound for a stored prediction from ``source``."""
+        bound = self.max_staleness
+        if isinstance(bound, StalenessBySource):
+            return float(getattr(bound, source, bound.online))
+        return bound
+
+    @property
+    def loosest_staleness(self) -> float:
+        """The largest bound over all sources (how long L1 may keep a record)."""
+        bound = self.max_staleness
+        if isinstance(bound, StalenessBySource):
+            return max(bound.batch, bound.stream, bound.online)
+        return bound
 
 
 class BatchInputConfig(_Strict):

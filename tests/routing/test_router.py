@@ -219,3 +219,26 @@ async def test_write_backs_are_batched_and_use_their_own_breaker(kit: Kit) -> No
     assert np.isclose(
         [r.score for r in await router.services.predictions.get(ROUTE, ["w7"]) if r], [0.7]
     ).all()
+
+
+async def test_staleness_bounds_per_source_and_the_request_only_tightens(kit: Kit) -> None:
+    router, _ = await kit(
+        max_staleness={"batch": "24h", "stream": "10m", "online": "10m"},
+        fallback=[{"default": 0.0}],
+    )
+    two_hours = now() - 7200
+    await router.services.predictions.put(
+        [
+            PredictionRecord("batch-card", ROUTE, 0.7, "m", 1, "batch", two_hours, now()),
+            PredictionRecord("stream-card", ROUTE, 0.6, "m", 1, "stream", two_hours, now()),
+        ]
+    )
+    got = await ask(router, {"entities": ["batch-card", "stream-card"], "mode": "stored"})
+    batch, stream = got.body["predictions"]
+    assert (batch["source"], batch["score"]) == ("batch", 0.7)  # within its 24 h
+    assert stream["source"] == "fallback:default"  # two hours is past the stream's 10 m
+    router.cache.invalidate()
+    tighter = await ask(router, {"entity": "batch-card", "mode": "stored", "max_staleness": "1h"})
+    assert tighter.body["predictions"][0]["source"] == "fallback:default"
+    looser = await ask(router, {"entity": "stream-card", "mode": "stored", "max_staleness": "3h"})
+    assert looser.body["predictions"][0]["source"] == "fallback:default"  # never loosens

@@ -79,6 +79,7 @@ async def test_no_fallback_gives_503_with_steps(make_project, serve) -> None:  #
     _, client = await serve(make_project(fallback=[]))
     r = await client.post("/v1/predict/fraud", json={"entities": ["card_000001", "ghost"]})
     assert r.status_code == 503
+    assert r.headers["retry-after"] == "1"
     body = r.json()
     assert body["type"] == "NoFreshPrediction"
     assert [p["entity"] for p in body["predictions"]] == ["card_000001"]

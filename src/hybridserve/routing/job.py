@@ -187,13 +187,20 @@ class Job:
     """Wall-clock time the request started (ages are measured from it)."""
     deadline: float
     """Loop time by which every answer must be ready."""
-    max_stale: float
+    request_staleness: float | None
+    """The request's own ``max_staleness`` (it only tightens the route's bounds)."""
     request_id: str
     probabilities: bool
     metrics: RouteMetrics
 
     def open(self) -> list[Entity]:
         return [e for e in self.entities if e.answer is None]
+
+    def staleness(self, source: str) -> float:
+        """How old a stored record from ``source`` may be for this request."""
+        bound = self.cfg.staleness(source)
+        asked = self.request_staleness
+        return bound if asked is None else min(bound, asked)
 
     def note(self, todo: list[Entity], step: str, reason: Reason, detail: str = "") -> None:
         primary = not step.startswith("fallback")

@@ -145,11 +145,6 @@ class Router:
         budget = cfg.latency_budget
         if req.timeout_ms is not None:
             budget = min(budget, req.timeout_ms / 1000)
-        max_stale = (
-            cfg.max_staleness
-            if req.max_staleness is None
-            else min(cfg.max_staleness, req.max_staleness)
-        )
         self.lag.start()
         loop_now = asyncio.get_running_loop().time()
         return Job(
@@ -158,7 +153,7 @@ class Router:
             entities,
             now(),
             loop_now + budget,
-            max_stale,
+            req.max_staleness,
             request_id,
             req.probabilities,
             self.route_metrics[route],
@@ -232,9 +227,9 @@ class Router:
         if rec.model != model.name or rec.model_version != model.version:
             detail = f"made by {rec.model}/{rec.model_version}, route serves {model.label}"
             e.note(tier, Reason.OTHER_VERSION, detail)
-        elif job.at - rec.as_of > job.max_stale:
+        elif job.at - rec.as_of > (bound := job.staleness(rec.source)):
             age = job.at - rec.as_of
-            e.note(tier, Reason.STALE, f"stale (age {age:.0f}s > {job.max_stale:.0f}s)")
+            e.note(tier, Reason.STALE, f"stale (age {age:.0f}s > {bound:.0f}s)")
         else:
             source = "cache" if tier == "l1" else rec.source
             e.answer = Answer.of(rec, source, job.at, degraded=False)
@@ -272,7 +267,7 @@ class Router:
                 e.note("store", Reason.MISS)
             elif self._serve_stored(job, e, rec, "store"):
                 m.store_hits.inc()
-                self.cache.put(rec, job.cfg.max_staleness, job.at)
+                self.cache.put(rec, job.cfg.loosest_staleness, job.at)
 
     async def _run_id(self, job: Job) -> str | None:
         """The batch run the route serves, read at most every ``runs.interval``."""
@@ -387,7 +382,7 @@ class Router:
                     )
                     fresh.append(rec)
         if fresh:
-            max_stale = job.cfg.max_staleness
+            max_stale = job.cfg.loosest_staleness
             for rec in fresh:
                 self.cache.put(rec, max_stale, job.at)
             self.writes.put(fresh)

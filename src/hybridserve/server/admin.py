@@ -25,7 +25,11 @@ async def list_routes(request: Request) -> Response:
     for name, cfg in state.project.routes.items():
         out[name] = {
             "entity": cfg.entity,
-            "max_staleness_s": cfg.max_staleness,
+            "max_staleness_s": (
+                cfg.max_staleness
+                if isinstance(cfg.max_staleness, float)
+                else cfg.max_staleness.model_dump()
+            ),
             "latency_budget_ms": cfg.latency_budget * 1000,
             "models": {role: m.label for (r, role, m) in state.models.loaded() if r == name},
             "fallback": [s.model_dump() for s in cfg.fallback],

@@ -114,6 +114,9 @@ class HybridApp:
                     (b"x-request-id", rid.encode()),
                     (b"x-model-version", outcome.model_version.encode()),
                     (b"x-source", outcome.sources.encode()),
+                    # Nothing could answer in time: say when to ask again, rather than let
+                    # clients retry at once into the same overload or outage.
+                    *([(b"retry-after", b"1")] if status == 503 else []),
                 ],
             )
         except HybridServeError as exc:
