@@ -16,6 +16,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 LUA = Path(__file__).resolve().with_name("post.lua")
 GRPC_LOAD = Path(__file__).resolve().with_name("grpc_load.py")
@@ -85,11 +86,15 @@ def run_wrk(
             break
     else:
         raise RuntimeError(f"wrk printed no result (rc {proc.returncode}): {proc.stderr[-500:]}")
-    secs = data["duration_us"] / 1e6
     errors = sum(
         data[k] for k in ("connect_errors", "read_errors", "write_errors", "timeouts", "non_2xx")
     )
-    ok = data["requests"] - data["non_2xx"]
+    return _result(data, ok=data["requests"] - data["non_2xx"], errors=errors)
+
+
+def _result(data: dict[str, Any], *, ok: int, errors: int) -> LoadResult:
+    """A load generator's ``*_RESULT`` figures (microseconds) as a :class:`LoadResult`."""
+    secs = data["duration_us"] / 1e6
     return LoadResult(
         requests=data["requests"],
         seconds=secs,
@@ -120,16 +125,4 @@ def run_grpc(
         raise RuntimeError(
             f"grpc_load printed no result (rc {proc.returncode}): {proc.stderr[-500:]}"
         )
-    secs = data["duration_us"] / 1e6
-    ok = data["requests"] - data["not_ok"]
-    return LoadResult(
-        requests=data["requests"],
-        seconds=secs,
-        rps=ok / secs if secs > 0 else math.nan,
-        p50_ms=data["p50_us"] / 1e3,
-        p90_ms=data["p90_us"] / 1e3,
-        p99_ms=data["p99_us"] / 1e3,
-        max_ms=data["max_us"] / 1e3,
-        errors=data["not_ok"],
-        sources={str(k): int(v) for k, v in data["sources"].items()},
-    )
+    return _result(data, ok=data["requests"] - data["not_ok"], errors=data["not_ok"])
