@@ -392,14 +392,14 @@ class ServerConfig(_Strict):
     max_entities: int = Field(default=1000, gt=0)
     l1_cache_size: int = Field(default=100_000, ge=0)
     max_batch_size: int = Field(default=64, gt=0)
-    reload_interval: Duration = 2.0
+    reload_interval: Duration = 0.5
     """How often servers ask the registry whether an alias moved (0: never)."""
     shutdown_timeout: Duration = 10.0
     shadow_queue: int = Field(default=1000, ge=1)
     model_execution: Literal["auto", "thread", "inline"] = "auto"
     """Where model calls run: ``thread`` (off the event loop), ``inline`` (on it), or
     ``auto``: inline when a full batch takes less than ``inline_below`` at start-up (the
-    median of 11 timed batches; the choice and the timings are logged)."""
+    fastest of 11 timed batches; the choice and the timings are logged)."""
     inline_below: Duration = 0.010
     model_threads: int | None = Field(default=1, ge=1)
     """Threads one model call may use (OpenMP and BLAS pools; ``null``: the libraries' own

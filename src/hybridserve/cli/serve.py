@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -34,7 +34,6 @@ def serve(
 ) -> None:
     """Serve the project's routes over HTTP (hybrid API and Open Inference Protocol), and the
     Open Inference Protocol over gRPC with ``--grpc-port``."""
-    import math
     import os
 
     import uvicorn
@@ -62,6 +61,29 @@ def serve(
 
         Scheduler(proj)  # a bad cron expression fails here, before any worker starts
         os.environ["HYBRIDSERVE_SCHEDULER_LOCK"] = str(proj.path(".hybridserve/scheduler.lock"))
+    metrics_dir = None
+    if workers > 1:
+        import tempfile
+
+        from hybridserve.observability.shared import ENV
+
+        # Each worker writes its counters here; a scrape of any worker sums them all.
+        metrics_dir = tempfile.mkdtemp(prefix="hybridserve-metrics-")
+        os.environ[ENV] = metrics_dir
+    else:
+        os.environ.pop("HYBRIDSERVE_METRICS_DIR", None)
+    try:
+        _run(uvicorn, host, port, workers, log_level, proj.server.shutdown_timeout)
+    finally:
+        if metrics_dir is not None:
+            import shutil
+
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _run(uvicorn: Any, host: str, port: int, workers: int, log_level: str, shutdown: float) -> None:
+    import math
+
     uvicorn.run(
         "hybridserve.server.factory:app_from_env",
         factory=True,
@@ -74,7 +96,7 @@ def serve(
         proxy_headers=False,  # nothing reads the client address; parsing it costs per request
         log_config=None,
         log_level=log_level,
-        timeout_graceful_shutdown=math.ceil(proj.server.shutdown_timeout),
+        timeout_graceful_shutdown=math.ceil(shutdown),
         lifespan="on",
     )
 

@@ -110,7 +110,7 @@ async def reload(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     return Response(
-        state_of(request).metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8"
+        state_of(request).metrics_text(), media_type="text/plain; version=0.0.4; charset=utf-8"
     )
 
 

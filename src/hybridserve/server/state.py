@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 from hybridserve.config import Project
 from hybridserve.observability.metrics import Metrics
+from hybridserve.observability.shared import SharedMetrics
+from hybridserve.observability.shared import from_env as shared_from_env
 from hybridserve.predictions.cache import L1Cache
 from hybridserve.routing.models import ModelManager
 from hybridserve.routing.router import Router
@@ -56,6 +58,8 @@ class ServerState:
     access_log: bool = True
     scheduler: bool = False
     _scheduler: Scheduler | None = None
+    shared_metrics: SharedMetrics | None = None
+    """Set with ``serve --workers N``: scrapes sum every worker's counters."""
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -98,6 +102,9 @@ class ServerState:
         await self.services.online_kv.ping()
         await self.services.predictions_kv.ping()
         self.models.start()
+        self.shared_metrics = shared_from_env(self.metrics)
+        if self.shared_metrics is not None:
+            self._tasks.append(asyncio.get_running_loop().create_task(self.shared_metrics.run()))
         if self.scheduler:
             from hybridserve.batch.schedule import Scheduler
 
@@ -106,6 +113,11 @@ class ServerState:
                 asyncio.get_running_loop().create_task(self._scheduler.run_forever())
             )
         self.ready = True
+
+    def metrics_text(self) -> bytes:
+        """What ``/metrics`` answers: every worker's sums when there are several."""
+        shared = self.shared_metrics
+        return self.metrics.render() if shared is None else shared.render()
 
     async def stop(self) -> None:
         """Stop intake of new work, let in-flight work finish, then close every backend."""
