@@ -1,18 +1,24 @@
 """SQLite store: the embedded default (one file, WAL mode, shared by processes on one host).
 
-Calls run inline on the event loop rather than in a thread: a point read or a small
-transaction on a local WAL database takes tens of microseconds, less than a thread hop.
-Writers in several processes are serialised by SQLite's own lock (``busy_timeout``); the
-compare-and-set is a conditional upsert, so it is atomic per row without a read first.
+Reads run inline on the event loop: a point read on a local WAL database takes tens of
+microseconds, less than a thread hop, and a WAL reader never waits for a writer. Writes go
+through one writer thread with its own connection, at most ``max_queued`` at a time: writers in
+several processes are serialised by SQLite's lock (``busy_timeout``), and a batch run or another
+process holding that lock used to stall the whole event loop (every request, not only the
+write) for as long as it held it. The compare-and-set is a conditional upsert, so it is atomic
+per row without a read first.
 """
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from itertools import repeat
 from pathlib import Path
+from typing import TypeVar
 
 from hybridserve.errors import StoreError
 from hybridserve.records import now
@@ -36,6 +42,8 @@ ON CONFLICT(key) DO UPDATE SET
 WHERE excluded.as_of >= kv.as_of OR (kv.expires_at IS NOT NULL AND kv.expires_at <= ?)
 """
 
+T = TypeVar("T")
+
 # SQLite's default limit on bound variables is 32766; stay far below it.
 _CHUNK = 500
 _PURGE_EVERY = 10_000
@@ -48,24 +56,41 @@ def sqlite_path(url: str) -> str:
     return url.removeprefix("sqlite:///")
 
 
+def _connect(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    return conn
+
+
 class SQLiteStore:
-    def __init__(self, url: str, prefix: str = "") -> None:
+    def __init__(self, url: str, prefix: str = "", *, max_queued: int = 64) -> None:
         self.url = url
         self._prefix = prefix
         path = sqlite_path(url)
         try:
             if path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
-            self._conn = sqlite3.connect(
-                path, timeout=30.0, isolation_level=None, check_same_thread=False
-            )
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn = _connect(path)
             self._conn.executescript(_SCHEMA)
+            # A second connection for the writer thread; ":memory:" is one database per
+            # connection, so there the one connection serves both, under the lock.
+            self._wconn = self._conn if path == ":memory:" else _connect(path)
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open SQLite store {masked_url(url)}: {exc}") from exc
         self._lock = threading.Lock()
+        self._wlock = self._lock if self._wconn is self._conn else threading.Lock()
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="hs-sqlite-writer")
+        self._max_queued = max_queued
+        self._queued: asyncio.Semaphore | None = None
         self._writes_since_purge = 0
+
+    async def _in_writer(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` in the writer thread; at most ``max_queued`` writes wait at a time."""
+        if self._queued is None:
+            self._queued = asyncio.Semaphore(self._max_queued)
+        async with self._queued:
+            return await asyncio.get_running_loop().run_in_executor(self._writer, fn)
 
     async def get_many(self, keys: Sequence[str]) -> list[Entry | None]:
         if not keys:
@@ -92,7 +117,8 @@ class SQLiteStore:
             return 0
         at = now()
         p = self._prefix
-        return self._write([(p + w.key, w.value, w.as_of, w.expires_at, at) for w in writes])
+        rows = [(p + w.key, w.value, w.as_of, w.expires_at, at) for w in writes]
+        return await self._in_writer(lambda: self._write(rows))
 
     async def put_columns(
         self,
@@ -104,46 +130,46 @@ class SQLiteStore:
         if not keys:
             return 0
         p = self._prefix
-        return self._write(
-            zip(
-                [p + k for k in keys] if p else keys,
-                values,
-                as_of,
-                repeat(expires_at),
-                repeat(now()),
-            )
+        rows = zip(
+            [p + k for k in keys] if p else keys, values, as_of, repeat(expires_at), repeat(now())
         )
+        return await self._in_writer(lambda: self._write(rows))
 
     def _write(self, rows: Iterable[tuple[str, bytes, float, float | None, float]]) -> int:
-        """One transaction of compare-and-set upserts."""
-        with self._lock:
+        """One transaction of compare-and-set upserts (in the writer thread)."""
+        conn = self._wconn
+        with self._wlock:
             try:
-                before = self._conn.total_changes
-                self._conn.execute("BEGIN IMMEDIATE")
-                self._conn.executemany(_UPSERT, rows)
-                self._conn.execute("COMMIT")
-                written = self._conn.total_changes - before
+                before = conn.total_changes
+                conn.execute("BEGIN IMMEDIATE")
+                conn.executemany(_UPSERT, rows)
+                conn.execute("COMMIT")
+                written = conn.total_changes - before
             except sqlite3.Error as exc:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
                 raise StoreError(f"SQLite write failed: {exc}") from exc
             self._writes_since_purge += written
             if self._writes_since_purge >= _PURGE_EVERY:
                 self._writes_since_purge = 0
-                self._conn.execute(
+                conn.execute(
                     "DELETE FROM kv WHERE expires_at IS NOT NULL AND expires_at <= ?", (now(),)
                 )
         return written
 
     async def delete_many(self, keys: Sequence[str]) -> int:
-        with self._lock:
-            before = self._conn.total_changes
-            self._conn.execute("BEGIN IMMEDIATE")
-            self._conn.executemany(
-                "DELETE FROM kv WHERE key = ?", [(self._prefix + k,) for k in keys]
-            )
-            self._conn.execute("COMMIT")
-            return self._conn.total_changes - before
+        rows = [(self._prefix + k,) for k in keys]
+
+        def delete() -> int:
+            conn = self._wconn
+            with self._wlock:
+                before = conn.total_changes
+                conn.execute("BEGIN IMMEDIATE")
+                conn.executemany("DELETE FROM kv WHERE key = ?", rows)
+                conn.execute("COMMIT")
+                return conn.total_changes - before
+
+        return await self._in_writer(delete)
 
     async def scan(self, prefix: str) -> AsyncIterator[str]:
         full = self._prefix + prefix
@@ -170,5 +196,8 @@ class SQLiteStore:
             self._conn.execute("SELECT 1")
 
     async def close(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self._writer.shutdown)
+        with self._wlock:
+            self._wconn.close()
         with self._lock:
             self._conn.close()
