@@ -476,3 +476,31 @@ async def test_events_the_scorer_rejects_are_dead_lettered_with_its_reason(
         assert "1 events not scored, dead-lettered" in caplog.text
     finally:
         await services.close()
+
+
+async def test_a_store_failure_is_not_split_and_dead_letters_nothing(make_project: Any) -> None:
+    """Only computing on the events splits a batch: a write that fails (whatever it raises)
+    fails the batch whole, and it is redelivered rather than dead-lettered."""
+    project = stream_project(make_project)
+    log = _log(project)
+    services = Services.open(project)
+    now = time.time()
+    events = [event(f"card_{i % 10:06d}", now - 50 + i * 0.1) for i in range(40)]
+    real = services.features.write
+    calls = 0
+
+    async def flaky(view: str, rows: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls % 2 == 1 and calls < 12:  # a split would find a "failing" single event
+            raise RuntimeError("connection reset by peer")
+        return await real(view, rows)
+
+    services.features.write = flaky  # type: ignore[method-assign]
+    try:
+        await _append(services, dumps(events))
+        _, totals = await consume(services, until_idle=0.5)
+        assert log.dead_letters == []
+        assert totals.failures == 6 and totals.scored == 40 and not log.pending
+    finally:
+        await services.close()

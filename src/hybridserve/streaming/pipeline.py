@@ -19,18 +19,21 @@ The order is what makes redelivery safe (at-least-once in, effectively-once out)
 Every write before the commit is idempotent (compare-and-set on ``as_of``, or once per id), so
 a crash anywhere leaves nothing that a redo would write twice.
 
-A batch that raises (the model crashes on one row, say) is split in halves, and each half
-processed on its own, down to single events: the events that fail alone are dead-lettered
-with their error, and their neighbours are committed. Only when nothing of the batch goes
-through (or the store failed) does the batch fail as a whole and nothing is acknowledged:
-the failure is then not shown to be the events' fault, and the source redelivers them (an
-entry still failing after ``max_deliveries`` is dead-lettered as poison, with its last error).
+A batch whose computation raises (decoding a state, the windows, the model: the model crashes
+on one row, say) is split in halves, and each half processed on its own, down to single
+events: the events that fail alone are dead-lettered with their error, and their neighbours
+are committed. A store, source or network failure is not split, and neither it nor a batch
+of which nothing goes through is shown to be the events' fault: the batch fails as a whole,
+nothing is acknowledged and the source redelivers it (an entry still failing after
+``max_deliveries`` is dead-lettered as poison, with its last error).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,10 +49,27 @@ from hybridserve.streaming.state import Output, StateStore
 from hybridserve.streaming.windows import EntityState, WindowSpec
 
 _ATTEMPTS = 8
-_SYSTEM_ERRORS = (StoreError, OSError)
-"""Failures of the stores or the network: the events are not at fault, so no bisecting."""
-
 log = logging.getLogger("hybridserve.stream")
+
+
+class _EventFault(Exception):
+    """Computing on the batch's events (decoding states, windows, the model) raised ``cause``.
+
+    Only these split a batch: a store, source or network failure is nothing the events did,
+    and fails the batch whole (to be redelivered) rather than dead-lettering good events.
+    """
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+@contextlib.contextmanager
+def _computing() -> Iterator[None]:
+    try:
+        yield
+    except Exception as exc:
+        raise _EventFault(exc) from exc
 
 
 @dataclass(slots=True)
@@ -187,16 +207,15 @@ class BatchProcessor:
     async def _isolate(
         self, events: list[Event], scorer: Scorer | None, res: BatchResult
     ) -> list[tuple[Event, Exception]]:
-        """Commit ``events``, or if that raises, each half on its own (in stream order, so
-        windows see the same order), down to single events; return those that fail alone."""
+        """Commit ``events``, or if computing on them raises, each half on its own (in stream
+        order, so windows see the same order), down to single events; return those that fail
+        alone, with their error."""
         try:
             await self._commit(events, scorer, res)
             return []
-        except _SYSTEM_ERRORS:
-            raise
-        except Exception as exc:
+        except _EventFault as fault:
             if len(events) <= 1:
-                return [(ev, exc) for ev in events]
+                return [(ev, fault.cause) for ev in events]
         mid = len(events) // 2
         first = await self._isolate(events[:mid], scorer, res)
         return first + await self._isolate(events[mid:], scorer, res)
@@ -252,14 +271,6 @@ class BatchProcessor:
         states: dict[str, EntityState] = {}
         versions: dict[str, int] = {}
         decoded = self._decoded
-        for entity, (version, raw) in zip(entities, loaded, strict=True):
-            versions[entity] = version
-            # Taken out while in use: a failed attempt leaves no half-applied state behind.
-            hit = decoded.pop(entity, None)
-            if hit is not None and version > 0 and hit[0] == version:
-                states[entity] = hit[1]
-            else:
-                states[entity] = spec.new_state() if raw is None else spec.loads(raw)
         applied: list[Event] = []
         window_rows: list[dict[str, Any]] = []
         # An entity's row after its last event is its row at the batch's end too: the
@@ -267,42 +278,52 @@ class BatchProcessor:
         last_row: dict[str, dict[str, Any]] = {}
         names = self.window_names if scorer is not None else ()
         late: list[DeadLetter] = []
-        for ev in fresh:
-            st = states[ev.entity]
-            outcome = spec.apply(st, ev.event_id, ev.time, ev.values)
-            if outcome == "applied":
-                applied.append(ev)
-                if names:
-                    row = last_row[ev.entity] = spec.values(st)
-                    window_rows.append({n: row[n] for n in names})
+        with _computing():
+            for entity, (version, raw) in zip(entities, loaded, strict=True):
+                versions[entity] = version
+                # Taken out while in use: a failed attempt leaves no half-applied state behind.
+                hit = decoded.pop(entity, None)
+                if hit is not None and version > 0 and hit[0] == version:
+                    states[entity] = hit[1]
                 else:
-                    window_rows.append({})
-            elif outcome == "late":
-                behind = (st.watermark or 0.0) - ev.time
-                reason = (
-                    f"late: {behind:.3f}s behind the entity's watermark "
-                    f"(allowed_lateness {cfg.allowed_lateness:g}s)"
-                )
-                late.append((ev.entry, reason))
-            else:
-                dups += 1
+                    states[entity] = spec.new_state() if raw is None else spec.loads(raw)
+            for ev in fresh:
+                st = states[ev.entity]
+                outcome = spec.apply(st, ev.event_id, ev.time, ev.values)
+                if outcome == "applied":
+                    applied.append(ev)
+                    if names:
+                        row = last_row[ev.entity] = spec.values(st)
+                        window_rows.append({n: row[n] for n in names})
+                    else:
+                        window_rows.append({})
+                elif outcome == "late":
+                    behind = (st.watermark or 0.0) - ev.time
+                    reason = (
+                        f"late: {behind:.3f}s behind the entity's watermark "
+                        f"(allowed_lateness {cfg.allowed_lateness:g}s)"
+                    )
+                    late.append((ev.entry, reason))
+                else:
+                    dups += 1
         records = await self._score(scorer, applied, window_rows, stored)
         if not isinstance(records, list):  # rejected rows: redo without them
             return [(applied[i].entry, f"not scored: {why}") for i, why in records.items()]
-        if late:
-            await self.source.dead_letter(late)
         touched = [e for e in entities if states[e].batch]
         touched_states = {id(states[e]) for e in touched}
-        for e in touched:
-            spec.finish(states[e])
-        view_rows = [
-            (e, last_row.get(e) or spec.values(states[e]), states[e].watermark or 0.0)
-            for e in touched
-        ]
+        with _computing():
+            for e in touched:
+                spec.finish(states[e])
+            view_rows = [
+                (e, last_row.get(e) or spec.values(states[e]), states[e].watermark or 0.0)
+                for e in touched
+            ]
+            writes = [(e, versions[e], spec.dumps(states[e])) for e in touched]
+        if late:
+            await self.source.dead_letter(late)
         # The view's new rows and the predictions go to the store at the same time; both
         # land before the commit below makes the batch's state (and outputs) official.
         _, outputs = await asyncio.gather(self._write_view(view_rows), self._store(records))
-        writes = [(e, versions[e], spec.dumps(states[e])) for e in touched]
         seen = [ev.event_id for ev in fresh]
         if (writes or seen) and not await self.state.commit(writes, seen, outputs):
             return False
@@ -346,14 +367,15 @@ class BatchProcessor:
         feature_rows = [
             {**stored.get(ev.entity, {}), **w} for ev, w in zip(applied, window_rows, strict=True)
         ]
-        result = await asyncio.to_thread(
-            scorer.score_rows,
-            [ev.entity for ev in applied],
-            feature_rows,
-            as_of=[ev.time for ev in applied],
-            source="stream",
-            event_ids=[ev.event_id for ev in applied],
-        )
+        with _computing():
+            result = await asyncio.to_thread(
+                scorer.score_rows,
+                [ev.entity for ev in applied],
+                feature_rows,
+                as_of=[ev.time for ev in applied],
+                source="stream",
+                event_ids=[ev.event_id for ev in applied],
+            )
         if result.errors:
             return {e.index: e.reason for e in result.errors}
         return result.records
