@@ -504,3 +504,43 @@ async def test_a_store_failure_is_not_split_and_dead_letters_nothing(make_projec
         assert totals.failures == 6 and totals.scored == 40 and not log.pending
     finally:
         await services.close()
+
+
+async def test_a_view_row_from_a_conflicting_attempt_is_rewritten_by_its_redo(
+    make_project: Any,
+) -> None:
+    """Consumer 1 computes event ``a`` on an old state; consumer 2 takes ``a`` over with ``b``,
+    writes the view and commits first; consumer 1's row (the same watermark) replaces it and
+    its commit conflicts. Its redo finds ``a`` done, and must still rewrite the entity's row."""
+    from hybridserve.streaming import StreamConsumer
+    from hybridserve.streaming.events import RawEntry
+
+    project = stream_project(make_project)
+    _log(project)
+    first, second = Services.open(project), Services.open(project)
+    card, now = "card_000011", time.time()
+    a, b = event(card, now - 5), event(card, now - 6)
+    one = StreamConsumer(first, STREAM, poll_interval=0)
+    two = StreamConsumer(second, STREAM, poll_interval=0)
+    go = asyncio.Event()
+    real = first.features.write
+
+    async def late_write(view: str, rows: Any) -> Any:
+        await go.wait()
+        return await real(view, rows)
+
+    first.features.write = late_write  # type: ignore[method-assign]
+    try:
+        task = asyncio.create_task(one.processor.process([RawEntry("1-0", orjson.dumps(a))]))
+        await asyncio.sleep(0.2)  # consumer 1 has read the state and waits to write its row
+        entries = [RawEntry("1-0", orjson.dumps(a), 2), RawEntry("2-0", orjson.dumps(b))]
+        assert (await two.processor.process(entries)).applied == 2
+        go.set()
+        res = await task
+        assert res.conflicts == 1 and res.applied == 0
+        assert (await windows(first, [card]))[card]["txn_count_10m"] == 2
+    finally:
+        for c in (one, two):
+            await c.close()
+        await first.close()
+        await second.close()

@@ -224,8 +224,14 @@ class BatchProcessor:
         """Apply and commit ``events``: redone on a commit conflict, and redone without the
         events whose rows the Scorer rejects (dead-lettered with its reason)."""
         conflicts = 0
+        # Entities whose view rows a conflicting attempt wrote: rewritten (and their state
+        # version checked) by the next attempt even if none of its events is theirs any more.
+        # Else a row from a stale state could stay: another consumer that took over some of
+        # these events wrote its row first, ours replaced it (same watermark), and the redo,
+        # finding those events done, would leave the entity alone.
+        written: set[str] = set()
         while True:
-            outcome = await self._apply(events, scorer, res)
+            outcome = await self._apply(events, scorer, res, written)
             if outcome is True:
                 return
             if outcome is False:
@@ -249,10 +255,11 @@ class BatchProcessor:
             events = [ev for ev in events if id(ev.entry) not in rejected]
 
     async def _apply(
-        self, events: list[Event], scorer: Scorer | None, res: BatchResult
+        self, events: list[Event], scorer: Scorer | None, res: BatchResult, written: set[str]
     ) -> bool | list[DeadLetter]:
-        """One attempt: ``True`` when committed, ``False`` on a commit conflict, or the events
-        the Scorer rejected, with its reasons (nothing written then)."""
+        """One attempt: ``True`` when committed, ``False`` on a commit conflict (the entities
+        whose view rows it wrote are added to ``written``), or the events the Scorer rejected,
+        with its reasons (nothing written then)."""
         spec, cfg = self.spec, self.cfg
         if not events:
             return True
@@ -309,7 +316,7 @@ class BatchProcessor:
         records = await self._score(scorer, applied, window_rows, stored)
         if not isinstance(records, list):  # rejected rows: redo without them
             return [(applied[i].entry, f"not scored: {why}") for i, why in records.items()]
-        touched = [e for e in entities if states[e].batch]
+        touched = [e for e in entities if states[e].batch or e in written]
         touched_states = {id(states[e]) for e in touched}
         with _computing():
             for e in touched:
@@ -326,6 +333,7 @@ class BatchProcessor:
         _, outputs = await asyncio.gather(self._write_view(view_rows), self._store(records))
         seen = [ev.event_id for ev in fresh]
         if (writes or seen) and not await self.state.commit(writes, seen, outputs):
+            written.update(touched)
             return False
         for e in entities:  # committed: the next batch starts from these objects
             decoded[e] = (versions[e] + (1 if id(states[e]) in touched_states else 0), states[e])
