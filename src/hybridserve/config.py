@@ -291,6 +291,10 @@ class WindowsConfig(_Strict):
     features: dict[str, WindowFeatureConfig]
 
 
+BACKFILL_HORIZON = 7 * 86400.0
+"""How far behind the windows a stream accepts events by default (replays, backfills)."""
+
+
 class StreamConfig(_Strict):
     source: StreamSourceConfig = StreamSourceConfig()
     entity: str
@@ -301,6 +305,14 @@ class StreamConfig(_Strict):
     allowed_lateness: Duration = 300.0
     max_future: Duration = 300.0
     """Events whose time is further ahead of the consumer's clock are dead-lettered."""
+    max_past: Duration | None = Field(default=None, gt=0)
+    """Events whose time is further behind the consumer's clock are dead-lettered (default:
+    :data:`BACKFILL_HORIZON` plus the longest window plus the allowed lateness; see
+    :attr:`past_bound`)."""
+    max_event_size: Size = Field(default=64 * 1024, gt=0)
+    """Bytes of one event's payload; a larger event is refused (413) or dead-lettered."""
+    max_field_size: Size = Field(default=1024, gt=0)
+    """Bytes (UTF-8) of one string field of an event."""
     windows: WindowsConfig | None = None
     route: str | None = None
     """Route scored for every touched entity (none: only maintain features)."""
@@ -320,6 +332,16 @@ class StreamConfig(_Strict):
             if getattr(self, key) not in self.fields:
                 raise ValueError(f"{key} {getattr(self, key)!r} is not one of the declared fields")
         return self
+
+    @property
+    def past_bound(self) -> float:
+        """Seconds an event's time may lie behind the consumer's clock: ``max_past`` when
+        set, else a week of backfill beyond what the windows and the lateness can reach."""
+        if self.max_past is not None:
+            return self.max_past
+        feats = self.windows.features.values() if self.windows is not None else ()
+        longest = max((f.window for f in feats), default=0.0)
+        return BACKFILL_HORIZON + longest + self.allowed_lateness
 
 
 class BreakerConfig(_Strict):

@@ -60,6 +60,17 @@ def to_iso(ts: float | None) -> str | None:
     return f"{text}.{micros:06d}Z" if micros else f"{text}Z"
 
 
+# The times ``to_iso`` renders (a year between 1 and 9999), with a day of margin.
+_FIRST_TIME = datetime(1, 1, 2, tzinfo=UTC).timestamp()
+_LAST_TIME = datetime(9999, 12, 30, tzinfo=UTC).timestamp()
+
+
+def check_time(name: str, ts: float) -> None:
+    """:class:`ValueError` unless ``ts`` is a finite time that :func:`to_iso` can render."""
+    if not (isinstance(ts, int | float) and math.isfinite(ts) and _FIRST_TIME <= ts <= _LAST_TIME):
+        raise ValueError(f"{name} {ts!r} is not a time between the years 1 and 9999")
+
+
 @dataclass(slots=True)
 class PredictionRecord:
     """One prediction for one entity of one route, from any path."""
@@ -89,7 +100,12 @@ class PredictionRecord:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> PredictionRecord:
-        return cls(**orjson.loads(data))
+        """The record in ``data``; :class:`ValueError` or :class:`TypeError` for one that is
+        not a record, or whose times cannot be rendered (so no reader fails on it later)."""
+        record = cls(**orjson.loads(data))
+        check_time("as_of", record.as_of)
+        check_time("computed_at", record.computed_at)
+        return record
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -91,26 +91,66 @@ async def test_late_events_within_lateness_count_later_ones_are_dead_lettered(
         await services.close()
 
 
-async def test_a_poison_event_is_dead_lettered_after_max_deliveries(make_project: Any) -> None:
-    project = stream_project(make_project, max_deliveries=3, batch_size=50)
+async def test_an_event_failing_within_its_batch_is_dead_lettered_alone_with_its_error(
+    make_project: Any,
+) -> None:
+    """The batch is split until the failing events stand alone: their neighbours are
+    processed at their first delivery, and nothing is redelivered."""
+    project = stream_project(make_project, max_deliveries=3)
     log = _log(project)
     services = Services.open(project)
     now = time.time()
-    events = [event(f"card_{i:06d}", now - 10 + i * 0.1) for i in range(12)]
-    poison = events[5]["event_id"]
+    events = [event(f"card_{i % 40:06d}", now - 100 + i * 0.1) for i in range(168)]
+    poison = {events[i]["event_id"] for i in range(5, 168, 21)}
+    assert len(poison) == 8
     try:
         await _append(services, dumps(events))
 
         def explode(entities: list[str], rows: Any, kw: dict[str, Any]) -> None:
-            if poison in kw["event_ids"]:
+            if poison & set(kw["event_ids"]):
                 raise RuntimeError("model crashed on this event")
 
         totals = await _run_wrapped(services, explode, until_idle=0.5)
-        assert [d["reason"].split(":")[0] for d in log.dead_letters] == ["poison"]
-        assert log.dead_letters[0]["deliveries"] == 4
-        assert totals.scored == 11 and totals.failures == 3 and not log.pending
+        assert sorted(orjson.loads(d["payload"])["event_id"] for d in log.dead_letters) == sorted(
+            poison
+        )
+        assert {d["reason"] for d in log.dead_letters} == {
+            "failed: RuntimeError: model crashed on this event"
+        }
+        assert {d["deliveries"] for d in log.dead_letters} == {1}
+        assert totals.scored == 160 and totals.dead == 8 and totals.failures == 0
+        assert not log.pending
         emitted = [orjson.loads(p)["event_id"] for _, p in log.outputs]
-        assert sorted(emitted) == sorted(e["event_id"] for e in events if e["event_id"] != poison)
+        assert sorted(emitted) == sorted(
+            e["event_id"] for e in events if e["event_id"] not in poison
+        )
+        counts = await windows(services, [f"card_{i:06d}" for i in range(40)])
+        assert sum(v["txn_count_10m"] for v in counts.values()) == 160  # none counted twice
+    finally:
+        await services.close()
+
+
+async def test_a_poison_event_is_dead_lettered_after_max_deliveries_with_its_last_error(
+    make_project: Any,
+) -> None:
+    """A batch of which nothing goes through fails as a whole (the events are not shown to be
+    at fault) and is redelivered, until the entry reaches ``max_deliveries``."""
+    project = stream_project(make_project, max_deliveries=3)
+    log = _log(project)
+    services = Services.open(project)
+    try:
+        await _append(services, dumps([event("card_000001", time.time() - 5)]))
+
+        def explode(entities: list[str], rows: Any, kw: dict[str, Any]) -> None:
+            raise RuntimeError("model crashed on this event")
+
+        totals = await _run_wrapped(services, explode, until_idle=0.5)
+        assert [d["reason"] for d in log.dead_letters] == [
+            "poison: delivered 4 times (max 3); "
+            "last error: RuntimeError: model crashed on this event"
+        ]
+        assert log.dead_letters[0]["deliveries"] == 4
+        assert totals.scored == 0 and totals.failures == 3 and not log.pending
     finally:
         await services.close()
 
@@ -326,3 +366,181 @@ async def test_an_alias_move_reaches_a_running_consumer(make_project: Any) -> No
         assert (await predictions(services, [card]))[card][3] == v2
     finally:
         await services.close()
+
+
+async def test_one_bad_event_time_among_valid_events_dead_letters_only_itself(
+    make_project: Any,
+) -> None:
+    project = stream_project(make_project)
+    log = _log(project)
+    services = Services.open(project)
+    now = time.time()
+    valid = [event(f"card_{i % 40:06d}", now - 100 + i * 0.1) for i in range(160)]
+    bad = [event(f"card_{i:06d}", "NaN") for i in range(8)]
+    mixed = list(valid)
+    for n, b in enumerate(bad):
+        mixed.insert(n * 21 + 3, b)
+    try:
+        await _append(services, dumps(mixed))
+        _, totals = await consume(services)
+        assert sorted(orjson.loads(d["payload"])["event_id"] for d in log.dead_letters) == sorted(
+            b["event_id"] for b in bad
+        )
+        assert {d["reason"] for d in log.dead_letters} == {
+            "event_time: expected timestamp, got 'NaN'"
+        }
+        assert totals.scored == 160 and totals.dead == 8 and totals.failures == 0
+        assert len(log.outputs) == 160 and not log.pending
+    finally:
+        await services.close()
+
+
+async def test_event_times_not_finite_or_too_far_in_the_past_are_dead_lettered(
+    make_project: Any,
+) -> None:
+    """Such a time would be scored and stored as the prediction's ``as_of``."""
+    project = stream_project(make_project, max_past="2h")
+    log = _log(project)
+    services = Services.open(project)
+    now = time.time()
+    card = "card_000001"
+    times = ["NaN", "-inf", "inf", -1e11, "0001-01-01T00:00:00", now - 3 * 3600]
+    try:
+        await _append(services, dumps([event(card, t) for t in times]))
+        _, totals = await consume(services)
+        reasons = [d["reason"] for d in log.dead_letters]
+        assert reasons[:3] == [f"event_time: expected timestamp, got {t!r}" for t in times[:3]]
+        assert all(r.endswith("is more than 7200s in the past (max_past)") for r in reasons[3:])
+        assert len(reasons) == 6 and totals.scored == 0
+        assert await predictions(services, [card]) == {}
+        assert (await windows(services, [card]))[card]["txn_count_10m"] is None
+    finally:
+        await services.close()
+
+
+async def test_oversize_events_and_fields_are_dead_lettered(make_project: Any) -> None:
+    project = stream_project(make_project)
+    log = _log(project)
+    services = Services.open(project)
+    now = time.time()
+    huge = event("card_000001", now - 5, merchant_id="m" * 1_000_000)
+    long = event("card_000002", now - 5, merchant_id="m" * 2000)
+    fine = event("card_000003", now - 5, merchant_id="m" * 1000)
+    try:
+        await _append(services, dumps([huge, long, fine]))
+        _, totals = await consume(services)
+        reasons = [d["reason"] for d in log.dead_letters]
+        assert len(reasons) == 2
+        assert reasons[0].startswith("event is 1000")
+        assert reasons[0].endswith(" bytes, more than max_event_size (65536)")
+        assert reasons[1] == "merchant_id: longer than max_field_size (1024 bytes)"
+        assert totals.scored == 1
+        counts = await windows(services, ["card_000001", "card_000002", "card_000003"])
+        assert [c["txn_count_10m"] for c in counts.values()] == [None, None, 1.0]
+    finally:
+        await services.close()
+
+
+async def test_events_the_scorer_rejects_are_dead_lettered_with_its_reason(
+    make_project: Any, caplog: Any
+) -> None:
+    """A card with no stored profile: its event is dead-lettered, counted, and changes
+    nothing (no window state), while the events around it are scored."""
+    from hybridserve.streaming import StreamConsumer
+
+    project = stream_project(make_project)
+    log = _log(project)
+    services = Services.open(project)
+    now = time.time()
+    known = [event("card_000001", now - 5), event("card_000002", now - 3)]
+    unknown = event("card_unknown", now - 4)
+    try:
+        await _append(services, dumps([known[0], unknown, known[1]]))
+        consumer = StreamConsumer(services, STREAM, poll_interval=0)
+        try:
+            totals = await consumer.run(until_idle=0.3)
+        finally:
+            await consumer.close()
+        assert [
+            (d["reason"], orjson.loads(d["payload"])["event_id"]) for d in log.dead_letters
+        ] == [("not scored: missing feature 'amount_mean_30d'", unknown["event_id"])]
+        assert totals.scored == 2 and totals.dead == 1 and not log.pending
+        metrics = consumer.metrics.render().decode()
+        assert 'hybridserve_stream_not_scored_total{stream="transactions"} 1.0' in metrics
+        assert 'hybridserve_stream_dead_lettered_total{stream="transactions"} 1.0' in metrics
+        assert set(await predictions(services, ["card_000001", "card_000002", "card_unknown"])) == {
+            "card_000001",
+            "card_000002",
+        }
+        assert (await windows(services, ["card_unknown"]))["card_unknown"]["txn_count_10m"] is None
+        assert "1 events not scored, dead-lettered" in caplog.text
+    finally:
+        await services.close()
+
+
+async def test_a_store_failure_is_not_split_and_dead_letters_nothing(make_project: Any) -> None:
+    """Only computing on the events splits a batch: a write that fails (whatever it raises)
+    fails the batch whole, and it is redelivered rather than dead-lettered."""
+    project = stream_project(make_project)
+    log = _log(project)
+    services = Services.open(project)
+    now = time.time()
+    events = [event(f"card_{i % 10:06d}", now - 50 + i * 0.1) for i in range(40)]
+    real = services.features.write
+    calls = 0
+
+    async def flaky(view: str, rows: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls % 2 == 1 and calls < 12:  # a split would find a "failing" single event
+            raise RuntimeError("connection reset by peer")
+        return await real(view, rows)
+
+    services.features.write = flaky  # type: ignore[method-assign]
+    try:
+        await _append(services, dumps(events))
+        _, totals = await consume(services, until_idle=0.5)
+        assert log.dead_letters == []
+        assert totals.failures == 6 and totals.scored == 40 and not log.pending
+    finally:
+        await services.close()
+
+
+async def test_a_view_row_from_a_conflicting_attempt_is_rewritten_by_its_redo(
+    make_project: Any,
+) -> None:
+    """Consumer 1 computes event ``a`` on an old state; consumer 2 takes ``a`` over with ``b``,
+    writes the view and commits first; consumer 1's row (the same watermark) replaces it and
+    its commit conflicts. Its redo finds ``a`` done, and must still rewrite the entity's row."""
+    from hybridserve.streaming import StreamConsumer
+    from hybridserve.streaming.events import RawEntry
+
+    project = stream_project(make_project)
+    _log(project)
+    first, second = Services.open(project), Services.open(project)
+    card, now = "card_000011", time.time()
+    a, b = event(card, now - 5), event(card, now - 6)
+    one = StreamConsumer(first, STREAM, poll_interval=0)
+    two = StreamConsumer(second, STREAM, poll_interval=0)
+    go = asyncio.Event()
+    real = first.features.write
+
+    async def late_write(view: str, rows: Any) -> Any:
+        await go.wait()
+        return await real(view, rows)
+
+    first.features.write = late_write  # type: ignore[method-assign]
+    try:
+        task = asyncio.create_task(one.processor.process([RawEntry("1-0", orjson.dumps(a))]))
+        await asyncio.sleep(0.2)  # consumer 1 has read the state and waits to write its row
+        entries = [RawEntry("1-0", orjson.dumps(a), 2), RawEntry("2-0", orjson.dumps(b))]
+        assert (await two.processor.process(entries)).applied == 2
+        go.set()
+        res = await task
+        assert res.conflicts == 1 and res.applied == 0
+        assert (await windows(first, [card]))[card]["txn_count_10m"] == 2
+    finally:
+        for c in (one, two):
+            await c.close()
+        await first.close()
+        await second.close()

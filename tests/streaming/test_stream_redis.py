@@ -264,3 +264,58 @@ async def test_a_consumer_claims_others_stale_entries_never_its_own(
     finally:
         await mine.close()
         await other.close()
+
+
+async def test_bad_events_among_valid_ones_dead_letter_only_themselves(
+    redis_project: Project,
+) -> None:
+    """8 events with a NaN time (refused when decoded) and 8 the model crashes on (found by
+    splitting the batch) among 160 valid ones: exactly the 16 are dead-lettered, each with
+    its own reason at its first delivery, and every valid event is scored."""
+    client = redis.Redis.from_url(redis_project.stores.online)
+    key = f"{redis_project.stores.prefix}stream:{STREAM}"
+    now = time.time()
+    valid = [event(f"card_{i % 40:06d}", now - 100 + i * 0.1) for i in range(160)]
+    crash = {valid[i]["event_id"] for i in range(7, 160, 20)}
+    nan = [event(f"card_{i:06d}", "NaN") for i in range(8)]
+    mixed = list(valid)
+    for n, b in enumerate(nan):
+        mixed.insert(n * 21 + 3, b)
+    await _preload(redis_project, [orjson.dumps(e) for e in mixed])
+
+    services = Services.open(redis_project)
+    consumer = StreamConsumer(services, STREAM, poll_interval=0)
+    real = consumer.processor.scorer
+    assert real is not None
+
+    class Crashing:
+        runtime = real.runtime
+
+        def score_rows(self, entities: list[str], rows: Any, **kw: Any) -> Any:
+            if crash & set(kw["event_ids"]):
+                raise RuntimeError("model crashed on this event")
+            return real.score_rows(entities, rows, **kw)
+
+    consumer.processor.scorer = Crashing()  # type: ignore[assignment]
+    try:
+        totals = await consumer.run(until_idle=1.0)
+    finally:
+        await consumer.close()
+        await services.close()
+    dead = client.xrange(f"{key}:dlq")
+    reasons = {
+        orjson.loads(f[b"payload"])["event_id"]: (f[b"reason"].decode(), int(f[b"deliveries"]))
+        for _, f in dead
+    }
+    assert len(dead) == len(reasons) == 16
+    assert {i: reasons[i] for i in crash} == {
+        i: ("failed: RuntimeError: model crashed on this event", 1) for i in crash
+    }
+    assert {reasons[b["event_id"]] for b in nan} == {
+        ("event_time: expected timestamp, got 'NaN'", 1)
+    }
+    assert totals.scored == 152 and totals.failures == 0
+    assert client.xpending(key, "hybridserve")["pending"] == 0
+    outputs = {f[b"id"].decode() for _, f in client.xrange(f"{key}:out")}
+    assert outputs == {e["event_id"] for e in valid} - crash
+    client.close()

@@ -228,6 +228,11 @@ class Metrics:
             "Computed predictions not written back (store failing or too far behind).",
             registry=r,
         )
+        self.unreadable_records = LightCounter(
+            "hybridserve_unreadable_records_total",
+            "Stored predictions skipped on read: not a record, or times that cannot be rendered.",
+            registry=r,
+        )
         self.events = LightCounter(
             "hybridserve_events_total",
             "Events accepted on the ingest endpoint.",

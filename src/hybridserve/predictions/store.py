@@ -8,17 +8,24 @@ from the previous run to the new one atomically, and a failed or partial run is 
 Every write uses the store's compare-and-set on ``as_of``, and a read takes the freshest of
 the route's record and the current run's record: a batch run computed from last night's
 snapshot never hides a fresher streaming score, whichever was written last.
+
+A stored value that does not decode to a record whose times can be rendered (written by an
+older version, or with an absurd ``as_of``) is read as no record: skipped, counted in
+:attr:`PredictionStore.unreadable` and logged, so one bad record never fails a read.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import orjson
 
 from hybridserve.records import PredictionRecord, now
 from hybridserve.storage import Entry, KVStore
+
+log = logging.getLogger("hybridserve.predictions")
 
 
 def prediction_key(route: str, entity: str) -> str:
@@ -47,6 +54,27 @@ class PredictionStore:
         self.kv = kv
         self.retention = retention
         """Seconds after ``as_of`` that a record is kept (``None``: until replaced)."""
+        self.unreadable = 0
+        """Stored values skipped on read because they are not a renderable record."""
+        self.on_unreadable: Callable[[], None] | None = None
+        """Called once per skipped value (the server counts them in a metric)."""
+        self._logged: set[str] = set()
+
+    def _decode(self, entry: Entry | None) -> PredictionRecord | None:
+        if entry is None:
+            return None
+        try:
+            return PredictionRecord.from_bytes(entry.value)
+        except (ValueError, TypeError) as exc:
+            self.unreadable += 1
+            if self.on_unreadable is not None:
+                self.on_unreadable()
+            if entry.key not in self._logged:  # once per key: a hot key would flood the log
+                if len(self._logged) >= 1000:
+                    self._logged.clear()
+                self._logged.add(entry.key)
+                log.warning("prediction store: skipped unreadable record %s: %s", entry.key, exc)
+            return None
 
     def _entry(self, key: str, r: PredictionRecord) -> Entry:
         keep = self.retention
@@ -70,7 +98,7 @@ class PredictionStore:
         """The freshest record per entity among the route's own and run ``run_id``'s."""
         if run_id is None:
             entries = await self.kv.get_many([prediction_key(route, e) for e in entities])
-            return [None if e is None else PredictionRecord.from_bytes(e.value) for e in entries]
+            return [self._decode(e) for e in entries]
         keys = []
         for e in entities:
             keys += [prediction_key(route, e), run_key(route, run_id, e)]
@@ -78,8 +106,11 @@ class PredictionStore:
         out: list[PredictionRecord | None] = []
         for i in range(len(entities)):
             own, run = entries[2 * i], entries[2 * i + 1]
-            best = own if run is None or (own is not None and own.as_of >= run.as_of) else run
-            out.append(None if best is None else PredictionRecord.from_bytes(best.value))
+            if run is None or (own is not None and own.as_of >= run.as_of):
+                best, other = own, run
+            else:
+                best, other = run, own
+            out.append(self._decode(best) or self._decode(other))
         return out
 
     async def get_run(
@@ -87,7 +118,7 @@ class PredictionStore:
     ) -> list[PredictionRecord | None]:
         """Only run ``run_id``'s records (audit, tests, comparing runs)."""
         entries = await self.kv.get_many([run_key(route, run_id, e) for e in entities])
-        return [None if e is None else PredictionRecord.from_bytes(e.value) for e in entries]
+        return [self._decode(e) for e in entries]
 
     async def current_run(self, route: str) -> RunPointer | None:
         (entry,) = await self.kv.get_many([pointer_key(route)])

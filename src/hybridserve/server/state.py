@@ -84,6 +84,7 @@ class ServerState:
             inline_below=cfg.inline_below,
         )
         router = Router(services, models, metrics, L1Cache(cfg.l1_cache_size))
+        services.predictions.on_unreadable = metrics.unreadable_records.inc
         return cls(
             project,
             services,

@@ -229,6 +229,8 @@ class StreamConsumer:
         m.duplicates.inc(r.duplicates)
         m.late.inc(r.late)
         m.dead.inc(r.dead + r.late)
+        m.not_scored.inc(r.score_errors)
+        m.failed_alone.inc(r.failed)
         m.event_latency.observe_many(r.event_lag)
         m.read_latency.observe_many(r.read_lag)
 

@@ -2,8 +2,9 @@
 
 A source hands the consumer :class:`RawEntry` objects (a delivery id, the payload, how often
 it was delivered). :func:`decode` turns one into an :class:`Event` or says why it cannot:
-bad JSON, a missing entity, id or time, a value of the wrong type, or an event time too far
-in the future. The ingest endpoint uses :func:`validate` on the same rules, so an event it
+bad JSON, an event or a string field over its size limit, a missing entity, id or time, a
+value of the wrong type, or an event time that is not finite or lies too far in the future
+or the past. The ingest endpoint uses :func:`validate` on the same rules, so an event it
 accepts is one the consumer accepts too.
 """
 
@@ -49,20 +50,27 @@ class BadEvent(InvalidInput):
     """An event that does not match its stream's fields (the message names the field)."""
 
 
+class EventTooLarge(BadEvent):
+    """An event, or one of its string fields, over the stream's size limit."""
+
+    status = 413
+
+
 def parse_timestamp(value: Any) -> float:
     """Epoch seconds from a number (seconds) or an ISO-8601 string (``Z`` means UTC)."""
     if value.__class__ is float or value.__class__ is int:
-        if not math.isfinite(value):
-            raise ValueError("not a finite time")
-        return float(value)
-    if isinstance(value, str):
+        ts = float(value)
+    elif isinstance(value, str):
         try:
-            return float(value)
+            ts = float(value)
         except ValueError:
-            pass
-        ts = datetime.fromisoformat(value)
-        return (ts if ts.tzinfo else ts.replace(tzinfo=UTC)).timestamp()
-    raise ValueError(f"expected epoch seconds or an ISO time, got {value!r}")
+            parsed = datetime.fromisoformat(value)
+            ts = (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+    else:
+        raise ValueError(f"expected epoch seconds or an ISO time, got {value!r}")
+    if not math.isfinite(ts):  # "NaN" and "inf" parse as floats
+        raise ValueError("not a finite time")
+    return ts
 
 
 def _coerce(kind: str, value: Any, text: bool) -> Any:
@@ -93,22 +101,46 @@ def _coerce(kind: str, value: Any, text: bool) -> Any:
     raise ValueError(f"expected {kind}, got {value!r}")
 
 
+def check_size(cfg: StreamConfig, size: int) -> None:
+    """:class:`EventTooLarge` for a payload of ``size`` bytes over ``max_event_size``."""
+    if size > cfg.max_event_size:
+        raise EventTooLarge(
+            f"event is {size} bytes, more than max_event_size ({cfg.max_event_size})",
+            size=size,
+            limit=cfg.max_event_size,
+        )
+
+
+def _string_too_long(value: str, limit: int) -> bool:
+    # UTF-8 needs at most 4 bytes a character: most strings are decided without encoding.
+    n = len(value)
+    return n > limit or (4 * n > limit and len(value.encode()) > limit)
+
+
 def validate(
-    cfg: StreamConfig, obj: Any, *, at: float, text: bool = False
+    cfg: StreamConfig, obj: Any, *, at: float, size: int, text: bool = False
 ) -> tuple[str, str, float, dict[str, Any]]:
-    """``(event_id, entity, time, values)`` of one event, or :class:`BadEvent` naming the field.
+    """``(event_id, entity, time, values)`` of one event of ``size`` bytes, or
+    :class:`BadEvent` naming the field.
 
     The entity, id and time fields are required; other declared fields may be absent or null.
+    The time must lie within ``max_past`` before and ``max_future`` after ``at``.
     """
+    check_size(cfg, size)
     if not isinstance(obj, dict):
         raise BadEvent(f"expected a JSON object, got {type(obj).__name__}")
     values: dict[str, Any] = {}
+    limit = cfg.max_field_size
     for name, kind in cfg.fields.items():
         value = obj.get(name)
         if value is None:
             if name == cfg.entity_field or name == cfg.id_field or name == cfg.time_field:
                 raise BadEvent(f"{name}: required field is missing", field=name)
             continue
+        if value.__class__ is str and _string_too_long(value, limit):
+            raise EventTooLarge(
+                f"{name}: longer than max_field_size ({limit} bytes)", field=name, limit=limit
+            )
         try:
             values[name] = _coerce(kind, value, text)
         except (ValueError, TypeError, OverflowError):
@@ -121,7 +153,14 @@ def validate(
     ts = float(values[cfg.time_field])
     if ts > at + cfg.max_future:
         raise BadEvent(
-            f"{cfg.time_field}: {ts:.3f} is more than {cfg.max_future:g}s in the future",
+            f"{cfg.time_field}: {ts:.3f} is more than {cfg.max_future:g}s in the future "
+            "(max_future)",
+            field=cfg.time_field,
+        )
+    past = cfg.past_bound
+    if ts < at - past:
+        raise BadEvent(
+            f"{cfg.time_field}: {ts:.3f} is more than {past:g}s in the past (max_past)",
             field=cfg.time_field,
         )
     return event_id, entity, ts, values
@@ -130,16 +169,17 @@ def validate(
 def decode(cfg: StreamConfig, entry: RawEntry, at: float) -> Event | str:
     """The event in ``entry``, or the reason it is dead-lettered."""
     payload = entry.payload
-    text = not isinstance(payload, bytes)
-    if isinstance(payload, bytes):
-        try:
-            obj = orjson.loads(payload)
-        except orjson.JSONDecodeError as exc:
-            return f"bad JSON: {exc}"
-    else:
-        obj = payload
     try:
-        event_id, entity, ts, values = validate(cfg, obj, at=at, text=text)
+        if isinstance(payload, bytes):
+            check_size(cfg, len(payload))  # before parsing it
+            try:
+                obj = orjson.loads(payload)
+            except orjson.JSONDecodeError as exc:
+                return f"bad JSON: {exc}"
+            event_id, entity, ts, values = validate(cfg, obj, at=at, size=len(payload))
+        else:
+            size = len(orjson.dumps(payload))
+            event_id, entity, ts, values = validate(cfg, payload, at=at, size=size, text=True)
     except BadEvent as exc:
         return exc.message
     return Event(entry, event_id, entity, ts, values)

@@ -28,6 +28,13 @@ class StreamMetrics:
         self.duplicates = counter("duplicates_total", "Duplicate events dropped.").labels(stream)
         self.late = counter("late_total", "Events beyond the allowed lateness.").labels(stream)
         self.dead = counter("dead_lettered_total", "Entries dead-lettered.").labels(stream)
+        self.not_scored = counter(
+            "not_scored_total", "Events the Scorer rejected (dead-lettered with its reason)."
+        ).labels(stream)
+        self.failed_alone = counter(
+            "failed_alone_total",
+            "Events that failed alone when their batch was split (dead-lettered).",
+        ).labels(stream)
         self.failures = counter("batch_failures_total", "Micro-batches that failed.").labels(stream)
         self.batch_size = Histogram(
             "hybridserve_stream_batch_size",

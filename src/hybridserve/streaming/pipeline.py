@@ -6,20 +6,34 @@ The order is what makes redelivery safe (at-least-once in, effectively-once out)
 2. drop events already committed (the seen-set) or repeated within the batch;
 3. load the touched entities' window state and apply each event in stream order; an event
    beyond the allowed lateness is dead-lettered as late and changes nothing;
-4. write the window features (``as_of`` = the entity's watermark) and score one row per
-   applied event, with the window values right after that event: so an event's score does
-   not depend on where batch boundaries fell, and a redone batch scores exactly the same;
-5. write each entity's newest prediction (precedence on ``as_of``), emit one output per event;
+4. score one row per applied event, with the window values right after that event: so an
+   event's score does not depend on where batch boundaries fell, and a redone batch scores
+   exactly the same. Events whose rows the Scorer rejects (a missing stored feature, say)
+   are dead-lettered with its reason and the batch is redone without them, before anything
+   is written, so they change nothing;
+5. write the window features (``as_of`` = the entity's watermark) and each entity's newest
+   prediction (precedence on ``as_of``), emit one output per event;
 6. commit state + seen-set (+ outputs on Redis) with a version check; on a conflict (another
    consumer got there first) reload and redo; only then acknowledge.
 
 Every write before the commit is idempotent (compare-and-set on ``as_of``, or once per id), so
 a crash anywhere leaves nothing that a redo would write twice.
+
+A batch whose computation raises (decoding a state, the windows, the model: the model crashes
+on one row, say) is split in halves, and each half processed on its own, down to single
+events: the events that fail alone are dead-lettered with their error, and their neighbours
+are committed. A store, source or network failure is not split, and neither it nor a batch
+of which nothing goes through is shown to be the events' fault: the batch fails as a whole,
+nothing is acknowledged and the source redelivers it (an entry still failing after
+``max_deliveries`` is dead-lettered as poison, with its last error).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +49,27 @@ from hybridserve.streaming.state import Output, StateStore
 from hybridserve.streaming.windows import EntityState, WindowSpec
 
 _ATTEMPTS = 8
+log = logging.getLogger("hybridserve.stream")
+
+
+class _EventFault(Exception):
+    """Computing on the batch's events (decoding states, windows, the model) raised ``cause``.
+
+    Only these split a batch: a store, source or network failure is nothing the events did,
+    and fails the batch whole (to be redelivered) rather than dead-lettering good events.
+    """
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+@contextlib.contextmanager
+def _computing() -> Iterator[None]:
+    try:
+        yield
+    except Exception as exc:
+        raise _EventFault(exc) from exc
 
 
 @dataclass(slots=True)
@@ -59,6 +94,9 @@ EVENT_COUNTS = ("read", "applied", "scored", "duplicates", "late", "dead")
 @dataclass(slots=True)
 class BatchResult(EventCounts):
     score_errors: int = 0
+    """Events the Scorer rejected (dead-lettered, and counted in ``dead`` too)."""
+    failed: int = 0
+    """Events that failed alone when the batch was split (dead-lettered, in ``dead`` too)."""
     conflicts: int = 0
     event_lag: list[float] = field(default_factory=list)
     """Seconds from each scored event's time to its commit."""
@@ -107,6 +145,9 @@ class BatchProcessor:
         # read is the one this consumer committed, the decoded object is used as is.
         self._decoded: dict[str, tuple[int, EntityState]] = {}
         self.max_decoded = 200_000
+        # entry id -> the error it last failed with, for its poison dead letter.
+        self._last_errors: dict[str, str] = {}
+        self.max_last_errors = 10_000
 
     async def process(self, entries: list[RawEntry]) -> BatchResult:
         """Process, commit and acknowledge ``entries``; raise (acking nothing) on failure."""
@@ -119,7 +160,8 @@ class BatchProcessor:
         for entry in entries:
             if entry.deliveries > cfg.max_deliveries:
                 reason = f"poison: delivered {entry.deliveries} times (max {cfg.max_deliveries})"
-                dead.append((entry, reason))
+                last = self._last_errors.pop(entry.id, None)
+                dead.append((entry, reason if last is None else f"{reason}; last error: {last}"))
                 continue
             ev = decode(cfg, entry, at)
             if isinstance(ev, str):
@@ -133,16 +175,91 @@ class BatchProcessor:
             await self.source.dead_letter(dead)
         res.dead = len(dead)
         scorer = self.scorer  # a batch finishes on the model it started with
-        for attempt in range(_ATTEMPTS):
-            if await self._apply(events, scorer, res):
-                break
-            res.conflicts = attempt + 1
-        else:
-            raise StoreError(f"stream {self.name}: gave up after {_ATTEMPTS} commit conflicts")
+        failed = await self._isolate(events, scorer, res)
+        if failed:
+            if len(failed) == len(events):  # nothing went through: fail the batch
+                for ev, exc in failed:
+                    self._remember(ev.entry.id, exc)
+                raise failed[0][1]
+            letters = [(ev.entry, f"failed: {_describe(exc)}") for ev, exc in failed]
+            log.warning(
+                "stream %s: %d of %d events failed alone and are dead-lettered (first: %s)",
+                self.name,
+                len(failed),
+                len(events),
+                letters[0][1],
+            )
+            await self.source.dead_letter(letters)
+            res.failed += len(failed)
+            res.dead += len(failed)
+        for entry in entries:
+            self._last_errors.pop(entry.id, None)
         await self.source.ack([e.id for e in entries])
         return res
 
-    async def _apply(self, events: list[Event], scorer: Scorer | None, res: BatchResult) -> bool:
+    def _remember(self, entry_id: str, exc: Exception) -> None:
+        errors = self._last_errors
+        errors.pop(entry_id, None)
+        errors[entry_id] = _describe(exc)
+        while len(errors) > self.max_last_errors:
+            errors.pop(next(iter(errors)))
+
+    async def _isolate(
+        self, events: list[Event], scorer: Scorer | None, res: BatchResult
+    ) -> list[tuple[Event, Exception]]:
+        """Commit ``events``, or if computing on them raises, each half on its own (in stream
+        order, so windows see the same order), down to single events; return those that fail
+        alone, with their error."""
+        try:
+            await self._commit(events, scorer, res)
+            return []
+        except _EventFault as fault:
+            if len(events) <= 1:
+                return [(ev, fault.cause) for ev in events]
+        mid = len(events) // 2
+        first = await self._isolate(events[:mid], scorer, res)
+        return first + await self._isolate(events[mid:], scorer, res)
+
+    async def _commit(self, events: list[Event], scorer: Scorer | None, res: BatchResult) -> None:
+        """Apply and commit ``events``: redone on a commit conflict, and redone without the
+        events whose rows the Scorer rejects (dead-lettered with its reason)."""
+        conflicts = 0
+        # Entities whose view rows a conflicting attempt wrote: rewritten (and their state
+        # version checked) by the next attempt even if none of its events is theirs any more.
+        # Else a row from a stale state could stay: another consumer that took over some of
+        # these events wrote its row first, ours replaced it (same watermark), and the redo,
+        # finding those events done, would leave the entity alone.
+        written: set[str] = set()
+        while True:
+            outcome = await self._apply(events, scorer, res, written)
+            if outcome is True:
+                return
+            if outcome is False:
+                conflicts += 1
+                res.conflicts += 1
+                if conflicts >= _ATTEMPTS:
+                    raise StoreError(
+                        f"stream {self.name}: gave up after {_ATTEMPTS} commit conflicts"
+                    )
+                continue
+            log.warning(
+                "stream %s: %d events not scored, dead-lettered (first: %s)",
+                self.name,
+                len(outcome),
+                outcome[0][1],
+            )
+            await self.source.dead_letter(outcome)
+            res.score_errors += len(outcome)
+            res.dead += len(outcome)
+            rejected = {id(entry) for entry, _ in outcome}
+            events = [ev for ev in events if id(ev.entry) not in rejected]
+
+    async def _apply(
+        self, events: list[Event], scorer: Scorer | None, res: BatchResult, written: set[str]
+    ) -> bool | list[DeadLetter]:
+        """One attempt: ``True`` when committed, ``False`` on a commit conflict (the entities
+        whose view rows it wrote are added to ``written``), or the events the Scorer rejected,
+        with its reasons (nothing written then)."""
         spec, cfg = self.spec, self.cfg
         if not events:
             return True
@@ -161,14 +278,6 @@ class BatchProcessor:
         states: dict[str, EntityState] = {}
         versions: dict[str, int] = {}
         decoded = self._decoded
-        for entity, (version, raw) in zip(entities, loaded, strict=True):
-            versions[entity] = version
-            # Taken out while in use: a failed attempt leaves no half-applied state behind.
-            hit = decoded.pop(entity, None)
-            if hit is not None and version > 0 and hit[0] == version:
-                states[entity] = hit[1]
-            else:
-                states[entity] = spec.new_state() if raw is None else spec.loads(raw)
         applied: list[Event] = []
         window_rows: list[dict[str, Any]] = []
         # An entity's row after its last event is its row at the batch's end too: the
@@ -176,54 +285,67 @@ class BatchProcessor:
         last_row: dict[str, dict[str, Any]] = {}
         names = self.window_names if scorer is not None else ()
         late: list[DeadLetter] = []
-        for ev in fresh:
-            st = states[ev.entity]
-            outcome = spec.apply(st, ev.event_id, ev.time, ev.values)
-            if outcome == "applied":
-                applied.append(ev)
-                if names:
-                    row = last_row[ev.entity] = spec.values(st)
-                    window_rows.append({n: row[n] for n in names})
+        with _computing():
+            for entity, (version, raw) in zip(entities, loaded, strict=True):
+                versions[entity] = version
+                # Taken out while in use: a failed attempt leaves no half-applied state behind.
+                hit = decoded.pop(entity, None)
+                if hit is not None and version > 0 and hit[0] == version:
+                    states[entity] = hit[1]
                 else:
-                    window_rows.append({})
-            elif outcome == "late":
-                behind = (st.watermark or 0.0) - ev.time
-                reason = (
-                    f"late: {behind:.3f}s behind the entity's watermark "
-                    f"(allowed_lateness {cfg.allowed_lateness:g}s)"
-                )
-                late.append((ev.entry, reason))
-            else:
-                dups += 1
+                    states[entity] = spec.new_state() if raw is None else spec.loads(raw)
+            for ev in fresh:
+                st = states[ev.entity]
+                outcome = spec.apply(st, ev.event_id, ev.time, ev.values)
+                if outcome == "applied":
+                    applied.append(ev)
+                    if names:
+                        row = last_row[ev.entity] = spec.values(st)
+                        window_rows.append({n: row[n] for n in names})
+                    else:
+                        window_rows.append({})
+                elif outcome == "late":
+                    behind = (st.watermark or 0.0) - ev.time
+                    reason = (
+                        f"late: {behind:.3f}s behind the entity's watermark "
+                        f"(allowed_lateness {cfg.allowed_lateness:g}s)"
+                    )
+                    late.append((ev.entry, reason))
+                else:
+                    dups += 1
+        records = await self._score(scorer, applied, window_rows, stored)
+        if not isinstance(records, list):  # rejected rows: redo without them
+            return [(applied[i].entry, f"not scored: {why}") for i, why in records.items()]
+        touched = [e for e in entities if states[e].batch or e in written]
+        touched_states = {id(states[e]) for e in touched}
+        with _computing():
+            for e in touched:
+                spec.finish(states[e])
+            view_rows = [
+                (e, last_row.get(e) or spec.values(states[e]), states[e].watermark or 0.0)
+                for e in touched
+            ]
+            writes = [(e, versions[e], spec.dumps(states[e])) for e in touched]
         if late:
             await self.source.dead_letter(late)
-        touched = [e for e in entities if states[e].batch]
-        touched_states = {id(states[e]) for e in touched}
-        for e in touched:
-            spec.finish(states[e])
-        view_rows = [
-            (e, last_row.get(e) or spec.values(states[e]), states[e].watermark or 0.0)
-            for e in touched
-        ]
         # The view's new rows and the predictions go to the store at the same time; both
         # land before the commit below makes the batch's state (and outputs) official.
-        _, (records, score_errors, outputs) = await asyncio.gather(
-            self._write_view(view_rows),
-            self._score_and_store(scorer, applied, window_rows, stored),
-        )
-        writes = [(e, versions[e], spec.dumps(states[e])) for e in touched]
+        _, outputs = await asyncio.gather(self._write_view(view_rows), self._store(records))
         seen = [ev.event_id for ev in fresh]
         if (writes or seen) and not await self.state.commit(writes, seen, outputs):
+            written.update(touched)
             return False
         for e in entities:  # committed: the next batch starts from these objects
             decoded[e] = (versions[e] + (1 if id(states[e]) in touched_states else 0), states[e])
         while len(decoded) > self.max_decoded:
             decoded.pop(next(iter(decoded)))
         done = now()
-        res.applied, res.late, res.duplicates = len(applied), len(late), res.duplicates + dups
-        res.scored, res.score_errors = len(records), score_errors
-        res.event_lag = [done - ev.time for ev in applied]
-        res.read_lag = [done - ev.entry.read_at for ev in applied]
+        res.applied += len(applied)
+        res.late += len(late)
+        res.duplicates += dups
+        res.scored += len(records)
+        res.event_lag += [done - ev.time for ev in applied]
+        res.read_lag += [done - ev.entry.read_at for ev in applied]
         return True
 
     async def _stored_features(
@@ -239,28 +361,37 @@ class BatchProcessor:
         if self.view is not None and rows:
             await self.services.features.write(self.view, rows)
 
-    async def _score_and_store(
+    async def _score(
         self,
         scorer: Scorer | None,
         applied: list[Event],
         window_rows: list[dict[str, Any]],
         stored: dict[str, dict[str, Any]],
-    ) -> tuple[list[PredictionRecord], int, list[Output]]:
-        """Score the applied events, store the newest prediction per entity, build outputs."""
+    ) -> list[PredictionRecord] | dict[int, str]:
+        """The applied events' records, or (position in ``applied`` -> reason) for the rows
+        the Scorer rejected."""
         if scorer is None or not applied:
-            return [], 0, []
+            return []
         feature_rows = [
             {**stored.get(ev.entity, {}), **w} for ev, w in zip(applied, window_rows, strict=True)
         ]
-        result = await asyncio.to_thread(
-            scorer.score_rows,
-            [ev.entity for ev in applied],
-            feature_rows,
-            as_of=[ev.time for ev in applied],
-            source="stream",
-            event_ids=[ev.event_id for ev in applied],
-        )
-        records = result.records
+        with _computing():
+            result = await asyncio.to_thread(
+                scorer.score_rows,
+                [ev.entity for ev in applied],
+                feature_rows,
+                as_of=[ev.time for ev in applied],
+                source="stream",
+                event_ids=[ev.event_id for ev in applied],
+            )
+        if result.errors:
+            return {e.index: e.reason for e in result.errors}
+        return result.records
+
+    async def _store(self, records: list[PredictionRecord]) -> list[Output]:
+        """Store the newest prediction per entity; the outputs of every record."""
+        if not records:
+            return []
         best: dict[str, PredictionRecord] = {}
         for r in records:
             b = best.get(r.entity)
@@ -270,4 +401,8 @@ class BatchProcessor:
         outputs = [(r.event_id or "", output_payload(r)) for r in records]
         if not self.state.atomic_outputs:
             await self.source.emit(outputs)
-        return records, len(result.errors), outputs
+        return outputs
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"

@@ -1,5 +1,5 @@
 """Stream sources behind one small interface (see :mod:`.base`): Redis Streams, replay
-files, and an in-process twin for tests and the ingest endpoint."""
+files, and an in-process twin for tests."""
 
 from __future__ import annotations
 

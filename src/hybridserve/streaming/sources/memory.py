@@ -1,8 +1,9 @@
 """The in-process source: a stream, its consumer group, dead letters and outputs in memory.
 
 Sources with the same name share one log within a process (as ``memory://name`` stores
-do), so the ingest endpoint and a consumer running in the same process see the same events,
-and several consumers of one log share the work the way a Redis consumer group does.
+do), so a producer and a consumer running in the same process see the same events, and
+several consumers of one log share the work the way a Redis consumer group does. (The ingest
+endpoint refuses memory streams: no consumer runs in the server's process.)
 """
 
 from __future__ import annotations
