@@ -4,9 +4,13 @@ They are parsed here and nowhere else."""
 
 from __future__ import annotations
 
+import math
 import re
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_WS = "[ \\t\\n\\r\\f\\v]*"
+DURATION_PATTERN = rf"^{_WS}([0-9]+(?:\.[0-9]+)?){_WS}(ms|s|m|h|d|w)?{_WS}$"
+"""A duration string; ASCII classes only, so Python and JSON Schema (the API document) agree."""
+_DURATION = re.compile(DURATION_PATTERN)
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
@@ -38,7 +42,10 @@ def parse_duration(value: str | int | float) -> float:
     if isinstance(value, int | float):
         if value < 0:
             raise ValueError(f"expected a non-negative duration, got {value!r}")
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # past float's range, as a 400-digit string reads too
+            return math.inf
     match = _DURATION.match(value) if isinstance(value, str) else None
     if match is None:
         raise ValueError(f"expected a duration like '1h', got {value!r}")

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from hybridserve.errors import InvalidInput
 
 _NAME = r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}"
-NAME_RE = re.compile(rf"^{_NAME}$")
+NAME_PATTERN = rf"^{_NAME}$"
+"""A model or alias name, as a regular expression both Python and JSON Schema read alike."""
+NAME_RE = re.compile(NAME_PATTERN)
 _REF_RE = re.compile(rf"^(?P<name>{_NAME})(?:@(?P<alias>{_NAME})|/(?P<version>[0-9]+))?$")
 
 

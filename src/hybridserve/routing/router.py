@@ -40,7 +40,7 @@ from hybridserve.routing.job import Answer, Entity, Job, Reason
 from hybridserve.routing.lag import LoopLag
 from hybridserve.routing.models import LoadedModel, ModelManager
 from hybridserve.routing.rollout import in_share
-from hybridserve.routing.schema import EntityItem, PredictRequest
+from hybridserve.routing.schema import PredictRequest
 from hybridserve.routing.shadow import ShadowScorer
 from hybridserve.runtimes.base import Prediction
 from hybridserve.scoring import value_problem
@@ -117,11 +117,7 @@ class Router:
 
     def _job(self, route: str, req: PredictRequest, request_id: str) -> Job:
         cfg = self.project.route(route)
-        items: list[str | EntityItem] = list(req.entities)
-        if req.entity is not None:
-            items.append(req.entity)
-        if not items:
-            raise InvalidInput("give 'entities' (a list of keys) or 'entity'")
+        items = req.items()
         limit = self.project.server.max_entities
         if len(items) > limit:
             raise InvalidInput(f"entities: {len(items)} given, at most {limit} per request")

@@ -1,44 +1,97 @@
-"""Wire shapes of the hybrid API (``POST /v1/predict/{route}``), independent of any framework.
+"""Wire shapes of the hybrid API (``POST /v1/predict/{route}``) and of the admin calls'
+bodies, independent of any framework.
 
 Validated with pydantic-core (microseconds per request); errors are reported as
-``field.path: problem`` in a 400, like the project file's.
+``field.path: problem`` in a 400, like the project file's. The models are strict (a JSON
+string is not read as a number, nor ``1`` as ``true``), so that what they accept is exactly
+what their JSON Schema (in ``/openapi.json``) allows: the document is generated from them.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    WithJsonSchema,
+    model_validator,
+)
 
 from hybridserve.errors import InvalidInput
-from hybridserve.units import parse_duration
+from hybridserve.registry.refs import NAME_PATTERN
+from hybridserve.units import DURATION_PATTERN, parse_duration
 
 FeatureValue = float | int | bool | str | None
-Key = Annotated[
-    str, BeforeValidator(lambda v: str(v) if isinstance(v, int) and not isinstance(v, bool) else v)
+
+
+def _whole(value: Any) -> Any:
+    """A float with no fraction as an int: JSON Schema counts ``3.0`` as an integer too."""
+    return int(value) if value.__class__ is float and value.is_integer() else value
+
+
+_WHOLE = BeforeValidator(_whole)  # after the constraints, so that they show in the schema
+if TYPE_CHECKING:
+    Key = str  # what the validator makes of either form
+else:
+    Key = Annotated[
+        Annotated[str, Field(min_length=1, max_length=512)]
+        | Annotated[int, Field(ge=-(2**53 - 1), le=2**53 - 1), _WHOLE],
+        AfterValidator(str),
+        Field(
+            description="An entity key; an integer (within ±(2**53 - 1), what every JSON "
+            "reader holds exactly) is read as its decimal text: 7 is '7'."
+        ),
+    ]
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "minimum": 0},
+                {"type": "string", "pattern": DURATION_PATTERN},
+            ],
+            "description": "Seconds, or a duration such as '30s', '5m', '250ms'.",
+        }
+    ),
 ]
+Name = Annotated[str, Field(pattern=NAME_PATTERN, description="A registry (alias) name.")]
 
 
-class EntityItem(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    key: Key = Field(min_length=1, max_length=512)
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class EntityItem(_Wire):
+    key: Key
     features: dict[str, FeatureValue] = Field(default_factory=dict)
 
 
-class PredictRequest(BaseModel):
+class PredictRequest(_Wire):
     """One or many entities to predict for; request-time features are optional."""
 
-    model_config = ConfigDict(extra="forbid")
-    entities: list[Annotated[Key, Field(min_length=1, max_length=512)] | EntityItem] = Field(
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["entities"], "properties": {"entities": {"minItems": 1}}},
+                {"required": ["entity"], "properties": {"entity": {"not": {"type": "null"}}}},
+            ]
+        }
+    )
+    entities: list[Key | EntityItem] = Field(
         default_factory=list, description="Entity keys, or {key, features} objects."
     )
-    entity: Key | None = Field(
-        default=None, min_length=1, max_length=512, description="Shorthand for one entity."
-    )
+    entity: Key | None = Field(default=None, description="Shorthand for one entity.")
     features: dict[str, FeatureValue] = Field(
         default_factory=dict, description="Request-time features for every entity of this request."
     )
-    max_staleness: Annotated[float, BeforeValidator(parse_duration)] | None = Field(
+    max_staleness: Duration | None = Field(
         default=None, description="Tighten the route's freshness bound ('30s', '5m' or seconds)."
     )
     timeout_ms: float | None = Field(
@@ -51,6 +104,19 @@ class PredictRequest(BaseModel):
     )
     probabilities: bool = False
 
+    @model_validator(mode="after")
+    def _some_entity(self) -> PredictRequest:
+        if not self.entities and self.entity is None:
+            raise ValueError("give 'entities' (a non-empty list of keys) or 'entity'")
+        return self
+
+    def items(self) -> list[str | EntityItem]:
+        """Every entity asked for: ``entities``, then ``entity``."""
+        items: list[str | EntityItem] = list(self.entities)
+        if self.entity is not None:
+            items.append(self.entity)
+        return items
+
 
 class PredictionOut(BaseModel):
     entity: str
@@ -59,7 +125,7 @@ class PredictionOut(BaseModel):
     source: str = Field(description="cache, batch, stream, online or fallback:<kind>")
     model: str | None
     model_version: int | None
-    as_of: str | None
+    as_of: str | None = Field(description="RFC 3339 time of the features used")
     age_s: float | None
     degraded: bool
     probabilities: dict[str, float] | None = None
@@ -71,34 +137,78 @@ class PredictResponse(BaseModel):
     predictions: list[PredictionOut]
 
 
+class Unanswered(BaseModel):
+    entity: str
+    steps: list[str] = Field(description="Why each step of the route's chain gave no answer")
+
+
+class PredictUnavailable(BaseModel):
+    """503: no acceptable prediction for some entity (those answered are still returned)."""
+
+    error: str
+    type: Literal["NoFreshPrediction"]
+    request_id: str
+    route: str
+    predictions: list[PredictionOut]
+    unanswered: list[Unanswered]
+
+
+class PromoteRequest(_Wire):
+    version: Annotated[int, Field(ge=1, le=2**63 - 1), _WHOLE] = Field(
+        description="The version the alias moves to."
+    )
+    alias: Name = "production"
+
+
+class RollbackRequest(_Wire):
+    alias: Name = "production"
+
+
+class MoveResponse(BaseModel):
+    model: str
+    alias: str
+    version: int
+    changes: list[str] = Field(description="One line per loaded model that moved")
+
+
 _REQUEST = TypeAdapter(PredictRequest)
+W = TypeVar("W", bound=_Wire)
 
 
 def parse_predict_request(body: bytes | dict[str, Any]) -> PredictRequest:
+    return parse(_REQUEST, body)
+
+
+def parse(adapter: TypeAdapter[W], body: bytes | dict[str, Any]) -> W:
+    """``body`` (JSON bytes or decoded) as the wire model; InvalidInput naming each field."""
     try:
         if isinstance(body, bytes | bytearray):
-            return _REQUEST.validate_json(body)
-        return _REQUEST.validate_python(body)
+            return adapter.validate_json(body)
+        return adapter.validate_python(body)
     except ValidationError as exc:
         raise InvalidInput(validation_message(exc), errors=_errors(exc)) from None
 
 
 def _errors(exc: ValidationError) -> list[dict[str, Any]]:
-    return [{"loc": ".".join(str(p) for p in e["loc"]), "msg": e["msg"]} for e in exc.errors()][:20]
+    return [{"loc": _loc(e["loc"]), "msg": e["msg"]} for e in exc.errors()][:20]
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    """The field path of an error, without pydantic's names for union members and validators."""
+    return ".".join(
+        str(p)
+        for p in loc
+        if not str(p)[:1].isupper()
+        and str(p) not in ("str", "int", "float", "bool", "constrained-str", "constrained-int")
+        and "[" not in str(p)
+        and "(" not in str(p)
+    )
 
 
 def validation_message(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors()[:5]:
-        loc = ".".join(
-            str(p)
-            for p in err["loc"]
-            # pydantic's internal names of union members and validators are not fields
-            if not str(p)[:1].isupper()
-            and str(p) not in ("str", "int", "float", "bool", "constrained-str")
-            and "[" not in str(p)
-            and "(" not in str(p)
-        )
+        loc = _loc(err["loc"])
         msg = str(err["msg"]).removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown field"

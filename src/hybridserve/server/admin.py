@@ -9,13 +9,17 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from pydantic import TypeAdapter
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from hybridserve.errors import InvalidInput
+from hybridserve.routing.schema import PromoteRequest, RollbackRequest, parse
 from hybridserve.server.errors import json_response
 from hybridserve.server.requests import authorize, json_body, state_of
+
+_PROMOTE = TypeAdapter(PromoteRequest)
+_ROLLBACK = TypeAdapter(RollbackRequest)
 
 
 async def list_routes(request: Request) -> Response:
@@ -55,26 +59,12 @@ async def list_models(request: Request) -> Response:
     return json_response(200, {"models": await asyncio.to_thread(collect)})
 
 
-def _int(body: dict[str, Any], key: str) -> int:
-    value = body.get(key)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise InvalidInput(f"{key}: expected a positive integer, got {value!r}")
-    return value
-
-
-def _alias(body: dict[str, Any]) -> str:
-    alias = body.get("alias", "production")
-    if not isinstance(alias, str) or not alias:
-        raise InvalidInput(f"alias: expected a name, got {alias!r}")
-    return alias
-
-
 async def promote(request: Request) -> Response:
     actor = authorize(request, "admin")
     state = state_of(request)
     name = request.path_params["name"]
-    body = await json_body(request)
-    version, alias = _int(body, "version"), _alias(body)
+    body = parse(_PROMOTE, await json_body(request))
+    version, alias = body.version, body.alias
     await asyncio.to_thread(
         state.services.registry.promote, name, version, alias=alias, actor=actor
     )
@@ -88,7 +78,7 @@ async def rollback(request: Request) -> Response:
     actor = authorize(request, "admin")
     state = state_of(request)
     name = request.path_params["name"]
-    alias = _alias(await json_body(request))
+    alias = parse(_ROLLBACK, await json_body(request)).alias
     version = await asyncio.to_thread(
         state.services.registry.rollback, name, alias=alias, actor=actor
     )
