@@ -50,7 +50,15 @@ class HybridApp:
         self.grpc_address = grpc_address
         self.max_body = state.project.server.max_body_size
         self.body_timeout = state.project.server.body_timeout
-        routes: list[Any] = [*v2.routes(), *admin.routes(), *events.routes(), *docs.routes()]
+        routes: list[Any] = [
+            # Listed so that the route table is whole (the document is checked against it,
+            # and a GET gets a 405): POSTs never get this far, __call__ serves them first.
+            Route(_PREDICT + "{route}", self, methods=["POST"]),
+            *v2.routes(),
+            *admin.routes(),
+            *events.routes(),
+            *docs.routes(),
+        ]
         self.starlette = Starlette(
             routes=routes, lifespan=self._lifespan, exception_handlers=exception_handlers()
         )
