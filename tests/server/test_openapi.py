@@ -69,6 +69,7 @@ async def test_every_route_the_app_serves_is_documented(make_project, serve) -> 
     for path, method in documented:
         op = spec["paths"][path][method]
         assert op["responses"], (method, path)
+        assert set(op["tags"]) <= {t["name"] for t in spec["tags"]}, (method, path)
         if "requestBody" in op:
             assert op["requestBody"]["content"]["application/json"]["schema"], (method, path)
 

@@ -45,6 +45,27 @@ _ERROR = {
 _V2_ERROR = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
 
 
+_TAGS = [
+    ("/v1/predict/", "predict"),
+    ("/v1/events/", "events"),
+    ("/v1/admin/", "admin"),
+    ("/v2", "v2"),
+    ("/docs", "docs"),
+]
+TAGS = [
+    {"name": "predict", "description": "The hybrid API: stored, streamed or computed predictions"},
+    {"name": "events", "description": "Ingest: append events to a stream"},
+    {"name": "admin", "description": "Routes, models, alias moves"},
+    {"name": "v2", "description": "The Open Inference Protocol (KServe V2)"},
+    {"name": "operations", "description": "Metrics and this document"},
+    {"name": "docs", "description": "This page and its files"},
+]
+
+
+def _tag(path: str) -> str:
+    return next((tag for prefix, tag in _TAGS if path.startswith(prefix)), "operations")
+
+
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": _REF.format(model=name)}
 
@@ -88,7 +109,7 @@ class _Doc:
         parameters: list[dict[str, Any]] | None = None,
         error: str = "Error",
     ) -> None:
-        op: dict[str, Any] = {"operationId": operation_id, "summary": summary}
+        op: dict[str, Any] = {"operationId": operation_id, "summary": summary, "tags": [_tag(path)]}
         if parameters:
             op["parameters"] = parameters
         if body is not None:
@@ -632,6 +653,7 @@ def document(
             "version": __version__,
             "description": "Batch, online and streaming predictions behind one API.",
         },
+        "tags": TAGS,
         "paths": doc.paths,
         "components": components,
     }
