@@ -142,14 +142,21 @@ PREDICT_CASES = [
     {"entity": "c", "max_staleness": "5m"},
     {"entity": "c", "max_staleness": "soon"},
     {"entity": "c", "max_staleness": "\u0663s"},  # an Arabic-Indic digit is not a number here
-    {"entity": "c", "features": {"amount": 3}},  # the route takes no request features
+    {"entity": "c", "features": {"amount": 3}},  # not one of the route's request features
+    {"entity": "c", "features": {"amount_zscore_last": 1.5, "card_age_days": 400}},
+    {"entity": "c", "features": {"amount_zscore_last": True}},
+    {"entity": "c", "features": {"amount_zscore_last": "1.5"}},  # typed: a string is refused
+    {"entity": "c", "features": {"amount_zscore_last": None}},
+    {"entities": [{"key": "c", "features": {"card_age_days": "old"}}]},
     {"entities": ["a"] * 1000},
     {"entities": ["a"] * 1000, "entity": "b"},  # entity counts against max_entities
 ]
 
 
 async def test_predict_schema_and_server_agree(make_project, serve) -> None:  # type: ignore[no-untyped-def]
-    _, client = await serve(make_project(fallback=[{"default": 0.5}]))
+    features = {"amount_zscore_last": "float", "card_age_days": "float"}
+    project = make_project(fallback=[{"default": 0.5}], request_features=features)
+    _, client = await serve(project)
     spec = await _spec(client)
     for body in PREDICT_CASES:
         r = await client.post("/v1/predict/fraud", json=body)

@@ -33,6 +33,7 @@ import pytest
 from hybridserve.config import Project
 
 KEY = "fuzz-key-0123456789"
+REQUEST_FEATURES = {"amount_zscore_last": "float", "card_age_days": "float"}
 CHECKS = [
     "not_a_server_error",
     "status_code_conformance",
@@ -79,7 +80,7 @@ def test_openapi_document_holds_for_generated_requests(
             "reload_interval": 0,
             "api_keys": [{"name": "fuzz", "key": KEY, "scopes": scopes}],
         }
-    project = make_project(changes)
+    project = make_project(changes, request_features=REQUEST_FEATURES)
     (project.base_dir / "data" / "transactions").mkdir(
         parents=True, exist_ok=True
     )  # ingest appends here

@@ -114,6 +114,10 @@ class _Doc:
             op["parameters"] = parameters
         if body is not None:
             op["requestBody"] = {"required": body_required, "content": {JSON: {"schema": body}}}
+            responses = {
+                **responses,
+                "408": _error("The body did not arrive within server.body_timeout", error),
+            }
         if scope is not None and self.auth:
             op["security"] = [{"bearer": []}, {"apiKey": []}]
             responses = {
@@ -132,15 +136,24 @@ def _path_param(name: str, schema: dict[str, Any]) -> dict[str, Any]:
 # -- the hybrid API ------------------------------------------------------------------------
 
 
+_REQUEST_FEATURE: dict[str, dict[str, Any]] = {
+    # What scoring.value_problem accepts for a request feature of each dtype (null is refused).
+    "float": {"type": ["number", "boolean"]},
+    "int": {"type": ["integer", "boolean"]},
+    "bool": {"anyOf": [{"type": "boolean"}, {"enum": [0, 1]}]},
+    "str": {"type": "string"},
+}
+
+
 def _predict_request(doc: _Doc, project: Project, route: str) -> dict[str, Any]:
     """:class:`PredictRequest`'s schema narrowed to one route: its request features, and at
     most ``server.max_entities`` entities (what the router checks beyond the model)."""
     doc.model(PredictRequest)
     schema: dict[str, Any] = copy.deepcopy(doc.schemas["PredictRequest"])
-    value = schema["properties"]["features"]["additionalProperties"]
+    declared = project.routes[route].request_features
     features = {
         "type": "object",
-        "properties": {name: value for name in project.routes[route].request_features},
+        "properties": {name: _REQUEST_FEATURE[dtype] for name, dtype in declared.items()},
         "additionalProperties": False,
         "description": "Request-time features by name: the route's request_features",
     }
