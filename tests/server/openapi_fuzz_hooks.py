@@ -1,10 +1,11 @@
 """Schemathesis hooks for ``test_openapi_fuzz`` (loaded through ``SCHEMATHESIS_HOOKS``).
 
-An event's time may be at most ``max_future`` ahead of the server's clock when the request
-arrives. JSON Schema cannot say "now": the document states the bound as of when it was
-built (a ``maximum``), and an ISO time cannot carry a bound at all. So the fuzzer sends no
-event whose time is past the document's bound, in either direction of the check: below it
-the server must accept, and every other rule of the event is still tried both ways.
+An event's time must lie within ``max_past`` before and ``max_future`` after the server's
+clock when the request arrives. JSON Schema cannot say "now": the document states the bounds
+as of when it was built (``minimum``, ``maximum``), and an ISO time cannot carry them at all.
+So the fuzzer sends no event whose time is outside them (or within SLACK of the lower one,
+which the clock passes during a run), in either direction of the check: inside, the server
+must accept, and every other rule of the event is still tried both ways.
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ import schemathesis
 
 from hybridserve.streaming.events import parse_timestamp
 
+SLACK = 600.0
+"""Seconds kept clear of the lower bound, which the clock moves past during a run."""
 
-def _bounds(context: Any) -> dict[str, float]:
-    """Field -> latest time allowed, for the event fields whose schema states one."""
+
+def _bounds(context: Any) -> dict[str, tuple[float, float]]:
+    """Field -> (earliest, latest) time allowed, for the event fields whose schema states them."""
     operation = context.operation
     if operation is None or not operation.path.startswith("/v1/events/"):
         return {}
@@ -28,16 +32,16 @@ def _bounds(context: Any) -> dict[str, float]:
         for option in [prop, *prop.get("anyOf", [])]:
             for inner in [option, *option.get("anyOf", [])]:
                 if "maximum" in inner:
-                    out[name] = float(inner["maximum"])
+                    out[name] = (float(inner["minimum"]) + SLACK, float(inner["maximum"]))
     return out
 
 
-def _past_bound(event: Any, bounds: dict[str, float]) -> bool:
+def _past_bound(event: Any, bounds: dict[str, tuple[float, float]]) -> bool:
     if not isinstance(event, dict):
         return False
-    for name, latest in bounds.items():
+    for name, (earliest, latest) in bounds.items():
         try:
-            if parse_timestamp(event.get(name)) > latest:
+            if not earliest <= parse_timestamp(event.get(name)) <= latest:
                 return True
         except (ValueError, TypeError, OverflowError):
             continue

@@ -6,6 +6,7 @@ nothing from another origin. (``test_openapi_fuzz`` generates thousands more cas
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
 import jsonschema
@@ -215,12 +216,14 @@ async def test_events_schema_states_the_stream_fields(make_project, serve) -> No
     _, client = await serve(project)
     spec = await _spec(client)
     path = "/v1/events/transactions"
-    event = {"event_id": "e1", "card_id": "card_000001", "event_time": 1.7e9, "amount": 3.5}
+    at = time.time()
+    event = {"event_id": "e1", "card_id": "card_000001", "event_time": at, "amount": 3.5}
     for body, valid in [
         (event, True),
         ([event, {**event, "event_id": "e2"}], True),
         ({**event, "amount": "3.5"}, False),
         ({**event, "card_id": ""}, False),
+        ({**event, "event_time": at - 400 * 86400}, False),  # older than max_past
         ({k: v for k, v in event.items() if k != "event_time"}, False),
         ([], False),
     ]:

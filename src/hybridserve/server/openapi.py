@@ -214,8 +214,16 @@ def _hybrid(doc: _Doc, project: Project) -> None:
                     "Appended; the consumer does the rest",
                 ),
                 "400": _error("An event does not match the stream's fields (names them)"),
-                "413": _error(f"Body over server.max_body_size ({project.server.max_body_size} B)"),
+                "413": _error(
+                    "Body over server.max_body_size, an event over max_event_size or "
+                    "a string field over max_field_size (bytes)"
+                ),
                 "503": _error("The stream's source did not answer"),
+                **(
+                    {"409": _error("A memory stream: no consumer in the server would read it")}
+                    if cfg.source.kind == "memory"
+                    else {}
+                ),
             },
             scope="ingest",
             body={
@@ -244,25 +252,29 @@ def _event_schema(cfg: StreamConfig) -> dict[str, Any]:
     """One event of ``cfg`` as :func:`hybridserve.streaming.events.validate` reads it."""
     # The future bound moves with the clock: stated as of this document, so an event it
     # allows stays allowed (time only moves on).
-    latest = time.time() + cfg.max_future
+    at = time.time()
+    latest, earliest = at + cfg.max_future, at - cfg.past_bound
     props: dict[str, Any] = {}
     for name, kind in cfg.fields.items():
         if kind == "timestamp":
             value: dict[str, Any] = {
                 "anyOf": [
-                    {"type": "number", "maximum": latest},
+                    {"type": "number", "minimum": earliest, "maximum": latest},
                     {"type": "string", "format": "date-time"},
                 ],
                 "description": "Epoch seconds or an RFC 3339 time",
             }
+        elif kind == "str":
+            value = {"type": "string", "maxLength": cfg.max_field_size}
         else:
             value = dict(_FIELD_KINDS[kind])
         if name == cfg.time_field:
             value["description"] = (
-                f"The event time: at most {cfg.max_future:g}s ahead of the server's clock"
+                f"The event time: at most {cfg.max_future:g}s ahead of the server's clock and "
+                f"{cfg.past_bound:g}s behind it (max_future, max_past)"
             )
         if name == cfg.entity_field:
-            value = {"type": "string", "minLength": 1} if kind == "str" else {"not": {}}
+            value = {**value, "minLength": 1} if kind == "str" else {"not": {}}
         required = name in (cfg.entity_field, cfg.id_field, cfg.time_field)
         props[name] = value if required else {"anyOf": [value, {"type": "null"}]}
     return {
