@@ -133,16 +133,20 @@ class LightHistogram(_Light):
 
     def collect(self) -> Iterator[Metric]:
         family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
-        les = [*(_le(b) for b in self.bounds), "+Inf"]
         for key, child in self._items():
             with child._lock:
                 counts, total = list(child.counts), child.sum
-            cumulative, buckets = 0, []
-            for le, n in zip(les, counts, strict=True):
-                cumulative += n
-                buckets.append((le, cumulative))
-            family.add_metric(list(key), buckets, total)
+            family.add_metric(list(key), self.buckets(counts), total)
         yield family
+
+    def buckets(self, counts: Sequence[int]) -> list[tuple[str, int]]:
+        """Per-bucket counts as Prometheus writes them: cumulative, by ``le`` bound."""
+        les = [*(_le(b) for b in self.bounds), "+Inf"]
+        cumulative, out = 0, []
+        for le, n in zip(les, counts, strict=True):
+            cumulative += n
+            out.append((le, cumulative))
+        return out
 
 
 def _le(bound: float) -> str:

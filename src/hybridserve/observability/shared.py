@@ -29,7 +29,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from hybridserve.observability.metrics import LightCounter, LightHistogram, Metrics, _le
+from hybridserve.observability.metrics import LightCounter, LightHistogram, Metrics
 
 log = logging.getLogger("hybridserve.metrics")
 ENV = "HYBRIDSERVE_METRICS_DIR"
@@ -137,13 +137,8 @@ class _Summed(Collector):
                 family = HistogramMetricFamily(
                     metric.name, metric.documentation, labels=metric.labelnames
                 )
-                les = [*(_le(b) for b in metric.bounds), "+Inf"]
                 for key, (counts, total) in rows.items():
-                    cumulative, buckets = 0, []
-                    for le, n in zip(les, counts, strict=True):
-                        cumulative += n
-                        buckets.append((le, cumulative))
-                    family.add_metric(list(key), buckets, total)
+                    family.add_metric(list(key), metric.buckets(counts), total)
             yield family
 
 

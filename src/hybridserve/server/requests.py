@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from starlette.requests import Request
 
 from hybridserve.errors import InvalidInput
 from hybridserve.server.auth import presented_key
+from hybridserve.server.http import json_object
 from hybridserve.server.state import ServerState
 
 
@@ -37,12 +37,4 @@ async def json_body(request: Request, limit: int = 64 * 1024) -> dict[str, Any]:
     raw = await request.body()
     if len(raw) > limit:
         raise InvalidInput(f"body exceeds {limit} bytes")
-    if not raw:
-        return {}
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"malformed JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise InvalidInput("expected a JSON object")
-    return data
+    return json_object(raw) if raw else {}

@@ -26,7 +26,7 @@ from starlette.routing import Route
 from hybridserve.errors import HybridServeError, InvalidInput
 from hybridserve.server import dataplane
 from hybridserve.server.dataplane import InferRequest, InferResult, Matrix
-from hybridserve.server.http import read_body
+from hybridserve.server.http import json_object, read_body
 from hybridserve.server.requests import authorize, state_of
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -101,12 +101,7 @@ def decode_request(body: bytes, json_length: str | None = None) -> InferRequest:
             raise InvalidInput(f"{_BYTES_HEADER}: expected a length within the body")
         raw = memoryview(body)[n:]
         body = body[:n]
-    try:
-        req = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"malformed JSON: {exc}") from None
-    if not isinstance(req, dict):
-        raise InvalidInput("expected a JSON object")
+    req = json_object(body)
     inputs = req.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise InvalidInput("inputs: expected a non-empty list")
