@@ -107,9 +107,12 @@ async def test_store_timeouts_while_the_loop_is_frozen_do_not_open_its_breaker(
 async def test_store_timeouts_with_an_idle_loop_do_open_its_breaker(
     make_project: MakeProject, serve: Serve
 ) -> None:
-    app, client = await serve(make_project(latency_budget="50ms"))
+    # A 300 ms budget: a busy test machine's own lateness stays well under the quarter of
+    # it (75 ms) that would excuse a timeout as the loop's.
+    app, client = await serve(make_project(latency_budget="300ms"))
     router = app.state.router
-    _slow_store_read(app, 1.0)  # the store hangs
+    router.runs.interval = 60  # the run pointer is read once (its success would reset the count)
+    _slow_store_read(app, 5.0)  # the store hangs
     for n in range(6):
         router.cache.invalidate()
         r = await client.post("/v1/predict/fraud", json={"entity": f"card_{n:06d}"})

@@ -34,7 +34,8 @@ conn.execute("COMMIT")
 async def test_another_process_holding_the_write_lock_does_not_stall_answers(
     make_project: MakeProject, serve: Serve
 ) -> None:
-    app, client = await serve(make_project({"server": {"l1_cache_size": 0}}))
+    # A generous budget: only a stalled loop, not a busy test machine, may delay an answer.
+    app, client = await serve(make_project({"server": {"l1_cache_size": 0}}, latency_budget="3s"))
     cards = [f"card_{i:06d}" for i in range(50)]
     for card in cards:  # stored answers to read back while the lock is held
         r = await client.post("/v1/predict/fraud", json={"entity": card, "mode": "compute"})
@@ -42,14 +43,14 @@ async def test_another_process_holding_the_write_lock_does_not_stall_answers(
     await app.state.router.flush()
     path = sqlite_path(app.state.services.predictions_kv.url)
     holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD, path, "2.0"], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", HOLD, path, "3.0"], stdout=subprocess.PIPE, text=True
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
         started = time.monotonic()
         answered: list[float] = []
         i = 0
-        while time.monotonic() - started < 1.8:
+        while time.monotonic() - started < 2.7:
             card = cards[i % len(cards)]
             # Every other request computes, so its write-back queues for the held lock.
             mode = "compute" if i % 2 else "stored"
@@ -59,8 +60,8 @@ async def test_another_process_holding_the_write_lock_does_not_stall_answers(
             answered.append(time.monotonic())
             i += 1
         gaps = [b - a for a, b in zip([started, *answered], answered, strict=False)]
-        # Before, the first write-back held the loop until the lock was released (2 s).
-        assert len(answered) >= 20 and max(gaps) < 1.0, (len(answered), max(gaps))
+        # Before, the first write-back held the loop until the lock was released (3 s).
+        assert len(answered) >= 20 and max(gaps) < 1.5, (len(answered), max(gaps))
     finally:
         holder.wait(10)
         if holder.stdout is not None:
