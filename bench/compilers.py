@@ -1,5 +1,6 @@
 """Per-call latency of tree-model predictors by batch size: the library's own predict against
-treelite's GTIL and a tl2cgen-compiled shared library (and the numpy walker, where it exists).
+treelite's GTIL and a tl2cgen-compiled shared library (``runtimes/compiled.py`` serves the
+last two; the numpy walker they replaced was measured by the commit that added this script).
 
 Not a timed test: run it by hand (a few minutes)::
 
@@ -64,14 +65,6 @@ def candidates(model: Any, workdir: Path) -> dict[str, Predict]:
     import treelite
 
     out: dict[str, Predict] = {"library": lambda x: model.predict_proba(x)[:, 1]}
-    try:
-        from hybridserve.runtimes.trees import compile_trees  # type: ignore[import-not-found]
-
-        walker = compile_trees(model)
-        if walker is not None:
-            out["numpy walker"] = walker.scores
-    except ImportError:
-        pass
     if type(model).__module__.startswith("sklearn"):
         tl_model = treelite.sklearn.import_model(model)
     elif type(model).__module__.startswith("lightgbm"):
