@@ -22,10 +22,12 @@ one after the other, each pinned to core 0 while wrk runs pinned to core 1, at c
     ``ModelInfer`` with the 30 features as one raw FP64 tensor, computed now; the load comes
     from ``_online/grpc_load.py`` (grpc.aio callers on one channel) pinned to core 1.
 
-It also times the model's own ``predict_proba`` on one row in-process. It writes the Online
-section of ``docs/benchmarks.md`` (between ``<!-- online:start -->`` and ``<!-- online:end -->``)
-and prints a final ``RESULT key=value ...`` line. A server that cannot run here (for example
-while ``hybridserve serve`` does not exist yet) is reported as ``nan`` with the reason.
+It also times the model's own ``predict_proba`` on one row in-process, and names the compiler
+hybridserve scores the model through (``models.fraud.compile``, see ``runtimes/compiled.py``).
+It writes the Online section of ``docs/benchmarks.md`` (between ``<!-- online:start -->`` and
+``<!-- online:end -->``) and prints a final ``RESULT key=value ...`` line. A server that cannot
+run here (for example while ``hybridserve serve`` does not exist yet) is reported as ``nan`` with
+the reason.
 """
 
 from __future__ import annotations
@@ -214,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
 
     model_ms, model_p99 = time_model(bench, args.model_calls)
     log(f"model predict_proba, one row: median {model_ms:.3f} ms, p99 {model_p99:.3f} ms")
+    log(f"hybridserve scores it through: {bench.compiler}")
 
     results = []
     background = []
@@ -241,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         warmup=args.warmup,
         model_ms=model_ms,
         model_p99_ms=model_p99,
+        compiler=bench.compiler,
         n_cards=bench.n_cards,
         notes=notes,
     )
@@ -252,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"wrote the Online section of {args.docs}")
     by_key = {r.key: r for r in results}
     print(report.degraded_line(by_key))
-    print(report.result_line(by_key, model_ms))
+    print(report.result_line(by_key, model_ms, bench.compiler))
     measured = [p for r in results for p in r.points.values() if not math.isnan(p.rps)]
     return 0 if measured else 1
 

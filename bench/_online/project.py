@@ -37,6 +37,9 @@ class BenchProject:
     work: Path
     project_dir: Path
     model_path: Path
+    compiler: str
+    """What scores ``fraud@production`` in hybridserve's servers (the project's ``compile``
+    option: ``tl2cgen``, ``treelite``, or ``none`` for the library's own predict)."""
     rows_path: Path
     features: list[str]
     """The model's 30 input names, in column order."""
@@ -143,6 +146,7 @@ def build(work: Path, *, n_cards: int = 5000, seed: int = 2024) -> BenchProject:
         version = registry.get(f"{ROUTE}@production")
         features = list(version.signature.names)
         runtime = registry.load(f"{ROUTE}@production")
+        compiler = getattr(runtime, "compiler", None) or "none"
         model_path = work / "model.joblib"
         joblib.dump(runtime.model, model_path)
     finally:
@@ -174,6 +178,7 @@ def build(work: Path, *, n_cards: int = 5000, seed: int = 2024) -> BenchProject:
         work=work,
         project_dir=project_dir,
         model_path=model_path,
+        compiler=compiler,
         rows_path=rows_path,
         features=features,
         bodies=bodies,

@@ -77,6 +77,7 @@ def section(
     warmup: float,
     model_ms: float,
     model_p99_ms: float,
+    compiler: str,
     n_cards: int,
     notes: list[str],
 ) -> str:
@@ -93,7 +94,8 @@ def section(
         "(one process or worker)",
         f"- model: `fraud@production` of the fraud example (HistGradientBoostingClassifier, "
         f"30 features); in-process `predict_proba` on one row: median {_num(model_ms, 3)} ms, "
-        f"p99 {_num(model_p99_ms, 3)} ms",
+        f"p99 {_num(model_p99_ms, 3)} ms; hybridserve's servers score it through "
+        f"`{compiler}` (`models.fraud.compile: auto`; `none` is scikit-learn's own predict)",
         f"- requests: one entity each, rotating over {n_cards:,} cards in random order; "
         "(a), (b), (c) and (e) receive identical bodies with all 30 features",
         "",
@@ -151,7 +153,7 @@ def degraded_line(results: dict[str, ServerResult]) -> str:
     return "DEGRADED " + (" ".join(pairs) or "none-measured")
 
 
-def result_line(results: dict[str, ServerResult], model_ms: float) -> str:
+def result_line(results: dict[str, ServerResult], model_ms: float, compiler: str) -> str:
     """The final ``RESULT key=value ...`` line (``nan`` for anything not measured)."""
 
     def get(key: str, c: int, attr: str) -> float:
@@ -168,6 +170,7 @@ def result_line(results: dict[str, ServerResult], model_ms: float) -> str:
         ("mosec_rps", f(get("mosec", 64, "rps"), 0)),
         ("mosec_p99_ms", f(get("mosec", 64, "p99_ms"), 2)),
         ("model_1row_ms", f(model_ms, 3)),
+        ("compiler", compiler),
         ("c64_stored_rps", f(get("stored", 64, "rps"), 0)),
         ("c64_stored_p99_ms", f(get("stored", 64, "p99_ms"), 2)),
         ("c64_online_rps", f(get("online", 64, "rps"), 0)),

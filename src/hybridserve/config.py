@@ -36,6 +36,8 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 """Seconds; written as ``30s``, ``250ms``, ``1h``, ``7d`` or a number of seconds."""
 Size = Annotated[int, BeforeValidator(parse_size)]
 DType = Literal["float", "int", "bool", "str"]
+Compile = Literal["auto", "tl2cgen", "treelite", "none"]
+"""A model's ``compile`` option: how a tree ensemble is scored (``runtimes/compiled.py``)."""
 
 DEFAULT_FILENAME = "hybridserve.yaml"
 
@@ -124,6 +126,10 @@ class ModelConfig(_Strict):
     description: str = ""
     features: list[str] | None = None
     """Signature to use when registering an artifact that does not carry feature names."""
+    compile: Compile = "auto"
+    """How a tree ensemble's versions are scored (``runtimes/compiled.py``): ``tl2cgen`` (a
+    gcc-compiled library), ``treelite`` (its interpreter), ``none`` (the library's predict), or
+    ``auto``: the first of those that is installed and available."""
 
 
 class RolloutConfig(_Strict):

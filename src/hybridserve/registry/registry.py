@@ -15,7 +15,7 @@ import json
 import os
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,6 +31,7 @@ from hybridserve.registry.artifacts import ArtifactStore
 from hybridserve.registry.refs import ModelRef, check_name
 from hybridserve.registry.versions import AuditEntry, ModelVersion
 from hybridserve.runtimes import (
+    Compile,
     Runtime,
     Task,
     describe,
@@ -81,12 +82,21 @@ def _source(
 class Registry:
     """Model versions, aliases and their audit log."""
 
-    def __init__(self, engine: Engine, artifacts: ArtifactStore) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        artifacts: ArtifactStore,
+        compile: Mapping[str, Compile] | None = None,
+    ) -> None:
         self.engine = engine
         self.artifacts = artifacts
+        self.compile = dict(compile or {})
+        """Each model's ``compile`` option (``models.<name>.compile``; ``auto`` if absent)."""
 
     @classmethod
-    def open(cls, url: str, artifacts_dir: str | Path) -> Registry:
+    def open(
+        cls, url: str, artifacts_dir: str | Path, compile: Mapping[str, Compile] | None = None
+    ) -> Registry:
         """Open (creating tables if needed) the registry at ``url`` with its artifact dir."""
         engine = t.make_engine(url)
         try:
@@ -94,12 +104,16 @@ class Registry:
         except BaseException:
             engine.dispose()
             raise
-        return cls(engine, ArtifactStore(artifacts_dir))
+        return cls(engine, ArtifactStore(artifacts_dir), compile)
 
     @classmethod
     def from_project(cls, project: Project) -> Registry:
         """The registry a project file declares, relative paths resolved against it."""
-        return cls.open(project.url(project.registry.url), project.path(project.registry.artifacts))
+        return cls.open(
+            project.url(project.registry.url),
+            project.path(project.registry.artifacts),
+            {name: model.compile for name, model in project.models.items()},
+        )
 
     def close(self) -> None:
         self.engine.dispose()
@@ -170,6 +184,7 @@ class Registry:
             version=mv.version,
             signature=mv.signature,
             task=mv.task,
+            compile=self.compile.get(mv.name, "auto"),
         )
 
     # -- writes ---------------------------------------------------------------------------

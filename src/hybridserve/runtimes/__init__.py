@@ -14,6 +14,7 @@ from typing import Protocol, cast
 from hybridserve._optional import import_string
 from hybridserve.errors import ConfigError, InvalidInput
 from hybridserve.runtimes.base import (
+    Compile,
     FeatureSignature,
     Flavour,
     Prediction,
@@ -36,7 +37,14 @@ class RuntimeClass(Protocol):
     """What a flavour's entry in :data:`RUNTIMES` must point at."""
 
     def load(
-        self, path_or_ref: str | Path, *, name: str, version: int, signature: Signature, task: Task
+        self,
+        path_or_ref: str | Path,
+        *,
+        name: str,
+        version: int,
+        signature: Signature,
+        task: Task,
+        compile: Compile = "auto",
     ) -> Runtime: ...
 
     def describe(
@@ -62,10 +70,14 @@ def load_runtime(
     version: int,
     signature: Signature,
     task: Task,
+    compile: Compile = "auto",
 ) -> Runtime:
-    """Load a model version: an artifact path, or ``module:function`` for ``callable``."""
+    """Load a model version: an artifact path, or ``module:function`` for ``callable``.
+
+    ``compile`` is the model's ``compile`` option; flavours that are not tree ensembles
+    (``onnx``, ``callable``) ignore it."""
     return runtime_class(flavour).load(
-        path_or_ref, name=name, version=version, signature=signature, task=task
+        path_or_ref, name=name, version=version, signature=signature, task=task, compile=compile
     )
 
 
@@ -93,6 +105,7 @@ def describe(
 
 __all__ = [
     "RUNTIMES",
+    "Compile",
     "FeatureSignature",
     "Flavour",
     "Prediction",

@@ -8,6 +8,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
+from hybridserve.config import Compile as Compile  # re-exported: the runtimes take it
+
 Task = Literal["classification", "regression"]
 Flavour = Literal["sklearn", "lightgbm", "xgboost", "onnx", "callable"]
 

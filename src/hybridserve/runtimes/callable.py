@@ -18,7 +18,7 @@ import numpy.typing as npt
 from hybridserve._optional import import_string
 from hybridserve.errors import InvalidInput
 from hybridserve.runtimes._output import check_matrix, empty, from_probabilities, positive_index
-from hybridserve.runtimes.base import Flavour, Prediction, Signature, Task
+from hybridserve.runtimes.base import Compile, Flavour, Prediction, Signature, Task
 
 ScoreFn = Callable[[npt.NDArray[np.float64]], Any]
 
@@ -53,9 +53,16 @@ class CallableRuntime:
 
     @classmethod
     def load(
-        cls, ref: str | Path, *, name: str, version: int, signature: Signature, task: Task
+        cls,
+        ref: str | Path,
+        *,
+        name: str,
+        version: int,
+        signature: Signature,
+        task: Task,
+        compile: Compile = "auto",
     ) -> CallableRuntime:
-        """Import the function ``ref`` names."""
+        """Import the function ``ref`` names (``compile`` does not apply to user code)."""
         return cls(resolve(ref), name=name, version=version, signature=signature, task=task)
 
     @classmethod

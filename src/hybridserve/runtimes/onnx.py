@@ -22,7 +22,7 @@ from hybridserve.runtimes._output import (
     from_probabilities,
     positive_index,
 )
-from hybridserve.runtimes.base import Flavour, Prediction, Signature, Task
+from hybridserve.runtimes.base import Compile, Flavour, Prediction, Signature, Task
 
 _LABEL_ATTRS = ("classlabels_int64s", "classlabels_ints", "classlabels_strings")
 
@@ -92,9 +92,17 @@ class OnnxRuntime:
 
     @classmethod
     def load(
-        cls, path: str | Path, *, name: str, version: int, signature: Signature, task: Task
+        cls,
+        path: str | Path,
+        *,
+        name: str,
+        version: int,
+        signature: Signature,
+        task: Task,
+        compile: Compile = "auto",
     ) -> OnnxRuntime:
-        """Open an inference session on ``path`` (CPU provider)."""
+        """Open an inference session on ``path`` (CPU provider; ``compile`` does not apply:
+        onnxruntime optimizes its graph itself)."""
         session = _session(path)
         classes = _class_labels(path) if task == "classification" else None
         return cls(

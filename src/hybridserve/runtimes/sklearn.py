@@ -2,7 +2,8 @@
 
 The three flavours load the same way (``joblib.load``) and are called the same way; the
 LightGBM and XGBoost classes only check first that their library is installed, so a missing
-extra is reported by name instead of as an unpickling error.
+extra is reported by name instead of as an unpickling error. Tree ensembles are scored through
+treelite when the version's ``compile`` option allows (:mod:`.compiled`).
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from hybridserve.runtimes._output import (
     from_probabilities,
     positive_index,
 )
-from hybridserve.runtimes.base import Flavour, Prediction, Signature, Task
+from hybridserve.runtimes.base import Compile, Flavour, Prediction, Signature, Task
+from hybridserve.runtimes.compiled import compile_trees
 from hybridserve.runtimes.introspect import feature_names_in, infer_signature, infer_task
-from hybridserve.runtimes.trees import MAX_ROWS, compile_trees
 
 _NO_NAMES = "X does not have valid feature names"
 
@@ -92,7 +93,15 @@ class SklearnRuntime:
     extra: ClassVar[tuple[str, str] | None] = None
 
     def __init__(
-        self, model: Any, *, name: str, version: int, signature: Signature, task: Task
+        self,
+        model: Any,
+        *,
+        name: str,
+        version: int,
+        signature: Signature,
+        task: Task,
+        compile: Compile = "auto",
+        artifact: Path | None = None,
     ) -> None:
         self.name = name
         self.version = version
@@ -103,7 +112,6 @@ class SklearnRuntime:
         _forget_feature_names(model)
         # A name we could not drop (a read-only property) falls back to a per-call filter.
         self._quiet = feature_names_in(model) is not None
-        self._trees = compile_trees(model, self._who)
         self.classes: list[Any] = []
         self._pos: int | None = None
         if task == "classification":
@@ -114,16 +122,42 @@ class SklearnRuntime:
             self._call = model.predict_proba
         else:
             self._call = model.predict
+        self._trees = compile_trees(
+            model,
+            compile,
+            reference=self._library,
+            classification=task == "classification",
+            who=self._who,
+            artifact=artifact,
+        )
+        self.compiler: str | None = self._trees.compiler if self._trees else None
+        """Which compiler scores this version (``tl2cgen``, ``treelite``), ``None``: the
+        library's own predict."""
 
     @classmethod
     def load(
-        cls, path: str | Path, *, name: str, version: int, signature: Signature, task: Task
+        cls,
+        path: str | Path,
+        *,
+        name: str,
+        version: int,
+        signature: Signature,
+        task: Task,
+        compile: Compile = "auto",
     ) -> SklearnRuntime:
         """Unpickle the artifact at ``path``."""
         if cls.extra is not None:
             require(*cls.extra)
         model = load_estimator(path)
-        return cls(model, name=name, version=version, signature=signature, task=task)
+        return cls(
+            model,
+            name=name,
+            version=version,
+            signature=signature,
+            task=task,
+            compile=compile,
+            artifact=Path(path),
+        )
 
     @classmethod
     def describe(
@@ -146,9 +180,11 @@ class SklearnRuntime:
         return Prediction(scores=np.asarray(out, dtype=np.float64).reshape(-1))
 
     def _run(self, x: Matrix) -> Any:
-        if self._trees is not None and len(x) <= MAX_ROWS:
-            p = self._trees.scores(np.asarray(x, dtype=np.float64))
-            return np.column_stack([1.0 - p, p]) if self.task == "classification" else p
+        if self._trees is not None and self._trees.covers(len(x)):
+            return self._trees.predict(x)
+        return self._library(x)
+
+    def _library(self, x: Matrix) -> Any:
         if not self._quiet:
             return self._call(x)
         with warnings.catch_warnings():
