@@ -319,3 +319,69 @@ async def test_bad_events_among_valid_ones_dead_letter_only_themselves(
     outputs = {f[b"id"].decode() for _, f in client.xrange(f"{key}:out")}
     assert outputs == {e["event_id"] for e in valid} - crash
     client.close()
+
+
+def _consumer_command(project: Project, *args: str) -> list[str]:
+    """``stream run`` as consumer ``c1``, through the fault-injecting launcher."""
+    assert project.source_file is not None
+    launcher = os.path.join(os.path.dirname(__file__), "faulty_consumer.py")
+    run = ["stream", "run", STREAM, "--consumer", "c1", "-p", str(project.source_file)]
+    return [sys.executable, launcher, *run, *args]
+
+
+async def _until_marked(marks: Any, steps: set[str], proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60.0
+    while time.monotonic() < deadline and proc.poll() is None:
+        if marks.exists() and steps & set(marks.read_text().split()):
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"the consumer never reached {steps} (exit code {proc.poll()})")
+
+
+@pytest.mark.parametrize("state", ["idle", "slow_model", "failed_batch", "infinite_time"])
+async def test_sigterm_stops_the_consumer_process_in_every_state(
+    redis_project: Project, tmp_path: Any, state: str
+) -> None:
+    """SIGTERM ends ``stream run`` within seconds whatever it is doing: blocked in a read,
+    inside a slow model call, backing off after failed batches, or after an event whose
+    time is ``-inf`` failed its batch."""
+    now = time.time()
+    events = [orjson.dumps(event(f"card_{i:06d}", now - 10 + i)) for i in range(5)]
+    if state == "infinite_time":
+        events.insert(2, orjson.dumps(event("card_000009", 0.0) | {"event_time": "-inf"}))
+    await _preload(redis_project, [] if state == "idle" else events)
+    marks = tmp_path / "marks"
+    fault = {"slow_model": "slow", "failed_batch": "fail"}.get(state, "")
+    env = {**os.environ, "HS_TEST_FAULT": fault, "HS_TEST_MARKS": str(marks)}
+    log = tmp_path / "stderr"
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            _consumer_command(redis_project), env=env, stdout=subprocess.DEVNULL, stderr=err
+        )
+    client = redis.Redis.from_url(redis_project.stores.online)
+    try:
+        if state == "idle":
+            key = f"{redis_project.stores.prefix}stream:{STREAM}"
+            await _until_reading(client, key, proc, timeout=60.0)
+            await asyncio.sleep(0.5)  # inside a blocking read
+        elif state == "slow_model":
+            await _until_marked(marks, {"score"}, proc)
+        elif state == "failed_batch":
+            await _until_marked(marks, {"fail"}, proc)
+            await asyncio.sleep(0.3)  # rewinding, re-reading one at a time, failing again
+        else:
+            await _until_marked(marks, {"fail", "done"}, proc)
+            await asyncio.sleep(0.3)
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=5.0)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"still running 5 s after SIGTERM ({state}): {log.read_text()[-3000:]}"
+            ) from None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        client.close()

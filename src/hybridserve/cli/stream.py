@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
+import sys
+import threading
 from typing import Annotated, Any
 
 import typer
@@ -43,8 +46,6 @@ def run_consumer(
     project_path: ProjectOpt = None,
 ) -> None:
     """Consume STREAM until interrupted: windows, scores, predictions, outputs, then ack."""
-    import os
-
     from hybridserve.services import Services, freeze_loaded
     from hybridserve.streaming import StreamConsumer
     from hybridserve.streaming.metrics import serve_metrics
@@ -56,6 +57,7 @@ def run_consumer(
         threadpool_limits(limits=model_threads)
     name = consumer or f"{socket.gethostname()}-{os.getpid()}"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    log = logging.getLogger("hybridserve.stream")
 
     async def go() -> Any:
         services = Services.open(proj)
@@ -63,7 +65,7 @@ def run_consumer(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, stop.set)
+                loop.add_signal_handler(sig, _stop_soon, stop, sig)
         worker = StreamConsumer(
             services, stream, consumer=name, poll_interval=proj.server.reload_interval
         )
@@ -83,6 +85,39 @@ def run_consumer(
         f"stream {stream}: {totals.read} read, {totals.scored} scored, "
         f"{totals.duplicates} duplicates, {totals.late} late, {totals.dead} dead-lettered"
     )
+    if any(t is not threading.main_thread() and not t.daemon for t in threading.enumerate()):
+        # A model call abandoned at the stop is still running in its thread: the interpreter
+        # would wait for it at exit. Its batch was not acknowledged, so nothing is lost.
+        log.warning("stream %s: exiting with a model call still running", stream)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+
+def _stop_soon(stop: asyncio.Event, sig: int) -> None:
+    """Ask the consumer to stop, and make sure the process ends even if it cannot.
+
+    The consumer stops within its ``stop_timeout``; the timer is for what no deadline in the
+    loop can reach (a blocked event loop, a hung close). A second signal exits at once.
+    """
+    if stop.is_set():
+        os._exit(128 + sig)
+    stop.set()
+    timer = threading.Timer(_HARD_STOP, _hard_stop, (sig,))
+    timer.daemon = True
+    timer.start()
+
+
+_HARD_STOP = 4.0
+"""Seconds after a stop signal after which the process exits whatever it is doing."""
+
+
+def _hard_stop(sig: int) -> None:
+    logging.getLogger("hybridserve.stream").error(
+        "not stopped %gs after signal %d; exiting", _HARD_STOP, sig
+    )
+    sys.stderr.flush()
+    os._exit(128 + sig)
 
 
 @stream_app.command()

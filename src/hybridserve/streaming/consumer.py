@@ -16,6 +16,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, fields
+from typing import Any
 
 import orjson
 
@@ -25,6 +26,7 @@ from hybridserve.records import now
 from hybridserve.registry.refs import ModelRef
 from hybridserve.services import Services
 from hybridserve.storage import Entry
+from hybridserve.streaming import deadlines
 from hybridserve.streaming.events import RawEntry
 from hybridserve.streaming.metrics import StreamMetrics
 from hybridserve.streaming.pipeline import BatchProcessor, BatchResult, EventCounts
@@ -70,6 +72,7 @@ class StreamConsumer:
         metrics: StreamMetrics | None = None,
         poll_interval: float = 2.0,
         stats_interval: float = 5.0,
+        stop_timeout: float = 2.0,
     ) -> None:
         project = services.project
         self.services, self.name, self.consumer = services, name, consumer
@@ -82,6 +85,7 @@ class StreamConsumer:
         if scorer is not None:
             self.metrics.model_version.set(scorer.runtime.version)
         self.poll_interval, self.stats_interval = poll_interval, stats_interval
+        self.stop_timeout = stop_timeout
         self.totals = Totals()
         self._in_flight = 0
         self._careful = 0
@@ -95,13 +99,18 @@ class StreamConsumer:
     ) -> Totals:
         """Consume until ``stop`` is set, or until ``until_idle`` seconds in which every read
         came back empty and nothing was in flight. Idleness is what the reads saw, not time
-        since start-up: a consumer slow to make its first read does not stop unread."""
+        since start-up: a consumer slow to make its first read does not stop unread.
+
+        Once ``stop`` is set, the batch in progress has ``stop_timeout`` seconds to commit;
+        then it is abandoned unacknowledged (its entries are delivered again later), and the
+        reader and helpers are cancelled without waiting past the same deadline."""
         stop = stop or asyncio.Event()
         await self.source.start()
         self._space = asyncio.Condition()
         queue: asyncio.Queue[list[RawEntry]] = asyncio.Queue(maxsize=4)
         reader = asyncio.create_task(self._read(queue))
         helpers = [asyncio.create_task(self._follow()), asyncio.create_task(self._stats())]
+        stopping = asyncio.create_task(stop.wait())
         failures = 0
         carry: list[RawEntry] | None = None  # taken from the queue, left for the next batch
         try:
@@ -131,9 +140,7 @@ class StreamConsumer:
                         break
                     entries = entries + more
                 try:
-                    self._record(await self.processor.process(entries))
-                    failures = 0
-                    self._careful = max(0, self._careful - len(entries))
+                    result = await self._process(entries, stopping)
                 except Exception as exc:
                     failures += 1
                     self.totals.failures += 1
@@ -145,26 +152,59 @@ class StreamConsumer:
                         exc,
                         exc_info=not isinstance(exc, HybridServeError),
                     )
-                    reader.cancel()
-                    await asyncio.gather(reader, return_exceptions=True)
+                    await self._stop_reader(reader, self.stop_timeout)
                     carry = None
                     while not queue.empty():
                         queue.get_nowait()
                     self._careful = max(1, self._in_flight)
                     await self._release(self._in_flight)
                     self.source.rewind()
-                    await asyncio.sleep(min(2.0, 0.02 * 2**failures))
+                    await asyncio.wait({stopping}, timeout=min(2.0, 0.02 * 2**failures))
                     reader = asyncio.create_task(self._read(queue))
                     continue
+                if result is None:  # stopped mid-batch
+                    break
+                self._record(result)
+                failures = 0
+                self._careful = max(0, self._careful - len(entries))
                 await self._release(len(entries))
         finally:
-            reader.cancel()
-            for task in helpers:
-                task.cancel()
-            await asyncio.gather(reader, *helpers, return_exceptions=True)
+            deadline = time.monotonic() + self.stop_timeout
+            await self._stop_reader(reader, self.stop_timeout)
+            for task in [*helpers, stopping]:
+                await deadlines.stop(task, deadline - time.monotonic())
             with contextlib.suppress(Exception):
-                await self._write_stats(0.0)
+                left = max(0.1, deadline - time.monotonic())
+                await deadlines.bounded(self._write_stats(0.0), left)
         return self.totals
+
+    async def _process(
+        self, entries: list[RawEntry], stopping: asyncio.Future[Any]
+    ) -> BatchResult | None:
+        """One batch's result; ``None`` if ``stopping`` came and it did not commit in time."""
+        batch = asyncio.create_task(self.processor.process(entries))
+        try:
+            await asyncio.wait({batch, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not batch.done():
+                await asyncio.wait({batch}, timeout=self.stop_timeout)
+        except asyncio.CancelledError:
+            deadlines.abandon(batch)
+            raise
+        if batch.done():
+            return batch.result()
+        deadlines.abandon(batch)  # nothing of it was acknowledged: it is delivered again
+        log.warning(
+            "stream %s: stopping; a batch of %d did not commit within %gs and is left "
+            "unacknowledged",
+            self.name,
+            len(entries),
+            self.stop_timeout,
+        )
+        return None
+
+    async def _stop_reader(self, reader: asyncio.Task[None], seconds: float) -> None:
+        if not await deadlines.stop(reader, seconds):
+            log.warning("stream %s: the reader did not stop within %gs", self.name, seconds)
 
     async def _release(self, n: int) -> None:
         async with self._space:

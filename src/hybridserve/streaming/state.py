@@ -17,6 +17,7 @@ group from losing each other's updates, and a reclaimed entry from being counted
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -25,6 +26,7 @@ from hybridserve.errors import StoreError
 from hybridserve.records import now
 from hybridserve.storage import Entry, KVStore
 from hybridserve.storage.redis import LUA_SPLIT, packed
+from hybridserve.streaming.deadlines import bounded
 from hybridserve.urls import masked_url
 
 Output = tuple[str, bytes]
@@ -159,7 +161,7 @@ class RedisStateStore:
     ) -> None:
         redis_asyncio = require("redis.asyncio", "redis")
         self.url, self.prefix, self.stream, self.ttl = url, prefix, stream, ttl
-        self.output_key, self.maxlen = output_key, maxlen
+        self.output_key, self.maxlen, self.timeout = output_key, maxlen, timeout
         self.atomic_outputs = output_key is not None
         self._redis: Any = redis_asyncio.from_url(
             url, socket_timeout=timeout, socket_connect_timeout=timeout
@@ -172,7 +174,9 @@ class RedisStateStore:
             return []
         p, s = self.prefix, self.stream
         try:
-            found = await self._redis.mget([p + seen_key(s, e) for e in event_ids])
+            found = await bounded(
+                self._redis.mget([p + seen_key(s, e) for e in event_ids]), self.timeout
+            )
         except self._errors as exc:
             raise StoreError(f"Redis read failed ({masked_url(self.url)}): {exc}") from exc
         return [v is not None for v in found]
@@ -182,7 +186,9 @@ class RedisStateStore:
             return []
         p, s = self.prefix, self.stream
         try:
-            found = await self._redis.mget([p + state_key(s, e) for e in entities])
+            found = await bounded(
+                self._redis.mget([p + state_key(s, e) for e in entities]), self.timeout
+            )
         except self._errors as exc:
             raise StoreError(f"Redis read failed ({masked_url(self.url)}): {exc}") from exc
         out: list[tuple[int, bytes | None]] = []
@@ -211,9 +217,10 @@ class RedisStateStore:
             *packed([d for _, d in outs]),
         ]
         try:
-            return bool(await self._commit(keys=[], args=args))
+            return bool(await bounded(self._commit(keys=[], args=args), self.timeout))
         except self._errors as exc:
             raise StoreError(f"Redis commit failed ({masked_url(self.url)}): {exc}") from exc
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        with contextlib.suppress(TimeoutError):
+            await bounded(self._redis.aclose(), self.timeout)
