@@ -341,6 +341,62 @@ async def test_replay_source_resumes_from_its_recorded_offset(
         await services.close()
 
 
+async def test_replay_source_reads_files_named_before_the_one_it_read_last(
+    make_project: Any, tmp_path: Any
+) -> None:
+    """Each file has its own offset: a file that appears later with an earlier name (a
+    demo's ``demo-<ns>.jsonl`` after the events endpoint created ``ingest.jsonl``) is read,
+    and so are rows appended to a file named before the last one read."""
+    folder = tmp_path / "replay"
+    folder.mkdir()
+    now = time.time()
+    events = [event(f"card_{i % 10:06d}", now - 100 + i * 0.1) for i in range(60)]
+    project = stream_project(make_project, source={"kind": "replay", "path": str(folder)})
+    services = Services.open(project)
+    try:
+        from hybridserve.streaming import open_source
+
+        ingest = open_source(project, STREAM, kv=services.online_kv)
+        await ingest.append(dumps(events[:20]))  # as POST /v1/events does
+        _, first = await consume(services)
+        assert first.read == 20
+        (folder / "demo-1764620000.jsonl").write_bytes(b"\n".join(dumps(events[20:50])) + b"\n")
+        _, demo = await consume(services)
+        assert demo.read == 30 and demo.duplicates == 0
+        await ingest.append(dumps(events[50:]))
+        _, more = await consume(services)
+        assert more.read == 10 and more.duplicates == 0
+        _, again = await consume(services)
+        assert again.read == 0
+        counts = await windows(services, [f"card_{i:06d}" for i in range(10)])
+        assert sum(v["txn_count_10m"] for v in counts.values()) == 60
+    finally:
+        await services.close()
+
+
+async def test_replay_source_takes_over_a_directory_offset_saved_by_earlier_versions(
+    make_project: Any, tmp_path: Any
+) -> None:
+    from hybridserve.storage import Entry
+    from hybridserve.streaming import open_source
+
+    folder = tmp_path / "replay"
+    folder.mkdir()
+    for name in ("a.jsonl", "b.jsonl", "c.jsonl"):
+        (folder / name).write_bytes(b"".join(b'{"n": %d}\n' % i for i in range(5)))
+    project = stream_project(make_project, source={"kind": "replay", "path": str(folder)})
+    services = Services.open(project)
+    try:
+        source = open_source(project, STREAM, kv=services.online_kv)
+        old = orjson.dumps({"file": "b.jsonl", "row": 3})
+        await services.online_kv.put_many([Entry(f"ro:{STREAM}", old, 0.0)])
+        await source.start()
+        ids = [e.id for e in await source.read(100, 0)]
+        assert ids == ["b.jsonl:3", "b.jsonl:4"] + [f"c.jsonl:{i}" for i in range(5)]
+    finally:
+        await services.close()
+
+
 async def test_an_alias_move_reaches_a_running_consumer(make_project: Any) -> None:
     from fraud_versions import add_fraud_version
     from hybridserve.streaming import StreamConsumer
