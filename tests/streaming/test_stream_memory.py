@@ -297,6 +297,42 @@ async def test_reads_that_pile_up_during_a_slow_batch_are_processed_together(
         await services.close()
 
 
+async def test_a_slow_model_bounds_what_is_read_ahead_to_max_in_flight(
+    make_project: Any,
+) -> None:
+    """Backpressure: while the model is slow, entries read and not yet acknowledged never
+    exceed ``max_in_flight``, and the reader does read ahead up to it."""
+    now = time.time()
+    events = [event(f"card_{i % 30:06d}", now - 100 + i * 0.1) for i in range(300)]
+    outstanding: set[str] = set()
+    most = 0
+
+    async def counted(read: Any, max_items: int, block: float) -> Any:
+        nonlocal most
+        entries = await read(max_items, block)
+        outstanding.update(e.id for e in entries)
+        most = max(most, len(outstanding))
+        return entries
+
+    project = stream_project(make_project, batch_size=20, max_in_flight=50)
+    services, source = await _appended(project, events, counted)
+    real_ack = source.ack
+
+    async def ack(ids: Any) -> None:
+        await real_ack(ids)
+        outstanding.difference_update(ids)
+
+    source.ack = ack
+    try:
+        totals = await _run_wrapped(
+            services, lambda *_: time.sleep(0.05), until_idle=0.3, source=source
+        )
+        assert totals.scored == 300
+        assert 40 < most <= 50
+    finally:
+        await services.close()
+
+
 async def test_replay_source_resumes_from_its_recorded_offset(
     make_project: Any, tmp_path: Any
 ) -> None:
