@@ -333,6 +333,28 @@ async def test_a_slow_model_bounds_what_is_read_ahead_to_max_in_flight(
         await services.close()
 
 
+async def test_until_idle_waits_for_entries_pending_on_a_dead_consumer(
+    make_project: Any,
+) -> None:
+    """Entries a dead consumer left pending are work left to do: a drain claims them once
+    they are idle for claim_idle, even when that is longer than until_idle."""
+    from hybridserve.streaming import open_source
+
+    project = stream_project(make_project, claim_idle=0.8)
+    log = _log(project)
+    services = Services.open(project)
+    now = time.time()
+    try:
+        await _append(services, dumps([event(f"card_{i:06d}", now - 10 + i) for i in range(8)]))
+        ghost = open_source(project, STREAM, consumer="ghost")
+        await ghost.read(5, 0)  # read, never acknowledged: the ghost died
+        _, totals = await consume(services, until_idle=0.2, consumer="c2")
+        assert totals.scored == 8
+        assert not log.pending
+    finally:
+        await services.close()
+
+
 async def test_replay_source_resumes_from_its_recorded_offset(
     make_project: Any, tmp_path: Any
 ) -> None:

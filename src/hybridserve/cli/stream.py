@@ -26,7 +26,11 @@ def run_consumer(
     stream: Annotated[str, typer.Argument(help="Stream to consume (from the project's streams).")],
     consumer: Annotated[
         str | None,
-        typer.Option("--consumer", help="Consumer name in the group (default: host-pid)."),
+        typer.Option(
+            "--consumer",
+            help="Consumer name in the group, kept across restarts (default: the host name). "
+            "Give each consumer on one host its own.",
+        ),
     ] = None,
     metrics_port: Annotated[
         int | None, typer.Option("--metrics-port", help="Serve /metrics on this port.")
@@ -55,7 +59,7 @@ def run_consumer(
         from threadpoolctl import threadpool_limits
 
         threadpool_limits(limits=model_threads)
-    name = consumer or f"{socket.gethostname()}-{os.getpid()}"
+    name = consumer or default_consumer_name()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     log = logging.getLogger("hybridserve.stream")
 
@@ -92,6 +96,12 @@ def run_consumer(
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
+
+
+def default_consumer_name() -> str:
+    """The host name: the same across restarts on one host (or one pod of a StatefulSet),
+    so a restarted consumer re-reads its own pending entries first, in stream order."""
+    return socket.gethostname()
 
 
 def _stop_soon(stop: asyncio.Event, sig: int) -> None:

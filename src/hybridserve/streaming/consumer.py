@@ -91,6 +91,9 @@ class StreamConsumer:
         self._careful = 0
         self._empty_since: float | None = None
         """Since when every read came back empty (``None``: the last one had entries)."""
+        self._next_pending_check = 0.0
+        self._claim_soon = False
+        self._waiting_logged = False
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -121,13 +124,7 @@ class StreamConsumer:
                     try:
                         entries = await asyncio.wait_for(queue.get(), 0.05)
                     except TimeoutError:
-                        empty = self._empty_since
-                        if (
-                            until_idle is not None
-                            and empty is not None
-                            and self._in_flight == 0
-                            and time.monotonic() - empty >= until_idle
-                        ):
+                        if until_idle is not None and await self._drained(until_idle):
                             break
                         continue
                 # Reads that piled up while the last batch ran join this one (up to batch_size):
@@ -177,6 +174,39 @@ class StreamConsumer:
                 left = max(0.1, deadline - time.monotonic())
                 await deadlines.bounded(self._write_stats(0.0), left)
         return self.totals
+
+    async def _drained(self, until_idle: float) -> bool:
+        """Whether reads came back empty for ``until_idle`` seconds with nothing in flight,
+        and nothing is pending in the group: entries a dead consumer left pending are work
+        left to do (reclaimed once idle for ``claim_idle``), not idleness."""
+        empty, at = self._empty_since, time.monotonic()
+        if empty is None or self._in_flight or at - empty < until_idle:
+            return False
+        if at < self._next_pending_check:
+            return False
+        self._next_pending_check = at + 0.5
+        try:
+            info = await self.source.info()
+        except HybridServeError as exc:
+            log.warning("stream %s: cannot see what is pending: %s", self.name, exc.message)
+            return False
+        elsewhere = info.pending_elsewhere or 0
+        own = (info.pending or 0) - elsewhere
+        if not elsewhere and not own:
+            return True
+        if own:  # pending on this consumer yet not in flight: a read it never got back
+            self.source.rewind()
+        if not self._waiting_logged:
+            self._waiting_logged = True
+            log.info(
+                "stream %s: idle, but %d entries are pending on other consumers; they are "
+                "reclaimed once idle for %gs",
+                self.name,
+                elsewhere,
+                self.cfg.claim_idle,
+            )
+        self._claim_soon = True
+        return False
 
     async def _process(
         self, entries: list[RawEntry], stopping: asyncio.Future[Any]
@@ -236,9 +266,11 @@ class StreamConsumer:
             entries: list[RawEntry] = []
             started = time.monotonic()
             try:
-                if started - last_claim >= claim_every:
-                    last_claim = started
+                if self._claim_soon or started - last_claim >= claim_every:
+                    last_claim, self._claim_soon = started, False
                     entries = await source.claim_stale(cfg.claim_idle, n)
+                    if len(entries) == n:  # there may be more: claim again on the next read
+                        last_claim = 0.0
                 if not entries:
                     entries = await source.read(n, cfg.block)
             except HybridServeError as exc:  # the source is down: keep trying, slowly

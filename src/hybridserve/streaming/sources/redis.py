@@ -235,6 +235,15 @@ class RedisSource:
                 info.pending = int(g["pending"])
                 lag = g.get("lag")
                 info.lag = None if lag is None else int(lag)
+        if info.pending:
+            summary = await self._call("read", self._redis.xpending(self.key, self.group))
+            info.pending_elsewhere = sum(
+                int(c["pending"])
+                for c in summary.get("consumers") or []
+                if _text(c["name"]) != self.consumer
+            )
+        elif info.pending == 0:
+            info.pending_elsewhere = 0
         return info
 
     async def close(self) -> None:
