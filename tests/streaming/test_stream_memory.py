@@ -355,6 +355,41 @@ async def test_until_idle_waits_for_entries_pending_on_a_dead_consumer(
         await services.close()
 
 
+async def test_a_reclaimed_entry_is_judged_late_by_the_watermark_at_its_stream_position(
+    make_project: Any,
+) -> None:
+    """Entries a dead consumer left pending are processed after later entries of the same
+    entity moved its watermark on; they are late only if they were late in stream order."""
+    from hybridserve.streaming import open_source
+
+    project = stream_project(make_project, claim_idle=1.0, allowed_lateness=60)
+    log = _log(project)
+    services = Services.open(project)
+    base = time.time() - 1000
+    first = [event("card_000001", base + i) for i in range(5)]
+    first[2]["event_time"] = base - 100  # late in stream order too: 101 s behind base + 1
+    later = [event("card_000001", base + 100 + i) for i in range(5)]
+    try:
+        from hybridserve.streaming import StreamConsumer
+
+        consumer = StreamConsumer(services, STREAM, poll_interval=0, consumer="c2")
+        await _append(services, dumps(first))
+        ghost = open_source(project, STREAM, consumer="ghost")
+        assert len(await ghost.read(5, 0)) == 5  # read, never acknowledged: the ghost died
+        await _append(services, dumps(later))
+        try:
+            totals = await consumer.run(until_idle=0.2)
+        finally:
+            await consumer.close()
+        assert [d["entry_id"] for d in log.dead_letters] == ["3-0"]
+        assert log.dead_letters[0]["reason"].startswith("late: 101.000s behind")
+        assert totals.scored == 9 and not log.pending
+        counts = await windows(services, ["card_000001"])
+        assert counts["card_000001"]["txn_count_10m"] == 9
+    finally:
+        await services.close()
+
+
 async def test_replay_source_resumes_from_its_recorded_offset(
     make_project: Any, tmp_path: Any
 ) -> None:
