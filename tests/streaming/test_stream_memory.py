@@ -4,11 +4,14 @@ events, replay offsets and alias moves."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 import orjson
+import pytest
 from stream_helpers import STREAM, consume, dumps, event, predictions, stream_project, windows
 
 from hybridserve.services import Services
@@ -387,6 +390,97 @@ async def test_a_reclaimed_entry_is_judged_late_by_the_watermark_at_its_stream_p
         counts = await windows(services, ["card_000001"])
         assert counts["card_000001"]["txn_count_10m"] == 9
     finally:
+        await services.close()
+
+
+async def test_embedded_window_state_and_seen_set_expire_after_dedup_ttl(
+    make_project: Any,
+) -> None:
+    """As on Redis: an entity's window state and the ids of its events are forgotten
+    ``dedup_ttl`` after the last commit that wrote them."""
+    from hybridserve.streaming.state import seen_key, state_key
+
+    project = stream_project(make_project, dedup_ttl=1.0)
+    _log(project)
+    services = Services.open(project)
+    now = time.time()
+    events = [event("card_000001", now - 10 + i) for i in range(3)]
+    keys = [state_key(STREAM, "card_000001"), seen_key(STREAM, events[0]["event_id"])]
+    try:
+        await _append(services, dumps(events))
+        _, totals = await consume(services)
+        assert totals.scored == 3
+        assert None not in await services.online_kv.get_many(keys)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if await services.online_kv.get_many(keys) == [None, None]:
+                break
+            await asyncio.sleep(0.2)
+        assert await services.online_kv.get_many(keys) == [None, None]
+    finally:
+        await services.close()
+
+
+async def test_an_embedded_commit_writes_states_and_seen_set_together(
+    make_project: Any,
+) -> None:
+    """A commit that fails part way leaves neither the window states nor the seen-set."""
+    from hybridserve.errors import StoreError
+    from hybridserve.streaming.state import KVStateStore, state_key
+
+    project = stream_project(make_project)
+    services = Services.open(project)
+    kv = services.online_kv
+    real = kv.put_many
+
+    async def put_many(writes: Any) -> int:
+        if any(w.key.startswith("s:") for w in writes):
+            raise StoreError("the disk is full")
+        return await real(writes)
+
+    try:
+        store = KVStateStore(kv, STREAM, 60.0)
+        kv.put_many = put_many  # type: ignore[method-assign]
+        with pytest.raises(StoreError):
+            await store.commit([("card_000001", 0, b"{}")], ["e1"], [])
+        kv.put_many = real  # type: ignore[method-assign]
+        assert await kv.get_many([state_key(STREAM, "card_000001")]) == [None]
+        await store.close()
+    finally:
+        await services.close()
+
+
+async def test_a_second_consumer_process_on_an_embedded_store_is_refused(
+    make_project: Any, tmp_path: Any
+) -> None:
+    from hybridserve.errors import ConfigError
+    from hybridserve.streaming import StreamConsumer
+
+    project = stream_project(make_project)
+    assert project.source_file is not None
+    out = tmp_path / "out"
+    with out.open("wb") as f:
+        command = [sys.executable, "-m", "hybridserve", "stream", "run", STREAM]
+        proc = subprocess.Popen(
+            [*command, "-p", str(project.source_file)],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+        )
+    services = Services.open(project)
+    try:
+        deadline = time.monotonic() + 60
+        while b"consuming as" not in out.read_bytes() and time.monotonic() < deadline:
+            assert proc.poll() is None, out.read_text()
+            await asyncio.sleep(0.1)
+        with pytest.raises(ConfigError, match=r"another process \(pid \d+\) is consuming"):
+            StreamConsumer(services, STREAM, poll_interval=0)
+        proc.kill()  # the lock goes with the process, however it dies
+        proc.wait()
+        await StreamConsumer(services, STREAM, poll_interval=0).close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
         await services.close()
 
 
