@@ -10,11 +10,14 @@ import signal
 import socket
 import sys
 import threading
-from typing import Annotated, Any
+from collections.abc import Coroutine
+from typing import Annotated, Any, TypeVar
 
 import typer
 
 from hybridserve.cli.common import JsonOpt, ProjectOpt, console, print_json, project, run, table
+
+T = TypeVar("T")
 
 stream_app = typer.Typer(
     help="Streams: consume events, show lag and dead letters.", no_args_is_help=True
@@ -84,7 +87,7 @@ def run_consumer(
             await worker.close()
             await services.close()
 
-    totals = run(go())
+    totals = _run_until_stopped(go())
     console.print(
         f"stream {stream}: {totals.read} read, {totals.scored} scored, "
         f"{totals.duplicates} duplicates, {totals.late} late, {totals.dead} dead-lettered"
@@ -96,6 +99,22 @@ def run_consumer(
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
+
+
+def _run_until_stopped(coro: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run(coro)``, except that it does not wait for the default executor's threads
+    at the end: a model call abandoned at a stop would hold the exit until it returned."""
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        tasks = asyncio.all_tasks(loop)  # calls abandoned past their deadline
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            loop.run_until_complete(asyncio.wait(tasks, timeout=1.0))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()  # shuts the executor down without waiting
 
 
 def default_consumer_name() -> str:

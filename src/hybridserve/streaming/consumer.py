@@ -101,8 +101,9 @@ class StreamConsumer:
         self, stop: asyncio.Event | None = None, *, until_idle: float | None = None
     ) -> Totals:
         """Consume until ``stop`` is set, or until ``until_idle`` seconds in which every read
-        came back empty and nothing was in flight. Idleness is what the reads saw, not time
-        since start-up: a consumer slow to make its first read does not stop unread.
+        came back empty and nothing was in flight, once nothing is pending in the group (see
+        :meth:`_drained`). Idleness is what the reads saw, not time since start-up: a
+        consumer slow to make its first read does not stop unread.
 
         Once ``stop`` is set, the batch in progress has ``stop_timeout`` seconds to commit;
         then it is abandoned unacknowledged (its entries are delivered again later), and the
