@@ -4,11 +4,14 @@ events, replay offsets and alias moves."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 import orjson
+import pytest
 from stream_helpers import STREAM, consume, dumps, event, predictions, stream_project, windows
 
 from hybridserve.services import Services
@@ -297,6 +300,190 @@ async def test_reads_that_pile_up_during_a_slow_batch_are_processed_together(
         await services.close()
 
 
+async def test_a_slow_model_bounds_what_is_read_ahead_to_max_in_flight(
+    make_project: Any,
+) -> None:
+    """Backpressure: while the model is slow, entries read and not yet acknowledged never
+    exceed ``max_in_flight``, and the reader does read ahead up to it."""
+    now = time.time()
+    events = [event(f"card_{i % 30:06d}", now - 100 + i * 0.1) for i in range(300)]
+    outstanding: set[str] = set()
+    most = 0
+
+    async def counted(read: Any, max_items: int, block: float) -> Any:
+        nonlocal most
+        entries = await read(max_items, block)
+        outstanding.update(e.id for e in entries)
+        most = max(most, len(outstanding))
+        return entries
+
+    project = stream_project(make_project, batch_size=20, max_in_flight=50)
+    services, source = await _appended(project, events, counted)
+    real_ack = source.ack
+
+    async def ack(ids: Any) -> None:
+        await real_ack(ids)
+        outstanding.difference_update(ids)
+
+    source.ack = ack
+    try:
+        totals = await _run_wrapped(
+            services, lambda *_: time.sleep(0.05), until_idle=0.3, source=source
+        )
+        assert totals.scored == 300
+        assert 40 < most <= 50
+    finally:
+        await services.close()
+
+
+async def test_until_idle_waits_for_entries_pending_on_a_dead_consumer(
+    make_project: Any,
+) -> None:
+    """Entries a dead consumer left pending are work left to do: a drain claims them once
+    they are idle for claim_idle, even when that is longer than until_idle."""
+    from hybridserve.streaming import open_source
+
+    project = stream_project(make_project, claim_idle=0.8)
+    log = _log(project)
+    services = Services.open(project)
+    now = time.time()
+    try:
+        await _append(services, dumps([event(f"card_{i:06d}", now - 10 + i) for i in range(8)]))
+        ghost = open_source(project, STREAM, consumer="ghost")
+        await ghost.read(5, 0)  # read, never acknowledged: the ghost died
+        _, totals = await consume(services, until_idle=0.2, consumer="c2")
+        assert totals.scored == 8
+        assert not log.pending
+    finally:
+        await services.close()
+
+
+async def test_a_reclaimed_entry_is_judged_late_by_the_watermark_at_its_stream_position(
+    make_project: Any,
+) -> None:
+    """Entries a dead consumer left pending are processed after later entries of the same
+    entity moved its watermark on; they are late only if they were late in stream order."""
+    from hybridserve.streaming import open_source
+
+    project = stream_project(make_project, claim_idle=1.0, allowed_lateness=60)
+    log = _log(project)
+    services = Services.open(project)
+    base = time.time() - 1000
+    first = [event("card_000001", base + i) for i in range(5)]
+    first[2]["event_time"] = base - 100  # late in stream order too: 101 s behind base + 1
+    later = [event("card_000001", base + 100 + i) for i in range(5)]
+    try:
+        from hybridserve.streaming import StreamConsumer
+
+        consumer = StreamConsumer(services, STREAM, poll_interval=0, consumer="c2")
+        await _append(services, dumps(first))
+        ghost = open_source(project, STREAM, consumer="ghost")
+        assert len(await ghost.read(5, 0)) == 5  # read, never acknowledged: the ghost died
+        await _append(services, dumps(later))
+        try:
+            totals = await consumer.run(until_idle=0.2)
+        finally:
+            await consumer.close()
+        assert [d["entry_id"] for d in log.dead_letters] == ["3-0"]
+        assert log.dead_letters[0]["reason"].startswith("late: 101.000s behind")
+        assert totals.scored == 9 and not log.pending
+        counts = await windows(services, ["card_000001"])
+        assert counts["card_000001"]["txn_count_10m"] == 9
+    finally:
+        await services.close()
+
+
+async def test_embedded_window_state_and_seen_set_expire_after_dedup_ttl(
+    make_project: Any,
+) -> None:
+    """As on Redis: an entity's window state and the ids of its events are forgotten
+    ``dedup_ttl`` after the last commit that wrote them."""
+    from hybridserve.streaming.state import seen_key, state_key
+
+    project = stream_project(make_project, dedup_ttl=1.0)
+    _log(project)
+    services = Services.open(project)
+    now = time.time()
+    events = [event("card_000001", now - 10 + i) for i in range(3)]
+    keys = [state_key(STREAM, "card_000001"), seen_key(STREAM, events[0]["event_id"])]
+    try:
+        await _append(services, dumps(events))
+        _, totals = await consume(services)
+        assert totals.scored == 3
+        assert None not in await services.online_kv.get_many(keys)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if await services.online_kv.get_many(keys) == [None, None]:
+                break
+            await asyncio.sleep(0.2)
+        assert await services.online_kv.get_many(keys) == [None, None]
+    finally:
+        await services.close()
+
+
+async def test_an_embedded_commit_writes_states_and_seen_set_together(
+    make_project: Any,
+) -> None:
+    """A commit that fails part way leaves neither the window states nor the seen-set."""
+    from hybridserve.errors import StoreError
+    from hybridserve.streaming.state import KVStateStore, state_key
+
+    project = stream_project(make_project)
+    services = Services.open(project)
+    kv = services.online_kv
+    real = kv.put_many
+
+    async def put_many(writes: Any) -> int:
+        if any(w.key.startswith("s:") for w in writes):
+            raise StoreError("the disk is full")
+        return await real(writes)
+
+    try:
+        store = KVStateStore(kv, STREAM, 60.0)
+        kv.put_many = put_many  # type: ignore[method-assign]
+        with pytest.raises(StoreError):
+            await store.commit([("card_000001", 0, b"{}")], ["e1"], [])
+        kv.put_many = real  # type: ignore[method-assign]
+        assert await kv.get_many([state_key(STREAM, "card_000001")]) == [None]
+        await store.close()
+    finally:
+        await services.close()
+
+
+async def test_a_second_consumer_process_on_an_embedded_store_is_refused(
+    make_project: Any, tmp_path: Any
+) -> None:
+    from hybridserve.errors import ConfigError
+    from hybridserve.streaming import StreamConsumer
+
+    project = stream_project(make_project)
+    assert project.source_file is not None
+    out = tmp_path / "out"
+    with out.open("wb") as f:
+        command = [sys.executable, "-m", "hybridserve", "stream", "run", STREAM]
+        proc = subprocess.Popen(
+            [*command, "-p", str(project.source_file)],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+        )
+    services = Services.open(project)
+    try:
+        deadline = time.monotonic() + 60
+        while b"consuming as" not in out.read_bytes() and time.monotonic() < deadline:
+            assert proc.poll() is None, out.read_text()
+            await asyncio.sleep(0.1)
+        with pytest.raises(ConfigError, match=r"another process \(pid \d+\) is consuming"):
+            StreamConsumer(services, STREAM, poll_interval=0)
+        proc.kill()  # the lock goes with the process, however it dies
+        proc.wait()
+        await StreamConsumer(services, STREAM, poll_interval=0).close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        await services.close()
+
+
 async def test_replay_source_resumes_from_its_recorded_offset(
     make_project: Any, tmp_path: Any
 ) -> None:
@@ -337,6 +524,62 @@ async def test_replay_source_resumes_from_its_recorded_offset(
         assert tail.read == 5 and tail.duplicates == 0
         counts = await windows(services, [f"card_{i:06d}" for i in range(20)])
         assert sum(v["txn_count_10m"] for v in counts.values()) == 115
+    finally:
+        await services.close()
+
+
+async def test_replay_source_reads_files_named_before_the_one_it_read_last(
+    make_project: Any, tmp_path: Any
+) -> None:
+    """Each file has its own offset: a file that appears later with an earlier name (a
+    demo's ``demo-<ns>.jsonl`` after the events endpoint created ``ingest.jsonl``) is read,
+    and so are rows appended to a file named before the last one read."""
+    folder = tmp_path / "replay"
+    folder.mkdir()
+    now = time.time()
+    events = [event(f"card_{i % 10:06d}", now - 100 + i * 0.1) for i in range(60)]
+    project = stream_project(make_project, source={"kind": "replay", "path": str(folder)})
+    services = Services.open(project)
+    try:
+        from hybridserve.streaming import open_source
+
+        ingest = open_source(project, STREAM, kv=services.online_kv)
+        await ingest.append(dumps(events[:20]))  # as POST /v1/events does
+        _, first = await consume(services)
+        assert first.read == 20
+        (folder / "demo-1764620000.jsonl").write_bytes(b"\n".join(dumps(events[20:50])) + b"\n")
+        _, demo = await consume(services)
+        assert demo.read == 30 and demo.duplicates == 0
+        await ingest.append(dumps(events[50:]))
+        _, more = await consume(services)
+        assert more.read == 10 and more.duplicates == 0
+        _, again = await consume(services)
+        assert again.read == 0
+        counts = await windows(services, [f"card_{i:06d}" for i in range(10)])
+        assert sum(v["txn_count_10m"] for v in counts.values()) == 60
+    finally:
+        await services.close()
+
+
+async def test_replay_source_takes_over_a_directory_offset_saved_by_earlier_versions(
+    make_project: Any, tmp_path: Any
+) -> None:
+    from hybridserve.storage import Entry
+    from hybridserve.streaming import open_source
+
+    folder = tmp_path / "replay"
+    folder.mkdir()
+    for name in ("a.jsonl", "b.jsonl", "c.jsonl"):
+        (folder / name).write_bytes(b"".join(b'{"n": %d}\n' % i for i in range(5)))
+    project = stream_project(make_project, source={"kind": "replay", "path": str(folder)})
+    services = Services.open(project)
+    try:
+        source = open_source(project, STREAM, kv=services.online_kv)
+        old = orjson.dumps({"file": "b.jsonl", "row": 3})
+        await services.online_kv.put_many([Entry(f"ro:{STREAM}", old, 0.0)])
+        await source.start()
+        ids = [e.id for e in await source.read(100, 0)]
+        assert ids == ["b.jsonl:3", "b.jsonl:4"] + [f"c.jsonl:{i}" for i in range(5)]
     finally:
         await services.close()
 

@@ -106,13 +106,19 @@ async def _run_in_process(project: Project, **kwargs: Any) -> Any:
 
 
 async def _until_reading(
-    client: redis.Redis, key: str, proc: subprocess.Popen[bytes], timeout: float
+    client: redis.Redis,
+    key: str,
+    proc: subprocess.Popen[bytes],
+    timeout: float,
+    name: bytes | None = b"c1",
 ) -> None:
-    """Wait until the consumer ``c1`` has read from the group since it was started."""
+    """Wait until the consumer ``name`` (``None``: any) has read from the group since it
+    was started."""
     started = time.monotonic()
     while time.monotonic() - started < timeout and proc.poll() is None:
         for c in client.xinfo_consumers(key, "hybridserve"):
-            if c["name"] == b"c1" and c["idle"] / 1000 < time.monotonic() - started - 0.05:
+            fresh = c["idle"] / 1000 < time.monotonic() - started - 0.05
+            if fresh and name in (None, c["name"]):
                 return
         await asyncio.sleep(0.01)
 
@@ -179,6 +185,57 @@ async def test_sigkilled_consumers_leave_the_same_results_as_a_clean_run(
     assert got[0] == want[0]  # window features
     assert got[1] == want[1]  # predictions: score, as_of, event id, version, source
     assert got[2] == want[2]  # the output stream, entry by entry
+
+
+async def test_a_drain_after_sigkills_with_the_default_name_leaves_nothing_pending(
+    redis_project: Project, make_project: Any
+) -> None:
+    """``stream run`` without ``--consumer``, SIGKILLed three times after reads, then drained
+    with ``--until-idle``: nothing is left pending, and the windows, predictions and outputs
+    are those of a clean run (no event dead-lettered as late for having waited)."""
+    n = 3000
+    payloads = demo_events(redis_project, n, seed=7, rate=2000.0)
+    cards = sorted({orjson.loads(p)["card_id"] for p in payloads})
+    reference = await _reference(redis_project)
+    await _preload(reference, payloads)
+    assert (await _run_in_process(reference)).scored == n
+
+    # The same project file with the default claim_idle: a dead consumer's entries are not
+    # reclaimed for 30 s, so only re-reading its own entries drains them in time.
+    stores = {"online": redis_project.stores.online, "prefix": redis_project.stores.prefix}
+    project = stream_project(
+        make_project, stores=stores, source={"kind": "redis"}, batch_size=100, claim_idle=30.0
+    )
+    await _preload(project, payloads[:600])
+    producer = asyncio.create_task(_preload(project, payloads[600:], 200, 0.1))
+    assert project.source_file is not None
+    command = [sys.executable, "-m", "hybridserve", "stream", "run", STREAM]
+    command += ["-p", str(project.source_file)]
+    rng = random.Random(3)
+    client = redis.Redis.from_url(project.stores.online)
+    key = f"{project.stores.prefix}stream:{STREAM}"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    for _ in range(3):
+        proc = subprocess.Popen(
+            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        await _until_reading(client, key, proc, timeout=60.0, name=None)
+        await asyncio.sleep(rng.uniform(0.0, 0.4))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    await producer
+    final = subprocess.run(
+        [*command, "--until-idle", "5"], env=env, capture_output=True, timeout=180
+    )
+    assert final.returncode == 0, final.stderr.decode()[-2000:]
+    assert client.xpending(key, "hybridserve")["pending"] == 0
+    assert client.xlen(f"{key}:dlq") == 0
+    client.close()
+    want = await _results(reference, cards)
+    got = await _results(project, cards)
+    assert got[0] == want[0]  # window features
+    assert got[1] == want[1]  # predictions
+    assert got[2] == want[2]  # outputs
 
 
 async def test_two_consumers_share_the_work_and_process_every_event_once(
@@ -319,3 +376,71 @@ async def test_bad_events_among_valid_ones_dead_letter_only_themselves(
     outputs = {f[b"id"].decode() for _, f in client.xrange(f"{key}:out")}
     assert outputs == {e["event_id"] for e in valid} - crash
     client.close()
+
+
+def _consumer_command(project: Project, *args: str) -> list[str]:
+    """``stream run`` as consumer ``c1``, through the fault-injecting launcher."""
+    assert project.source_file is not None
+    launcher = os.path.join(os.path.dirname(__file__), "faulty_consumer.py")
+    run = ["stream", "run", STREAM, "--consumer", "c1", "-p", str(project.source_file)]
+    return [sys.executable, launcher, *run, *args]
+
+
+async def _until_marked(marks: Any, steps: set[str], proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60.0
+    while time.monotonic() < deadline and proc.poll() is None:
+        if marks.exists() and steps & set(marks.read_text().split()):
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"the consumer never reached {steps} (exit code {proc.poll()})")
+
+
+@pytest.mark.parametrize("state", ["idle", "slow_model", "failed_batch", "infinite_time"])
+async def test_sigterm_stops_the_consumer_process_in_every_state(
+    redis_project: Project, tmp_path: Any, state: str
+) -> None:
+    """SIGTERM ends ``stream run`` within seconds whatever it is doing: blocked in a read,
+    inside a slow model call, backing off after failed batches, or after an event whose
+    time is ``-inf`` failed its batch."""
+    now = time.time()
+    events = [orjson.dumps(event(f"card_{i:06d}", now - 10 + i)) for i in range(5)]
+    if state == "infinite_time":
+        events.insert(2, orjson.dumps(event("card_000009", 0.0) | {"event_time": "-inf"}))
+    await _preload(redis_project, [] if state == "idle" else events)
+    marks = tmp_path / "marks"
+    fault = {"slow_model": "slow", "failed_batch": "fail"}.get(state, "")
+    env = {**os.environ, "HS_TEST_FAULT": fault, "HS_TEST_MARKS": str(marks)}
+    log = tmp_path / "stderr"
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            _consumer_command(redis_project), env=env, stdout=subprocess.DEVNULL, stderr=err
+        )
+    client = redis.Redis.from_url(redis_project.stores.online)
+    try:
+        if state == "idle":
+            key = f"{redis_project.stores.prefix}stream:{STREAM}"
+            await _until_reading(client, key, proc, timeout=60.0)
+            await asyncio.sleep(0.5)  # inside a blocking read
+        elif state == "slow_model":
+            await _until_marked(marks, {"score"}, proc)
+        elif state == "failed_batch":
+            await _until_marked(marks, {"fail"}, proc)
+            await asyncio.sleep(0.3)  # rewinding, re-reading one at a time, failing again
+        else:
+            await _until_marked(marks, {"fail", "done"}, proc)
+            await asyncio.sleep(0.3)
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=5.0)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"still running 5 s after SIGTERM ({state}): {log.read_text()[-3000:]}"
+            ) from None
+        # Stopped by its own shutdown, not by the backstop timer (that exits 128 + 15).
+        assert proc.returncode == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        client.close()

@@ -5,13 +5,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
-from typing import Annotated, Any
+import sys
+import threading
+from collections.abc import Coroutine
+from typing import Annotated, Any, TypeVar
 
 import typer
 
 from hybridserve.cli.common import JsonOpt, ProjectOpt, console, print_json, project, run, table
+
+T = TypeVar("T")
 
 stream_app = typer.Typer(
     help="Streams: consume events, show lag and dead letters.", no_args_is_help=True
@@ -23,7 +29,11 @@ def run_consumer(
     stream: Annotated[str, typer.Argument(help="Stream to consume (from the project's streams).")],
     consumer: Annotated[
         str | None,
-        typer.Option("--consumer", help="Consumer name in the group (default: host-pid)."),
+        typer.Option(
+            "--consumer",
+            help="Consumer name in the group, kept across restarts (default: the host name). "
+            "Give each consumer on one host its own.",
+        ),
     ] = None,
     metrics_port: Annotated[
         int | None, typer.Option("--metrics-port", help="Serve /metrics on this port.")
@@ -43,8 +53,6 @@ def run_consumer(
     project_path: ProjectOpt = None,
 ) -> None:
     """Consume STREAM until interrupted: windows, scores, predictions, outputs, then ack."""
-    import os
-
     from hybridserve.services import Services, freeze_loaded
     from hybridserve.streaming import StreamConsumer
     from hybridserve.streaming.metrics import serve_metrics
@@ -54,8 +62,9 @@ def run_consumer(
         from threadpoolctl import threadpool_limits
 
         threadpool_limits(limits=model_threads)
-    name = consumer or f"{socket.gethostname()}-{os.getpid()}"
+    name = consumer or default_consumer_name()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    log = logging.getLogger("hybridserve.stream")
 
     async def go() -> Any:
         services = Services.open(proj)
@@ -63,7 +72,7 @@ def run_consumer(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, stop.set)
+                loop.add_signal_handler(sig, _stop_soon, stop, sig)
         worker = StreamConsumer(
             services, stream, consumer=name, poll_interval=proj.server.reload_interval
         )
@@ -78,11 +87,66 @@ def run_consumer(
             await worker.close()
             await services.close()
 
-    totals = run(go())
+    totals = _run_until_stopped(go())
     console.print(
         f"stream {stream}: {totals.read} read, {totals.scored} scored, "
         f"{totals.duplicates} duplicates, {totals.late} late, {totals.dead} dead-lettered"
     )
+    if any(t is not threading.main_thread() and not t.daemon for t in threading.enumerate()):
+        # A model call abandoned at the stop is still running in its thread: the interpreter
+        # would wait for it at exit. Its batch was not acknowledged, so nothing is lost.
+        log.warning("stream %s: exiting with a model call still running", stream)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+
+def _run_until_stopped(coro: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run(coro)``, except that it does not wait for the default executor's threads
+    at the end: a model call abandoned at a stop would hold the exit until it returned."""
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        tasks = asyncio.all_tasks(loop)  # calls abandoned past their deadline
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            loop.run_until_complete(asyncio.wait(tasks, timeout=1.0))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()  # shuts the executor down without waiting
+
+
+def default_consumer_name() -> str:
+    """The host name: the same across restarts on one host (or one pod of a StatefulSet),
+    so a restarted consumer re-reads its own pending entries first, in stream order."""
+    return socket.gethostname()
+
+
+def _stop_soon(stop: asyncio.Event, sig: int) -> None:
+    """Ask the consumer to stop, and make sure the process ends even if it cannot.
+
+    The consumer stops within its ``stop_timeout``; the timer is for what no deadline in the
+    loop can reach (a blocked event loop, a hung close). A second signal exits at once.
+    """
+    if stop.is_set():
+        os._exit(128 + sig)
+    stop.set()
+    timer = threading.Timer(_HARD_STOP, _hard_stop, (sig,))
+    timer.daemon = True
+    timer.start()
+
+
+_HARD_STOP = 4.0
+"""Seconds after a stop signal after which the process exits whatever it is doing."""
+
+
+def _hard_stop(sig: int) -> None:
+    logging.getLogger("hybridserve.stream").error(
+        "not stopped %gs after signal %d; exiting", _HARD_STOP, sig
+    )
+    sys.stderr.flush()
+    os._exit(128 + sig)
 
 
 @stream_app.command()

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, fields
+from typing import Any
 
 import orjson
 
@@ -25,6 +26,7 @@ from hybridserve.records import now
 from hybridserve.registry.refs import ModelRef
 from hybridserve.services import Services
 from hybridserve.storage import Entry
+from hybridserve.streaming import deadlines
 from hybridserve.streaming.events import RawEntry
 from hybridserve.streaming.metrics import StreamMetrics
 from hybridserve.streaming.pipeline import BatchProcessor, BatchResult, EventCounts
@@ -70,6 +72,7 @@ class StreamConsumer:
         metrics: StreamMetrics | None = None,
         poll_interval: float = 2.0,
         stats_interval: float = 5.0,
+        stop_timeout: float = 2.0,
     ) -> None:
         project = services.project
         self.services, self.name, self.consumer = services, name, consumer
@@ -82,11 +85,15 @@ class StreamConsumer:
         if scorer is not None:
             self.metrics.model_version.set(scorer.runtime.version)
         self.poll_interval, self.stats_interval = poll_interval, stats_interval
+        self.stop_timeout = stop_timeout
         self.totals = Totals()
         self._in_flight = 0
         self._careful = 0
         self._empty_since: float | None = None
         """Since when every read came back empty (``None``: the last one had entries)."""
+        self._next_pending_check = 0.0
+        self._claim_soon = False
+        self._waiting_logged = False
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -94,14 +101,20 @@ class StreamConsumer:
         self, stop: asyncio.Event | None = None, *, until_idle: float | None = None
     ) -> Totals:
         """Consume until ``stop`` is set, or until ``until_idle`` seconds in which every read
-        came back empty and nothing was in flight. Idleness is what the reads saw, not time
-        since start-up: a consumer slow to make its first read does not stop unread."""
+        came back empty and nothing was in flight, once nothing is pending in the group (see
+        :meth:`_drained`). Idleness is what the reads saw, not time since start-up: a
+        consumer slow to make its first read does not stop unread.
+
+        Once ``stop`` is set, the batch in progress has ``stop_timeout`` seconds to commit;
+        then it is abandoned unacknowledged (its entries are delivered again later), and the
+        reader and helpers are cancelled without waiting past the same deadline."""
         stop = stop or asyncio.Event()
         await self.source.start()
         self._space = asyncio.Condition()
         queue: asyncio.Queue[list[RawEntry]] = asyncio.Queue(maxsize=4)
         reader = asyncio.create_task(self._read(queue))
         helpers = [asyncio.create_task(self._follow()), asyncio.create_task(self._stats())]
+        stopping = asyncio.create_task(stop.wait())
         failures = 0
         carry: list[RawEntry] | None = None  # taken from the queue, left for the next batch
         try:
@@ -112,13 +125,7 @@ class StreamConsumer:
                     try:
                         entries = await asyncio.wait_for(queue.get(), 0.05)
                     except TimeoutError:
-                        empty = self._empty_since
-                        if (
-                            until_idle is not None
-                            and empty is not None
-                            and self._in_flight == 0
-                            and time.monotonic() - empty >= until_idle
-                        ):
+                        if until_idle is not None and await self._drained(until_idle):
                             break
                         continue
                 # Reads that piled up while the last batch ran join this one (up to batch_size):
@@ -131,9 +138,7 @@ class StreamConsumer:
                         break
                     entries = entries + more
                 try:
-                    self._record(await self.processor.process(entries))
-                    failures = 0
-                    self._careful = max(0, self._careful - len(entries))
+                    result = await self._process(entries, stopping)
                 except Exception as exc:
                     failures += 1
                     self.totals.failures += 1
@@ -145,26 +150,92 @@ class StreamConsumer:
                         exc,
                         exc_info=not isinstance(exc, HybridServeError),
                     )
-                    reader.cancel()
-                    await asyncio.gather(reader, return_exceptions=True)
+                    await self._stop_reader(reader, self.stop_timeout)
                     carry = None
                     while not queue.empty():
                         queue.get_nowait()
                     self._careful = max(1, self._in_flight)
                     await self._release(self._in_flight)
                     self.source.rewind()
-                    await asyncio.sleep(min(2.0, 0.02 * 2**failures))
+                    await asyncio.wait({stopping}, timeout=min(2.0, 0.02 * 2**failures))
                     reader = asyncio.create_task(self._read(queue))
                     continue
+                if result is None:  # stopped mid-batch
+                    break
+                self._record(result)
+                failures = 0
+                self._careful = max(0, self._careful - len(entries))
                 await self._release(len(entries))
         finally:
-            reader.cancel()
-            for task in helpers:
-                task.cancel()
-            await asyncio.gather(reader, *helpers, return_exceptions=True)
+            deadline = time.monotonic() + self.stop_timeout
+            await self._stop_reader(reader, self.stop_timeout)
+            for task in [*helpers, stopping]:
+                await deadlines.stop(task, deadline - time.monotonic())
             with contextlib.suppress(Exception):
-                await self._write_stats(0.0)
+                left = max(0.1, deadline - time.monotonic())
+                await deadlines.bounded(self._write_stats(0.0), left)
         return self.totals
+
+    async def _drained(self, until_idle: float) -> bool:
+        """Whether reads came back empty for ``until_idle`` seconds with nothing in flight,
+        and nothing is pending in the group: entries a dead consumer left pending are work
+        left to do (reclaimed once idle for ``claim_idle``), not idleness."""
+        empty, at = self._empty_since, time.monotonic()
+        if empty is None or self._in_flight or at - empty < until_idle:
+            return False
+        if at < self._next_pending_check:
+            return False
+        self._next_pending_check = at + 0.5
+        try:
+            info = await self.source.info()
+        except HybridServeError as exc:
+            log.warning("stream %s: cannot see what is pending: %s", self.name, exc.message)
+            return False
+        elsewhere = info.pending_elsewhere or 0
+        own = (info.pending or 0) - elsewhere
+        if not elsewhere and not own:
+            return True
+        if own:  # pending on this consumer yet not in flight: a read it never got back
+            self.source.rewind()
+        if not self._waiting_logged:
+            self._waiting_logged = True
+            log.info(
+                "stream %s: idle, but %d entries are pending on other consumers; they are "
+                "reclaimed once idle for %gs",
+                self.name,
+                elsewhere,
+                self.cfg.claim_idle,
+            )
+        self._claim_soon = True
+        return False
+
+    async def _process(
+        self, entries: list[RawEntry], stopping: asyncio.Future[Any]
+    ) -> BatchResult | None:
+        """One batch's result; ``None`` if ``stopping`` came and it did not commit in time."""
+        batch = asyncio.create_task(self.processor.process(entries))
+        try:
+            await asyncio.wait({batch, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not batch.done():
+                await asyncio.wait({batch}, timeout=self.stop_timeout)
+        except asyncio.CancelledError:
+            deadlines.abandon(batch)
+            raise
+        if batch.done():
+            return batch.result()
+        deadlines.abandon(batch)  # nothing of it was acknowledged: it is delivered again
+        log.warning(
+            "stream %s: stopping; a batch of %d did not commit within %gs and is left "
+            "unacknowledged",
+            self.name,
+            len(entries),
+            self.stop_timeout,
+        )
+        return None
+
+    async def _stop_reader(self, reader: asyncio.Task[None], seconds: float) -> None:
+        if not await deadlines.stop(reader, seconds):
+            log.warning("stream %s: the reader did not stop within %gs", self.name, seconds)
 
     async def _release(self, n: int) -> None:
         async with self._space:
@@ -196,9 +267,11 @@ class StreamConsumer:
             entries: list[RawEntry] = []
             started = time.monotonic()
             try:
-                if started - last_claim >= claim_every:
-                    last_claim = started
+                if self._claim_soon or started - last_claim >= claim_every:
+                    last_claim, self._claim_soon = started, False
                     entries = await source.claim_stale(cfg.claim_idle, n)
+                    if len(entries) == n:  # there may be more: claim again on the next read
+                        last_claim = 0.0
                 if not entries:
                     entries = await source.read(n, cfg.block)
             except HybridServeError as exc:  # the source is down: keep trying, slowly

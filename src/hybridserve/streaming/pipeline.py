@@ -46,7 +46,7 @@ from hybridserve.services import Services
 from hybridserve.streaming.events import Event, RawEntry, decode
 from hybridserve.streaming.sources import DeadLetter, Source, stream_config
 from hybridserve.streaming.state import Output, StateStore
-from hybridserve.streaming.windows import EntityState, WindowSpec
+from hybridserve.streaming.windows import EntityState, WindowSpec, stream_position
 
 _ATTEMPTS = 8
 log = logging.getLogger("hybridserve.stream")
@@ -296,7 +296,8 @@ class BatchProcessor:
                     states[entity] = spec.new_state() if raw is None else spec.loads(raw)
             for ev in fresh:
                 st = states[ev.entity]
-                outcome = spec.apply(st, ev.event_id, ev.time, ev.values)
+                pos, again = stream_position(ev.entry.id), ev.entry.deliveries > 1
+                outcome = spec.apply(st, ev.event_id, ev.time, ev.values, pos, again)
                 if outcome == "applied":
                     applied.append(ev)
                     if names:
@@ -305,7 +306,7 @@ class BatchProcessor:
                     else:
                         window_rows.append({})
                 elif outcome == "late":
-                    behind = (st.watermark or 0.0) - ev.time
+                    behind = (spec.judged(st, pos, again) or 0.0) - ev.time
                     reason = (
                         f"late: {behind:.3f}s behind the entity's watermark "
                         f"(allowed_lateness {cfg.allowed_lateness:g}s)"

@@ -10,21 +10,28 @@ group from losing each other's updates, and a reclaimed entry from being counted
   (when the output stream lives on the same Redis) the output entries are written together
   or not at all.
 - :class:`KVStateStore`: any :class:`~hybridserve.storage.KVStore` (memory, SQLite) for one
-  process; the check-and-write runs under a process-wide lock. Outputs are not part of its
-  commit: the consumer emits them (idempotently, per event id) just before committing.
+  process; the check-and-write runs under a process-wide lock, and the states and seen-set
+  are written by one ``put_many`` (one SQLite transaction), with the same ``dedup_ttl``
+  expiry as on Redis. Outputs are not part of its commit (they live in the source, not the
+  store): the consumer emits them (idempotently, per event id) just before committing. On
+  SQLite one process at a time consumes a stream: the next is refused at start (an advisory
+  lock on a file beside the database, released by the kernel when the holder dies).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 from collections.abc import Sequence
 from typing import Any, Protocol
 
 from hybridserve._optional import require
-from hybridserve.errors import StoreError
+from hybridserve.errors import ConfigError, StoreError
 from hybridserve.records import now
 from hybridserve.storage import Entry, KVStore
 from hybridserve.storage.redis import LUA_SPLIT, packed
+from hybridserve.streaming.deadlines import bounded
 from hybridserve.urls import masked_url
 
 Output = tuple[str, bytes]
@@ -61,11 +68,63 @@ class StateStore(Protocol):
 _LOCKS: dict[tuple[str, str, int], asyncio.Lock] = {}
 
 
+_HELD: dict[str, list[int]] = {}
+"""Lock file -> [its descriptor, users in this process]."""
+
+
+def _lock_file(kv: KVStore, stream: str) -> str | None:
+    url = kv.url
+    if not url.startswith("sqlite:///") or url.endswith(":memory:"):
+        return None  # a memory store lives and dies with its one process
+    return f"{url.removeprefix('sqlite:///')}.stream-{stream}.lock"
+
+
+def _take_lock(kv: KVStore, stream: str) -> str | None:
+    """Hold the lock that makes this process the stream's one consumer on an SQLite store."""
+    path = _lock_file(kv, stream)
+    if path is None:
+        return None
+    held = _HELD.get(path)
+    if held is not None:
+        held[1] += 1
+        return path
+    try:
+        import fcntl
+    except ImportError:  # no advisory locks here (Windows): nothing to check with
+        return None
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise ConfigError(
+            f"stream {stream}: another process (pid {holder}) is consuming it on the embedded "
+            f"store {kv.url}; an embedded store takes one consumer process: stop that one, or "
+            "put the online store on Redis to run several"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    _HELD[path] = [fd, 1]
+    return path
+
+
+def _drop_lock(path: str | None) -> None:
+    held = _HELD.get(path) if path is not None else None
+    if held is None:
+        return
+    held[1] -= 1
+    if held[1] == 0:
+        del _HELD[path]  # type: ignore[arg-type]
+        os.close(held[0])  # closing the descriptor releases the lock
+
+
 class KVStateStore:
     atomic_outputs = False
 
     def __init__(self, kv: KVStore, stream: str, ttl: float) -> None:
         self.kv, self.stream, self.ttl = kv, stream, ttl
+        self._lock_path = _take_lock(kv, stream)
 
     def _lock(self) -> asyncio.Lock:
         key = (self.kv.url, self.stream, id(asyncio.get_running_loop()))
@@ -91,17 +150,17 @@ class KVStateStore:
                 return False
             if any(await self.seen(seen)):
                 return False
-            await self.kv.put_many(
-                [Entry(state_key(self.stream, e), v, float(n + 1)) for e, n, v in states]
-            )
+            # One write, so one transaction: the states and the seen-set land together.
             expires = now() + self.ttl
             await self.kv.put_many(
-                [Entry(seen_key(self.stream, e), b"1", 0.0, expires) for e in seen]
+                [Entry(state_key(self.stream, e), v, float(n + 1), expires) for e, n, v in states]
+                + [Entry(seen_key(self.stream, e), b"1", 0.0, expires) for e in seen]
             )
             return True
 
     async def close(self) -> None:
-        return None
+        _drop_lock(self._lock_path)
+        self._lock_path = None
 
 
 # ARGV[1] ttl_ms, ARGV[2] maxlen (0: none), ARGV[3] the output stream key ("" for none), then
@@ -159,7 +218,7 @@ class RedisStateStore:
     ) -> None:
         redis_asyncio = require("redis.asyncio", "redis")
         self.url, self.prefix, self.stream, self.ttl = url, prefix, stream, ttl
-        self.output_key, self.maxlen = output_key, maxlen
+        self.output_key, self.maxlen, self.timeout = output_key, maxlen, timeout
         self.atomic_outputs = output_key is not None
         self._redis: Any = redis_asyncio.from_url(
             url, socket_timeout=timeout, socket_connect_timeout=timeout
@@ -172,7 +231,9 @@ class RedisStateStore:
             return []
         p, s = self.prefix, self.stream
         try:
-            found = await self._redis.mget([p + seen_key(s, e) for e in event_ids])
+            found = await bounded(
+                self._redis.mget([p + seen_key(s, e) for e in event_ids]), self.timeout
+            )
         except self._errors as exc:
             raise StoreError(f"Redis read failed ({masked_url(self.url)}): {exc}") from exc
         return [v is not None for v in found]
@@ -182,7 +243,9 @@ class RedisStateStore:
             return []
         p, s = self.prefix, self.stream
         try:
-            found = await self._redis.mget([p + state_key(s, e) for e in entities])
+            found = await bounded(
+                self._redis.mget([p + state_key(s, e) for e in entities]), self.timeout
+            )
         except self._errors as exc:
             raise StoreError(f"Redis read failed ({masked_url(self.url)}): {exc}") from exc
         out: list[tuple[int, bytes | None]] = []
@@ -211,9 +274,10 @@ class RedisStateStore:
             *packed([d for _, d in outs]),
         ]
         try:
-            return bool(await self._commit(keys=[], args=args))
+            return bool(await bounded(self._commit(keys=[], args=args), self.timeout))
         except self._errors as exc:
             raise StoreError(f"Redis commit failed ({masked_url(self.url)}): {exc}") from exc
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        with contextlib.suppress(TimeoutError):
+            await bounded(self._redis.aclose(), self.timeout)

@@ -8,6 +8,14 @@ the entity's watermark (its latest event time) from the buckets the window cover
 
 An event older than ``watermark - allowed_lateness`` is *late*: it is not applied. Buckets
 older than the longest window plus the lateness are dropped, so the state stays small.
+
+Lateness follows stream order: an entry delivered again (reclaimed from a dead consumer, or
+re-read after a restart) may be processed after entries that came after it in the stream,
+and is judged against the watermark as it stood at its own position, not one raised by
+those later entries. For that the state keeps the entity's last :data:`MARKS` watermark
+raises with the stream position of the event behind each (``marks``); an entry older than
+all of them is not judged late (with no record of the watermark at its position, waiting
+must not make it late). First deliveries are judged against the current watermark.
 :class:`EntityState` also remembers the event ids it applied in its latest commit, so a
 batch replayed after a crash between the state write and the seen-set write does not count
 them twice.
@@ -24,6 +32,8 @@ import orjson
 from hybridserve.config import StreamConfig
 
 Outcome = Literal["applied", "duplicate", "late"]
+MARKS = 8
+"""Watermark raises remembered per entity, with their stream positions."""
 Bucket = list[Any]
 """``[count, {field: [n, sum, min, max]}, {field: set_of_values}]``."""
 
@@ -66,7 +76,7 @@ class WindowSpec:
                 g.numeric += (spec.field,)  # type: ignore[operator]
 
     def new_state(self) -> EntityState:
-        return EntityState(None, "", set(), [{} for _ in self.groups])
+        return EntityState(None, "", set(), [{} for _ in self.groups], [])
 
     # -- (de)serialization ---------------------------------------------------------------
 
@@ -75,7 +85,15 @@ class WindowSpec:
             [[i, b[0], b[1], {f: sorted(s) for f, s in b[2].items()}] for i, b in ring.items()]
             for ring in st.rings
         ]
-        return orjson.dumps({"w": st.watermark, "e": st.last_id, "l": sorted(st.last), "r": rings})
+        body: dict[str, Any] = {
+            "w": st.watermark,
+            "e": st.last_id,
+            "l": sorted(st.last),
+            "r": rings,
+        }
+        if st.marks:
+            body["m"] = st.marks
+        return orjson.dumps(body)
 
     def loads(self, data: bytes) -> EntityState:
         raw = orjson.loads(data)
@@ -84,17 +102,40 @@ class WindowSpec:
             rings.append({b[0]: [b[1], b[2], {f: set(v) for f, v in b[3].items()}] for b in ring})
         while len(rings) < len(self.groups):  # a window shape was added since
             rings.append({})
-        return EntityState(raw["w"], raw["e"], set(raw["l"]), rings[: len(self.groups)])
+        marks = [(int(p), float(w)) for p, w in raw.get("m", ())]
+        return EntityState(raw["w"], raw["e"], set(raw["l"]), rings[: len(self.groups)], marks)
 
     # -- updates and reads ---------------------------------------------------------------
 
-    def apply(self, st: EntityState, event_id: str, ts: float, values: dict[str, Any]) -> Outcome:
-        """Add one event to its buckets, unless it was applied already or is too late."""
+    def judged(self, st: EntityState, position: int | None, redelivered: bool) -> float | None:
+        """The watermark an event at stream ``position`` is judged against (``None``: none)."""
+        marks = st.marks
+        if not redelivered or position is None or not marks or position > marks[-1][0]:
+            return st.watermark
+        for p, w in reversed(marks):
+            if p < position:
+                return w
+        return None  # older than every remembered raise
+
+    def apply(
+        self,
+        st: EntityState,
+        event_id: str,
+        ts: float,
+        values: dict[str, Any],
+        position: int | None = None,
+        redelivered: bool = False,
+    ) -> Outcome:
+        """Add one event to its buckets, unless it was applied already or is too late.
+
+        ``position`` is the event's place in the stream (see :func:`stream_position`);
+        ``redelivered`` says it was delivered before, so it may come after later entries."""
         if event_id in st.last or event_id in st.batch:
             return "duplicate"
-        w = st.watermark
+        w = self.judged(st, position, redelivered)
         if w is not None and ts < w - self.lateness:
             return "late"
+        w = st.watermark
         for g, ring in zip(self.groups, st.rings, strict=True):
             idx = math.floor(ts / g.step)
             b = ring.get(idx)
@@ -122,6 +163,8 @@ class WindowSpec:
                     b[2].setdefault(f, set()).add(v)
         if w is None or ts > w or (ts == w and event_id > st.last_id):
             st.watermark, st.last_id = ts, event_id
+        if position is not None:
+            _mark(st.marks, position, ts)
         st.batch.add(event_id)
         return "applied"
 
@@ -172,6 +215,35 @@ class WindowSpec:
                     del ring[idx]
         if st.batch:
             st.last, st.batch = st.batch, set()
+        del st.marks[:-MARKS]
+
+
+def _mark(marks: list[tuple[int, float]], position: int, ts: float) -> None:
+    """Record an event at ``position`` in the staircase of watermark raises: ``(p, w)`` says
+    the events up to position ``p`` reach time ``w``. Kept sorted by position."""
+    i = len(marks)
+    while i > 0 and marks[i - 1][0] > position:
+        i -= 1
+    before = marks[i - 1][1] if i > 0 else None
+    if before is not None and ts <= before:
+        return  # no raise at this position
+    if i > 0 and marks[i - 1][0] == position:
+        i -= 1
+        marks[i] = (position, ts)
+    else:
+        marks.insert(i, (position, ts))
+    for k in range(i + 1, len(marks)):  # the later positions' watermarks include it now
+        if marks[k][1] < ts:
+            marks[k] = (marks[k][0], ts)
+
+
+def stream_position(entry_id: str) -> int | None:
+    """An entry id's place in the stream, for ids of the form ``ms-seq`` (Redis Streams, the
+    in-process log); ``None`` for others (replay ``file:row``)."""
+    ms, dash, seq = entry_id.partition("-")
+    if not dash or not ms.isdigit() or not seq.isdigit():
+        return None
+    return int(ms) * 1_000_000 + int(seq)
 
 
 def _pick(count: int, stats: list[float] | None, uniq: set[Any] | None, agg: str) -> Any:
@@ -196,5 +268,7 @@ class EntityState:
     last: set[str]
     """Event ids applied by the latest committed batch."""
     rings: list[dict[int, Bucket]]
+    marks: list[tuple[int, float]] = field(default_factory=list)
+    """The last watermark raises: ``(stream position, watermark)``, by position."""
     batch: set[str] = field(default_factory=set)
     """Event ids applied in the batch being processed."""

@@ -27,6 +27,9 @@ class SourceInfo:
     """Entries not yet delivered to the group."""
     pending: int | None = None
     """Delivered, not yet acknowledged."""
+    pending_elsewhere: int | None = None
+    """Of ``pending``, those delivered to other consumers of the group (a dead consumer's
+    entries wait there until one is reclaimed)."""
     dead_letters: int | None = None
     outputs: int | None = None
 

@@ -147,6 +147,7 @@ class MemorySource:
             length=len(log.entries),
             lag=len(log.entries) - log.cursor,
             pending=len(log.pending),
+            pending_elsewhere=sum(p[0] != self.consumer for p in log.pending.values()),
             dead_letters=len(log.dead_letters),
             outputs=len(log.outputs),
         )

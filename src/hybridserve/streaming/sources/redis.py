@@ -12,12 +12,14 @@ writes each of them once.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import contextlib
+from collections.abc import Awaitable, Sequence
+from typing import Any, TypeVar
 
 from hybridserve._optional import require
 from hybridserve.errors import StoreError
 from hybridserve.records import now
+from hybridserve.streaming.deadlines import bounded
 from hybridserve.streaming.events import RawEntry
 from hybridserve.streaming.sources.base import DeadLetter, SourceInfo
 from hybridserve.urls import masked_url
@@ -43,6 +45,9 @@ return written
 """
 
 
+T = TypeVar("T")
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -66,8 +71,10 @@ class RedisSource:
         redis_asyncio = require("redis.asyncio", "redis")
         self.url, self.key, self.group, self.consumer = url, key, group, consumer
         self.dead_letter_key, self.output_key = dead_letter_key, output_key
-        self.maxlen, self.marker_ttl = maxlen, marker_ttl
-        # Reads block up to ``block`` seconds, so the socket timeout must outlast them.
+        self.maxlen, self.marker_ttl, self.timeout = maxlen, marker_ttl, timeout
+        # Reads block up to ``block`` seconds, so the socket timeout must outlast them. Every
+        # call also has a deadline of its own (see ``_call``): the socket timeout alone does
+        # not bound a call that redis-py retries, or one whose cancellation it swallowed.
         self._redis: Any = redis_asyncio.from_url(
             url, socket_timeout=timeout + 5, socket_connect_timeout=timeout
         )
@@ -75,9 +82,19 @@ class RedisSource:
         self._errors = (require("redis.exceptions", "redis").RedisError, OSError)
         self._cursor: str | None = "0"
 
+    async def _call(self, what: str, aw: Awaitable[T], block: float = 0.0) -> T:
+        """``aw`` within ``block`` + ``timeout`` seconds, else :class:`StoreError`."""
+        try:
+            return await bounded(aw, block + self.timeout)
+        except self._errors as exc:  # TimeoutError is an OSError
+            raise StoreError(f"Redis {what} failed ({masked_url(self.url)}): {exc}") from exc
+
     async def start(self) -> None:
         try:
-            await self._redis.xgroup_create(self.key, self.group, id="0", mkstream=True)
+            await bounded(
+                self._redis.xgroup_create(self.key, self.group, id="0", mkstream=True),
+                self.timeout,
+            )
         except self._errors as exc:
             if "BUSYGROUP" not in str(exc):
                 raise StoreError(
@@ -103,41 +120,45 @@ class RedisSource:
             return {}
         # Only this consumer's pending list: the entries just read or claimed are in it, and
         # other consumers' entries between them would crowd them out of ``count``.
-        rows = await self._redis.xpending_range(
-            self.key,
-            self.group,
-            min=raw[0][0],
-            max=raw[-1][0],
-            count=len(raw) + 100,
-            consumername=self.consumer,
+        rows = await self._call(
+            "read",
+            self._redis.xpending_range(
+                self.key,
+                self.group,
+                min=raw[0][0],
+                max=raw[-1][0],
+                count=len(raw) + 100,
+                consumername=self.consumer,
+            ),
         )
         return {_text(r["message_id"]): int(r["times_delivered"]) for r in rows}
 
     async def read(self, max_items: int, block: float) -> list[RawEntry]:
-        try:
-            if self._cursor is not None:
-                resp = await self._redis.xreadgroup(
+        if self._cursor is not None:
+            resp = await self._call(
+                "read",
+                self._redis.xreadgroup(
                     self.group, self.consumer, {self.key: self._cursor}, count=max_items
-                )
-                raw = resp[0][1] if resp else []
-                if raw:
-                    self._cursor = _text(raw[-1][0])
-                    return self._entries(raw, now(), await self._deliveries(raw))
-                self._cursor = None
-            ms = int(block * 1000)
-            resp = await self._redis.xreadgroup(
-                self.group, self.consumer, {self.key: ">"}, count=max_items, block=ms or None
+                ),
             )
-        except self._errors as exc:
-            raise StoreError(f"Redis read failed ({masked_url(self.url)}): {exc}") from exc
+            raw = resp[0][1] if resp else []
+            if raw:
+                self._cursor = _text(raw[-1][0])
+                return self._entries(raw, now(), await self._deliveries(raw))
+            self._cursor = None
+        ms = int(block * 1000)
+        resp = await self._call(
+            "read",
+            self._redis.xreadgroup(
+                self.group, self.consumer, {self.key: ">"}, count=max_items, block=ms or None
+            ),
+            block,
+        )
         return self._entries(resp[0][1], now(), {}) if resp else []
 
     async def ack(self, ids: Sequence[str]) -> None:
         if ids:
-            try:
-                await self._redis.xack(self.key, self.group, *ids)
-            except self._errors as exc:
-                raise StoreError(f"Redis ack failed ({masked_url(self.url)}): {exc}") from exc
+            await self._call("ack", self._redis.xack(self.key, self.group, *ids))
 
     def rewind(self) -> None:
         self._cursor = "0"
@@ -157,24 +178,24 @@ class RedisSource:
         ms = int(min_idle * 1000)
         ids: list[str] = []
         start = "-"
-        try:
-            while len(ids) < max_items:
-                rows = await self._redis.xpending_range(
+        while len(ids) < max_items:
+            rows = await self._call(
+                "claim",
+                self._redis.xpending_range(
                     self.key, self.group, min=start, max="+", count=max_items, idle=ms
-                )
-                ids += [
-                    _text(r["message_id"]) for r in rows if _text(r["consumer"]) != self.consumer
-                ]
-                if len(rows) < max_items:
-                    break
-                start = "(" + _text(rows[-1]["message_id"])
-            if not ids:
-                return []
-            raw = await self._redis.xclaim(self.key, self.group, self.consumer, ms, ids[:max_items])
-            raw = [r for r in raw if r is not None and r[1] is not None]
-            return self._entries(raw, now(), await self._deliveries(raw)) if raw else []
-        except self._errors as exc:
-            raise StoreError(f"Redis claim failed ({masked_url(self.url)}): {exc}") from exc
+                ),
+            )
+            ids += [_text(r["message_id"]) for r in rows if _text(r["consumer"]) != self.consumer]
+            if len(rows) < max_items:
+                break
+            start = "(" + _text(rows[-1]["message_id"])
+        if not ids:
+            return []
+        raw = await self._call(
+            "claim", self._redis.xclaim(self.key, self.group, self.consumer, ms, ids[:max_items])
+        )
+        raw = [r for r in raw if r is not None and r[1] is not None]
+        return self._entries(raw, now(), await self._deliveries(raw)) if raw else []
 
     async def _add_once(self, stream: str, fields: list[str], items: list[list[Any]]) -> None:
         keys = [stream] + [f"{stream}:m:{item[0]}" for item in items]
@@ -182,10 +203,7 @@ class RedisSource:
         args += fields
         for item in items:
             args += item
-        try:
-            await self._once(keys=keys, args=args)
-        except self._errors as exc:
-            raise StoreError(f"Redis write failed ({masked_url(self.url)}): {exc}") from exc
+        await self._call("write", self._once(keys=keys, args=args))
 
     async def dead_letter(self, items: Sequence[DeadLetter]) -> None:
         if items:
@@ -199,31 +217,36 @@ class RedisSource:
             await self._add_once(self.output_key, ["id", "d"], [[i, d] for i, d in outputs])
 
     async def append(self, payloads: Sequence[bytes]) -> list[str]:
-        try:
-            pipe = self._redis.pipeline(transaction=False)
-            for payload in payloads:
-                pipe.xadd(self.key, {"d": payload}, maxlen=self.maxlen, approximate=True)
-            return [_text(i) for i in await pipe.execute()]
-        except self._errors as exc:
-            raise StoreError(f"Redis append failed ({masked_url(self.url)}): {exc}") from exc
+        pipe = self._redis.pipeline(transaction=False)
+        for payload in payloads:
+            pipe.xadd(self.key, {"d": payload}, maxlen=self.maxlen, approximate=True)
+        return [_text(i) for i in await self._call("append", pipe.execute())]
 
     async def info(self) -> SourceInfo:
-        try:
-            pipe = self._redis.pipeline(transaction=False)
-            pipe.xlen(self.key)
-            pipe.xlen(self.dead_letter_key)
-            pipe.xlen(self.output_key)
-            length, dead, outputs = await pipe.execute()
-            groups = await self._redis.xinfo_groups(self.key) if length else []
-        except self._errors as exc:
-            raise StoreError(f"Redis read failed ({masked_url(self.url)}): {exc}") from exc
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.xlen(self.key)
+        pipe.xlen(self.dead_letter_key)
+        pipe.xlen(self.output_key)
+        length, dead, outputs = await self._call("read", pipe.execute())
+        groups = await self._call("read", self._redis.xinfo_groups(self.key)) if length else []
         info = SourceInfo(length=length, dead_letters=dead, outputs=outputs)
         for g in groups:
             if _text(g["name"]) == self.group:
                 info.pending = int(g["pending"])
                 lag = g.get("lag")
                 info.lag = None if lag is None else int(lag)
+        if info.pending:
+            summary = await self._call("read", self._redis.xpending(self.key, self.group))
+            info.pending_elsewhere = sum(
+                int(c["pending"])
+                for c in summary.get("consumers") or []
+                if _text(c["name"]) != self.consumer
+            )
+        elif info.pending == 0:
+            info.pending_elsewhere = 0
         return info
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        # Closing the pool also ends calls abandoned past their deadline (their sockets close).
+        with contextlib.suppress(TimeoutError):
+            await bounded(self._redis.aclose(), self.timeout)

@@ -1,11 +1,14 @@
 """Replay source: events from JSONL or Parquet files, in a fixed order, resumable.
 
 The path is one file or a directory of ``*.jsonl`` / ``*.parquet`` files read in name
-order, so adding a file with a later name appends to the stream. An entry's id is
-``file:row``. The offset of the first unacknowledged row is written to the store
-(``ro:{stream}``) on every ack, so a restarted consumer resumes from it: rows after the
-offset may be read again (at-least-once), rows before it never are. Dead letters and
-outputs are kept in memory for the run.
+order; files added later and rows appended to any file (the events endpoint appends to
+``ingest.jsonl``) are read too. An entry's id is ``file:row``. Each file has its own offset,
+the first row not yet acknowledged, written to the store (``ro:{stream}``, one map of file
+name to row) on every ack that moves one, so a restarted consumer resumes every file where
+it stopped: rows after a file's offset may be read again (at-least-once), rows before it
+never are. (One offset for the whole directory, as before, took every file named before the
+current one as done: a file created later with an earlier name was never read.) Dead
+letters and outputs are kept in memory for the run.
 """
 
 from __future__ import annotations
@@ -52,12 +55,15 @@ class ReplaySource:
         self.log = MemoryLog()
         self._files: list[Path] = []
         self._rows: dict[str, list[bytes]] = {}
+        """Rows of the files being read (dropped once a file is acknowledged to its end)."""
         self._sizes: dict[str, int] = {}
-        self._committed = (0, 0)
-        """(file index, row) of the first unacknowledged row."""
-        self._next = (0, 0)
-        self._acked: set[tuple[int, int]] = set()
-        self._deliveries: dict[tuple[int, int], int] = {}
+        self._lengths: dict[str, int] = {}
+        self._offsets: dict[str, int] = {}
+        """File name -> its first unacknowledged row (what is saved)."""
+        self._next: dict[str, int] = {}
+        """File name -> the next row to read."""
+        self._acked: dict[str, set[int]] = {}
+        self._deliveries: dict[tuple[str, int], int] = {}
 
     @property
     def offset_key(self) -> str:
@@ -76,98 +82,83 @@ class ReplaySource:
         (entry,) = await self.kv.get_many([self.offset_key])
         if entry is not None:
             saved = orjson.loads(entry.value)
-            names = [f.name for f in self._files]
-            done = int(saved["row"]) < 0  # every row of that file was acknowledged
-            if saved["file"] in names and not done:
-                self._committed = (names.index(saved["file"]), int(saved["row"]))
-            elif done:  # start with the first file named after it (files added later count)
-                self._committed = (sum(n <= saved["file"] for n in names), 0)
-            else:  # the file was removed: start after every file named before it
-                self._committed = (sum(n < saved["file"] for n in names), 0)
-        self._next = self._committed
+            if "files" in saved:
+                self._offsets = {str(k): int(v) for k, v in saved["files"].items()}
+            else:  # one offset for the directory (earlier versions): files before it are done
+                for f in self._files:
+                    if f.name < saved["file"] or (f.name == saved["file"] and saved["row"] < 0):
+                        self._offsets[f.name] = len(self._file_rows(f.name))
+                    elif f.name == saved["file"]:
+                        self._offsets[f.name] = int(saved["row"])
+        self._next = dict(self._offsets)
 
-    def _file_rows(self, fi: int) -> list[bytes]:
-        path = self._files[fi]
-        rows = self._rows.get(path.name)
+    def _file_rows(self, name: str) -> list[bytes]:
+        rows = self._rows.get(name)
         if rows is None:
-            self._sizes[path.name] = path.stat().st_size
-            rows = self._rows[path.name] = _rows(path)
+            path = self.path / name if self.path.is_dir() else self.path
+            self._sizes[name] = path.stat().st_size
+            rows = self._rows[name] = _rows(path)
+            self._lengths[name] = len(rows)
         return rows
 
-    def _grew(self, fi: int) -> bool:
-        """Reload the last file if it grew (events appended by ``append`` or a writer)."""
-        path = self._files[fi]
-        if path.stat().st_size == self._sizes.get(path.name):
-            return False
-        self._rows.pop(path.name, None)
-        return True
+    def _unread(self, path: Path) -> bool:
+        """Whether ``path`` may hold rows not read yet (it is new, or it grew)."""
+        name = path.name
+        if name not in self._lengths:
+            return True
+        if path.stat().st_size != self._sizes.get(name):
+            self._rows.pop(name, None)  # reloaded on the next look
+            return True
+        return self._next.get(name, 0) < self._lengths[name]
 
     async def read(self, max_items: int, block: float) -> list[RawEntry]:
         out: list[RawEntry] = []
         at = now()
-        fi, row = self._next
-        while len(out) < max_items:
-            if fi >= len(self._files):
-                self._scan()  # a new file may have appeared
-                if fi >= len(self._files):
-                    break
-            rows = self._file_rows(fi)
-            if row >= len(rows):
-                if fi < len(self._files) - 1:
-                    fi, row = fi + 1, 0
-                    continue
-                # The last file, read to its end: it may have grown, or a newer file appeared.
-                if self._grew(fi) and row < len(self._file_rows(fi)):
-                    continue
-                self._scan()
-                if fi >= len(self._files) - 1:
-                    break
-                fi, row = fi + 1, 0
+        self._scan()  # a new file may have appeared
+        for path in self._files:
+            if len(out) >= max_items:
+                break
+            if not self._unread(path):
                 continue
+            name = path.name
+            rows = self._file_rows(name)
+            row = self._next.get(name, 0)
             take = rows[row : row + max_items - len(out)]
             for k, payload in enumerate(take):
-                pos = (fi, row + k)
+                pos = (name, row + k)
                 n = self._deliveries[pos] = self._deliveries.get(pos, 0) + 1
-                out.append(RawEntry(f"{self._files[fi].name}:{row + k}", payload, n, at))
-            row += len(take)
-        self._next = (fi, row)
+                out.append(RawEntry(f"{name}:{row + k}", payload, n, at))
+            self._next[name] = row + len(take)
         return out
 
     @property
     def exhausted(self) -> bool:
         """Every row of every file (as they are now) has been acknowledged."""
-        fi, row = self._committed
-        if fi >= len(self._files):
-            return True
-        return fi == len(self._files) - 1 and row >= len(self._file_rows(fi))
+        return all(
+            self._offsets.get(f.name, 0) >= len(self._file_rows(f.name)) for f in self._files
+        )
 
     async def ack(self, ids: Sequence[str]) -> None:
-        names = {f.name: i for i, f in enumerate(self._files)}
+        moved = False
         for entry_id in ids:
             name, _, pos = entry_id.rpartition(":")
-            self._acked.add((names[name], int(pos)))
-        fi, row = self._committed
-        moved = False
-        # An offset at the end of a file that is no longer the last one moves to the next.
-        while fi < len(self._files) - 1 and row >= len(self._file_rows(fi)):
-            fi, row, moved = fi + 1, 0, True
-        while (fi, row) in self._acked:
-            self._acked.discard((fi, row))
-            self._deliveries.pop((fi, row), None)
-            moved = True
-            row += 1
-            if row >= len(self._file_rows(fi)) and fi < len(self._files) - 1:
-                self._rows.pop(self._files[fi].name, None)
-                fi, row = fi + 1, 0
+            self._acked.setdefault(name, set()).add(int(pos))
+        for name, acked in self._acked.items():
+            row = self._offsets.get(name, 0)
+            while row in acked:
+                acked.discard(row)
+                self._deliveries.pop((name, row), None)
+                row += 1
+            if row != self._offsets.get(name, 0):
+                self._offsets[name], moved = row, True
+                if row >= self._lengths.get(name, 0) and self._next.get(name, 0) >= row:
+                    self._rows.pop(name, None)  # done for now; its length and size stay known
         if moved:
-            self._committed = (fi, row)
-            # The last file is remembered with its row count, so rows appended to it later,
-            # and files named after it, are read after a restart.
-            payload = orjson.dumps({"file": self._files[fi].name, "row": row})
+            payload = orjson.dumps({"files": self._offsets})
             await self.kv.put_many([Entry(self.offset_key, payload, now())])
 
     def rewind(self) -> None:
-        self._next = self._committed
+        self._next = dict(self._offsets)
         self._acked.clear()
 
     @property
@@ -195,11 +186,8 @@ class ReplaySource:
         return [f"{target.name}:{start + i}" for i in range(len(payloads))]
 
     async def info(self) -> SourceInfo:
-        total = sum(len(self._file_rows(i)) for i in range(len(self._files)))
-        done = sum(
-            len(self._file_rows(i)) for i in range(min(self._committed[0], len(self._files)))
-        )
-        done += self._committed[1]
+        total = sum(len(self._file_rows(f.name)) for f in self._files)
+        done = sum(min(self._offsets.get(f.name, 0), self._lengths[f.name]) for f in self._files)
         return SourceInfo(
             length=total,
             lag=total - done,
