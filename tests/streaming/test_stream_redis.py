@@ -124,6 +124,7 @@ async def _until_reading(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(400)  # 55-85 s alone; past the default 120 s on a loaded machine
 async def test_sigkilled_consumers_leave_the_same_results_as_a_clean_run(
     redis_project: Project,
 ) -> None:
