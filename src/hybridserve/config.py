@@ -60,6 +60,16 @@ class StoresConfig(_Strict):
     """Prediction store; defaults to the online store's URL."""
     prefix: str = "hs:"
     """Key prefix, so several projects can share one Redis."""
+    prediction_retention: Duration | None = 7 * 86400.0
+    """How long a prediction entry (``p:``, and a batch run's ``pb:``) is kept after it was
+    last written; ``null``: until replaced or dropped with its run."""
+    feature_retention: Duration | None = 7 * 86400.0
+    """How long an online feature entry (``f:``) is kept after it was last written, or the
+    view's ``ttl`` when that is longer (a value is never dropped while it may be served);
+    ``null``: until replaced."""
+    keep_runs: int = Field(default=2, ge=2)
+    """Batch runs whose records a route keeps: the served one and ``keep_runs - 1`` before it.
+    At least 2: servers may read the previous run for up to a second after a publish."""
 
     @property
     def predictions_url(self) -> str:

@@ -49,7 +49,7 @@ class Services:
             online_kv=online,
             predictions_kv=predictions,
             features=OnlineFeatureStore(project, online),
-            predictions=PredictionStore(predictions),
+            predictions=PredictionStore.open(project, predictions),
         )
 
     def scorer(self, route: str, model_ref: str | None = None) -> Scorer:

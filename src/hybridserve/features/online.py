@@ -5,6 +5,9 @@ and whose ``as_of`` is the row's event time. Writes use the store's precedence r
 materialization from an old snapshot never overwrites fresher values written by a stream.
 A view's TTL is enforced here, at read time: a value older than the TTL reads as ``stale``
 (it is kept, so the read can say *why* it is not served), a key that is absent as ``missing``.
+
+Retention: an entry expires ``stores.feature_retention`` after it was written, or the view's
+TTL when that is longer, so a value that may still be served is never dropped.
 """
 
 from __future__ import annotations
@@ -30,15 +33,22 @@ class OnlineFeatureStore:
         self.project = project
         self.kv = kv
 
+    def retention(self, view: str) -> float | None:
+        """Seconds a written entry of ``view`` is kept (``None``: until replaced)."""
+        keep = self.project.stores.feature_retention
+        ttl = self.project.view(view).ttl
+        return None if keep is None else max(keep, ttl or 0.0)
+
     async def write(
         self,
         view: str,
         rows: Sequence[tuple[str, Mapping[str, Any], float]],
     ) -> int:
         """Write ``(entity, {feature: value}, event_time)`` rows; return how many won."""
-        self.project.view(view)  # raise FeatureViewNotFound early
+        keep = self.retention(view)  # raises FeatureViewNotFound early
+        exp = None if keep is None else now() + keep
         writes = [
-            Entry(feature_key(view, entity), orjson.dumps(values, option=_NUMPY), ts)
+            Entry(feature_key(view, entity), orjson.dumps(values, option=_NUMPY), ts, exp)
             for entity, values, ts in rows
         ]
         return await self.kv.put_many(writes)

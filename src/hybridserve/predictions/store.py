@@ -12,6 +12,14 @@ snapshot never hides a fresher streaming score, whichever was written last.
 A stored value that does not decode to a record whose times can be rendered (written by an
 older version, or with an absurd ``as_of``) is read as no record: skipped, counted in
 :attr:`PredictionStore.unreadable` and logged, so one bad record never fails a read.
+
+A warming run (``--top-k-active``) covers only some entities, so it must not replace the
+served run: :meth:`PredictionStore.warm` merges its records into the route's own records,
+with the same precedence, and the served run stays as it is.
+
+Retention: every entry written here expires ``retention`` seconds after it was written
+(``stores.prediction_retention``), and a route keeps the records of its served run and the
+``keep_runs - 1`` runs before it (``stores.keep_runs``); older runs are dropped at publish.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from dataclasses import dataclass
 
 import orjson
 
+from hybridserve.config import Project
 from hybridserve.records import PredictionRecord, now
 from hybridserve.storage import Entry, KVStore
 
@@ -42,18 +51,24 @@ def pointer_key(route: str) -> str:
 
 @dataclass(slots=True, frozen=True)
 class RunPointer:
-    """Which batch run a route serves, and the one before it (kept as the stale fallback)."""
+    """Which batch run a route serves, and the runs before it whose records are still kept."""
 
     run_id: str
     previous: str | None
+    """The run served before this one (servers may still read it for a second)."""
     published_at: float
+    kept: tuple[str, ...] = ()
+    """Runs older than ``previous`` still kept (``keep_runs`` above 2), newest first."""
 
 
 class PredictionStore:
-    def __init__(self, kv: KVStore, *, retention: float | None = None) -> None:
+    def __init__(self, kv: KVStore, *, retention: float | None = None, keep_runs: int = 2) -> None:
+        if keep_runs < 2:
+            raise ValueError(f"keep_runs: expected at least 2, got {keep_runs}")
         self.kv = kv
         self.retention = retention
-        """Seconds after ``as_of`` that a record is kept (``None``: until replaced)."""
+        """Seconds after a write that the entry is kept (``None``: until replaced)."""
+        self.keep_runs = keep_runs
         self.unreadable = 0
         """Stored values skipped on read because they are not a renderable record."""
         self.on_unreadable: Callable[[], None] | None = None
@@ -76,20 +91,35 @@ class PredictionStore:
                 log.warning("prediction store: skipped unreadable record %s: %s", entry.key, exc)
             return None
 
-    def _entry(self, key: str, r: PredictionRecord) -> Entry:
-        keep = self.retention
-        return Entry(key, r.to_bytes(), r.as_of, None if keep is None else r.as_of + keep)
+    @classmethod
+    def open(cls, project: Project, kv: KVStore | None = None) -> PredictionStore:
+        """The project's prediction store (``kv`` or a new connection), with its retention."""
+        from hybridserve.storage import open_store
+
+        stores = project.stores
+        if kv is None:
+            kv = open_store(project.url(stores.predictions_url), stores.prefix)
+        return cls(kv, retention=stores.prediction_retention, keep_runs=stores.keep_runs)
+
+    def expires_at(self) -> float | None:
+        """When an entry written now expires (``None``: never)."""
+        return None if self.retention is None else now() + self.retention
+
+    def _entry(self, key: str, r: PredictionRecord, expires_at: float | None) -> Entry:
+        return Entry(key, r.to_bytes(), r.as_of, expires_at)
 
     async def put(self, records: Sequence[PredictionRecord]) -> int:
         """Store online or stream records (precedence rule); return how many replaced."""
+        exp = self.expires_at()
         return await self.kv.put_many(
-            [self._entry(prediction_key(r.route, r.entity), r) for r in records]
+            [self._entry(prediction_key(r.route, r.entity), r, exp) for r in records]
         )
 
     async def put_run(self, run_id: str, records: Sequence[PredictionRecord]) -> int:
         """Stage a batch run's records; they are served once the run is published."""
+        exp = self.expires_at()
         return await self.kv.put_many(
-            [self._entry(run_key(r.route, run_id, r.entity), r) for r in records]
+            [self._entry(run_key(r.route, run_id, r.entity), r, exp) for r in records]
         )
 
     async def get(
@@ -125,26 +155,73 @@ class PredictionStore:
         if entry is None:
             return None
         data = orjson.loads(entry.value)
-        return RunPointer(data["run_id"], data.get("previous"), data["published_at"])
+        return RunPointer(
+            data["run_id"], data.get("previous"), data["published_at"], tuple(data.get("kept", ()))
+        )
 
     async def publish(self, route: str, run_id: str) -> RunPointer:
         """Make ``run_id`` the route's served run in one write; the old one becomes previous.
 
-        Runs older than the previous one are deleted afterwards (their keys only).
+        Runs beyond the newest ``keep_runs`` are deleted afterwards (their keys only).
         """
         current = await self.current_run(route)
         if current is not None and current.run_id == run_id:
             return current
+        older: list[str] = []
+        if current is not None:
+            older = [current.run_id, *([current.previous] if current.previous else [])]
+            older += current.kept
+        older = [r for r in dict.fromkeys(older) if r != run_id]
+        keep, drop = older[: self.keep_runs - 1], older[self.keep_runs - 1 :]
         at = now()
-        pointer = RunPointer(run_id, None if current is None else current.run_id, at)
+        pointer = RunPointer(run_id, keep[0] if keep else None, at, tuple(keep[1:]))
         payload = orjson.dumps(
-            {"run_id": pointer.run_id, "previous": pointer.previous, "published_at": at}
+            {
+                "run_id": pointer.run_id,
+                "previous": pointer.previous,
+                "published_at": at,
+                "kept": list(pointer.kept),
+            }
         )
-        # as_of = publish time: a later publish always wins, a replay changes nothing.
+        # as_of = publish time: a later publish always wins, a replay changes nothing. The
+        # pointer itself never expires.
         await self.kv.put_many([Entry(pointer_key(route), payload, at)])
-        if current is not None and current.previous is not None:
-            await self.drop_run(route, current.previous)
+        for old in drop:
+            await self.drop_run(route, old)
         return pointer
+
+    async def warm(self, route: str, run_id: str, *, batch: int = 1000) -> int:
+        """Merge run ``run_id``'s records into the route's own records, then drop the run.
+
+        For a run that covers only some entities (``--top-k-active``): it adds to what is
+        served instead of replacing it. Each record goes through the usual precedence (it
+        replaces a route record only when not older), so warming never hides a fresher
+        stream or online score. Repeating it (a resumed run) writes the same records again.
+        Return how many route records were replaced.
+        """
+        prefix = run_key(route, run_id, "")
+        written = 0
+        keys: list[str] = []
+
+        async def flush() -> int:
+            entries = await self.kv.get_many(keys)
+            exp = self.expires_at()
+            writes = [
+                Entry(prediction_key(route, e.key[len(prefix) :]), e.value, e.as_of, exp)
+                for e in entries
+                if e is not None
+            ]
+            return await self.kv.put_many(writes)
+
+        async for key in self.kv.scan(prefix):
+            keys.append(key)
+            if len(keys) >= batch:
+                written += await flush()
+                keys = []
+        if keys:
+            written += await flush()
+        await self.drop_run(route, run_id)
+        return written
 
     async def drop_run(self, route: str, run_id: str, *, batch: int = 1000) -> int:
         """Delete a run's staged records."""
