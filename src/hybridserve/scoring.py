@@ -242,9 +242,7 @@ class Scorer:
             col, col_bad = _numeric_column(columns[name])
             if col_bad is not None:
                 for i in np.flatnonzero(col_bad & ~bad):
-                    reasons[int(i)] = (
-                        f"feature {name!r}: expected a number, got {_raw(columns[name], int(i))!r}"
-                    )
+                    reasons[int(i)] = not_a_number(name, _raw(columns[name], int(i)))
                 bad |= col_bad
             nan = np.isnan(col)
             if nan.any():
@@ -382,11 +380,16 @@ class Scorer:
         return ScoreResult(records, prepared.errors)
 
 
+def not_a_number(name: str, value: Any) -> str:
+    """The reason a row is rejected for a feature value that is not a number."""
+    return f"feature {name!r}: expected a number, got {value!r}"
+
+
 def _coerce(name: str, value: Any) -> tuple[float | None, str | None]:
     """A value that is not a plain float or int: accept bools and numpy numbers only."""
     if isinstance(value, bool | np.bool_ | np.integer | np.floating):
         return float(value), None
-    return None, f"feature {name!r}: expected a number, got {value!r}"
+    return None, not_a_number(name, value)
 
 
 def value_problem(dtype: DType, value: Any) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,15 +19,20 @@ from hybridserve.config import Project
 from hybridserve.errors import ConfigError
 from hybridserve.features.offline import epoch_seconds
 from hybridserve.predictions.store import PredictionStore
+from hybridserve.records import PredictionRecord
 from hybridserve.storage import open_store
 
 Factory = Callable[..., Project]
 
 
+def open_predictions(project: Project) -> PredictionStore:
+    url = project.url(project.stores.predictions_url)
+    return PredictionStore(open_store(url, project.stores.prefix))
+
+
 def current_run(project: Project) -> str | None:
     async def read() -> str | None:
-        url = project.url(project.stores.predictions_url)
-        store = PredictionStore(open_store(url, project.stores.prefix))
+        store = open_predictions(project)
         try:
             pointer = await store.current_run(ROUTE)
             return None if pointer is None else pointer.run_id
@@ -137,6 +143,22 @@ def test_only_changed_scores_changed_and_carries_the_rest(batch_project: Factory
     assert snap.filter(unchanged).equals(old.filter(unchanged))
 
 
+def served(project: Project, entities: list[str]) -> list[PredictionRecord | None]:
+    """What a reader gets per entity: the route's own record or the served run's, freshest."""
+
+    async def read() -> list[PredictionRecord | None]:
+        store = open_predictions(project)
+        try:
+            pointer = await store.current_run(ROUTE)
+            return await store.get(
+                ROUTE, entities, run_id=None if pointer is None else pointer.run_id
+            )
+        finally:
+            await store.kv.close()
+
+    return asyncio.run(read())
+
+
 def test_top_k_active_scores_only_the_busiest(batch_project: Factory) -> None:
     project = batch_project({"warm": job({"view": "card_profile"}, activity_column="txn_count_7d")})
     m = run_job(project, "warm", run_id="warm1", top_k_active=25)
@@ -145,8 +167,53 @@ def test_top_k_active_scores_only_the_busiest(batch_project: Factory) -> None:
     top = source["card_id"].to_pylist()[:25]
     assert sorted(snapshot(m.dir)["entity"].to_pylist()) == sorted(top)
     rest = source["card_id"].to_pylist()[25:]
-    assert all(r is not None for r in store_records(project, "warm1", top))
-    assert store_records(project, "warm1", rest[:50]) == [None] * 50
+    warmed = served(project, top)
+    assert all(r is not None and r.run_id == "warm1" for r in warmed)
+    assert served(project, rest[:50]) == [None] * 50
+
+
+def test_warm_run_adds_to_the_served_run(batch_project: Factory) -> None:
+    project = batch_project(
+        {
+            "daily": job({"path": "data/old.parquet"}),
+            "warm": job({"path": "data/new.parquet"}, activity_column="txn_count_7d"),
+        }
+    )
+    source = cards(project)
+    col = source.schema.get_field_index("event_time")
+    hour_ago = pc.subtract(source["event_time"], pa.scalar(3_600_000_000, pa.duration("us")))
+    write_input(project, source.set_column(col, "event_time", hour_ago), "old.parquet")
+    write_input(project, source, "new.parquet")
+    run_job(project, "daily", run_id="full")
+    ranked = source.sort_by([("txn_count_7d", "descending"), ("card_id", "ascending")])
+    ids = ranked["card_id"].to_pylist()
+    top, rest = ids[:10], ids[10:]
+    # A fresher online record for one of the top entities: warming must not hide it.
+    fresher = served(project, [top[0]])[0]
+    assert fresher is not None
+    fresher = replace(fresher, as_of=fresher.as_of + 86_400, source="online", run_id=None)
+
+    async def put() -> None:
+        store = open_predictions(project)
+        try:
+            await store.put([fresher])
+        finally:
+            await store.kv.close()
+
+    asyncio.run(put())
+
+    m = run_job(project, "warm", run_id="warm1", top_k_active=10)
+    assert m.status == "completed" and m.total("scored") == 10
+    assert current_run(project) == "full"  # the full run is still what is served
+    answers = served(project, ids)
+    assert all(a is not None for a in answers), "a warm run hid other entities' answers"
+    by_entity = dict(zip(ids, answers, strict=True))
+    assert by_entity[top[0]] == fresher
+    assert {by_entity[e].run_id for e in top[1:]} == {"warm1"}  # type: ignore[union-attr]
+    assert {by_entity[e].run_id for e in rest} == {"full"}  # type: ignore[union-attr]
+    # Resuming (or re-running) a completed warm run changes nothing.
+    assert run_job(project, "warm", run_id="warm1").published_at == m.published_at
+    assert served(project, ids) == answers
 
 
 def test_usage_errors(batch_project: Factory) -> None:

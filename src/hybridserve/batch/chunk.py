@@ -1,13 +1,16 @@
 """Scoring one chunk and writing it to both sinks: the code every executor runs.
 
 A :class:`ChunkWorker` lives in a worker process (or a Ray actor) and keeps the run's model
-loaded. For each chunk it filters the rows (``--top-k-active``, ``--only-changed``), scores
-them through the Scorer's column path in one model call, then writes
+loaded. For each chunk it filters the rows (``--top-k-active``), rejects rows whose entity key
+is unusable or a later duplicate and rows whose text cells do not parse (:mod:`.checks`),
+carries unchanged rows over (``--only-changed``), scores the rest through the Scorer's column
+path in one model call, then writes
 
 1. the records to the prediction store under the run's keys (one bulk ``put_columns``, as
    ``PredictionStore.put_run`` writes them, encoded column-wise by :mod:`.encode`);
 2. the snapshot ``chunk-NNNNNN.parquet`` (temp file, fsync, ``os.replace``);
-3. rejected rows, if any, to ``rejected-NNNNNN.parquet`` with the entity, reason and raw row.
+3. rejected rows, if any, to ``rejected-NNNNNN.parquet`` with the row, entity, reason and raw
+   row.
 
 Everything in a chunk's output is a function of the chunk's rows and the run's fixed values
 (model version, snapshot time, run id), so a chunk redone after a kill writes the same keys
@@ -19,7 +22,8 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +34,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from hybridserve.batch.changes import Previous, feature_hash
+from hybridserve.batch.checks import entity_keys, later_duplicates, parse_text
 from hybridserve.batch.encode import ScoredColumns, record_bytes, snapshot_columns
 from hybridserve.batch.manifest import ChunkStats, fsync_dir
-from hybridserve.config import Project
+from hybridserve.config import DType, Project
 from hybridserve.features.offline import epoch_seconds
 from hybridserve.predictions.store import PredictionStore, run_key
 from hybridserve.records import PredictionRecord
 from hybridserve.scoring import Scorer
-from hybridserve.storage import open_store
 
 DELAY_ENV = "HYBRIDSERVE_BATCH_CHUNK_DELAY"
 """Test hook: seconds each chunk sleeps before it is written (lets a test kill a run midway)."""
@@ -62,6 +66,7 @@ SNAPSHOT_SCHEMA = pa.schema(
     ]
 )
 _RECORD_FIELDS = [f.name for f in SNAPSHOT_SCHEMA if f.name != "feature_hash"]
+_RAW = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,13 @@ class RunContext:
     chunk_rows: int
     top_k: pa.Array | None = None
     previous_dir: str | None = None
+    duplicates: Mapping[str, int] = field(default_factory=dict)
+    """Input row of the first occurrence of each key that occurs more than once."""
+
+
+def feature_dtypes(scorer: Scorer) -> dict[str, DType]:
+    """Each model input's declared dtype (how a text cell of it is parsed)."""
+    return {name: spec.dtype for name, spec in zip(scorer.names, scorer.specs, strict=True)}
 
 
 def chunk_file(run_dir: str | Path, index: int, kind: str = "chunk") -> Path:
@@ -121,24 +133,33 @@ class ChunkWorker:
             self.scorer = Scorer(project, ctx.route, registry.load(ctx.model_ref))
         finally:
             registry.close()
-        url = project.url(project.stores.predictions_url)
-        self.store = PredictionStore(open_store(url, project.stores.prefix))
+        self.dtypes = feature_dtypes(self.scorer)
+        self.store = PredictionStore.open(project)
         self.loop = asyncio.new_event_loop()
         self.previous = None if ctx.previous_dir is None else Previous(ctx.previous_dir)
         self.delay = float(os.environ.get(DELAY_ENV) or 0)
 
     def process(self, index: int, table: pa.Table) -> ChunkStats:
-        """Filter, score and write chunk ``index``; return its counts."""
+        """Filter, check, score and write chunk ``index``; return its counts."""
         t0 = time.perf_counter()
         if self.delay:
             time.sleep(self.delay)
         ctx, scorer = self.ctx, self.scorer
-        n = table.num_rows
+        raw, n = table, table.num_rows
         pos = np.arange(n)
+        read_keys, bad_keys = entity_keys(table[ctx.key], ctx.key)
+        table = table.set_column(table.schema.get_field_index(ctx.key), ctx.key, read_keys)
         if ctx.top_k is not None:
-            mask = pc.is_in(pc.cast(table[ctx.key], pa.string()), value_set=ctx.top_k)
+            mask = pc.fill_null(pc.is_in(read_keys, value_set=ctx.top_k), False)
             table = table.filter(mask)
             pos = pos[np.asarray(mask.to_numpy(zero_copy_only=False), dtype=bool)]
+        rejected: dict[int, str] = {}  # position in the chunk as read -> why
+        kept = pc.cast(table[ctx.key], pa.string()).combine_chunks()
+        found = {i: bad_keys[int(p)] for i, p in enumerate(pos) if int(p) in bad_keys}
+        found |= later_duplicates(kept, pos + index * ctx.chunk_rows, ctx.duplicates)
+        table, pos = self._reject(table, pos, found, rejected)
+        table, bad_cells = parse_text(table, self.dtypes)
+        table, pos = self._reject(table, pos, bad_cells, rejected)
         hashes = feature_hash(table, scorer.names)
         carried: pa.Table | None = None
         if self.previous is not None:
@@ -151,6 +172,7 @@ class ChunkWorker:
             ts = epoch_seconds(table[ctx.timestamp])
             as_of = np.where(np.isnan(ts), ctx.snapshot_at, ts)
         prepared = scorer.prepare_columns(entities, {c: table[c] for c in scorer.names})
+        rejected |= {int(pos[e.index]): e.reason for e in prepared.errors}
         keep = np.asarray(prepared.rows, dtype=np.int64)
         if len(keep) < len(entities):
             names, as_of = names.take(pa.array(keep)), as_of[keep]
@@ -183,31 +205,52 @@ class ChunkWorker:
                 keys.append(prefix + r.entity)
                 blobs.append(r.to_bytes())
                 stamps.append(r.as_of)
-        self.loop.run_until_complete(self.store.kv.put_columns(keys, blobs, stamps))
+        self.loop.run_until_complete(
+            self.store.kv.put_columns(keys, blobs, stamps, self.store.expires_at())
+        )
         write_parquet_atomic(chunk_file(ctx.run_dir, index), snapshot)
-        if prepared.errors:
+        if rejected:
             write_parquet_atomic(
                 chunk_file(ctx.run_dir, index, "rejected"),
-                self._rejects(index, table, pos, prepared.errors),
+                self._rejects(index, raw, read_keys, rejected),
             )
+        n_carried = 0 if carried is None else carried.num_rows
         return ChunkStats(
             index=index,
             rows=n,
             scored=len(keep),
-            rejected=len(prepared.errors),
-            carried=0 if carried is None else carried.num_rows,
-            skipped=n - len(pos) - (0 if carried is None else carried.num_rows),
+            rejected=len(rejected),
+            carried=n_carried,
+            skipped=n - len(keep) - len(rejected) - n_carried,
             seconds=round(time.perf_counter() - t0, 4),
         )
 
-    def _rejects(self, index: int, table: pa.Table, pos: Any, errors: list[Any]) -> pa.Table:
-        rows = table.take(pa.array([e.index for e in errors])).to_pylist()
+    @staticmethod
+    def _reject(
+        table: pa.Table, pos: Any, reasons: dict[int, str], rejected: dict[int, str]
+    ) -> tuple[pa.Table, Any]:
+        """Drop the rows at ``reasons``' positions, recording why by position as read."""
+        if not reasons:
+            return table, pos
+        ok = np.ones(table.num_rows, dtype=bool)
+        for i, why in reasons.items():
+            rejected[int(pos[i])] = why
+            ok[i] = False
+        return table.filter(pa.array(ok)), pos[ok]
+
+    def _rejects(
+        self, index: int, raw: pa.Table, keys: pa.Array, rejected: dict[int, str]
+    ) -> pa.Table:
+        at = sorted(rejected)
+        rows = raw.take(pa.array(at, pa.int64())).to_pylist()
         return pa.table(
             {
-                "row": pa.array([index * self.ctx.chunk_rows + int(pos[e.index]) for e in errors]),
-                "entity": pa.array([e.entity for e in errors], pa.string()),
-                "reason": pa.array([e.reason for e in errors], pa.string()),
-                "raw": pa.array([orjson.dumps(r, default=str).decode() for r in rows], pa.string()),
+                "row": pa.array([index * self.ctx.chunk_rows + i for i in at], pa.int64()),
+                "entity": keys.take(pa.array(at, pa.int64())),
+                "reason": pa.array([rejected[i] for i in at], pa.string()),
+                "raw": pa.array(
+                    [orjson.dumps(r, default=str, option=_RAW).decode() for r in rows], pa.string()
+                ),
             }
         )
 

@@ -14,16 +14,18 @@ resumed run refuses an input that changed since the run started.
 
 from __future__ import annotations
 
-from collections.abc import Container, Iterator
+from collections.abc import Container, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from hybridserve.batch.checks import entity_keys, parse_text
 from hybridserve.config import BatchJobConfig, Project
 from hybridserve.errors import ConfigError
 from hybridserve.features.offline import latest_per_entity, open_source, source_path
@@ -50,6 +52,12 @@ class InputPlan:
     """The view's latest rows (``view`` inputs only)."""
     largest_row_group: int | None = None
     """Rows in the largest Parquet row group (``None`` for CSV)."""
+    text_columns: tuple[str, ...] = ()
+    """CSV columns read as text: the key (kept as written) and the features, which
+    :func:`~hybridserve.batch.checks.parse_text` parses cell by cell."""
+
+    def dataset(self) -> ds.Dataset:
+        return ds.dataset(self.files, format=_format(self.format, self.text_columns))
 
     @property
     def random_access(self) -> bool:
@@ -73,14 +81,7 @@ class InputPlan:
                 if i not in skip:
                     yield i, self.table.slice(i * self.chunk_rows, self.chunk_rows).select(cols)
             return
-        fmt: ds.FileFormat | str = self.format
-        if self.format == "parquet":
-            # pre_buffer caches whole column chunks ahead of the batches: memory grows with
-            # the file. Without it, memory stays bounded by a row group.
-            fmt = ds.ParquetFileFormat(
-                default_fragment_scan_options=ds.ParquetFragmentScanOptions(pre_buffer=False)
-            )
-        dataset = ds.dataset(self.files, format=fmt)
+        dataset = self.dataset()
         pending: list[pa.RecordBatch] = []
         have, index = 0, 0
         # Little read-ahead: the pool already overlaps reading with scoring, and pyarrow's
@@ -130,6 +131,22 @@ class InputPlan:
         return pa.concat_tables(parts).combine_chunks()
 
 
+def _format(fmt: Format, text_columns: tuple[str, ...]) -> ds.FileFormat:
+    if fmt == "csv":
+        # Declared columns are read as text and parsed per cell: inferred types would turn a
+        # whole column into strings for one bad cell (and every row would be rejected).
+        return ds.CsvFileFormat(
+            convert_options=pacsv.ConvertOptions(
+                column_types={c: pa.string() for c in text_columns}, strings_can_be_null=True
+            )
+        )
+    # pre_buffer caches whole column chunks ahead of the batches: memory grows with the
+    # file. Without it, memory stays bounded by a row group.
+    return ds.ParquetFileFormat(
+        default_fragment_scan_options=ds.ParquetFragmentScanOptions(pre_buffer=False)
+    )
+
+
 def _files(path: Path, fmt: Format) -> list[Path]:
     if path.is_dir():
         found = sorted(p for p in path.rglob(f"*.{fmt}") if p.is_file())
@@ -156,10 +173,15 @@ def open_input(
     job: BatchJobConfig,
     *,
     needed: list[str],
+    features: Sequence[str] = (),
     snapshot_at: float,
     chunk_rows: int,
 ) -> InputPlan:
-    """Plan a job's input: check its columns, count its rows, fingerprint its files."""
+    """Plan a job's input: check its columns, count its rows, fingerprint its files.
+
+    ``needed``: every column read; ``features``: those that are model inputs (typed by their
+    declared dtype, so a CSV input reads them as text to parse).
+    """
     inp = job.input
     key = project.entities[project.route(job.route).entity].key
     if inp.view is not None:
@@ -188,8 +210,9 @@ def open_input(
     path = project.path(inp.path)
     fmt: Format = inp.format or ("csv" if path.suffix.lower() == ".csv" else "parquet")
     files = _files(path, fmt)
-    dataset = ds.dataset([str(f) for f in files], format=fmt)
-    names = dataset.schema.names
+    names = ds.dataset([str(f) for f in files], format=fmt).schema.names
+    text = tuple(c for c in _unique([key, *features]) if c in names) if fmt == "csv" else ()
+    dataset = ds.dataset([str(f) for f in files], format=_format(fmt, text))
     stamp = inp.timestamp or ("event_time" if "event_time" in names else None)
     stamps = [] if stamp is None else [stamp]
     _check(f"batch_jobs.{job_name}.input.path", names, [key, *stamps, *needed])
@@ -210,20 +233,44 @@ def open_input(
         files=[str(f) for f in files],
         format=fmt,
         largest_row_group=largest,
+        text_columns=text,
     )
 
 
 def top_k_entities(plan: InputPlan, column: str, k: int) -> pa.Array:
-    """The ``k`` entities with the highest ``column`` (ties: smaller key first), streaming."""
+    """The ``k`` entities with the highest ``column`` (ties: smaller key first), streaming.
+
+    Rows with an unusable key or activity value do not count; a key is counted once.
+    """
     best: pa.Table | None = None
-    order = [(column, "descending"), (plan.key, "ascending")]
-    for _, chunk in plan.chunks(columns=[plan.key, column]):
-        both = chunk if best is None else pa.concat_tables([best, chunk])
-        both = both.filter(pc.is_valid(both[column]))
-        best = both.take(pc.sort_indices(both, sort_keys=order)[:k])
+    order = [(column, "descending"), ("key", "ascending")]
+    for _, chunk in plan.chunks(columns=_unique([plan.key, column])):
+        keys, _ = entity_keys(chunk[plan.key], plan.key)
+        activity, _ = parse_text(chunk.select([column]), {column: "float"})
+        part = pa.table({"key": keys, column: activity[column]})
+        both = part if best is None else pa.concat_tables([best, part])
+        both = both.filter(pc.and_(pc.is_valid(both["key"]), pc.is_valid(both[column])))
+        both = both.take(pc.sort_indices(both, sort_keys=order))
+        best = _first_per_key(both, k)
     if best is None:
         return pa.array([], pa.string())
-    return pc.cast(best[plan.key], pa.string()).combine_chunks()
+    return best["key"].combine_chunks()
+
+
+def _first_per_key(table: pa.Table, k: int) -> pa.Table:
+    """The first ``k`` rows of ``table`` whose key has not shown up in an earlier row."""
+    top = table.slice(0, k)
+    if pc.count_distinct(top["key"]).as_py() == top.num_rows:
+        return top
+    seen: set[str] = set()
+    rows: list[int] = []
+    for i, key in enumerate(table["key"].to_pylist()):
+        if key not in seen:
+            seen.add(key)
+            rows.append(i)
+            if len(rows) == k:
+                break
+    return table.take(pa.array(rows, pa.int64()))
 
 
 def _check(where: str, names: list[str], needed: list[str]) -> None:

@@ -4,7 +4,9 @@ The flow: resolve the route's model version once (workers load exactly ``name/ve
 an alias moving mid-run cannot mix versions), plan the input, write the manifest, let an
 executor score the chunks not done yet (each chunk is recorded only after both sinks are
 written), then, when every chunk is done and the rejected share is within bounds, publish the
-run: the route's run pointer moves in one write and the previous run stays as fallback.
+run: the route's run pointer moves in one write and the previous run stays as fallback. A
+warming run (``--top-k-active``) covers only some entities: it is merged into the route's
+own records instead, so every other entity keeps its batch answer.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from hybridserve.batch import executors
+from hybridserve.batch.checks import duplicate_keys
 from hybridserve.batch.chunk import RunContext
 from hybridserve.batch.inputs import open_input, top_k_entities
 from hybridserve.batch.manifest import (
@@ -35,7 +38,6 @@ from hybridserve.errors import ConfigError
 from hybridserve.predictions.store import PredictionStore
 from hybridserve.records import now
 from hybridserve.scoring import Scorer
-from hybridserve.storage import open_store
 
 Progress = Callable[[int, int], None]
 """Called with (rows done, rows in total) as chunks finish."""
@@ -98,7 +100,13 @@ def run_job(
         *([job.activity_column] if top_k_active and job.activity_column else []),
     ]
     plan = open_input(
-        project, job_name, job, needed=needed, snapshot_at=snapshot_at, chunk_rows=rows
+        project,
+        job_name,
+        job,
+        needed=needed,
+        features=scorer.names,
+        snapshot_at=snapshot_at,
+        chunk_rows=rows,
     )
     run_id = run_id or new_run_id(job_name)
     run_dir = job_dir(project, job_name) / run_id
@@ -148,6 +156,10 @@ def run_job(
             previous_dir=None
             if manifest.previous_run is None
             else str(job_dir(project, job_name) / manifest.previous_run),
+            # A view input holds one row per entity; a file may repeat a key.
+            duplicates={}
+            if plan.kind == "view"
+            else duplicate_keys(plan.chunks(columns=[plan.key]), plan.key, rows),
         )
         todo = [i for i in range(plan.total_chunks) if i not in manifest.chunks]
 
@@ -170,7 +182,8 @@ def run_job(
                     f"({manifest.reject_share:.2%} > max_reject_share "
                     f"{job.max_reject_share:.2%}); see rejected-*.parquet in {run_dir}"
                 )
-            manifest.published_at = asyncio.run(_publish(project, job.route, run_id))
+            warm = top_k_active is not None
+            manifest.published_at = asyncio.run(_publish(project, job.route, run_id, warm=warm))
         except BaseException as exc:
             manifest.status, manifest.finished_at = "failed", now()
             manifest.error = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
@@ -183,10 +196,14 @@ def run_job(
     return manifest
 
 
-async def _publish(project: Project, route: str, run_id: str) -> float:
-    url = project.url(project.stores.predictions_url)
-    store = PredictionStore(open_store(url, project.stores.prefix))
+async def _publish(project: Project, route: str, run_id: str, *, warm: bool) -> float:
+    """Serve the run: move the route's run pointer to it or, for a warming run (it covers
+    only some entities), merge its records into the route's own records."""
+    store = PredictionStore.open(project)
     try:
+        if warm:
+            await store.warm(route, run_id)
+            return now()
         return (await store.publish(route, run_id)).published_at
     finally:
         await store.kv.close()
