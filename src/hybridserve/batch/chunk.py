@@ -22,7 +22,8 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from hybridserve.batch.checks import entity_keys, later_duplicates, parse_text
 from hybridserve.batch.encode import ScoredColumns, record_bytes, snapshot_columns
 from hybridserve.batch.manifest import ChunkStats, fsync_dir
 from hybridserve.config import DType, Project
+from hybridserve.errors import StoreError
 from hybridserve.features.offline import epoch_seconds
 from hybridserve.predictions.store import PredictionStore, run_key
 from hybridserve.records import PredictionRecord
@@ -88,6 +90,18 @@ class RunContext:
     """Input row of the first occurrence of each key that occurs more than once."""
 
 
+@contextmanager
+def sink(name: str) -> Iterator[None]:
+    """Name the sink in its errors (``prediction store: SQLite store PATH: ...``), so a run
+    that fails says where, and why, in one line."""
+    try:
+        yield
+    except StoreError as exc:
+        raise StoreError(f"{name}: {exc.message}") from exc
+    except OSError as exc:
+        raise StoreError(f"{name}: {exc}") from exc
+
+
 def feature_dtypes(scorer: Scorer) -> dict[str, DType]:
     """Each model input's declared dtype (how a text cell of it is parsed)."""
     return {name: spec.dtype for name, spec in zip(scorer.names, scorer.specs, strict=True)}
@@ -134,7 +148,8 @@ class ChunkWorker:
         finally:
             registry.close()
         self.dtypes = feature_dtypes(self.scorer)
-        self.store = PredictionStore.open(project)
+        with sink("prediction store"):
+            self.store = PredictionStore.open(project)
         self.loop = asyncio.new_event_loop()
         self.previous = None if ctx.previous_dir is None else Previous(ctx.previous_dir)
         self.delay = float(os.environ.get(DELAY_ENV) or 0)
@@ -205,15 +220,17 @@ class ChunkWorker:
                 keys.append(prefix + r.entity)
                 blobs.append(r.to_bytes())
                 stamps.append(r.as_of)
-        self.loop.run_until_complete(
-            self.store.kv.put_columns(keys, blobs, stamps, self.store.expires_at())
-        )
-        write_parquet_atomic(chunk_file(ctx.run_dir, index), snapshot)
-        if rejected:
-            write_parquet_atomic(
-                chunk_file(ctx.run_dir, index, "rejected"),
-                self._rejects(index, raw, read_keys, rejected),
+        with sink("prediction store"):
+            self.loop.run_until_complete(
+                self.store.kv.put_columns(keys, blobs, stamps, self.store.expires_at())
             )
+        with sink(f"run directory {ctx.run_dir}"):
+            write_parquet_atomic(chunk_file(ctx.run_dir, index), snapshot)
+            if rejected:
+                write_parquet_atomic(
+                    chunk_file(ctx.run_dir, index, "rejected"),
+                    self._rejects(index, raw, read_keys, rejected),
+                )
         n_carried = 0 if carried is None else carried.num_rows
         return ChunkStats(
             index=index,

@@ -43,15 +43,24 @@ def _limit_threads() -> None:
 
 
 _plan: InputPlan | None = None
+_init_error: BaseException | None = None
 
 
 def _init(ctx: RunContext, plan: InputPlan | None) -> None:
-    global _worker, _plan
+    global _worker, _plan, _init_error
     _limit_threads()
-    _worker, _plan = ChunkWorker(ctx), plan
+    try:
+        _worker, _plan = ChunkWorker(ctx), plan
+    except Exception as exc:
+        # An initializer that raises breaks the whole pool, and the parent sees only
+        # BrokenProcessPool. Keep the error; the worker's first chunk raises it instead,
+        # and the parent gets the real cause (a store that cannot open, say).
+        _init_error = exc
 
 
 def _process(index: int, table: pa.Table | None) -> ChunkStats:
+    if _init_error is not None:
+        raise _init_error
     assert _worker is not None, "worker not initialised"
     if table is None:  # the worker reads its own chunk
         assert _plan is not None

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from hybridserve.batch import executors
 from hybridserve.batch.checks import duplicate_keys
-from hybridserve.batch.chunk import RunContext
+from hybridserve.batch.chunk import RunContext, sink
 from hybridserve.batch.inputs import open_input, top_k_entities
 from hybridserve.batch.manifest import (
     ChunkStats,
@@ -199,12 +199,15 @@ def run_job(
 async def _publish(project: Project, route: str, run_id: str, *, warm: bool) -> float:
     """Serve the run: move the route's run pointer to it or, for a warming run (it covers
     only some entities), merge its records into the route's own records."""
-    store = PredictionStore.open(project)
+    with sink("prediction store"):
+        store = PredictionStore.open(project)
     try:
         if warm:
-            await store.warm(route, run_id)
+            with sink("prediction store"):
+                await store.warm(route, run_id)
             return now()
-        return (await store.publish(route, run_id)).published_at
+        with sink("prediction store"):
+            return (await store.publish(route, run_id)).published_at
     finally:
         await store.kv.close()
 

@@ -12,6 +12,8 @@ per row without a read first.
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -47,6 +49,31 @@ T = TypeVar("T")
 # SQLite's default limit on bound variables is 32766; stay far below it.
 _CHUNK = 500
 _PURGE_EVERY = 10_000
+_MIN_FREE = 256 * 1024
+"""Less free room than this on a failure: the disk is full (a WAL write needs pages)."""
+
+
+def os_cause(path: str | Path, exc: sqlite3.Error) -> str | None:
+    """The operating-system reason behind a SQLite failure on ``path``, when one shows.
+
+    SQLite words a full disk or a read-only mount as ``disk I/O error`` or ``unable to open
+    database file``; the file system says which it is (the database needs room for its
+    ``-wal`` and ``-shm`` files beside it, and a directory it may write to).
+    """
+    if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+        return os.strerror(errno.ENOSPC)
+    folder = Path(path).parent
+    try:
+        fs = os.statvfs(folder)
+    except OSError as err:
+        return err.strerror
+    if fs.f_flag & os.ST_RDONLY:
+        return os.strerror(errno.EROFS)
+    if not os.access(folder, os.W_OK) or (Path(path).exists() and not os.access(path, os.W_OK)):
+        return os.strerror(errno.EACCES)
+    if fs.f_bavail * fs.f_frsize < _MIN_FREE:
+        return os.strerror(errno.ENOSPC)
+    return None
 
 
 def sqlite_path(url: str) -> str:
@@ -67,7 +94,7 @@ class SQLiteStore:
     def __init__(self, url: str, prefix: str = "", *, max_queued: int = 64) -> None:
         self.url = url
         self._prefix = prefix
-        path = sqlite_path(url)
+        self.path = path = sqlite_path(url)
         try:
             if path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -77,7 +104,7 @@ class SQLiteStore:
             # connection, so there the one connection serves both, under the lock.
             self._wconn = self._conn if path == ":memory:" else _connect(path)
         except (sqlite3.Error, OSError) as exc:
-            raise StoreError(f"cannot open SQLite store {masked_url(url)}: {exc}") from exc
+            raise self._failure("cannot open", exc) from exc
         self._lock = threading.Lock()
         self._wlock = self._lock if self._wconn is self._conn else threading.Lock()
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="hs-sqlite-writer")
@@ -91,6 +118,14 @@ class SQLiteStore:
             self._queued = asyncio.Semaphore(self._max_queued)
         async with self._queued:
             return await asyncio.get_running_loop().run_in_executor(self._writer, fn)
+
+    def _failure(self, doing: str, exc: sqlite3.Error | OSError) -> StoreError:
+        """An error naming the file, what failed and, when it shows, the system's reason."""
+        if isinstance(exc, OSError):
+            return StoreError(f"SQLite store {self.path}: {doing}: {exc.strerror or exc}")
+        cause = None if self.path == ":memory:" else os_cause(self.path, exc)
+        why = f"{exc}" if cause is None else f"{cause} ({exc})"
+        return StoreError(f"SQLite store {self.path}: {doing}: {why}")
 
     async def get_many(self, keys: Sequence[str]) -> list[Entry | None]:
         if not keys:
@@ -148,7 +183,7 @@ class SQLiteStore:
             except sqlite3.Error as exc:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
-                raise StoreError(f"SQLite write failed: {exc}") from exc
+                raise self._failure("write failed", exc) from exc
             self._writes_since_purge += written
             if self._writes_since_purge >= _PURGE_EVERY:
                 self._writes_since_purge = 0
@@ -163,10 +198,15 @@ class SQLiteStore:
         def delete() -> int:
             conn = self._wconn
             with self._wlock:
-                before = conn.total_changes
-                conn.execute("BEGIN IMMEDIATE")
-                conn.executemany("DELETE FROM kv WHERE key = ?", rows)
-                conn.execute("COMMIT")
+                try:
+                    before = conn.total_changes
+                    conn.execute("BEGIN IMMEDIATE")
+                    conn.executemany("DELETE FROM kv WHERE key = ?", rows)
+                    conn.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise self._failure("delete failed", exc) from exc
                 return conn.total_changes - before
 
         return await self._in_writer(delete)
