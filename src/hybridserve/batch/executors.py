@@ -15,9 +15,16 @@ Both call ``on_done`` in the parent, in completion order, once per finished chun
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import multiprocessing
 import os
+import select
+import signal
+import sys
+import threading
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any
@@ -46,8 +53,54 @@ _plan: InputPlan | None = None
 _init_error: BaseException | None = None
 
 
-def _init(ctx: RunContext, plan: InputPlan | None) -> None:
+def _die_with(parent: int) -> None:
+    """End this worker when the run's process ``parent`` ends, however it ends.
+
+    A pool worker is a child of the forkserver, not of the run, and blocks on a queue whose
+    other ends it holds itself: after a SIGKILL of the run, workers, forkserver and resource
+    tracker would live on (each holds the others' pipes open), keeping the model in memory
+    and the store's files open. So each worker watches the run's pid (a pidfd turns readable
+    when the process exits) and ends itself; the forkserver and the resource tracker then
+    see their last pipe close and exit. ``PR_SET_PDEATHSIG`` covers the forkserver dying.
+    """
+    if sys.platform == "linux":
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+    def watch() -> None:
+        try:
+            fd = os.pidfd_open(parent)
+        except ProcessLookupError:
+            os.kill(os.getpid(), signal.SIGKILL)
+        except (OSError, AttributeError):  # no pidfd (not Linux 5.3+): poll instead
+            while _alive(parent):
+                time.sleep(1.0)
+        else:
+            select.select([fd], [], [])
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    if not _alive(parent):
+        os.kill(os.getpid(), signal.SIGKILL)
+    threading.Thread(target=watch, name="hybridserve-parent-watch", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _init(ctx: RunContext, plan: InputPlan | None, parent: int) -> None:
     global _worker, _plan, _init_error
+    _die_with(parent)
     _limit_threads()
     try:
         _worker, _plan = ChunkWorker(ctx), plan
@@ -90,7 +143,10 @@ def run_local(
     mp = multiprocessing.get_context("forkserver")
     mp.set_forkserver_preload(["hybridserve.batch.executors", "sklearn.ensemble"])
     pool = ProcessPoolExecutor(
-        workers, mp_context=mp, initializer=_init, initargs=(ctx, plan if own else None)
+        workers,
+        mp_context=mp,
+        initializer=_init,
+        initargs=(ctx, plan if own else None, os.getpid()),
     )
     pending: set[Future[ChunkStats]] = set()
     try:
