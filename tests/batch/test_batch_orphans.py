@@ -1,4 +1,4 @@
-"""A killed ``batch run`` takes its worker processes with it: no orphans holding the store."""
+"""A killed ``batch run`` takes its workers with it; a killed worker fails the run, named."""
 
 from __future__ import annotations
 
@@ -81,3 +81,33 @@ def test_sigkill_of_the_run_leaves_no_worker_behind(batch_project: Factory) -> N
         for pid in children:
             if _stat(pid) is not None:
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_a_killed_worker_fails_the_run_with_a_clear_error(batch_project: Factory) -> None:
+    project = batch_project({"daily": job({"path": "data/cards.parquet"}, workers=2)})
+    write_input(project, cards(project))
+    manifest = project.path(".hybridserve/runs/daily/victim/manifest.json")
+    args = ["batch", "run", "daily", "--run-id", "victim", "-p", str(project.source_file)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hybridserve", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, DELAY_ENV: "0.3", "COLUMNS": "80"},
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while chunks_done(manifest) < 2:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the run made no progress"
+            time.sleep(0.05)
+        # Pool workers are the forkserver's children (grandchildren of the run).
+        workers = [p for p in descendants(proc.pid) if (_stat(p) or ("", proc.pid))[1] != proc.pid]
+        assert workers, "no pool worker found"
+        os.kill(workers[0], signal.SIGKILL)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, err
+    assert "a worker process died abruptly" in err and "BrokenProcessPool" not in err, err

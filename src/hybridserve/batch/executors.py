@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,7 @@ from hybridserve._optional import require
 from hybridserve.batch.chunk import ChunkWorker, RunContext
 from hybridserve.batch.inputs import InputPlan
 from hybridserve.batch.manifest import ChunkStats
+from hybridserve.errors import HybridServeError
 
 OnDone = Callable[[ChunkStats], None]
 _STATS = list(ChunkStats.__dataclass_fields__)
@@ -160,6 +162,12 @@ def run_local(
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for f in done:
                 on_done(f.result())
+    except BrokenProcessPool:
+        # Only a worker that died (a signal, the OOM killer) gets here: errors are raised
+        # through the chunk's future.
+        raise HybridServeError(
+            "a worker process died abruptly (killed by a signal, e.g. out of memory)"
+        ) from None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 

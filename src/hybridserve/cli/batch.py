@@ -41,7 +41,11 @@ def run_cmd(
         bool, typer.Option(help="Score only entities whose features changed since last run.")
     ] = False,
     top_k_active: Annotated[
-        int | None, typer.Option(min=1, help="Only the N most active entities (warming).")
+        int | None,
+        typer.Option(
+            min=1,
+            help="Only the N most active entities (warming: merged into what is served).",
+        ),
     ] = None,
     dry_run: Annotated[bool, typer.Option(help="Plan the run; write nothing.")] = False,
     as_of: Annotated[
@@ -110,10 +114,11 @@ def run_cmd(
             f"with {manifest.model_ref}; run id {manifest.run_id}"
         )
         return
+    served = "merged into the route's records" if manifest.top_k_active else "published"
     console.print(
         f"{job}: run {manifest.run_id} {manifest.status}: {data['rows_scored']} scored, "
         f"{data['rows_rejected']} rejected, {data['rows_carried']} carried over, "
-        f"model {manifest.model_ref}, published {to_iso(manifest.published_at)}"
+        f"model {manifest.model_ref}, {served} {to_iso(manifest.published_at)}"
     )
 
 
