@@ -14,7 +14,7 @@ path in one model call, then writes
 
 Everything in a chunk's output is a function of the chunk's rows and the run's fixed values
 (model version, snapshot time, run id), so a chunk redone after a kill writes the same keys
-and the same bytes again.
+and the same bytes again (only their expiry, counted from the write, moves on).
 """
 
 from __future__ import annotations
@@ -170,7 +170,9 @@ class ChunkWorker:
             pos = pos[np.asarray(mask.to_numpy(zero_copy_only=False), dtype=bool)]
         rejected: dict[int, str] = {}  # position in the chunk as read -> why
         kept = pc.cast(table[ctx.key], pa.string()).combine_chunks()
-        found = {i: bad_keys[int(p)] for i, p in enumerate(pos) if int(p) in bad_keys}
+        found = {}
+        if bad_keys:
+            found = {i: bad_keys[int(p)] for i, p in enumerate(pos) if int(p) in bad_keys}
         found |= later_duplicates(kept, pos + index * ctx.chunk_rows, ctx.duplicates)
         table, pos = self._reject(table, pos, found, rejected)
         table, bad_cells = parse_text(table, self.dtypes)
