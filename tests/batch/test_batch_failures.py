@@ -74,7 +74,7 @@ def one_error_line(stderr: str) -> str:
 
 @pytest.mark.parametrize(
     ("leave", "failing"),
-    [(0, "cannot open"), (96 * 1024, "write failed")],
+    [(0, "cannot open"), (96 * 1024, "cannot write to")],
     ids=["full-at-start", "full-mid-run"],
 )
 def test_full_disk_names_the_store_and_the_run_resumes(

@@ -92,8 +92,8 @@ class RunContext:
 
 @contextmanager
 def sink(name: str) -> Iterator[None]:
-    """Name the sink in its errors (``prediction store: SQLite store PATH: ...``), so a run
-    that fails says where, and why, in one line."""
+    """Name the sink in its errors (``prediction store: cannot open SQLite store PATH: ...``),
+    so a run that fails says where, and why, in one line."""
     try:
         yield
     except StoreError as exc:

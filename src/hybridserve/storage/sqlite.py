@@ -122,10 +122,10 @@ class SQLiteStore:
     def _failure(self, doing: str, exc: sqlite3.Error | OSError) -> StoreError:
         """An error naming the file, what failed and, when it shows, the system's reason."""
         if isinstance(exc, OSError):
-            return StoreError(f"SQLite store {self.path}: {doing}: {exc.strerror or exc}")
+            return StoreError(f"{doing} SQLite store {self.path}: {exc.strerror or exc}")
         cause = None if self.path == ":memory:" else os_cause(self.path, exc)
         why = f"{exc}" if cause is None else f"{cause} ({exc})"
-        return StoreError(f"SQLite store {self.path}: {doing}: {why}")
+        return StoreError(f"{doing} SQLite store {self.path}: {why}")
 
     async def get_many(self, keys: Sequence[str]) -> list[Entry | None]:
         if not keys:
@@ -183,7 +183,7 @@ class SQLiteStore:
             except sqlite3.Error as exc:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
-                raise self._failure("write failed", exc) from exc
+                raise self._failure("cannot write to", exc) from exc
             self._writes_since_purge += written
             if self._writes_since_purge >= _PURGE_EVERY:
                 self._writes_since_purge = 0
@@ -206,7 +206,7 @@ class SQLiteStore:
                 except sqlite3.Error as exc:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
-                    raise self._failure("delete failed", exc) from exc
+                    raise self._failure("cannot delete from", exc) from exc
                 return conn.total_changes - before
 
         return await self._in_writer(delete)
