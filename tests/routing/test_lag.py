@@ -75,6 +75,7 @@ def _slow_store_read(app: Any, seconds: float) -> None:
     store.get = slow
 
 
+@pytest.mark.slow
 async def test_store_timeouts_while_the_loop_is_frozen_do_not_open_its_breaker(
     make_project: MakeProject, serve: Serve
 ) -> None:
@@ -104,6 +105,7 @@ async def test_store_timeouts_while_the_loop_is_frozen_do_not_open_its_breaker(
     assert charged == [] and breaker.state == "closed"
 
 
+@pytest.mark.slow
 async def test_store_timeouts_with_an_idle_loop_do_open_its_breaker(
     make_project: MakeProject, serve: Serve
 ) -> None:
