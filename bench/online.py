@@ -52,7 +52,10 @@ from _online.project import ROUTE, BenchProject, build
 REPO = Path(__file__).resolve().parent.parent
 SERVER_CORE = 0
 CLIENT_CORE = 1
-ALL_SERVERS = ["floor", "naive", "mosec", "stored", "online", "entity", "grpc"]
+ALL_SERVERS = [
+    "floor", "naive", "mosec", "stored", "online", "entity", "stored_granian", "online_granian",
+    "grpc",
+]  # fmt: skip
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -177,6 +177,8 @@ def result_line(results: dict[str, ServerResult], model_ms: float, compiler: str
         ("c64_online_p99_ms", f(get("online", 64, "p99_ms"), 2)),
         ("c64_entity_rps", f(get("entity", 64, "rps"), 0)),
         ("c1_online_p50_ms", f(get("online", 1, "p50_ms"), 2)),
+        ("c64_stored_granian_rps", f(get("stored_granian", 64, "rps"), 0)),
+        ("c64_online_granian_rps", f(get("online_granian", 64, "rps"), 0)),
         ("c64_grpc_rps", f(get("grpc", 64, "rps"), 0)),
         ("c64_grpc_p99_ms", f(get("grpc", 64, "p99_ms"), 2)),
         ("c1_grpc_p50_ms", f(get("grpc", 1, "p50_ms"), 2)),

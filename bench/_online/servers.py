@@ -9,6 +9,7 @@ waits until it is ready, and stops exactly that process group.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import signal
@@ -114,6 +115,7 @@ def specs(bench: BenchProject, mosec_missing: str | None) -> list[ServerSpec]:
         stored_missing: str | None = "no precomputed predictions (see notes)"
     else:
         stored_missing = hs_missing
+    granian_missing = None if importlib.util.find_spec("granian") else "granian not installed"
     out = []
     port = free_port()
     out.append(
@@ -163,17 +165,21 @@ def specs(bench: BenchProject, mosec_missing: str | None) -> list[ServerSpec]:
             unavailable=mosec_missing,
         )
     )
-    for key, label, path, kind, missing in (
+    for key, label, path, kind, missing, front in (
         ("stored", "(d) hybridserve, stored predictions", f"/v1/predict/{ROUTE}", "stored",
-         stored_missing),
+         stored_missing, "uvicorn"),
         ("online", "(e) hybridserve, compute, features in request", f"/v1/predict/{REQ_ROUTE}",
-         "features", hs_missing),
+         "features", hs_missing, "uvicorn"),
         ("entity", "(f) hybridserve, compute, features from online store", f"/v1/predict/{ROUTE}",
-         "entity", hs_missing),
+         "entity", hs_missing, "uvicorn"),
+        ("stored_granian", "(d') (d) served by granian (ASGI)", f"/v1/predict/{ROUTE}", "stored",
+         stored_missing or granian_missing, "granian"),
+        ("online_granian", "(e') (e) served by granian (ASGI)", f"/v1/predict/{REQ_ROUTE}",
+         "features", hs_missing or granian_missing, "granian"),
     ):  # fmt: skip
         port = free_port()
         argv = [str(HYBRIDSERVE), "serve", "-p", str(bench.project_dir), "--host", "127.0.0.1"]
-        argv += ["--port", str(port), "--workers", "1"]
+        argv += ["--port", str(port), "--workers", "1", "--http", front]
         out.append(
             ServerSpec(
                 key, label, argv, path, bench.bodies[kind], "/v2/health/ready", unavailable=missing

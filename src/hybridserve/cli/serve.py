@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 
@@ -30,6 +30,13 @@ def serve(
             max=65535,
         ),
     ] = None,
+    http: Annotated[
+        Literal["uvicorn", "granian"],
+        typer.Option(
+            help="HTTP front: uvicorn (uvloop, httptools) or granian (Rust HTTP, ASGI; "
+            "extra 'granian')."
+        ),
+    ] = "uvicorn",
     project_path: ProjectOpt = None,
 ) -> None:
     """Serve the project's routes over HTTP (hybrid API and Open Inference Protocol), and the
@@ -73,7 +80,10 @@ def serve(
     else:
         os.environ.pop("HYBRIDSERVE_METRICS_DIR", None)
     try:
-        _run(uvicorn, host, port, workers, log_level, proj.server.shutdown_timeout)
+        if http == "granian":
+            _run_granian(host, port, workers, log_level, proj.server.shutdown_timeout)
+        else:
+            _run(uvicorn, host, port, workers, log_level, proj.server.shutdown_timeout)
     finally:
         if metrics_dir is not None:
             import shutil
@@ -99,6 +109,31 @@ def _run(uvicorn: Any, host: str, port: int, workers: int, log_level: str, shutd
         timeout_graceful_shutdown=math.ceil(shutdown),
         lifespan="on",
     )
+
+
+def _run_granian(host: str, port: int, workers: int, log_level: str, shutdown: float) -> None:
+    """The same app behind granian's Rust HTTP server (ASGI, one runtime thread per worker:
+    the Rust side and Python then share a core without contending)."""
+    import math
+
+    from hybridserve._optional import require
+
+    granian = require("granian", "granian")
+    constants = require("granian.constants", "granian")
+    levels = require("granian.log", "granian").LogLevels
+    granian.Granian(
+        "hybridserve.server.factory:app_from_env",
+        address=host,
+        port=port,
+        interface=constants.Interfaces.ASGI,
+        workers=workers,
+        factory=True,
+        loop=constants.Loops.uvloop,
+        runtime_mode=constants.RuntimeModes.st,
+        log_enabled=True,
+        log_level=levels(log_level),
+        workers_kill_timeout=math.ceil(shutdown),
+    ).serve()
 
 
 def _address(host: str, port: int) -> str:
