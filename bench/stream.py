@@ -107,7 +107,7 @@ async def prepare(file: Path) -> Any:
 
 async def throughput(file: Path, n: int) -> dict[str, Any]:
     from hybridserve.examples.fraud.transactions import demo_events
-    from hybridserve.services import Services
+    from hybridserve.services import Services, batch_gc, freeze_loaded
     from hybridserve.streaming import StreamConsumer
 
     project = await prepare(file)
@@ -129,6 +129,8 @@ async def throughput(file: Path, n: int) -> dict[str, Any]:
         return result
 
     consumer.processor.process = timed  # type: ignore[method-assign]
+    freeze_loaded()  # as `hybridserve stream run` does
+    batch_gc()
     totals = await consumer.run(until_idle=1.0)
     # From the first batch's start to the last batch's commit and acknowledgement.
     seconds = last[0] - first[0] if first else float("nan")

@@ -43,7 +43,7 @@ from hybridserve.errors import StoreError
 from hybridserve.records import PredictionRecord, now
 from hybridserve.scoring import Scorer
 from hybridserve.services import Services
-from hybridserve.streaming.events import Event, RawEntry, decode
+from hybridserve.streaming.events import Event, RawEntry, decode_batch
 from hybridserve.streaming.sources import DeadLetter, Source, stream_config
 from hybridserve.streaming.state import Output, StateStore
 from hybridserve.streaming.windows import EntityState, WindowEvent, WindowSpec, stream_position
@@ -157,13 +157,15 @@ class BatchProcessor:
         dead: list[DeadLetter] = []
         events: list[Event] = []
         ids: set[str] = set()
+        live: list[RawEntry] = []
         for entry in entries:
             if entry.deliveries > cfg.max_deliveries:
                 reason = f"poison: delivered {entry.deliveries} times (max {cfg.max_deliveries})"
                 last = self._last_errors.pop(entry.id, None)
                 dead.append((entry, reason if last is None else f"{reason}; last error: {last}"))
-                continue
-            ev = decode(cfg, entry, at)
+            else:
+                live.append(entry)
+        for entry, ev in zip(live, decode_batch(cfg, live, at), strict=True):
             if isinstance(ev, str):
                 dead.append((entry, ev))
             elif ev.event_id in ids:
