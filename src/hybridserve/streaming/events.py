@@ -16,9 +16,9 @@ and the reasons are those of :func:`validate`.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -95,28 +95,20 @@ _NATIVE: dict[str, frozenset[type]] = {
 def _coerce(kind: str, value: Any, text: bool) -> Any:
     """``value`` as ``kind``; strings are parsed only for field-mapping (text) payloads."""
     cls = value.__class__
+    if kind == "timestamp":
+        return parse_timestamp(value)
+    if cls in _NATIVE[kind]:
+        return float(value) if kind == "float" else value
     if kind == "float":
-        if cls is float or cls is int:
-            return float(value)
         if text and cls is str:
             return float(value)
     elif kind == "int":
-        if cls is int:
-            return value
         if cls is float and value.is_integer():
             return int(value)
         if text and cls is str:
             return int(value)
-    elif kind == "str":
-        if cls is str:
-            return value
-    elif kind == "bool":
-        if cls is bool:
-            return value
-        if text and value in ("true", "false", "1", "0"):
-            return value in ("true", "1")
-    elif kind == "timestamp":
-        return parse_timestamp(value)
+    elif kind == "bool" and text and value in ("true", "false", "1", "0"):
+        return value in ("true", "1")
     raise ValueError(f"expected {kind}, got {value!r}")
 
 
