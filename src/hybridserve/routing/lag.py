@@ -8,14 +8,14 @@ breaker then turns our own saturation into a dependency outage: measured with Re
 under 64 connections, the prediction-store and model breakers opened within 0.3 s and most
 answers became fallbacks. After a half-second freeze every call in flight timed out at once.
 
-:class:`LoopLag` keeps a timer that should fire every ``interval`` seconds and notes by how
-much each firing was late. A call that timed out is explained by the loop when the lateness
-seen while it ran adds up to a good part of the time it was allowed (:meth:`explains`); the
-router then releases the breaker instead of charging it. The same lateness says how long a request that starts now already waited for the loop since it
-arrived (:meth:`current`): under overload the router takes it off the request's budget, so work
-that cannot finish in time goes down the fallback chain at once instead of answering late. The
-timer costs one callback per ``interval`` (100 a second by default); reading it, one clock read
-per request.
+:class:`LoopLag` keeps a timer that should fire every ``interval`` seconds and notes by how much
+each firing was late. A call that timed out is explained by the loop when the lateness seen
+while it ran adds up to a good part of the time it was allowed (:meth:`explains`); the router
+then releases the breaker instead of charging it. The same lateness says how long a request that
+starts now already waited for the loop since it arrived (:meth:`current`): under overload the
+router takes it off the request's budget, so work that cannot finish in time goes down the
+fallback chain at once instead of answering late. The timer costs one callback per ``interval``
+(100 a second by default); reading it, one clock read per request.
 """
 
 from __future__ import annotations
