@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 
 from hybridserve.errors import DeadlineExceeded, HybridServeError, InvalidInput, NoFreshPrediction
 from hybridserve.observability.metrics import Metrics, RouteMetrics
+from hybridserve.observability.tracing import OFF, Tracing
 from hybridserve.predictions.cache import L1Cache
 from hybridserve.predictions.store import RunPointer, RunPointerCache
 from hybridserve.predictions.write_behind import WriteBehind
@@ -65,9 +66,15 @@ class Outcome:
 
 class Router:
     def __init__(
-        self, services: Services, models: ModelManager, metrics: Metrics, cache: L1Cache
+        self,
+        services: Services,
+        models: ModelManager,
+        metrics: Metrics,
+        cache: L1Cache,
+        tracing: Tracing = OFF,
     ) -> None:
         self.services = services
+        self.tracing = tracing
         self.models = models
         self.metrics = metrics
         self.cache = cache
@@ -86,13 +93,14 @@ class Router:
             # disk) may still serve reads, and failed writes must not stop them.
             self.breakers("prediction_store:write"),
             dropped=metrics.write_back_dropped.inc,
+            tracing=tracing,
         )
         self.runs = RunPointerCache(interval=1.0)
         self.lag = LoopLag()
         """Tells a dependency's timeout from the loop's own lateness (see ``routing/lag.py``)."""
         routes = self.project.routes
         self.chains: dict[str, list[Step]] = {r: build_chain(c.fallback) for r, c in routes.items()}
-        self.route_metrics = {r: RouteMetrics(metrics, r) for r in routes}
+        self.route_metrics = {r: RouteMetrics(metrics, r, tracing) for r in routes}
         self.limits: dict[str, dict[str, float]] = {}
         """Per route, each dependency kind's own budget (``routes.*.budgets``)."""
         for r, c in routes.items():
@@ -116,6 +124,8 @@ class Router:
         self, route: str, req: PredictRequest, request_id: str | None = None
     ) -> Outcome:
         job = self._job(route, req, request_id or new_request_id())
+        if self.tracing.enabled:
+            self.tracing.annotate(**{"hybridserve.entities": len(job.entities)})
         m = job.metrics
         with m.total():
             if req.mode != "compute":
@@ -445,7 +455,11 @@ class Router:
             todo = job.open()
             if not todo:
                 return
-            await step.run(self, job, todo)
+            if self.tracing.enabled:
+                with self.tracing.span(f"fallback {step.kind}", entities=len(todo)):
+                    await step.run(self, job, todo)
+            else:
+                await step.run(self, job, todo)
 
     # -- the answer ------------------------------------------------------------------
 
