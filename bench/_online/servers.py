@@ -106,7 +106,34 @@ def first_line(path: Path) -> bytes:
         return fh.readline().strip()
 
 
-def specs(bench: BenchProject, mosec_missing: str | None) -> list[ServerSpec]:
+class TraceSink(contextlib.AbstractContextManager["TraceSink"]):
+    """An OTLP/HTTP endpoint that accepts span batches and drops them (for the traced point)."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("content-length", 0)))
+                self.send_response(200)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = int(self.server.server_address[1])
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+
+
+def specs(
+    bench: BenchProject, mosec_missing: str | None, trace_sink: int | None = None
+) -> list[ServerSpec]:
     """All seven servers, with fresh ports; the unavailable ones carry the reason."""
     model_env = {"BENCH_MODEL": str(bench.model_path), "BENCH_FEATURES": ",".join(bench.features)}
     features = bench.bodies["features"]
@@ -129,6 +156,24 @@ def specs(bench: BenchProject, mosec_missing: str | None) -> list[ServerSpec]:
             first_line(features),
         )
     )
+    port = free_port()
+    out.append(
+        ServerSpec(
+            "floor_granian",
+            "(a') the same floor on granian (RSGI)",
+            [
+                str(VENV_PYTHON), "-m", "granian", "--interface", "rsgi", "--loop", "uvloop",
+                "--runtime-mode", "st", "--workers", "1", "--host", "127.0.0.1",
+                "--port", str(port), "--no-ws", "--log-level", "warning", "floor_app:rsgi_app",
+            ],
+            "/",
+            features,
+            "/",
+            first_line(features),
+            env={"PYTHONPATH": str(HERE)},
+            unavailable=granian_missing,
+        )
+    )  # fmt: skip
     port = free_port()
     out.append(
         ServerSpec(
@@ -172,9 +217,9 @@ def specs(bench: BenchProject, mosec_missing: str | None) -> list[ServerSpec]:
          "features", hs_missing, "uvicorn"),
         ("entity", "(f) hybridserve, compute, features from online store", f"/v1/predict/{ROUTE}",
          "entity", hs_missing, "uvicorn"),
-        ("stored_granian", "(d') (d) served by granian (ASGI)", f"/v1/predict/{ROUTE}", "stored",
+        ("stored_granian", "(d') (d) served by granian (RSGI)", f"/v1/predict/{ROUTE}", "stored",
          stored_missing or granian_missing, "granian"),
-        ("online_granian", "(e') (e) served by granian (ASGI)", f"/v1/predict/{REQ_ROUTE}",
+        ("online_granian", "(e') (e) served by granian (RSGI)", f"/v1/predict/{REQ_ROUTE}",
          "features", hs_missing or granian_missing, "granian"),
     ):  # fmt: skip
         port = free_port()
@@ -185,6 +230,27 @@ def specs(bench: BenchProject, mosec_missing: str | None) -> list[ServerSpec]:
                 key, label, argv, path, bench.bodies[kind], "/v2/health/ready", unavailable=missing
             )
         )
+    port = free_port()
+    argv = [str(HYBRIDSERVE), "serve", "-p", str(bench.project_dir), "--host", "127.0.0.1"]
+    argv += ["--port", str(port), "--workers", "1"]
+    out.append(
+        ServerSpec(
+            "stored_traced",
+            "(d'') (d) with tracing on, 1% of requests sampled",
+            argv,
+            f"/v1/predict/{ROUTE}",
+            bench.bodies["stored"],
+            "/v2/health/ready",
+            env={
+                "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{trace_sink}",
+                "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                "OTEL_TRACES_SAMPLER_ARG": "0.01",
+            },
+            unavailable=stored_missing
+            or (None if trace_sink is not None else "no trace sink")
+            or (None if importlib.util.find_spec("opentelemetry") else "extra otel missing"),
+        )
+    )
     port, grpc_port = free_port(), free_port()
     argv = [str(HYBRIDSERVE), "serve", "-p", str(bench.project_dir), "--host", "127.0.0.1"]
     argv += ["--port", str(port), "--grpc-port", str(grpc_port), "--workers", "1"]
@@ -268,6 +334,23 @@ class RunningServer(contextlib.AbstractContextManager["RunningServer"]):
                 last = repr(exc)
             time.sleep(0.2)
         raise RuntimeError(f"{self.spec.key} not ready after {timeout:.0f} s ({last})")
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds (user + system) used so far by every live process of the server's
+        group (a server's workers, mosec's Rust front and Python workers), from ``/proc``."""
+        tick = os.sysconf("SC_CLK_TCK")
+        total = 0
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == self.proc.pid:  # field 5, the process group id
+                total += int(fields[11]) + int(fields[12])  # utime, stime
+        return total / tick
 
     def tail(self, n: int = 20) -> str:
         """The last lines of the server's log."""
