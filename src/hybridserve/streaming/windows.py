@@ -274,13 +274,13 @@ class WindowSpec:
         wanted = set(names)
         rows: list[dict[str, Any]] = [{} for _ in applied]
         finals: list[dict[str, Any]] = [{} for _ in range(n_states)]
-        marks = np.array(
+        watermarks = np.array(
             [st.watermark if st.watermark is not None else 0.0 for st in states], dtype=_F8
         )
         for gi in range(len(self.groups)):
             ring = _Ring(self, gi, states)
             ring.apply(applied, events, ent, times, after, rank, wanted, rows)
-            ring.read(np.arange(n_states, dtype=np.int64), marks, finals, None)
+            ring.read(np.arange(n_states, dtype=np.int64), watermarks, finals, None)
             ring.finish(states, self.lateness)
         changed = [bool(st.batch) for st in states]
         for st in states:
@@ -393,14 +393,14 @@ class _Ring:
     def read(
         self,
         ent: np.ndarray,
-        marks: np.ndarray,
+        watermarks: np.ndarray,
         out: list[dict[str, Any]],
         feats: list[tuple[str, str, str | None]] | None,
     ) -> None:
         """Into ``out[q]``: the features (``None``: all the ring's) of entity ``ent[q]`` at
-        watermark ``marks[q]``."""
+        watermark ``watermarks[q]``."""
         g, t = self.g, self.table
-        hi = np.floor(marks / g.step).astype(np.int64)
+        hi = np.floor(watermarks / g.step).astype(np.int64)
         base = ent * _M + _OFF
         start = np.searchsorted(self.key, base + hi - g.span + 1)
         end = np.searchsorted(self.key, base + hi, side="right")
