@@ -198,6 +198,17 @@ def decode(cfg: StreamConfig, entry: RawEntry, at: float) -> Event | str:
 
 def decode_batch(cfg: StreamConfig, entries: Sequence[RawEntry], at: float) -> list[Event | str]:
     """:func:`decode` of each entry, a batch at a time."""
+    try:
+        out = _decode_columns(cfg, entries, at)
+    except Exception:  # anything unforeseen in the column path: the rules one at a time
+        out = [None] * len(entries)
+    return [decode(cfg, e, at) if r is None else r for e, r in zip(entries, out, strict=True)]
+
+
+def _decode_columns(
+    cfg: StreamConfig, entries: Sequence[RawEntry], at: float
+) -> list[Event | str | None]:
+    """The events the column path vouches for (``None`` for the entries it leaves)."""
     out: list[Event | str | None] = [None] * len(entries)
     objs: list[dict[str, Any]] = []
     rows: list[int] = []
@@ -229,7 +240,7 @@ def decode_batch(cfg: StreamConfig, entries: Sequence[RawEntry], at: float) -> l
         values = {name: col[k] for name, col in columns if col[k] is not None}
         eid = eid if eid.__class__ is str and eid else str(eid)
         out[i] = Event(entries[i], eid, entity_col[k], float(time_col[k]), values)
-    return [decode(cfg, e, at) if r is None else r for e, r in zip(entries, out, strict=True)]
+    return out
 
 
 def _native_column(
