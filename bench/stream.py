@@ -20,7 +20,8 @@ materializes ``card_profile`` into Redis), then measures:
    run`` processes in one group; the combined rate from the moment the last process joined
    (counting the events output after it) until every event has its output entry
    (``two_consumers_events_per_s``; ``one_process_events_per_s`` is the same harness with
-   one process).
+   one process). With a small ``--events`` the first process may finish before the second
+   has started up: the figure is then ``nan``.
 
 It writes the Stream section of ``docs/benchmarks.md`` (between ``<!-- stream:start -->``
 and ``<!-- stream:end -->``) and ends with ``RESULT events=... events_per_s=... p50_ms=...
