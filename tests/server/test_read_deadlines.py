@@ -15,7 +15,7 @@ async def test_a_hung_read_times_out_and_the_task_goes_on() -> None:
     deadlines = ReadDeadlines(tick=0.01)
     loop = asyncio.get_running_loop()
     never: asyncio.Future[bytes] = loop.create_future()
-    with pytest.raises(RequestTimeout, match="0.05 s"):
+    with pytest.raises(RequestTimeout, match=r"0\.05 s"):
         await deadlines.read(never, loop.time() + 0.05, 0.05)
     task = asyncio.current_task()
     assert task is not None and task.cancelling() == 0  # not left cancelled
