@@ -44,7 +44,7 @@ _STATS = list(ChunkStats.__dataclass_fields__)
 _worker: ChunkWorker | None = None
 
 
-def _limit_threads() -> None:
+def limit_threads() -> None:
     # One BLAS/OpenMP thread per worker: the pool is the parallelism.
     from threadpoolctl import threadpool_limits
 
@@ -103,7 +103,7 @@ _PR_SET_PDEATHSIG = 1
 def _init(ctx: RunContext, plan: InputPlan | None, parent: int) -> None:
     global _worker, _plan, _init_error
     _die_with(parent)
-    _limit_threads()
+    limit_threads()
     try:
         _worker, _plan = ChunkWorker(ctx), plan
     except Exception as exc:
@@ -176,7 +176,7 @@ class _ChunkActor:
     """A Ray Data actor: loads the model once, then reads, scores and writes whole chunks."""
 
     def __init__(self, ctx: RunContext, plan: InputPlan) -> None:
-        _limit_threads()
+        limit_threads()
         self.plan = plan
         self.worker = ChunkWorker(ctx)
 
