@@ -1,6 +1,6 @@
 """Which executor runs a run's chunks, and the cluster preconditions checked before it starts.
 
-``local`` (:mod:`.executors`, a process pool), ``ray`` (:mod:`.executors`, Ray actors) and
+``local`` (:mod:`.executors`, a process pool), ``ray`` (:mod:`.ray_pool`, Ray actors) and
 ``spark`` (:mod:`.spark`). Each calls ``on_done`` in the parent once per finished chunk, in
 completion order, so the manifest, resume and publish work the same on all three. A run aimed
 at a cluster (``ray_address``, a ``spark_master`` that is not ``local[...]``) is first checked
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from hybridserve.batch import cluster, executors, spark
+from hybridserve.batch import cluster, executors, ray_pool, spark
 from hybridserve.batch.chunk import RunContext
 from hybridserve.batch.inputs import InputPlan
 from hybridserve.batch.manifest import ChunkStats
@@ -40,7 +40,7 @@ def run(
     job: BatchJobConfig,
 ) -> None:
     if executor == "ray":
-        executors.run_ray(ctx, plan, todo, workers, on_done, job.ray_address)
+        ray_pool.run_ray(ctx, plan, todo, workers, on_done, job.ray_address, job_name)
     elif executor == "spark":
         spark.run_spark(ctx, plan, todo, workers, on_done, job.spark_master)
     else:
