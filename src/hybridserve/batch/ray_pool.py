@@ -69,7 +69,12 @@ def run_ray(
     ray = require("ray", "ray")
     started = not ray.is_initialized()
     if started:
-        options: dict[str, Any] = {"num_cpus": workers}
+        # A Ray of our own for this run: no metrics pipeline to feed (its agents would take
+        # CPU from the actors on a small machine).
+        options: dict[str, Any] = {
+            "num_cpus": workers,
+            "_system_config": {"enable_metrics_collection": False},
+        }
         if address:  # the driver's hybridserve goes with the job (a local directory can
             # only be shipped at the job level, here)
             options = {"address": address, "runtime_env": _runtime_env()}
