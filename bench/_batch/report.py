@@ -10,7 +10,8 @@ LABELS = {
     "floor": "floor: `predict_proba` on a process pool, matrices in memory, no I/O",
     "sqlite": "hybridserve `batch run`, local executor, SQLite store",
     "redis": "hybridserve `batch run`, local executor, Redis store",
-    "ray": "hybridserve `batch run`, Ray executor (an actor pool), SQLite store",
+    "ray": "hybridserve `batch run`, Ray executor (actor pool, starts its own Ray), SQLite store",
+    "ray_running": "hybridserve `batch run`, Ray executor on a Ray already running, SQLite store",
     "spark": "hybridserve `batch run`, Spark executor (local Spark, mapInArrow), SQLite store",
 }
 

@@ -59,9 +59,9 @@ def check_stores(project: Project, where: str) -> None:
 def needs(ctx: RunContext, plan: InputPlan, job: str) -> dict[str, tuple[str, str]]:
     """Each path a worker node uses: path -> (what it is, the setting that places it)."""
     project = ctx.project
-    out = {path: ("input", f"batch_jobs.{job}.input.path") for path in plan.files}
-    if plan.table is not None:  # a view's rows travel with the plan: no path to reach
-        out = {}
+    # A view's rows travel with the plan: it has no input path to reach.
+    files = [] if plan.table is not None else plan.files
+    out = {path: ("input", f"batch_jobs.{job}.input.path") for path in files}
     out[str(project.path(project.registry.artifacts))] = ("artifacts", "registry.artifacts")
     out[ctx.run_dir] = ("run directory", f"batch_jobs.{job}.runs_dir")
     if ctx.previous_dir is not None:

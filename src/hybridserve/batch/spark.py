@@ -54,6 +54,7 @@ def session(master: str, slots: int | None = None) -> Any:
         # Python workers are started by the JVM with PYSPARK_PYTHON (default ``python3``):
         # point them at this interpreter, whose environment has hybridserve installed.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # no network for local[N]
         builder = (
             builder.config("spark.ui.enabled", "false")
             .config("spark.ui.showConsoleProgress", "false")
