@@ -57,6 +57,7 @@ def to_registry(project: Project, url: str, artifacts: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.redis
 @pytest.mark.postgres
+@pytest.mark.timeout(400)  # 30-40 s alone; far more with the machine's cores taken
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 @pytest.mark.filterwarnings("ignore::ResourceWarning")
 def test_two_node_ray_cluster_matches_local(

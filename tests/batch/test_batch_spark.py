@@ -45,6 +45,7 @@ def keyed(project: Project) -> pa.Table:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(400)  # the JVM's first jobs are slow on a loaded machine
 def test_spark_executor_matches_local_and_resumes_by_chunk(
     batch_project: Factory, spark: Any
 ) -> None:
