@@ -217,7 +217,12 @@ def parse(adapter: TypeAdapter[W], body: bytes | dict[str, Any]) -> W:
     """
     try:
         if isinstance(body, bytes | bytearray):
-            body = decode(body, "invalid request: ")
+            try:
+                body = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                # Not strict JSON (or not JSON at all): pydantic's reader says where, and
+                # takes NaN and Infinity, which the feature checks then name.
+                return adapter.validate_json(body)
         return adapter.validate_python(body)
     except ValidationError as exc:
         raise InvalidInput(validation_message(exc), errors=_errors(exc)) from None
