@@ -217,12 +217,13 @@ def parse(adapter: TypeAdapter[W], body: bytes | dict[str, Any]) -> W:
     """
     try:
         if isinstance(body, bytes | bytearray):
+            raw = body
             try:
-                body = orjson.loads(body)
+                body = orjson.loads(raw)
             except orjson.JSONDecodeError:
                 # Not strict JSON (or not JSON at all): pydantic's reader says where, and
                 # takes NaN and Infinity, which the feature checks then name.
-                return adapter.validate_json(body)
+                return adapter.validate_json(raw)
         return adapter.validate_python(body)
     except ValidationError as exc:
         raise InvalidInput(validation_message(exc), errors=_errors(exc)) from None
