@@ -37,7 +37,7 @@ async def post_events(request: Request) -> Response:
         raise Conflict(
             f"stream {name!r} has an in-process (memory) source and no consumer runs in this "
             f"server, so its events would never be read; set streams.{name}.source.kind to "
-            "redis (or replay, with a directory path) and run `hybridserve stream`",
+            "redis, kafka or nats (or replay, with a directory path) and run `hybridserve stream`",
             stream=name,
         )
     raw = await request.body()
