@@ -161,6 +161,13 @@ class NatsSource(NatsStreams):
                 self.subject, durable=self.src.durable, stream=self.stream, config=config
             ),
         )
+        # Messages a dead predecessor left unacknowledged come back once ``ack_wait`` has
+        # passed, and then before new ones (in stream order). Waiting for them makes a
+        # restarted consumer re-read its entries first, in order, as on Redis, instead of
+        # applying newer events of their entities before them.
+        ci = await self._call("consumer info", js.consumer_info(self.stream, self.src.durable))
+        if ci.num_ack_pending:
+            await asyncio.sleep(self.src.ack_wait)
 
     async def read(self, max_items: int, block: float) -> list[RawEntry]:
         if self._rewind:
