@@ -299,3 +299,38 @@ async def test_a_poison_entry_reaches_max_deliveries(kind: Kind) -> None:
         assert counts == [1, 2, 3, 4]
     finally:
         await io.close()
+
+
+def test_every_configurable_kind_is_one_line_of_the_table() -> None:
+    """``streams.X.source.kind`` accepts exactly the kinds in ``SOURCES``, each module
+    opens a consumer's view and a producer, and a source without ``kind`` is Redis."""
+    import importlib
+    import typing
+
+    from hybridserve.config import RedisSourceConfig, StreamConfig, StreamSourceConfig
+    from hybridserve.streaming.sources import SOURCES
+
+    union = typing.get_args(typing.get_args(StreamSourceConfig)[0])
+    kinds = {typing.get_args(c.model_fields["kind"].annotation)[0] for c in union}
+    assert kinds == set(SOURCES) == set(KINDS)
+    for module in SOURCES.values():
+        m = importlib.import_module(module)
+        assert callable(m.open_io) and callable(m.open_producer)
+    fields = {"id": "str", "c": "str", "t": "timestamp"}
+    base = {"entity": "c", "fields": fields, "entity_field": "c", "id_field": "id"}
+    cfg = StreamConfig(**base, time_field="t", source={"group": "g"})  # type: ignore[arg-type]
+    assert isinstance(cfg.source, RedisSourceConfig) and cfg.source.group == "g"
+
+
+def test_a_missing_client_library_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import sys
+
+    from hybridserve.errors import MissingExtra
+
+    monkeypatch.setitem(sys.modules, "confluent_kafka", None)  # importing it raises
+    source = {"kind": "kafka", "brokers": "127.0.0.1:1", "topic": "t"}
+    project = _project(tmp_path, source, "p:", "memory://")
+    with pytest.raises(MissingExtra, match=r"hybridserve\[kafka\]"):
+        open_producer(project, STREAM)
