@@ -7,7 +7,8 @@ after a micro-batch's effects are written; :meth:`NatsSource.rewind` naks the co
 unacknowledged messages, so they come back at once. JetStream counts deliveries; the
 consumer's ``max_deliver`` is the stream's ``max_deliveries`` + 1, so the pipeline sees the
 delivery past the limit and dead-letters the message as poison (JetStream would otherwise
-stop delivering it, unacknowledged, for ever).
+stop delivering it, unacknowledged, for ever). A consumer never reports a lower count for a message
+than one it saw before (a fetch right after a nak can return a copy of an earlier delivery).
 
 An entry's id is ``{stream sequence}-0``: its stream position. Outputs and dead letters are
 published to their own JetStream streams (``{stream}_OUT``, ``{stream}_DLQ``) with a
@@ -144,6 +145,8 @@ class NatsSource(NatsStreams):
         self._held: dict[str, Any] = {}
         """Entry id -> its message, delivered here and not acknowledged yet."""
         self._rewind = False
+        self._counts: dict[str, int] = {}
+        """Entry id -> the delivery count last seen here (until acknowledged)."""
 
     async def start(self) -> None:
         js = await self._connect()
@@ -174,6 +177,7 @@ class NatsSource(NatsStreams):
             self._rewind = False
             held, self._held = self._held, {}
             await self._call("nak", asyncio.gather(*(m.nak() for m in held.values())))
+            await self._call("nak", self._nc.flush(self.timeout))
         try:
             messages = await self._sub.fetch(max_items, timeout=max(block, 0.05))
         except (self._timeout, TimeoutError):  # nothing came within ``block``
@@ -186,10 +190,19 @@ class NatsSource(NatsStreams):
             md = m.metadata
             entry_id = f"{md.sequence.stream}-0"
             self._held[entry_id] = m
-            out.append(RawEntry(entry_id, m.data, int(md.num_delivered), at))
+            # A fetch right after a nak can hand back a copy of an earlier delivery, with its
+            # count: never count lower than a delivery this consumer already saw.
+            n = self._counts[entry_id] = max(
+                int(md.num_delivered), self._counts.get(entry_id, 0) + 1
+            )
+            out.append(RawEntry(entry_id, m.data, n, at))
+        while len(self._counts) > 100_000:
+            self._counts.pop(next(iter(self._counts)))
         return out
 
     async def ack(self, ids: Sequence[str]) -> None:
+        for i in ids:
+            self._counts.pop(i, None)
         held = [m for m in (self._held.pop(i, None) for i in ids) if m is not None]
         if held:
             await self._call("ack", asyncio.gather(*(m.ack() for m in held)))
