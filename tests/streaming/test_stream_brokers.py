@@ -222,6 +222,8 @@ def _rounded(rows: dict[str, Any]) -> dict[str, Any]:
 
 
 def _kafka(brokers: str, **more: Any) -> dict[str, Any]:
+    """A Kafka source of its own. Two consumers in one process on a loaded machine may go
+    longer than 10 s between reads (the backpressure wait), so those tests allow 30 s."""
     tag = uuid.uuid4().hex[:10]
     return {
         "kind": "kafka",
@@ -296,7 +298,7 @@ async def _every_event_once(project: Project, payloads: list[bytes], scored: int
 async def test_two_kafka_consumers_share_the_partitions_and_process_every_event_once(
     on_redis: Any, kafka_brokers: str
 ) -> None:
-    project = await on_redis(_kafka(kafka_brokers, partitions=4))
+    project = await on_redis(_kafka(kafka_brokers, partitions=4, max_poll_interval=30.0))
     payloads = demo_events(project, 4000, seed=9, rate=2000.0)
     await _produce(project, payloads, 4000, 0.0)
     one, two = await asyncio.gather(_consume(project, "c1"), _consume(project, "c2"))
@@ -309,7 +311,7 @@ async def test_a_kafka_consumer_joining_mid_stream_loses_and_double_counts_nothi
 ) -> None:
     """c1 is consuming while events arrive; c2 joins, the group rebalances (c1's partitions
     are revoked mid-batch and split between the two), and both run to the end."""
-    project = await on_redis(_kafka(kafka_brokers, partitions=4))
+    project = await on_redis(_kafka(kafka_brokers, partitions=4, max_poll_interval=30.0))
     payloads = demo_events(project, 6000, seed=11, rate=2000.0)
     await _produce(project, payloads[:1000], 1000, 0.0)
     producer = asyncio.create_task(_produce(project, payloads[1000:], 250, 0.05))

@@ -286,7 +286,17 @@ class KafkaSource:
         out = []
         for m in messages:
             if m.error() is not None:
-                if m.error().code() != self._client.ck.KafkaError._PARTITION_EOF:
+                code = m.error().code()
+                if code == self._client.ck.KafkaError._MAX_POLL_EXCEEDED:
+                    log.warning(
+                        "kafka %s: %s went longer than max_poll_interval (%gs) between reads "
+                        "and left the group; raise it above the time a full in-flight window "
+                        "takes to process",
+                        self.topic,
+                        self.consumer,
+                        self.src.max_poll_interval,
+                    )
+                elif code != self._client.ck.KafkaError._PARTITION_EOF:
                     log.warning("kafka %s: %s", self.topic, m.error())
                 continue
             p, o = m.partition(), m.offset()
