@@ -117,6 +117,21 @@ class OutputSink(Protocol):
 
 
 @runtime_checkable
+class Tails(Protocol):
+    """Outputs that can be read back in order from a position: what
+    ``GET /v1/streams/{stream}/predictions`` streams to a client."""
+
+    async def tail(self, after: str | None, block: float, count: int) -> list[tuple[str, bytes]]:
+        """Outputs written after position ``after`` (``None``: only those written from now),
+        waiting up to ``block`` seconds for one; ``(position, payload)`` in order."""
+        ...
+
+    def valid_position(self, position: str) -> bool:
+        """Whether ``position`` (a client's ``Last-Event-ID``) is one this sink gave out."""
+        ...
+
+
+@runtime_checkable
 class RedisOutputs(Protocol):
     """An output stream on Redis, which the Redis state store can write in its commit (then
     the pipeline does not call :meth:`OutputSink.emit`)."""

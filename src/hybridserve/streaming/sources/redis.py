@@ -228,6 +228,23 @@ class RedisSource:
         if outputs:
             await self._add_once(self.output_key, ["id", "d"], [[i, d] for i, d in outputs])
 
+    async def tail(self, after: str | None, block: float, count: int) -> list[tuple[str, bytes]]:
+        position = after or "$"
+        got = await self._call(
+            "tail",
+            self._redis.xread({self.output_key: position}, count=count, block=int(block * 1000)),
+            block,
+        )
+        out = []
+        for _, entries in got or []:
+            for entry_id, fields in entries:
+                out.append((_text(entry_id), fields.get(b"d", b"")))
+        return out
+
+    def valid_position(self, position: str) -> bool:
+        ms, dash, seq = position.partition("-")
+        return ms.isdigit() and (not dash or seq.isdigit())
+
     async def append(self, payloads: Sequence[bytes]) -> list[str]:
         pipe = self._redis.pipeline(transaction=False)
         for payload in payloads:
