@@ -219,6 +219,70 @@ class StageBudgets(_Strict):
         return value
 
 
+def _share(value: Any) -> Any:
+    """``99.9%`` or ``0.999`` -> 0.999 (a number above 1 is read as a percent)."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.endswith("%"):
+            try:
+                return float(text[:-1]) / 100
+            except ValueError:
+                raise ValueError(f"expected a share like '99.9%' or 0.999, got {value!r}") from None
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool) and 1 < value <= 100:
+        return value / 100
+    return value
+
+
+Share = Annotated[float, BeforeValidator(_share), Field(gt=0, lt=1)]
+"""A fraction strictly between 0 and 1, written ``99.9%`` or ``0.999``."""
+
+
+class SloLatency(_Strict):
+    p99: Duration
+    """99% of requests answer within this (a request over it spends latency budget)."""
+
+
+class SloConfig(_Strict):
+    """A route's service-level objective (``hybridserve slo report``, ``GET /v1/slo``)."""
+
+    latency: SloLatency | None = None
+    availability: Share = 0.999
+    """Share of answers that are good: answered (2xx) and not degraded (no fallback)."""
+    window: Duration = Field(default=28 * 86400.0, gt=0)
+
+
+class HealthConfig(_Strict):
+    """Thresholds of ``GET /v1/health`` and ``hybridserve status``."""
+
+    window: Duration = Field(default=300.0, gt=0)
+    """Answers of the last ``window`` count towards the share and p99 rules."""
+    degraded_share: float = Field(default=0.05, ge=0, le=1)
+    """A route whose degraded (fallback) or unanswered share is above this is degraded."""
+    unavailable_share: float = Field(default=0.5, ge=0, le=1)
+    """A route whose unanswered (503) share is above this is critical."""
+    min_answers: int = Field(default=20, ge=1)
+    """Fewer answers than this in the window: the share and p99 rules do not judge."""
+    publish_interval: Duration = Field(default=2.0, gt=0)
+    """How often each server process publishes its state and SLO counters to the store."""
+    stream_lag: int = Field(default=10_000, ge=0)
+    """A stream whose group lags more entries than this is degraded."""
+    consumer_timeout: Duration = Field(default=30.0, gt=0)
+    """A stream consumer is alive while its stats are younger than this."""
+    batch_grace: Duration = 3600.0
+    """A scheduled job is degraded when its last completed run is older than its schedule's
+    interval plus this."""
+
+
+class CostConfig(_Strict):
+    """Prices behind "cost per 1k predictions" (``hybridserve status``)."""
+
+    core_hour: float = Field(default=0.0425, ge=0)
+    """Price of one CPU core for an hour. The default is an example: one vCPU of an AWS
+    c6i.large on-demand in us-east-1 (USD 0.085 an hour for two vCPUs)."""
+    currency: str = "USD"
+
+
 class RouteConfig(_Strict):
     model: str
     """Model reference: ``name@alias`` or ``name/version``."""
@@ -239,6 +303,7 @@ class RouteConfig(_Strict):
     shadow: RolloutConfig | None = None
     threshold: float | None = None
     """For classifiers: ``label = score >= threshold`` when set."""
+    slo: SloConfig | None = None
     description: str = ""
 
     @model_validator(mode="after")
@@ -258,6 +323,13 @@ class RouteConfig(_Strict):
         if isinstance(bound, StalenessBySource):
             return float(getattr(bound, source, bound.online))
         return bound
+
+    @property
+    def latency_target(self) -> float:
+        """What makes a request slow: the SLO's p99 when set, else the latency budget."""
+        if self.slo is not None and self.slo.latency is not None:
+            return self.slo.latency.p99
+        return self.latency_budget
 
     @property
     def loosest_staleness(self) -> float:
@@ -579,6 +651,8 @@ class Project(_Strict):
     streams: dict[str, StreamConfig] = {}
     server: ServerConfig = ServerConfig()
     tracing: TracingConfig = TracingConfig()
+    health: HealthConfig = HealthConfig()
+    cost: CostConfig = CostConfig()
     base_dir: Path = Path(".")
     """Directory of the project file; relative paths resolve against it."""
     _route_features: dict[str, dict[str, list[str]]] = PrivateAttr(default_factory=dict)

@@ -19,7 +19,7 @@ from starlette.routing import Route
 
 from hybridserve.config import Project
 from hybridserve.observability.access import AccessLog
-from hybridserve.server import admin, docs, events, v2
+from hybridserve.server import admin, docs, events, operations, v2
 from hybridserve.server.auth import presented_key
 from hybridserve.server.errors import exception_handlers
 from hybridserve.server.http import (
@@ -57,6 +57,7 @@ class HybridApp:
             *v2.routes(),
             *admin.routes(),
             *events.routes(),
+            *operations.routes(),
             *docs.routes(),
         ]
         self.starlette = Starlette(

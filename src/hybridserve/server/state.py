@@ -12,6 +12,9 @@ from hybridserve.observability.shared import SharedMetrics
 from hybridserve.observability.shared import from_env as shared_from_env
 from hybridserve.observability.tracing import OFF, Tracing
 from hybridserve.observability.tracing import configure as configure_tracing
+from hybridserve.operations.health import HealthReport
+from hybridserve.operations.publish import Publisher
+from hybridserve.operations.report import health_report
 from hybridserve.predictions.cache import L1Cache
 from hybridserve.routing.models import ModelManager
 from hybridserve.routing.router import Router
@@ -63,6 +66,9 @@ class ServerState:
     _scheduler: Scheduler | None = None
     shared_metrics: SharedMetrics | None = None
     """Set with ``serve --workers N``: scrapes sum every worker's counters."""
+    publisher: Publisher | None = None
+    """Publishes this process's heartbeat and SLO counters to the prediction store."""
+    _health: tuple[float, HealthReport] | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -112,6 +118,8 @@ class ServerState:
         await self.services.online_kv.ping()
         await self.services.predictions_kv.ping()
         self.models.start()
+        self.publisher = Publisher(self.services.predictions_kv, self.router)
+        self._tasks.append(asyncio.get_running_loop().create_task(self.publisher.run()))
         self.shared_metrics = shared_from_env(self.metrics)
         if self.shared_metrics is not None:
             self._tasks.append(asyncio.get_running_loop().create_task(self.shared_metrics.run()))
@@ -123,6 +131,21 @@ class ServerState:
                 asyncio.get_running_loop().create_task(self._scheduler.run_forever())
             )
         self.ready = True
+
+    async def health(self, max_age: float = 1.0) -> HealthReport:
+        """The project's health (every process's), computed at most every ``max_age``."""
+        loop_now = asyncio.get_running_loop().time()
+        cached = self._health
+        if cached is not None and loop_now - cached[0] < max_age:
+            return cached[1]
+        own = self.publisher.view() if self.publisher is not None else None
+        report = await health_report(self.services, own=own)
+        self._health = (loop_now, report)
+        return report
+
+    async def serving(self) -> bool:
+        """Ready, and not critical: what ``/v2/health/ready`` answers."""
+        return self.ready and not (await self.health()).critical
 
     def metrics_text(self) -> bytes:
         """What ``/metrics`` answers: every worker's sums when there are several."""
@@ -138,6 +161,8 @@ class ServerState:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.router.close()
+        if self.publisher is not None:
+            await self.publisher.close()
         await self.ingest.close()
         await self.models.close()
         await self.services.close()
