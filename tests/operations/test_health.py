@@ -9,6 +9,7 @@ import httpx
 import orjson
 import yaml
 
+from conftest_server import without
 from hybridserve.batch.manifest import RunManifest, job_dir
 from hybridserve.config import Project, load_project
 from hybridserve.operations import checks as builtin
@@ -21,16 +22,6 @@ from hybridserve.storage.base import Entry
 MakeProject = Callable[..., Project]
 Serve = Callable[..., Any]
 QUIET = {"health": {"min_answers": 5, "publish_interval": "0.2s"}}
-
-
-def without(project: Project, *sections: str) -> Project:
-    """``project`` with ``sections`` (``streams``, ``batch_jobs``) removed from its file."""
-    assert project.source_file is not None
-    raw = yaml.safe_load(project.source_file.read_text())
-    for section in sections:
-        raw.pop(section, None)
-    project.source_file.write_text(yaml.safe_dump(raw))
-    return load_project(project.source_file, env=False)
 
 
 def quiet(make_project: MakeProject, **route: Any) -> Project:

@@ -69,7 +69,7 @@ def _route(ctx: HealthContext, name: str, cfg: RouteConfig) -> Component:
     for why in blocked:
         status = max(status, Status.DEGRADED)
         reasons.append(why)
-    if ctx.processes and not answers:
+    if not answers:
         status = Status.CRITICAL
         reasons.append("no step can answer (stored, compute and every fallback are blocked)")
     recent = ctx.recent(name)
