@@ -127,7 +127,15 @@ def _cost(n: float, cpu: float, cost: CostConfig) -> dict[str, Any]:
 
 
 def window_of(slo: SloConfig, window: str | None) -> float:
-    return slo.window if window is None else parse_duration(window)
+    if window is None:
+        return slo.window
+    try:
+        seconds = parse_duration(window)
+    except ValueError as exc:
+        raise InvalidInput(f"window: {exc}") from None
+    if seconds <= 0:
+        raise InvalidInput(f"window: expected a positive duration like '1h', got {window!r}")
+    return seconds
 
 
 async def store_report(

@@ -27,6 +27,7 @@ from hybridserve.routing.schema import (
     PromoteRequest,
     RollbackRequest,
 )
+from hybridserve.units import DURATION_PATTERN
 
 OPENAPI_VERSION = "3.1.0"
 JSON = "application/json"
@@ -452,6 +453,91 @@ def _admin(doc: _Doc) -> None:
     )
 
 
+_COMPONENT = {
+    "type": "object",
+    "required": ["name", "kind", "status", "reasons"],
+    "properties": {
+        "name": {"type": "string"},
+        "kind": {"type": "string"},
+        "status": {"enum": ["healthy", "degraded", "critical"]},
+        "reasons": {"type": "array", "items": {"type": "string"}},
+        "details": {"type": "object"},
+    },
+}
+_HEALTH = {
+    "type": "object",
+    "required": ["status", "reasons", "at", "processes", "components"],
+    "properties": {
+        "status": {"enum": ["healthy", "degraded", "critical"]},
+        "reasons": {"type": "array", "items": {"type": "string"}},
+        "at": {"type": "number"},
+        "processes": {"type": "integer", "description": "Live server processes counted"},
+        "components": {"type": "array", "items": _COMPONENT},
+    },
+}
+_SLO = {
+    "type": "object",
+    "required": ["source", "at", "routes"],
+    "properties": {
+        "source": {"enum": ["store", "prometheus"]},
+        "at": {"type": "number"},
+        "routes": {
+            "type": "object",
+            "additionalProperties": {
+                "type": "object",
+                "properties": {
+                    "window_s": {"type": "number"},
+                    "latency_target_ms": {"type": ["number", "null"]},
+                    "objectives": {"type": "object"},
+                    "cost": {"type": "object"},
+                },
+            },
+        },
+    },
+}
+
+
+def _operations(doc: _Doc, project: Project) -> None:
+    doc.add(
+        "get",
+        "/v1/health",
+        "health",
+        "Health of the service, each route and each dependency, with reasons (all processes)",
+        {
+            "200": _json(_HEALTH, "Healthy or degraded"),
+            "503": _json(_HEALTH, "Critical: some route cannot answer"),
+        },
+        scope="admin",
+    )
+    routes = sorted(n for n, r in project.routes.items() if r.slo is not None)
+    doc.add(
+        "get",
+        "/v1/slo",
+        "slo",
+        "SLO compliance, error budget left and burn rates per route, with cost per 1k",
+        {
+            "200": _json(_SLO, "The SLO report"),
+            "400": _error("A bad window, or a route without an SLO"),
+            "404": _error("Unknown route"),
+        },
+        scope="admin",
+        parameters=[
+            {
+                "name": "route",
+                "in": "query",
+                "required": False,
+                "schema": {"type": "string", **({"enum": routes} if routes else {})},
+            },
+            {
+                "name": "window",
+                "in": "query",
+                "required": False,
+                "schema": {"type": "string", "pattern": DURATION_PATTERN},
+            },
+        ],
+    )
+
+
 # -- the Open Inference Protocol -----------------------------------------------------------
 
 _DATATYPES = [
@@ -688,6 +774,7 @@ def document(
     doc = _Doc(auth)
     _hybrid(doc, project)
     _admin(doc)
+    _operations(doc, project)
     _v2(doc, models)
     _docs(doc, assets)
     components: dict[str, Any] = {"schemas": dict(sorted(doc.schemas.items()))}
