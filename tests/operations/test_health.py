@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
 import httpx
 import orjson
 import yaml
+from typer.testing import CliRunner
 
 from conftest_server import without
 from hybridserve.batch.manifest import RunManifest, job_dir
+from hybridserve.cli import app as cli
 from hybridserve.config import Project, load_project
 from hybridserve.operations import checks as builtin
 from hybridserve.operations.health import Checks, Component, HealthContext, Status
@@ -61,6 +64,14 @@ async def test_healthy_then_degraded_by_an_open_breaker_with_a_fallback(
     route = _component(body, "route:fraud")
     assert route["details"]["recent"]["answers"] == 10
     assert route["details"]["cost_last_hour"]["currency"] == "USD"
+    # ``hybridserve status`` reads the heartbeat the server published to the store.
+    await asyncio.sleep(0.5)
+    assert app.state.project.source_file is not None
+    args = ["status", "-p", str(app.state.project.source_file)]
+    done = await asyncio.to_thread(CliRunner().invoke, cli, args)
+    assert done.exit_code == 0, done.output
+    assert "service: healthy  (1 processes)" in done.output
+    assert "cost per 1k predictions (last hour)" in done.output
 
     _open(app.state.router, "feature_store")
     status, body = await _health(client)

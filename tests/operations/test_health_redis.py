@@ -173,6 +173,10 @@ async def test_health_moves_through_a_redis_outage_and_back(
             assert (await client.get("/v2/health/ready")).status_code == 200
             code, cli = await asyncio.to_thread(status_cli, project)
             assert (code, cli["status"], cli["processes"]) == (0, "healthy", 1), cli
+            done = await asyncio.to_thread(
+                CliRunner().invoke, app, ["status", "--url", base, "--json"]
+            )
+            assert json.loads(done.stdout)["status"] == "healthy", done.stdout
         finally:
             stop.set()
             await traffic

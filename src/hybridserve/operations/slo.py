@@ -126,16 +126,22 @@ def _cost(n: float, cpu: float, cost: CostConfig) -> dict[str, Any]:
     return {"answers": n, "cpu_seconds": round(cpu, 6), "per_1k": per_1k}
 
 
-def window_of(slo: SloConfig, window: str | None) -> float:
+MAX_WINDOW = 3650 * 86400.0
+"""Longer windows are read as ten years (counters are not kept that long anyway)."""
+
+
+def parse_window(window: str | None) -> float | None:
+    """A report's ``--window`` / ``?window=`` in seconds (``None``: each SLO's own)."""
     if window is None:
-        return slo.window
+        return None
     try:
-        seconds = parse_duration(window)
+        return min(parse_duration(window), MAX_WINDOW)
     except ValueError as exc:
         raise InvalidInput(f"window: {exc}") from None
-    if seconds <= 0:
-        raise InvalidInput(f"window: expected a positive duration like '1h', got {window!r}")
-    return seconds
+
+
+def window_of(slo: SloConfig, window: float | None) -> float:
+    return slo.window if window is None else window
 
 
 async def store_report(
@@ -143,9 +149,10 @@ async def store_report(
 ) -> dict[str, Any]:
     """The SLO report of ``route`` (or every route with an SLO) from the store's counters."""
     at = now()
+    seconds = parse_window(window)
     out = {}
     for name, slo in slo_routes(project, route).items():
-        span = window_of(slo, window)
+        span = window_of(slo, seconds)
         minutes = await read_minutes(kv, name, at - max(span, *BURN.values()))
         cfg = project.routes[name]
 
@@ -176,6 +183,7 @@ async def prometheus_report(
     """The same report, from a Prometheus server that scrapes the project's servers."""
     import httpx
 
+    seconds = parse_window(window)
     out = {}
     async with httpx.AsyncClient(base_url=url.rstrip("/"), timeout=10) as client:
 
@@ -186,16 +194,16 @@ async def prometheus_report(
             return float(result[0]["value"][1]) if result else 0.0
 
         for name, slo in slo_routes(project, route).items():
-            span = window_of(slo, window)
+            span = window_of(slo, seconds)
             cfg = project.routes[name]
             target = slo.latency.p99 if slo.latency is not None else cfg.latency_target
             got: dict[tuple[str, float], tuple[float, float]] = {}
             for sli in ["availability", *(["latency"] if slo.latency else [])]:
-                for seconds in [span, *BURN.values()]:
-                    w = f"{int(seconds)}s"
+                for length in [span, *BURN.values()]:
+                    w = f"{max(1, int(length))}s"
                     bad, total = promql.bad_and_total(name, sli, w, target)
                     t = await query(total)
-                    got[(sli, seconds)] = (t - await query(bad), t)
+                    got[(sli, length)] = (t - await query(bad), t)
 
             def counts(
                 sli: str, seconds: float, g: dict[Any, Any] = got, s: float = span

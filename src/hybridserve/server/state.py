@@ -144,8 +144,11 @@ class ServerState:
         return report
 
     async def serving(self) -> bool:
-        """Ready, and not critical: what ``/v2/health/ready`` answers."""
-        return self.ready and not (await self.health()).critical
+        """Ready, and not critical: what ``/v2/health/ready`` answers (health at most one
+        publish interval old, so frequent probes cost one report per interval)."""
+        if not self.ready:
+            return False
+        return not (await self.health(self.project.health.publish_interval)).critical
 
     def metrics_text(self) -> bytes:
         """What ``/metrics`` answers: every worker's sums when there are several."""
