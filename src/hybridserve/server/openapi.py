@@ -522,12 +522,12 @@ def _operations(doc: _Doc, project: Project) -> None:
         },
         scope="admin",
         parameters=[
-            {
-                "name": "route",
-                "in": "query",
-                "required": False,
-                "schema": {"type": "string", **({"enum": routes} if routes else {})},
-            },
+            # Only a route that declares an SLO may be asked for (another is a 400).
+            *(
+                [{"name": "route", "in": "query", "schema": {"type": "string", "enum": routes}}]
+                if routes
+                else []
+            ),
             {
                 "name": "window",
                 "in": "query",
