@@ -56,7 +56,8 @@ def _availability(report: dict[str, Any]) -> dict[str, Any]:
 async def test_known_mix_gives_exact_compliance_and_budget_and_survives_a_restart(
     make_project: MakeProject, serve: Serve
 ) -> None:
-    project = make_project(fallback=[{"default": 0.0}], slo=SLO)
+    # A budget a busy machine meets: every answer counted here is the one the test expects.
+    project = make_project(fallback=[{"default": 0.0}], slo=SLO, latency_budget="2s")
     app = create_app(project, access_log=False)
     lifespan = app.starlette.router.lifespan_context(app.starlette)
     await lifespan.__aenter__()

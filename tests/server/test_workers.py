@@ -80,10 +80,12 @@ def _fresh_client(base: str) -> httpx.Client:
 
 def test_one_scrape_health_and_slo_sum_both_workers(two_workers: tuple[str, Project]) -> None:
     base, project = two_workers
+    good = 0  # on a busy machine an answer may miss its 50 ms budget and fall back
     with _fresh_client(base) as client:
         for i in range(120):
             r = client.post("/v1/predict/fraud", json={"entity": f"card_{i % 400:06d}"})
             assert r.status_code == 200, r.text
+            good += not r.json()["predictions"][0]["degraded"]
         time.sleep(1.5)  # every worker has written its snapshot since
         for _ in range(6):
             r = client.get("/metrics")
@@ -95,8 +97,8 @@ def test_one_scrape_health_and_slo_sum_both_workers(two_workers: tuple[str, Proj
         time.sleep(1.5)  # every worker has published since
         for _ in range(4):  # whichever worker answers
             a = client.get("/v1/slo").json()["routes"]["fraud"]["objectives"]["availability"]
-            assert (a["good"], a["total"]) == (120, 130)
-            assert a["budget_left"] == pytest.approx(1 - (10 / 130) / 0.1)
+            assert (a["good"], a["total"]) == (good, 130)
+            assert a["budget_left"] == pytest.approx(1 - ((130 - good) / 130) / 0.1)
             health = client.get("/v1/health").json()
             assert health["processes"] == 2
             route = next(c for c in health["components"] if c["name"] == "route:fraud")
