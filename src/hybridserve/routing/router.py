@@ -30,8 +30,8 @@ from typing import Any, TypeVar
 
 from hybridserve.errors import DeadlineExceeded, HybridServeError, InvalidInput, NoFreshPrediction
 from hybridserve.observability.metrics import Metrics, RouteMetrics
-from hybridserve.observability.tracing import OFF, Tracing
 from hybridserve.observability.tally import Tally
+from hybridserve.observability.tracing import OFF, Tracing
 from hybridserve.predictions.cache import L1Cache
 from hybridserve.predictions.store import RunPointer, RunPointerCache
 from hybridserve.predictions.write_behind import WriteBehind
