@@ -17,7 +17,7 @@ import pytest
 import hybridserve
 from hybridserve.config import Project
 from hybridserve.errors import InvalidInput
-from hybridserve.operations.slo import slo_routes
+from hybridserve.operations.slo import prometheus_report, slo_routes
 from hybridserve.server.app import create_app
 
 MakeProject = Callable[..., Project]
@@ -101,3 +101,32 @@ def test_a_route_without_an_slo_is_a_clear_error(make_project: MakeProject) -> N
     assert slo_routes(project, None) == {}
     with pytest.raises(InvalidInput, match=r"route 'fraud' declares no slo \(routes.fraud.slo\)"):
         slo_routes(project, "fraud")
+
+
+async def test_the_report_from_prometheus_queries_each_window(make_project: MakeProject) -> None:
+    project = make_project(slo=SLO)
+    asked: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/api/v1/query"
+        query = request.url.params["query"]
+        asked.append(query)
+        value = 5 if query.startswith("(") else 100  # bad events, else all events
+        return httpx.Response(
+            200, json={"status": "success",
+                       "data": {"resultType": "vector", "result": [{"value": [0, str(value)]}]}},
+        )  # fmt: skip
+
+    report = await prometheus_report(
+        project, "http://prom:9090", "fraud", "24h", transport=httpx.MockTransport(answer)
+    )
+    assert report["source"] == "prometheus"
+    a = _availability(report)
+    assert (a["good"], a["total"], a["actual"]) == (95, 100, 0.95)
+    assert a["budget_left"] == pytest.approx(1 - 0.05 / 0.2)
+    assert a["burn_rate"] == {"5m": 0.25, "1h": 0.25, "6h": 0.25}
+    assert report["routes"]["fraud"]["window_s"] == 86400
+    windows = {w for q in asked for w in ("[86400s]", "[300s]", "[3600s]", "[21600s]") if w in q}
+    assert windows == {"[86400s]", "[300s]", "[3600s]", "[21600s]"}
+    assert all('route="fraud"' in q for q in asked)
+    assert any('le="1.0"' in q for q in asked)  # the latency SLI, at its p99 target's bucket

@@ -178,14 +178,21 @@ def _route_json(
 
 
 async def prometheus_report(
-    project: Project, url: str, route: str | None = None, window: str | None = None
+    project: Project,
+    url: str,
+    route: str | None = None,
+    window: str | None = None,
+    *,
+    transport: Any = None,
 ) -> dict[str, Any]:
-    """The same report, from a Prometheus server that scrapes the project's servers."""
+    """The same report, from a Prometheus server that scrapes the project's servers
+    (``transport``: an httpx transport, for tests)."""
     import httpx
 
     seconds = parse_window(window)
     out = {}
-    async with httpx.AsyncClient(base_url=url.rstrip("/"), timeout=10) as client:
+    client_args: dict[str, Any] = {} if transport is None else {"transport": transport}
+    async with httpx.AsyncClient(base_url=url.rstrip("/"), timeout=10, **client_args) as client:
 
         async def query(expr: str) -> float:
             r = await client.get("/api/v1/query", params={"query": expr})
