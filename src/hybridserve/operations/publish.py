@@ -4,8 +4,8 @@ Every ``health.publish_interval`` (and at shutdown) a server process writes, off
 path, to its prediction store:
 
 - ``hb:{writer}``: its heartbeat: breaker states, the model versions it serves, and each
-  route's answers over the health window; it expires after three intervals, so a dead process
-  drops out of health on its own;
+  route's answers over the health window; it expires after three intervals (at least 10 s),
+  so a dead process drops out of health on its own;
 - ``slo:{route}:{hour}:{writer}``: its minute slots of that hour (:mod:`observability.tally`),
   kept for the longest SLO window. A restarted process has a new ``writer`` id, so the
   documents of its previous life stay and the sums keep counting them.
@@ -38,6 +38,12 @@ from hybridserve.storage.base import Entry
 log = logging.getLogger("hybridserve.operations")
 HEARTBEAT = "hb:"
 SLO = "slo:"
+
+
+def heartbeat_life(project: Project) -> float:
+    """How long a heartbeat counts: three publish intervals, and at least 10 s, so that a
+    busy process (or a busy reader) is not taken for a dead one."""
+    return max(3 * project.health.publish_interval, 10.0)
 
 
 def new_writer_id() -> str:
@@ -137,7 +143,8 @@ class Publisher:
                 for (route, hour), minutes in docs.items()
             ]
             view = orjson.dumps(self.view().to_json())
-            writes.append(Entry(f"{HEARTBEAT}{self.writer}", view, at, at + 3 * self.interval))
+            life = heartbeat_life(self.router.project)
+            writes.append(Entry(f"{HEARTBEAT}{self.writer}", view, at, at + life))
             try:
                 await self.kv.put_many(writes)
             except BaseException:

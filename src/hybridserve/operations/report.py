@@ -14,7 +14,7 @@ from hybridserve.operations.health import (
     HealthReport,
     Status,
 )
-from hybridserve.operations.publish import ProcessView, read_processes
+from hybridserve.operations.publish import ProcessView, heartbeat_life, read_processes
 from hybridserve.records import now
 from hybridserve.services import Services
 
@@ -48,7 +48,7 @@ async def gather_context(
                 processes = await read_processes(services.predictions_kv, at)
         except Exception as exc:  # the store failed between the ping and the read
             unreachable["prediction_store"] = str(exc) or type(exc).__name__
-    alive = 3 * project.health.publish_interval
+    alive = heartbeat_life(project)
     processes = [p for p in processes if at - p.at <= alive]
     if own is not None:
         processes = [p for p in processes if p.writer != own.writer] + [own]
