@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from hybridserve.server.app import create_app
 MakeProject = Callable[..., Project]
 Serve = Callable[..., Any]
 SOURCE_ROOT = str(Path(hybridserve.__file__).resolve().parents[1])
-SLO = {"availability": "80%", "latency": {"p99": "1s"}, "window": "1h"}
+SLO = {"availability": "80%", "latency": {"p99": "2.5s"}, "window": "1h"}
 
 
 def hs(*args: str) -> subprocess.CompletedProcess[str]:
@@ -36,16 +37,21 @@ def hs(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-async def traffic(client: httpx.AsyncClient, good: int, degraded: int, offset: int = 0) -> None:
-    """``good`` computed answers, then ``degraded`` stored-only ones that fall to the default."""
-    for i in range(good):
-        body = {"entity": f"card_{offset + i:06d}", "mode": "compute"}
+async def traffic(client: httpx.AsyncClient, good: int, degraded: int, offset: int = 0) -> int:
+    """``good`` computed answers, then ``degraded`` stored-only ones that fall to the default;
+    returns how many took at most 2.5 s as the client saw them (the server's time is less)."""
+    fast = 0
+    for i in range(good + degraded):
+        if i < good:
+            body, source = {"entity": f"card_{offset + i:06d}", "mode": "compute"}, "online"
+        else:
+            body = {"entity": f"card_{300 + offset + i:06d}", "mode": "stored"}
+            source = "fallback:default"
+        started = time.perf_counter()
         r = await client.post("/v1/predict/fraud", json=body)
-        assert r.json()["predictions"][0]["source"] == "online"
-    for i in range(degraded):
-        body = {"entity": f"card_{300 + offset + i:06d}", "mode": "stored"}
-        r = await client.post("/v1/predict/fraud", json=body)
-        assert r.json()["predictions"][0]["source"] == "fallback:default"
+        fast += time.perf_counter() - started <= 2.5
+        assert r.json()["predictions"][0]["source"] == source
+    return fast
 
 
 def _availability(report: dict[str, Any]) -> dict[str, Any]:
@@ -62,7 +68,7 @@ async def test_known_mix_gives_exact_compliance_and_budget_and_survives_a_restar
     lifespan = app.starlette.router.lifespan_context(app.starlette)
     await lifespan.__aenter__()
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hs") as c:
-        await traffic(c, good=45, degraded=5)
+        fast = await traffic(c, good=45, degraded=5)
         report = (await c.get("/v1/slo")).json()
     await lifespan.__aexit__(None, None, None)  # the server stops; its counters stay stored
 
@@ -73,7 +79,10 @@ async def test_known_mix_gives_exact_compliance_and_budget_and_survives_a_restar
     assert a["budget_left"] == pytest.approx(0.5)  # 10% bad of the 20% allowed
     assert a["burn_rate"]["5m"] == pytest.approx(0.5)
     latency = report["routes"]["fraud"]["objectives"]["latency"]
-    assert (latency["good"], latency["total"], latency["target"]) == (50, 50, 0.99)
+    assert (latency["total"], latency["target"]) == (50, 0.99)
+    assert fast <= latency["good"] <= 50
+    if fast == 50:  # on a machine so busy that a request took 2.5 s, the count is not known
+        assert latency["good"] == 50
     cost = report["routes"]["fraud"]["cost"]
     assert cost["sources"]["online"]["answers"] == 45
     assert cost["sources"]["fallback:default"]["answers"] == 5
@@ -129,4 +138,4 @@ async def test_the_report_from_prometheus_queries_each_window(make_project: Make
     windows = {w for q in asked for w in ("[86400s]", "[300s]", "[3600s]", "[21600s]") if w in q}
     assert windows == {"[86400s]", "[300s]", "[3600s]", "[21600s]"}
     assert all('route="fraud"' in q for q in asked)
-    assert any('le="1.0"' in q for q in asked)  # the latency SLI, at its p99 target's bucket
+    assert any('le="2.5"' in q for q in asked)  # the latency SLI, at its p99 target's bucket
