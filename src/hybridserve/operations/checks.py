@@ -22,21 +22,22 @@ from hybridserve.streaming.status import stream_status
 
 @CHECKS.register
 async def stores(ctx: HealthContext) -> list[Component]:
-    """A store that does not answer a ping is critical; an open breaker on it is degraded."""
+    """A store that refuses a ping is critical; a slow one, or an open breaker on it, is
+    degraded."""
     out = []
     for name in ("prediction_store", "feature_store"):
         why = ctx.unreachable.get(name)
         if why is not None:
             out.append(Component(name, "dependency", Status.CRITICAL, [f"unreachable: {why}"]))
             continue
+        reasons = [ctx.slow[name]] if name in ctx.slow else []
         opened = ctx.breaker_open(name)
         if name == "prediction_store":
             opened += ctx.breaker_open("prediction_store:write")
         if opened:
-            reason = f"circuit open in {len(opened)} of {len(ctx.processes)} processes"
-            out.append(Component(name, "dependency", Status.DEGRADED, [reason]))
-        else:
-            out.append(Component(name, "dependency", Status.HEALTHY))
+            reasons.append(f"circuit open in {len(opened)} of {len(ctx.processes)} processes")
+        status = Status.DEGRADED if reasons else Status.HEALTHY
+        out.append(Component(name, "dependency", status, reasons))
     return out
 
 

@@ -94,6 +94,8 @@ class HealthContext:
     """Every live server process (this one's live view included when asked from a server)."""
     unreachable: dict[str, str] = field(default_factory=dict)
     """Store dependency (``prediction_store``, ``feature_store``) -> why it did not answer."""
+    slow: dict[str, str] = field(default_factory=dict)
+    """Store dependency -> why it is slow (answered no ping within the timeout)."""
 
     def breaker_open(self, name: str) -> list[str]:
         """Writers of the processes in which breaker ``name`` is open."""

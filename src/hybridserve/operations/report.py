@@ -18,13 +18,18 @@ from hybridserve.operations.publish import ProcessView, heartbeat_life, read_pro
 from hybridserve.records import now
 from hybridserve.services import Services
 
+_SLOW = "slow"
+
 
 async def _ping(name: str, kv: Any, timeout: float) -> tuple[str, str | None]:
+    """(name, why it failed, ``_SLOW`` when it only took longer than ``timeout``, or None)."""
     try:
         async with asyncio.timeout(timeout):
             await kv.ping()
-    except Exception as exc:  # any failure: the store is not usable now
-        return name, type(exc).__name__ if isinstance(exc, TimeoutError) else str(exc)
+    except TimeoutError:
+        return name, _SLOW
+    except Exception as exc:  # refused, reset, unknown host...: the store is not usable now
+        return name, str(exc) or type(exc).__name__
     return name, None
 
 
@@ -32,27 +37,34 @@ async def gather_context(
     services: Services, *, own: ProcessView | None = None, timeout: float = 1.0
 ) -> HealthContext:
     """The context of a report: heartbeats from the store, ``own`` (this process, live)
-    in place of its published one, and a ping of each store."""
+    in place of its published one, and a ping of each store. A ping that fails is an
+    unreachable store; one that is only slow (``timeout``) is noted as slow: on a busy host
+    a slow answer is not an outage, and must not take the service out of rotation."""
     project = services.project
     at = now()
     pings = [_ping("prediction_store", services.predictions_kv, timeout)]
     if services.online_kv is not services.predictions_kv:
         pings.append(_ping("feature_store", services.online_kv, timeout))
-    unreachable = {n: why for n, why in await asyncio.gather(*pings) if why is not None}
-    if services.online_kv is services.predictions_kv and "prediction_store" in unreachable:
-        unreachable["feature_store"] = unreachable["prediction_store"]
+    results = dict(await asyncio.gather(*pings))
+    if services.online_kv is services.predictions_kv:
+        results["feature_store"] = results["prediction_store"]
+    unreachable = {n: why for n, why in results.items() if why is not None and why != _SLOW}
+    slow = {n: f"no answer to a ping within {timeout:g}s" for n, why in results.items()
+            if why == _SLOW}  # fmt: skip
     processes: list[ProcessView] = []
-    if "prediction_store" not in unreachable:
+    if not results["prediction_store"]:
         try:
             async with asyncio.timeout(timeout):
                 processes = await read_processes(services.predictions_kv, at)
+        except TimeoutError:
+            slow["prediction_store"] = f"heartbeats not read within {timeout:g}s"
         except Exception as exc:  # the store failed between the ping and the read
             unreachable["prediction_store"] = str(exc) or type(exc).__name__
     alive = heartbeat_life(project)
     processes = [p for p in processes if at - p.at <= alive]
     if own is not None:
         processes = [p for p in processes if p.writer != own.writer] + [own]
-    return HealthContext(project, services, at, processes, unreachable)
+    return HealthContext(project, services, at, processes, unreachable, slow)
 
 
 async def health_report(
