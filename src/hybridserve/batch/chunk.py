@@ -41,9 +41,10 @@ from hybridserve.batch.manifest import ChunkStats, fsync_dir
 from hybridserve.config import DType, Project
 from hybridserve.errors import StoreError
 from hybridserve.features.offline import epoch_seconds
-from hybridserve.predictions.store import PredictionStore, run_key
+from hybridserve.predictions.store import PredictionStore
 from hybridserve.records import PredictionRecord
 from hybridserve.scoring import Scorer
+from hybridserve.storage import run_rows
 
 DELAY_ENV = "HYBRIDSERVE_BATCH_CHUNK_DELAY"
 """Test hook: seconds each chunk sleeps before it is written (lets a test kill a run midway)."""
@@ -212,20 +213,15 @@ class ChunkWorker:
         columns = snapshot_columns(scored)
         columns["feature_hash"] = pa.array(hashes[keep], pa.int64())
         snapshot = pa.table(columns, schema=SNAPSHOT_SCHEMA)
-        blobs = record_bytes(scored)
-        prefix = run_key(ctx.route, ctx.run_id, "")
-        keys = [prefix + e for e in names.to_pylist()]
-        stamps = as_of.tolist()
+        rows = run_rows(names, record_bytes(scored), as_of)
         if carried is not None and carried.num_rows:
             snapshot = pa.concat_tables([snapshot, carried.cast(SNAPSHOT_SCHEMA)])
-            for r in snapshot_records(carried):
-                keys.append(prefix + r.entity)
-                blobs.append(r.to_bytes())
-                stamps.append(r.as_of)
+            kept = snapshot_records(carried)
+            more = run_rows([r.entity for r in kept], [r.to_bytes() for r in kept],
+                            [r.as_of for r in kept])  # fmt: skip
+            rows = run_rows(*(pa.concat_arrays([a, b]) for a, b in zip(rows, more, strict=True)))
         with sink("prediction store"):
-            self.loop.run_until_complete(
-                self.store.kv.put_columns(keys, blobs, stamps, self.store.expires_at())
-            )
+            self.loop.run_until_complete(self.store.put_run_rows(ctx.route, ctx.run_id, rows))
         with sink(f"run directory {ctx.run_dir}"):
             write_parquet_atomic(chunk_file(ctx.run_dir, index), snapshot)
             if rejected:
