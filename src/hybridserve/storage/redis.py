@@ -26,7 +26,7 @@ from hybridserve.storage.redis_bulk import (
     BUCKETS,
     bucket_key,
     bucket_of,
-    hset_commands,
+    hset_batches,
     unpack_value,
 )
 from hybridserve.urls import masked_url
@@ -108,8 +108,6 @@ return out
 """
 )
 
-# Rows per pipeline of a run write (the commands of one call are built in memory first).
-_RUN_SLICE = 65536
 _BULK_TIMEOUT = 60.0
 
 # Keys per script call: big enough to amortise the round trip, small enough not to stall
@@ -236,23 +234,27 @@ class RedisStore:
     def _put_run(self, name: str, rows: pa.RecordBatch, expires_at: float | None) -> int:
         exp = None if expires_at is None else max(1, int(expires_at * 1000))
         pool = self._bulk().connection_pool
-        for start in range(0, rows.num_rows, _RUN_SLICE):
-            commands, count = hset_commands(name, rows.slice(start, _RUN_SLICE), exp)
-            try:
-                conn = pool.get_connection()
-            except self._errors as exc:
-                raise StoreError(f"Redis write failed ({masked_url(self.url)}): {exc}") from exc
-            try:
+        try:
+            conn = pool.get_connection()
+        except self._errors as exc:
+            raise StoreError(f"Redis write failed ({masked_url(self.url)}): {exc}") from exc
+        try:
+            # Send a batch, then encode the next while Redis works; read replies one batch behind.
+            waiting = 0
+            for commands, count in hset_batches(name, rows, exp):
                 conn.send_packed_command(commands)
-                for _ in range(count):
+                for _ in range(waiting):
                     conn.read_response()
-            except BaseException as exc:
-                conn.disconnect()  # replies may still be on the way: never reuse it
-                if isinstance(exc, self._errors):
-                    raise StoreError(f"Redis write failed ({masked_url(self.url)}): {exc}") from exc
-                raise
-            finally:
-                pool.release(conn)
+                waiting = count
+            for _ in range(waiting):
+                conn.read_response()
+        except BaseException as exc:
+            conn.disconnect()  # replies may still be on the way: never reuse it
+            if isinstance(exc, self._errors):
+                raise StoreError(f"Redis write failed ({masked_url(self.url)}): {exc}") from exc
+            raise
+        finally:
+            pool.release(conn)
         return int(rows.num_rows)
 
     def _bulk(self) -> Any:

@@ -9,7 +9,7 @@ path. A new hash per record cost Redis 4 us (``HSET``) to 10 us (the compare-and
 of CPU; a field in an existing hash costs a fraction of that, and one expiry per bucket
 replaces one per key.
 
-:func:`hset_commands` encodes a batch of rows as RESP (``HSET bucket m1 v1 m2 v2 ...`` per
+:func:`hset_batches` encodes a batch of rows as RESP (``HSET bucket m1 v1 m2 v2 ...`` per
 bucket, then ``PEXPIREAT bucket ms``) with Arrow kernels: no Python object per row, and
 redis-py does not encode or frame each argument again.
 """
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -90,10 +91,33 @@ def _bulk(text: bytes) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(text), text)
 
 
-def hset_commands(
-    run: str, rows: pa.RecordBatch, expires_at_ms: int | None
+def hset_batches(
+    run: str, rows: pa.RecordBatch, expires_at_ms: int | None, batch_rows: int = 8192
+) -> Iterator[tuple[list[bytes | memoryview], int]]:
+    """The RESP commands that write ``rows`` into run ``run``, a few buckets at a time (about
+    ``batch_rows`` rows each, so the encoded copy stays small): ``(commands, how many)``."""
+    buckets = bucket_column(rows.column(0))
+    order = np.argsort(buckets, kind="stable")
+    counts = np.bincount(buckets, minlength=BUCKETS)
+    bounds = np.concatenate([[0], np.cumsum(counts)])
+    expiry = None if expires_at_ms is None else _bulk(str(expires_at_ms).encode())
+    first = 0
+    while first < BUCKETS and bounds[first] < rows.num_rows:
+        last = int(np.searchsorted(bounds, bounds[first] + batch_rows, side="right")) - 1
+        last = min(BUCKETS, max(last, first + 1))
+        part = rows.take(pa.array(order[bounds[first] : bounds[last]]))
+        yield _commands(run, part, range(first, last), counts, expiry)
+        first = last
+
+
+def _commands(
+    run: str,
+    rows: pa.RecordBatch,
+    buckets: range,
+    counts: np.ndarray[Any, Any],
+    expiry: bytes | None,
 ) -> tuple[list[bytes | memoryview], int]:
-    """The RESP commands that write ``rows`` into run ``run``, and how many commands."""
+    """``HSET`` (and ``PEXPIREAT``) per bucket of ``rows``, which are sorted by bucket."""
     members = pc.cast(rows.column(0), pa.binary())
     values = pack_values(rows.column(1), rows.column(2))
 
@@ -104,20 +128,21 @@ def hset_commands(
         b"$", length(members), b"\r\n", members, b"\r\n$", length(values), b"\r\n", values,
         b"\r\n", b"",
     )  # fmt: skip
-    buckets = bucket_column(rows.column(0))
-    order = np.argsort(buckets, kind="stable")
-    pieces = pieces.take(pa.array(order))
-    offsets = np.frombuffer(pieces.buffers()[1], dtype=np.int32, count=len(pieces) + 1)
-    data = memoryview(pieces.buffers()[2]) if len(pieces) else memoryview(b"")
-    counts = np.bincount(buckets, minlength=BUCKETS)
-    bounds = np.concatenate([[0], np.cumsum(counts)])
+    _, offsets_buf, data_buf = pieces.buffers()
+    offsets = np.frombuffer(
+        offsets_buf, dtype=np.int32, count=len(pieces) + 1, offset=pieces.offset * 4
+    )
+    data = memoryview(data_buf)
     out: list[bytes | memoryview] = []
-    commands = 0
-    expiry = None if expires_at_ms is None else _bulk(str(expires_at_ms).encode())
-    for b in np.flatnonzero(counts).tolist():
+    commands, row = 0, 0
+    for b in buckets:
+        n = int(counts[b])
+        if n == 0:
+            continue
         key = _bulk(bucket_key(run, b).encode())
-        out.append(b"*%d\r\n$4\r\nHSET\r\n%s" % (2 + 2 * int(counts[b]), key))
-        out.append(data[offsets[bounds[b]] : offsets[bounds[b + 1]]])
+        out.append(b"*%d\r\n$4\r\nHSET\r\n%s" % (2 + 2 * n, key))
+        out.append(data[offsets[row] : offsets[row + n]])
+        row += n
         commands += 1
         if expiry is not None:
             out.append(b"*3\r\n$9\r\nPEXPIREAT\r\n%s%s" % (key, expiry))
