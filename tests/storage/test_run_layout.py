@@ -80,3 +80,20 @@ async def test_sqlite_keeps_a_run_in_its_own_table_indexed_when_sealed(tmp_path:
         db.close()
     finally:
         await store.close()
+
+
+async def test_sqlite_reader_sees_a_run_another_process_dropped_and_wrote_again(
+    tmp_path: Path,
+) -> None:
+    reader = open_store(f"sqlite:///{tmp_path}/s.db", "t:")
+    writer = open_store(f"sqlite:///{tmp_path}/s.db", "t:")
+    try:
+        await writer.put_run("pb:r:1", run_rows(["a"], [b"old"], [1.0]))
+        assert [e and e.value for e in await reader.get_run("pb:r:1", ["a"])] == [b"old"]
+        await writer.drop_run("pb:r:1")  # within the reader's second of trusting its lookup
+        assert await reader.get_run("pb:r:1", ["a"]) == [None]
+        await writer.put_run("pb:r:1", run_rows(["a"], [b"new"], [2.0]))
+        assert [e and e.value for e in await reader.get_run("pb:r:1", ["a"])] == [b"new"]
+    finally:
+        await reader.close()
+        await writer.close()

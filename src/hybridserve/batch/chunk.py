@@ -206,7 +206,7 @@ class ChunkWorker:
         ctx = self.ctx
         with sink(f"run directory {ctx.run_dir}"):
             write_parquet_atomic(chunk_file(ctx.run_dir, chunk.index), chunk.snapshot)
-            if chunk.rejected:
+            if chunk.raw is not None:
                 write_parquet_atomic(
                     chunk_file(ctx.run_dir, chunk.index, "rejected"),
                     self._rejects(chunk.index, chunk.raw, chunk.read_keys, chunk.rejected),
@@ -285,7 +285,7 @@ class ChunkWorker:
             carried=0 if carried is None else carried.num_rows,
             records=rows,
             snapshot=snapshot,
-            raw=raw,
+            raw=raw if rejected else None,  # kept only to write the rejected rows
             read_keys=read_keys,
             started=t0,
         )
@@ -337,7 +337,7 @@ class _Scored:
     carried: int
     records: pa.RecordBatch
     snapshot: pa.Table
-    raw: pa.Table
+    raw: pa.Table | None
     read_keys: pa.Array
     started: float
 

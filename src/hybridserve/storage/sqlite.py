@@ -123,6 +123,7 @@ class SQLiteStore(SQLiteRuns):
         self._max_queued = max_queued
         self._queued: asyncio.Semaphore | None = None
         self._writes_since_purge = 0
+        self._tables = {}
 
     async def _in_writer(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` in the writer thread; at most ``max_queued`` writes wait at a time."""

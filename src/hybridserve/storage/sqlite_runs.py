@@ -25,6 +25,7 @@ from hybridserve.storage.base import Entry
 T = TypeVar("T")
 
 _CHUNK = 500
+_TABLE_TTL = 1.0
 
 
 class SQLiteRuns:
@@ -35,6 +36,8 @@ class SQLiteRuns:
     _wconn: sqlite3.Connection
     _lock: threading.Lock
     _wlock: threading.Lock
+    _tables: dict[str, tuple[str, float | None, float]]
+    """Run -> (table, expiry, when looked up): the runs read lately."""
 
     if TYPE_CHECKING:  # the store's own
 
@@ -60,6 +63,7 @@ class SQLiteRuns:
         if rows.num_rows == 0:
             return 0
         name = self._prefix + run
+        self._tables.pop(run, None)
         members, values, as_of = (rows.column(i) for i in range(3))
 
         def write(conn: sqlite3.Connection) -> int:
@@ -86,14 +90,25 @@ class SQLiteRuns:
 
         return await self._in_writer(lambda: self._transaction("cannot write to", write))
 
-    def _table(self, run: str, at: float) -> tuple[str, float | None] | None:
-        """The live run's table and expiry (on the reader connection, under its lock)."""
-        found = self._conn.execute(
-            "SELECT id, expires_at FROM runs WHERE name = ?"
-            " AND (expires_at IS NULL OR expires_at > ?)",
-            (self._prefix + run, at),
-        ).fetchone()
-        return None if found is None else (f"run_{found[0]}", found[1])
+    def _table(
+        self, run: str, at: float, *, cached: bool = False
+    ) -> tuple[str, float | None] | None:
+        """The live run's table and expiry (on the reader connection, under its lock).
+
+        ``cached``: a run found less than a second ago is not looked up again (a served
+        run's read is then one query); a table dropped meanwhile reads as "no such table".
+        """
+        hit = self._tables.get(run) if cached else None
+        if hit is None or at - hit[2] >= _TABLE_TTL:
+            found = self._conn.execute(
+                "SELECT id, expires_at FROM runs WHERE name = ?", (self._prefix + run,)
+            ).fetchone()
+            if found is None:
+                self._tables.pop(run, None)
+                return None
+            hit = self._tables[run] = (f"run_{found[0]}", found[1], at)
+        table, expires_at, _ = hit
+        return None if expires_at is not None and expires_at <= at else (table, expires_at)
 
     async def get_run(
         self, run: str, members: Sequence[str], keys: Sequence[str] = ()
@@ -101,25 +116,33 @@ class SQLiteRuns:
         own = await self.get_many(keys)
         if not members:
             return own
-        found: dict[str, Entry] = {}
         with self._lock:
             try:
-                table = self._table(run, now())
-                for start in range(0, len(members) if table else 0, _CHUNK):
-                    assert table is not None
-                    chunk = list(members[start : start + _CHUNK])
-                    rows = self._conn.execute(
-                        f"SELECT member, value, as_of FROM {table[0]}"
-                        f" WHERE member IN ({','.join('?' * len(chunk))}) ORDER BY rowid",
-                        chunk,
-                    ).fetchall()
-                    for m, value, as_of in rows:  # the last copy of a member wins
-                        found[m] = Entry(m, bytes(value), as_of, table[1])
+                found = self._read_run(run, members, cached=True)
             except sqlite3.OperationalError as exc:
-                if "no such table" not in str(exc):  # dropped by another process meanwhile
+                if "no such table" not in str(exc):
                     raise self._failure("cannot read from", exc) from exc
-                found = {}
+                try:  # dropped (by another process) since it was looked up: look again
+                    found = self._read_run(run, members, cached=False)
+                except sqlite3.OperationalError:
+                    found = {}
         return [*own, *(found.get(m) for m in members)]
+
+    def _read_run(self, run: str, members: Sequence[str], *, cached: bool) -> dict[str, Entry]:
+        found: dict[str, Entry] = {}
+        table = self._table(run, now(), cached=cached)
+        if table is None:
+            return found
+        for start in range(0, len(members), _CHUNK):
+            chunk = list(members[start : start + _CHUNK])
+            rows = self._conn.execute(
+                f"SELECT member, value, as_of FROM {table[0]}"
+                f" WHERE member IN ({','.join('?' * len(chunk))}) ORDER BY rowid",
+                chunk,
+            ).fetchall()
+            for m, value, as_of in rows:  # the last copy of a member wins
+                found[m] = Entry(m, bytes(value), as_of, table[1])
+        return found
 
     async def scan_run(self, run: str) -> AsyncIterator[str]:
         seen: set[str] = set()
@@ -168,6 +191,7 @@ class SQLiteRuns:
 
     async def drop_run(self, run: str) -> None:
         name = self._prefix + run
+        self._tables.pop(run, None)
 
         def drop(conn: sqlite3.Connection) -> None:
             found = conn.execute("SELECT id FROM runs WHERE name = ?", (name,)).fetchone()
