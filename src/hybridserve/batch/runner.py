@@ -88,7 +88,8 @@ def run_job(
         model_ref = (
             existing.model_ref if existing else registry.get(project.route(job.route).model).ref
         )
-        scorer = Scorer(project, job.route, registry.load(model_ref))
+        # This process plans and records; only the workers score (no trees to compile here).
+        scorer = Scorer(project, job.route, registry.load(model_ref, compile="none"))
     if existing is not None:
         snapshot_at = existing.snapshot_at
     elif snapshot_at is None:
