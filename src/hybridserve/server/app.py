@@ -22,7 +22,7 @@ from hybridserve.config import Project
 from hybridserve.errors import HybridServeError, NotFound
 from hybridserve.observability.access import AccessLog
 from hybridserve.routing.schema import parse_predict_request
-from hybridserve.server import admin, docs, events, v2
+from hybridserve.server import admin, dashboard, docs, events, v2
 from hybridserve.server.auth import presented_key
 from hybridserve.server.errors import exception_handlers
 from hybridserve.server.http import (
@@ -58,6 +58,7 @@ class HybridApp:
             *admin.routes(),
             *events.routes(),
             *docs.routes(),
+            *dashboard.routes(),
         ]
         self.starlette = Starlette(
             routes=routes, lifespan=self._lifespan, exception_handlers=exception_handlers()

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from hybridserve.config import Project
+from hybridserve.observability.dashboard import Dashboard
 from hybridserve.observability.metrics import Metrics
 from hybridserve.observability.shared import SharedMetrics
 from hybridserve.observability.shared import from_env as shared_from_env
@@ -60,6 +61,8 @@ class ServerState:
     _scheduler: Scheduler | None = None
     shared_metrics: SharedMetrics | None = None
     """Set with ``serve --workers N``: scrapes sum every worker's counters."""
+    dashboard: Dashboard = field(default_factory=Dashboard)
+    """The snapshots behind ``/v1/dashboard/data`` (its rates and windows)."""
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
