@@ -5,8 +5,9 @@ with auth on, answers traffic from every source and one fallback. The page is op
 browser context that refuses every request to another origin (so it must work offline); the
 test logs in with a ``read`` key, checks that the charts have drawn their series, that the
 figures shown are the ones ``/metrics`` reports, that they move when traffic does, and saves a
-screenshot (into ``HYBRIDSERVE_SCREENSHOTS`` when set, e.g. ``docs/img``; else the test's
-temporary directory).
+screenshot: ``dashboard.png`` in the test's temporary directory, or in
+``HYBRIDSERVE_SCREENSHOTS`` when set (``HYBRIDSERVE_SCREENSHOTS=docs/img`` refreshes the one the
+README shows).
 
 Needs the system Chromium (Debian: ``apt-get install chromium chromium-driver``; ``scripts/test``
 installs it) and the ``playwright`` package (the ``dev`` extra; its own browser download is not
@@ -261,7 +262,9 @@ def test_dashboard_draws_what_metrics_says(
     assert not refused, f"requests to other origins: {refused}"
 
 
-def test_dashboard_follows_traffic(served: Served, offline_page: tuple[Any, list[str]]) -> None:
+def test_dashboard_follows_traffic(
+    served: Served, offline_page: tuple[Any, list[str]], tmp_path: Path
+) -> None:
     page, _ = offline_page
     _login(page, served.url)
     before = int(_shown(page, "answers.online.total"))
@@ -285,7 +288,10 @@ def test_dashboard_follows_traffic(served: Served, offline_page: tuple[Any, list
     _wait_for(lambda: _shown(page, "answers.online.total") == str(int(want)), "the new total")
     rates = page.evaluate("window.hsCharts.fraud.history.rates.online")
     assert max(r or 0 for r in rates) > 0, rates
-    _screenshot(page, "dashboard.png")
+    shot = Path(os.environ.get("HYBRIDSERVE_SCREENSHOTS") or tmp_path) / "dashboard.png"
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
 
 
 def test_swagger_ui_renders_offline(served: Served, offline_page: tuple[Any, list[str]]) -> None:
@@ -295,11 +301,3 @@ def test_swagger_ui_renders_offline(served: Served, offline_page: tuple[Any, lis
     ops = page.locator(".opblock-summary-path").all_inner_texts()
     assert "/v1/predict/fraud" in ops and "/v1/dashboard/data" in ops, ops
     assert not refused, f"requests to other origins: {refused}"
-
-
-def _screenshot(page: Any, name: str, *, full_page: bool = True) -> None:
-    into = os.environ.get("HYBRIDSERVE_SCREENSHOTS")
-    if not into:
-        return
-    Path(into).mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(Path(into) / name), full_page=full_page)
