@@ -268,7 +268,7 @@ def test_dashboard_follows_traffic(
     page, _ = offline_page
     _login(page, served.url)
     before = int(_shown(page, "answers.online.total"))
-    _wait_for(lambda: float(_shown(page, "answers.online.per_s")) == 0, "a quiet poll")
+    _wait_for(lambda: _shown(page, "answers.online.per_s") == "0", "a quiet poll")
     polls = page.evaluate("window.hsCharts.fraud.history.t.length")
     source = served.project.view("card_profile").source
     assert source is not None
