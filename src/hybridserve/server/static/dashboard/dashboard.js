@@ -52,6 +52,7 @@ function headers() {
 async function getJson(path) {
   const r = await fetch(path, { headers: headers(), cache: "no-store" });
   if (r.status === 404) return { missing: true };
+  if (r.status === 503 && path === "/v1/health") return { body: await r.json() }; // critical
   if (r.status === 401 || r.status === 403) {
     const body = await r.json().catch(() => ({}));
     return { denied: body.error || r.statusText };
@@ -264,51 +265,53 @@ function drawAge(card, name, route) {
 
 // -- health and SLOs (when the server has /v1/health and /v1/slo) ---------------------------
 
-function stateOf(obj) { return obj ? (obj.status || obj.state || "unknown") : "unknown"; }
+function stateOf(obj) { return obj ? (obj.status || "unknown") : "unknown"; }
 
 function reasonsOf(obj) { return obj && obj.reasons ? obj.reasons.join("; ") : ""; }
 
+// /v1/health: {status, reasons, components: [{name: "route:fraud", kind, status, reasons}]}
 function renderHealth(health) {
   const badge = document.getElementById("health");
   const card = document.getElementById("health-card");
-  if (!health) { badge.textContent = "health: n/a"; card.hidden = true; return; }
+  if (!health) { badge.dataset.state = "unknown"; badge.textContent = "health: n/a"; card.hidden = true; return; }
   const state = stateOf(health);
   badge.dataset.state = state;
   badge.textContent = "health: " + state;
+  badge.title = reasonsOf(health);
   card.hidden = false;
   const rows = [[cell("service"), cell(state, { "data-state": state, "data-k": "health.service" }), cell(reasonsOf(health))]];
-  for (const group of ["routes", "dependencies"]) {
-    const items = health[group];
-    if (!items) continue;
-    const entries = Array.isArray(items) ? items.map((d) => [d.name, d]) : Object.entries(items);
-    for (const [n, d] of entries) {
-      rows.push([cell(`${group === "routes" ? "route" : d.kind || "dependency"} ${n}`),
-        cell(stateOf(d), { "data-state": stateOf(d), "data-k": `health.${group}.${n}` }), cell(reasonsOf(d))]);
-    }
+  for (const c of health.components || []) {
+    rows.push([cell(c.name), cell(stateOf(c), { "data-state": stateOf(c), "data-k": `health.${c.name}` }), cell(reasonsOf(c))]);
   }
   fillTable(document.querySelector("#health-table tbody"), rows);
 }
 
 function renderRouteHealth(badge, name, health) {
-  const route = health && health.routes ? (Array.isArray(health.routes) ? health.routes.find((r) => r.name === name) : health.routes[name]) : null;
+  const route = health ? (health.components || []).find((c) => c.name === `route:${name}`) : null;
   const state = route ? stateOf(route) : "unknown";
   badge.dataset.state = state;
   badge.textContent = route ? state : "health n/a";
   badge.title = reasonsOf(route);
 }
 
+// /v1/slo: {routes: {NAME: {window_s, objectives: {SLI: {target, actual, budget_left,
+// burn_rate: {"5m", "1h", "6h"}}}, cost: {currency, all: {per_1k}}}}}
 function renderSlo(tbody, name, slo) {
-  const routes = slo ? (slo.routes || slo) : null;
-  const mine = routes ? (Array.isArray(routes) ? routes.filter((r) => r.route === name) : [].concat(routes[name] || [])) : [];
+  const mine = slo && slo.routes ? slo.routes[name] : null;
   const rows = [];
-  for (const r of mine) {
-    for (const [objective, o] of Object.entries(r.objectives || { [r.objective || "slo"]: r })) {
-      const burn = o.burn_rate || o.burn || {};
-      rows.push([cell(objective), cell(fmt(o.target, 4)), cell(fmt(o.actual, 4), { "data-k": `slo.${objective}.actual` }),
-        cell(pct(o.budget_left ?? o.error_budget_left)), cell(fmt(burn["5m"], 2)), cell(fmt(burn["1h"], 2)), cell(fmt(burn["6h"], 2))]);
-    }
+  for (const [sli, o] of Object.entries((mine && mine.objectives) || {})) {
+    const burn = o.burn_rate || {};
+    rows.push([cell(sli), cell(fmt(o.target, 4)),
+      cell(fmt(o.actual, 4), { "data-k": `slo.${sli}.actual`, "data-state": o.compliant ? "healthy" : "degraded" }),
+      cell(pct(o.budget_left), { "data-k": `slo.${sli}.budget_left` }),
+      cell(fmt(burn["5m"], 2)), cell(fmt(burn["1h"], 2)), cell(fmt(burn["6h"], 2))]);
   }
-  fillTable(tbody, rows.length ? rows : [[cell(slo ? "no SLO declared" : "n/a"), "", "", "", "", "", ""].map((x) => (typeof x === "string" ? cell(x) : x))]);
+  const cost = mine && mine.cost;
+  if (cost && cost.all) {
+    rows.push([cell("cost per 1k"), cell(""), cell(`${fmt(cost.all.per_1k, 4)} ${cost.currency || ""}`, { "data-k": "cost.per_1k" }), cell(""), cell(""), cell(""), cell("")]);
+  }
+  if (!rows.length) rows.push([cell(slo ? "no SLO declared" : "n/a"), cell(""), cell(""), cell(""), cell(""), cell(""), cell("")]);
+  fillTable(tbody, rows);
 }
 
 // -- start ---------------------------------------------------------------------------------
