@@ -308,7 +308,7 @@ function renderSlo(tbody, name, slo) {
   }
   const cost = mine && mine.cost;
   if (cost && cost.all) {
-    rows.push([cell("cost per 1k"), cell(""), cell(`${fmt(cost.all.per_1k, 4)} ${cost.currency || ""}`, { "data-k": "cost.per_1k" }), cell(""), cell(""), cell(""), cell("")]);
+    rows.push([cell("cost per 1k"), cell(""), cell(`${fmt(cost.all.per_1k, 6)} ${cost.currency || ""}`, { "data-k": "cost.per_1k" }), cell(""), cell(""), cell(""), cell("")]);
   }
   if (!rows.length) rows.push([cell(slo ? "no SLO declared" : "n/a"), cell(""), cell(""), cell(""), cell(""), cell(""), cell("")]);
   fillTable(tbody, rows);
