@@ -242,3 +242,20 @@ async def test_staleness_bounds_per_source_and_the_request_only_tightens(kit: Ki
     assert tighter.body["predictions"][0]["source"] == "fallback:default"
     looser = await ask(router, {"entity": "stream-card", "mode": "stored", "max_staleness": "3h"})
     assert looser.body["predictions"][0]["source"] == "fallback:default"  # never loosens
+
+
+async def test_a_request_that_waited_its_budget_for_the_loop_falls_back_at_once(
+    kit: Kit,
+) -> None:
+    router, rts = await kit(fallback=[{"default": 0.5}])
+    router.lag.start()
+    router.lag.note(router.lag._clock(), 0.15)  # the loop runs 150 ms late: 50 ms are left
+    got = await ask(router, {"entity": "a", "features": {"x": 3.0}})
+    assert got.body["predictions"][0]["source"] == "online"  # the model answers in time
+    router.lag.note(router.lag._clock(), 0.25)  # later than the 200 ms budget
+    got = await ask(router, {"entity": "b", "features": {"x": 3.0}})
+    (p,) = got.body["predictions"]
+    assert (got.status, p["source"], p["degraded"]) == (200, "fallback:default", True)
+    assert len(rts["primary"].calls) == 1  # no batch was built for an answer too late
+    reason = router.metrics.fallbacks.labels(ROUTE, "default", "deadline").value
+    assert reason == 1

@@ -142,6 +142,9 @@ class Router:
         if req.timeout_ms is not None:
             budget = min(budget, req.timeout_ms / 1000)
         self.lag.start()
+        # The request already waited for the loop about as long as the loop runs late: under
+        # overload that time is spent, and what cannot finish in what is left falls back now.
+        budget -= self.lag.current()
         loop_now = asyncio.get_running_loop().time()
         return Job(
             route,
@@ -364,6 +367,10 @@ class Router:
         return self.models.get(route, role)
 
     async def _compute(self, job: Job) -> None:
+        if job.deadline <= asyncio.get_running_loop().time():
+            # Overloaded (or frozen): no time to read features or build a batch for nothing.
+            job.note(job.open(), "compute", Reason.DEADLINE, "skipped (deadline passed)")
+            return
         groups: dict[int, list[Entity]] = {}
         for e in job.open():
             groups.setdefault(id(e.model), []).append(e)
