@@ -205,6 +205,20 @@ Staleness = Annotated[
 """A freshness bound: one duration, or ``{batch, stream, online}`` durations."""
 
 
+class StageBudgets(_Strict):
+    """How long each stage of the online path may take (``None``: up to the request's
+    deadline). ``store``: the prediction-store read; ``features``: the online feature read;
+    ``model``: queueing for and running the micro-batch."""
+
+    store: Duration | None = None
+    features: Duration | None = None
+    model: Duration | None = None
+
+    def of(self, stage: str) -> float | None:
+        value: float | None = getattr(self, stage, None)
+        return value
+
+
 class RouteConfig(_Strict):
     model: str
     """Model reference: ``name@alias`` or ``name/version``."""
@@ -217,12 +231,26 @@ class RouteConfig(_Strict):
     """How old a stored prediction may be and still be served: one bound, or one per source
     (``{batch: 24h, stream: 10m, online: 1h}``). A request's ``max_staleness`` only tightens."""
     latency_budget: Duration = 0.1
+    budgets: StageBudgets = Field(default_factory=lambda: StageBudgets())
+    """Per-stage limits within ``latency_budget``: a stage past its own is cut and the next
+    step answers (its breaker counts a timeout)."""
     fallback: list[FallbackStep] = []
     canary: RolloutConfig | None = None
     shadow: RolloutConfig | None = None
     threshold: float | None = None
     """For classifiers: ``label = score >= threshold`` when set."""
     description: str = ""
+
+    @model_validator(mode="after")
+    def _budgets_within(self) -> RouteConfig:
+        for stage in ("store", "features", "model"):
+            limit = self.budgets.of(stage)
+            if limit is not None and not 0 < limit <= self.latency_budget:
+                raise ValueError(
+                    f"budgets.{stage}: {limit * 1000:g} ms is not within the route's "
+                    f"latency_budget of {self.latency_budget * 1000:g} ms"
+                )
+        return self
 
     def staleness(self, source: str) -> float:
         """The freshness bound for a stored prediction from ``source``."""

@@ -181,6 +181,12 @@ class Metrics:
             ["route", "kind", "reason"],
             registry=r,
         )
+        self.stage_budget = Gauge(
+            "hybridserve_stage_budget_seconds",
+            "Each stage's own budget per route (routes.*.budgets), to read stage latency against.",
+            ["route", "stage"],
+            registry=r,
+        )
         self.breaker_state = Gauge(
             "hybridserve_breaker_state",
             "Circuit breaker state (0 closed, 1 half-open, 2 open).",

@@ -47,6 +47,9 @@ from hybridserve.scoring import value_problem
 from hybridserve.services import Services
 
 log = logging.getLogger("hybridserve.router")
+_STAGES = {"store": "prediction_store", "features": "feature_store", "model": "model"}
+"""A stage budget's name -> the dependency ``Router._call`` applies it to (``model``: any
+model, primary, canary or fallback)."""
 T = TypeVar("T")
 
 
@@ -90,6 +93,15 @@ class Router:
         routes = self.project.routes
         self.chains: dict[str, list[Step]] = {r: build_chain(c.fallback) for r, c in routes.items()}
         self.route_metrics = {r: RouteMetrics(metrics, r) for r in routes}
+        self.limits: dict[str, dict[str, float]] = {}
+        """Per route, each dependency kind's own budget (``routes.*.budgets``)."""
+        for r, c in routes.items():
+            self.limits[r] = {}
+            for stage, dependency in _STAGES.items():
+                limit = c.budgets.of(stage)
+                if limit is not None:
+                    self.limits[r][dependency] = limit
+                    metrics.stage_budget.labels(r, stage).set(limit)
 
     def breaker(self, name: str) -> CircuitBreaker:
         return self.breakers(name)
@@ -185,6 +197,11 @@ class Router:
             coro.close()
             job.note(todo, step, Reason.DEADLINE, "skipped (deadline passed)")
             return None
+        limits = self.limits[job.route]
+        limit = limits.get("model" if model is not None else dependency) if limits else None
+        cut = limit is not None and limit < remaining
+        if cut:
+            remaining = limit  # type: ignore[assignment]
         if not breaker.allow():
             coro.close()
             job.note(todo, step, Reason.BREAKER_OPEN, f"skipped ({dependency} circuit open)")
@@ -208,7 +225,10 @@ class Router:
                 job.note(todo, step, Reason.OVERLOAD, f"timed out, event loop {late:.0f} ms late")
                 return None
             breaker.failure()
-            job.note(todo, step, Reason.TIMEOUT, f"timed out after {remaining * 1000:.0f} ms")
+            cause = (
+                f"its {remaining * 1000:g} ms stage budget" if cut else f"{remaining * 1000:.0f} ms"
+            )
+            job.note(todo, step, Reason.TIMEOUT, f"timed out after {cause}")
             return None
         except Exception as exc:  # any failure of a dependency: fall back, never a 500
             breaker.failure()
