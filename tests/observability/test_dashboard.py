@@ -79,7 +79,7 @@ def test_latency_and_hit_rates_are_over_the_window() -> None:
     route = RouteMetrics(metrics, "fraud")
     dash = Dashboard(window=60, min_interval=1)
     dash.started = 0.0
-    project = _project(latency_budget="20ms")
+    project = _project(latency_budget="20ms", budgets={"store": "5ms", "model": "10ms"})
     for _ in range(99):
         route.total.child.observe(0.0015)  # in the (1 ms, 2 ms] bucket
     route.total.child.observe(0.3)
@@ -104,7 +104,9 @@ def test_latency_and_hit_rates_are_over_the_window() -> None:
     assert stage["count"] == 10 and stage["total_count"] == 110
     assert stage["p99_ms"] == pytest.approx(49.7) and stage["over_budget"] is True
     assert view["routes"]["fraud"]["cache"]["l1"] == {"hits": 3, "hit_rate": 0.0}
-    assert view["routes"]["fraud"]["stages"]["store"]["p50_ms"] is None
+    stages = view["routes"]["fraud"]["stages"]
+    assert stages["store"]["p50_ms"] is None and stages["store"]["over_budget"] is None
+    assert [stages[s]["budget_ms"] for s in ("store", "features", "model")] == [5.0, None, 10.0]
 
 
 def test_age_distribution_counts_answers_per_bucket() -> None:

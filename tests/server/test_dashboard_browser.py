@@ -83,6 +83,9 @@ def _project(trained: Path, dest: Path) -> Project:
         {"name": "app", "key": PREDICT_KEY, "scopes": ["predict"]},
         {"name": "ops", "key": READ_KEY, "scopes": ["read"]},
     ]
+    # Generous budgets: a test on a busy machine must not see its computations cut.
+    raw["routes"]["fraud"]["latency_budget"] = "500ms"
+    raw["routes"]["fraud"]["budgets"] = {"store": "100ms", "features": "100ms", "model": "400ms"}
     (dest / "hybridserve.yaml").write_text(yaml.safe_dump(raw))
     return load_project(dest / "hybridserve.yaml", env=False)
 
@@ -175,6 +178,13 @@ def _shown(page: Any, key: str) -> str:
     return str(page.locator(f'[data-route="fraud"] [data-k="{key}"]').first.inner_text())
 
 
+def _js_fixed(value: float | None, digits: int) -> str:
+    """``value`` as the page's ``fmt`` writes it."""
+    if value is None:
+        return "\u2013"  # the dash the page shows for no value
+    return str(int(value)) if float(value).is_integer() else f"{value:.{digits}f}"
+
+
 def _wait_for(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -250,6 +260,14 @@ def test_dashboard_draws_what_metrics_says(
     )
     assert _shown(page, "model.primary.version") == version
     assert float(_shown(page, "stage.total.p99_ms")) > 0
+    budgets = {  # the stage budgets shown are the ones the server exports
+        dict(labels)["stage"]: v * 1000
+        for (name, labels), v in m.items()
+        if name == "hybridserve_stage_budget_seconds" and dict(labels)["route"] == "fraud"
+    }
+    assert budgets == {"store": 100, "features": 100, "model": 400}, budgets
+    for stage, ms in budgets.items():
+        assert _shown(page, f"stage.{stage}.budget_ms") == _js_fixed(ms, 1), stage
     assert page.locator("#batch tbody tr").count() >= 1
     assert "completed" in page.locator("#batch tbody").inner_text()
     assert page.locator('#streams [data-k="stream.transactions.lag"]').inner_text() == "0"

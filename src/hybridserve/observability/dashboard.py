@@ -252,8 +252,14 @@ def _stages(name: str, cfg: RouteConfig, window: _Delta) -> dict[str, dict[str, 
 
 
 def stage_budgets(cfg: RouteConfig) -> dict[str, float]:
-    """Seconds per stage the route allows: ``total`` is its ``latency_budget``."""
-    return {"total": cfg.latency_budget}
+    """Seconds per stage the route allows: its ``budgets`` (``store``, ``features``,
+    ``model``), and ``total``, its ``latency_budget``."""
+    out = {"total": cfg.latency_budget}
+    for stage in STAGES:
+        limit = cfg.budgets.of(stage)
+        if limit is not None:
+            out[stage] = limit
+    return out
 
 
 def _age(name: str, window: _Delta) -> dict[str, Any]:

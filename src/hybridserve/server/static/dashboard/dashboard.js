@@ -175,7 +175,7 @@ function renderRoute(card, name, route, at, health, slo) {
   fillTable(q(".stages tbody"), Object.entries(route.stages).filter(([, s]) => s.total_count > 0).map(([stage, s]) => [
     cell(stage), cell(fmt(s.p50_ms, 3), { "data-k": `stage.${stage}.p50_ms`, class: "num" }),
     cell(fmt(s.p99_ms, 3), { "data-k": `stage.${stage}.p99_ms`, class: "num", "data-over": String(!!s.over_budget) }),
-    cell(fmt(s.budget_ms, 1), { class: "num" }), cell(fmt(s.count), { class: "num" }),
+    cell(fmt(s.budget_ms, 1), { "data-k": `stage.${stage}.budget_ms`, class: "num" }), cell(fmt(s.count), { class: "num" }),
   ]));
   renderRouteHealth(q('[data-k="health"]'), name, health);
   renderSlo(q(".slo tbody"), name, slo);
