@@ -479,6 +479,16 @@ class ServerConfig(_Strict):
     api_keys: list[ApiKeyConfig] = []
 
 
+class TracingConfig(_Strict):
+    """OpenTelemetry tracing (extra ``otel``); also on when ``OTEL_TRACES_EXPORTER`` or an
+    ``OTEL_EXPORTER_OTLP_*ENDPOINT`` is set. See ``observability/tracing.py``."""
+
+    enabled: bool = False
+    sample_ratio: float | None = Field(default=None, ge=0, le=1)
+    """Share of new traces sampled (a sampled caller's trace is always continued); default the
+    SDK's (``OTEL_TRACES_SAMPLER``, else every trace)."""
+
+
 class Project(_Strict):
     """A loaded, validated project file."""
 
@@ -492,6 +502,7 @@ class Project(_Strict):
     batch_jobs: dict[str, BatchJobConfig] = {}
     streams: dict[str, StreamConfig] = {}
     server: ServerConfig = ServerConfig()
+    tracing: TracingConfig = TracingConfig()
     base_dir: Path = Path(".")
     """Directory of the project file; relative paths resolve against it."""
     _route_features: dict[str, dict[str, list[str]]] = PrivateAttr(default_factory=dict)

@@ -30,13 +30,14 @@ from typing import Any, TypeVar
 
 from hybridserve.errors import DeadlineExceeded, HybridServeError, InvalidInput, NoFreshPrediction
 from hybridserve.observability.metrics import Metrics, RouteMetrics
+from hybridserve.observability.tracing import OFF, Tracing
 from hybridserve.predictions.cache import L1Cache
 from hybridserve.predictions.store import RunPointer, RunPointerCache
 from hybridserve.predictions.write_behind import WriteBehind
 from hybridserve.records import PredictionRecord, new_request_id, now
 from hybridserve.routing.breaker import STATE_VALUE, Breakers, CircuitBreaker, State
 from hybridserve.routing.fallback import Step, build_chain
-from hybridserve.routing.job import Answer, Entity, Job, Reason
+from hybridserve.routing.job import Answer, Emit, Entity, Job, Reason
 from hybridserve.routing.lag import LoopLag
 from hybridserve.routing.models import LoadedModel, ModelManager
 from hybridserve.routing.rollout import in_share
@@ -65,9 +66,15 @@ class Outcome:
 
 class Router:
     def __init__(
-        self, services: Services, models: ModelManager, metrics: Metrics, cache: L1Cache
+        self,
+        services: Services,
+        models: ModelManager,
+        metrics: Metrics,
+        cache: L1Cache,
+        tracing: Tracing = OFF,
     ) -> None:
         self.services = services
+        self.tracing = tracing
         self.models = models
         self.metrics = metrics
         self.cache = cache
@@ -86,13 +93,19 @@ class Router:
             # disk) may still serve reads, and failed writes must not stop them.
             self.breakers("prediction_store:write"),
             dropped=metrics.write_back_dropped.inc,
+            tracing=tracing,
         )
         self.runs = RunPointerCache(interval=1.0)
         self.lag = LoopLag()
         """Tells a dependency's timeout from the loop's own lateness (see ``routing/lag.py``)."""
         routes = self.project.routes
         self.chains: dict[str, list[Step]] = {r: build_chain(c.fallback) for r, c in routes.items()}
-        self.route_metrics = {r: RouteMetrics(metrics, r) for r in routes}
+        self.route_metrics = {r: RouteMetrics(metrics, r, tracing) for r in routes}
+        self.grace = {
+            r: min(c.budgets.store or c.latency_budget, 0.1 * c.latency_budget)
+            for r, c in routes.items()
+        }
+        """Per route, how long a store read may take once the deadline has passed."""
         self.limits: dict[str, dict[str, float]] = {}
         """Per route, each dependency kind's own budget (``routes.*.budgets``)."""
         for r, c in routes.items():
@@ -113,18 +126,30 @@ class Router:
     # -- the request -----------------------------------------------------------------
 
     async def predict(
-        self, route: str, req: PredictRequest, request_id: str | None = None
+        self,
+        route: str,
+        req: PredictRequest,
+        request_id: str | None = None,
+        emit: Emit | None = None,
     ) -> Outcome:
+        """Answer ``req``. ``emit``: called with each step's new answers as soon as the step
+        has them (stored ones, then each computed micro-batch, then fallbacks), for a caller
+        that streams them; the outcome still holds them all."""
         job = self._job(route, req, request_id or new_request_id())
+        if self.tracing.enabled:
+            self.tracing.annotate(**{"hybridserve.entities": len(job.entities)})
         m = job.metrics
+        job.emit = emit
         with m.total():
             if req.mode != "compute":
                 await self._stored(job)
+                await job.flush()
             if req.mode != "stored" and job.open():
                 await self._compute(job)
             if job.open():
                 with m.fallback():
                     await self._fallback(job, req.mode == "compute")
+                await job.flush()
         return self._outcome(job)
 
     def _job(self, route: str, req: PredictRequest, request_id: str) -> Job:
@@ -193,6 +218,10 @@ class Router:
         """
         breaker = self.breakers(dependency)
         remaining = job.deadline - asyncio.get_running_loop().time()
+        if remaining <= 0 and dependency == "prediction_store":
+            # Too late already (the request waited for an overloaded loop): a stored answer is
+            # still far better than a default, and one read costs little, so it gets a grace.
+            remaining = self.grace[job.route]
         if remaining <= 0:
             coro.close()
             job.note(todo, step, Reason.DEADLINE, "skipped (deadline passed)")
@@ -404,6 +433,7 @@ class Router:
                         rec, "online", job.at, degraded=False, probabilities=job.probabilities
                     )
                     fresh.append(rec)
+            await job.flush()
         if fresh:
             max_stale = job.cfg.loosest_staleness
             for rec in fresh:
@@ -445,7 +475,11 @@ class Router:
             todo = job.open()
             if not todo:
                 return
-            await step.run(self, job, todo)
+            if self.tracing.enabled:
+                with self.tracing.span(f"fallback {step.kind}", entities=len(todo)):
+                    await step.run(self, job, todo)
+            else:
+                await step.run(self, job, todo)
 
     # -- the answer ------------------------------------------------------------------
 

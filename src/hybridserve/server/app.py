@@ -32,7 +32,7 @@ from hybridserve.server.http import (
     request_id,
     send_reply,
 )
-from hybridserve.server.predict import PREFIX, PredictEndpoint
+from hybridserve.server.predict import PREFIX, PredictEndpoint, streamed
 from hybridserve.server.state import ServerState
 from hybridserve.services import freeze_loaded
 
@@ -108,8 +108,36 @@ class HybridApp:
         def read(limit: int) -> Awaitable[bytes]:
             return read_body(scope, receive, limit)
 
-        reply = await self.endpoint(scope["path"], key, request_id(header(scope, _RID)), read)
-        await send_reply(send, reply.status, reply.body, reply.headers)
+        rid = request_id(header(scope, _RID))
+        tp = _text(header(scope, b"traceparent")) if self.state.tracing.enabled else None
+        media = streamed(_text(header(scope, b"accept")))
+        stream = AsgiStream(send, media) if media else None
+        reply = await self.endpoint(scope["path"], key, rid, read, tp, stream)
+        if reply is not None:
+            await send_reply(send, reply.status, reply.body, reply.headers)
+
+
+def _text(raw: bytes | None) -> str | None:
+    return raw.decode("latin-1") if raw else None
+
+
+class AsgiStream:
+    """A streamed answer over ASGI: no content-length, so the server sends it chunked."""
+
+    __slots__ = ("_send", "media")
+
+    def __init__(self, send: Send, media: str) -> None:
+        self._send, self.media = send, media
+
+    async def start(self, status: int, headers: list[tuple[str, str]]) -> None:
+        out = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+        await self._send({"type": "http.response.start", "status": status, "headers": out})
+
+    async def send(self, chunk: bytes) -> None:
+        await self._send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+    async def end(self) -> None:
+        await self._send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 def create_app(

@@ -23,7 +23,7 @@ from hybridserve.server.app import HybridApp
 from hybridserve.server.auth import key_from
 from hybridserve.server.errors import JSON, dumps, error_reply
 from hybridserve.server.http import Message, body_timeout, declared_length, request_id, too_large
-from hybridserve.server.predict import PREFIX, Reply
+from hybridserve.server.predict import PREFIX, Reply, streamed
 
 
 class Headers(Protocol):
@@ -89,11 +89,12 @@ class RsgiApp:
             return  # no websocket endpoints: granian closes the connection
         if scope.method == "POST" and scope.path.startswith(PREFIX):
             reply = await self._predict(scope, proto)
-            proto.response_bytes(reply.status, reply.headers, reply.body)
+            if reply is not None:  # else it was streamed
+                proto.response_bytes(reply.status, reply.headers, reply.body)
         else:
             await asgi_call(self.app, scope, proto)
 
-    async def _predict(self, scope: Scope, proto: Any) -> Reply:
+    async def _predict(self, scope: Scope, proto: Any) -> Reply | None:
         h = scope.headers
         key = None
         if self.endpoint.state.auth.enabled:
@@ -110,10 +111,32 @@ class RsgiApp:
                 expired = exc.status == 408
                 raise
 
-        reply = await self.endpoint(scope.path, key, rid, read)
-        if expired:  # the rest of the body may still come: this connection cannot go on
+        traceparent = h.get("traceparent") if self.endpoint.state.tracing.enabled else None
+        media = streamed(h.get("accept"))
+        stream = RsgiStream(proto, media) if media else None
+        reply = await self.endpoint(scope.path, key, rid, read, traceparent, stream)
+        if reply is not None and expired:  # the rest of the body may come: the connection ends
             reply.headers.append(("connection", "close"))
         return reply
+
+
+class RsgiStream:
+    """A streamed answer over RSGI: granian's stream transport, ended when the handler returns."""
+
+    __slots__ = ("_proto", "_transport", "media")
+
+    def __init__(self, proto: Any, media: str) -> None:
+        self._proto, self.media = proto, media
+        self._transport: Any = None
+
+    async def start(self, status: int, headers: list[tuple[str, str]]) -> None:
+        self._transport = self._proto.response_stream(status, headers)
+
+    async def send(self, chunk: bytes) -> None:
+        await self._transport.send_bytes(chunk)
+
+    async def end(self) -> None:
+        pass
 
 
 async def asgi_call(app: HybridApp, scope: Scope, proto: Any) -> None:
