@@ -276,7 +276,7 @@ def test_dashboard_draws_what_metrics_says(
     assert set(drawn) == {"rates", "latency", "age"}, drawn
     assert all(n > 20 for _, n in drawn["age"]), drawn
     assert any(n > 20 for _, n in drawn["latency"]), drawn
-    assert sum(n for _, n in drawn["rates"]) > 20, drawn
+    # (The rates chart is checked once traffic moves it: at rest its lines lie on the axis.)
     assert not refused, f"requests to other origins: {refused}"
 
 
@@ -306,6 +306,8 @@ def test_dashboard_follows_traffic(
     _wait_for(lambda: _shown(page, "answers.online.total") == str(int(want)), "the new total")
     rates = page.evaluate("window.hsCharts.fraud.history.rates.online")
     assert max(r or 0 for r in rates) > 0, rates
+    drawn = dict(page.evaluate(_DRAWN, "fraud")["rates"])
+    assert drawn["online"] > 20 and drawn["cache"] > 20, drawn
     shot = Path(os.environ.get("HYBRIDSERVE_SCREENSHOTS") or tmp_path) / "dashboard.png"
     shot.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(shot), full_page=True)
