@@ -7,13 +7,14 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
 from hybridserve.errors import InvalidInput, PayloadTooLarge, RequestTimeout
 from hybridserve.records import new_request_id
 
+T = TypeVar("T")
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -66,6 +67,57 @@ def too_large(limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(f"request body exceeds the {limit}-byte limit")
 
 
+class ReadDeadlines:
+    """Body reads bounded in time by one periodic check, not a timer each.
+
+    ``asyncio.timeout`` around every body read costs a timer handle, a reschedule and a
+    cancel per request, for a deadline that almost never fires (the body is there at once).
+    Here a read only registers its task and deadline; a check every ``tick`` seconds, armed
+    only while reads are out, cancels the reads past due, which :meth:`read` turns into the
+    408's :class:`RequestTimeout`. A deadline fires up to ``tick`` late.
+    """
+
+    __slots__ = ("_expired", "_handle", "_reads", "tick")
+
+    def __init__(self, tick: float = 0.05) -> None:
+        self.tick = tick
+        self._reads: dict[asyncio.Task[Any], float] = {}
+        self._expired: set[asyncio.Task[Any]] = set()
+        self._handle: asyncio.TimerHandle | None = None
+
+    async def read(self, pending: Awaitable[T], due: float, timeout: float) -> T:
+        """``await pending``, or :class:`RequestTimeout` once the loop's time passes ``due``."""
+        task = asyncio.current_task()
+        if task is None:  # not in a task (never the case under a server)
+            return await pending
+        self._reads[task] = due
+        if self._handle is None:
+            self._handle = asyncio.get_running_loop().call_later(self.tick, self._check)
+        try:
+            return await pending
+        except asyncio.CancelledError:
+            if task not in self._expired:
+                raise
+            self._expired.discard(task)
+            task.uncancel()
+            raise body_timeout(timeout) from None
+        finally:
+            self._reads.pop(task, None)
+
+    def _check(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for task, due in list(self._reads.items()):
+            if due <= now and task not in self._expired:
+                self._expired.add(task)
+                task.cancel()
+        self._handle = loop.call_later(self.tick, self._check) if self._reads else None
+
+
+DEADLINES = ReadDeadlines()
+"""The process's body-read deadlines (one check for every read, on whichever loop runs)."""
+
+
 class BodyDeadline:
     """A request's ``receive`` and ``send`` with the body bounded to ``timeout`` seconds.
 
@@ -89,11 +141,10 @@ class BodyDeadline:
         if self._body_done:
             return await self._receive()
         try:
-            async with asyncio.timeout_at(self._deadline):
-                message = await self._receive()
-        except TimeoutError:
+            message = await DEADLINES.read(self._receive(), self._deadline, self._timeout)
+        except RequestTimeout:
             self.expired = True
-            raise body_timeout(self._timeout) from None
+            raise
         if message["type"] != "http.request" or not message.get("more_body", False):
             self._body_done = True
         return message
