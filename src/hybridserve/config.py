@@ -291,8 +291,11 @@ class BatchJobConfig(_Strict):
     chunk_rows: int = Field(default=50_000, gt=0)
     workers: int | None = Field(default=None, gt=0)
     """Local process-pool size (default: the number of cores)."""
-    executor: Literal["local", "ray"] = "local"
+    executor: Literal["local", "ray", "spark"] = "local"
     ray_address: str | None = None
+    """Ray cluster address (``ray://host:10001`` or ``host:6379``); none: a Ray of its own."""
+    spark_master: str | None = None
+    """Spark master URL (``spark://host:7077``, ``yarn``, ...); none: ``local[workers]``."""
     max_reject_share: float = Field(default=0.01, ge=0, le=1)
     """A run fails when more than this share of rows is rejected."""
     activity_column: str | None = None
@@ -303,17 +306,91 @@ class BatchJobConfig(_Strict):
     description: str = ""
 
 
-class StreamSourceConfig(_Strict):
-    kind: Literal["redis", "replay", "memory"] = "redis"
+class RedisSourceConfig(_Strict):
+    """Redis Streams with a consumer group (the default kind)."""
+
+    kind: Literal["redis"] = "redis"
     url: str | None = None
     """Redis URL (default: the online store's when it is Redis)."""
     stream: str | None = None
     """Redis stream key (default ``{prefix}stream:{name}``)."""
     group: str = "hybridserve"
-    path: str | None = None
-    """Replay source: a JSONL or Parquet file, or a directory of them."""
     maxlen: int | None = Field(default=None, gt=0)
     """Approximate MAXLEN trimming on append."""
+
+
+class KafkaSourceConfig(_Strict):
+    """A Kafka topic read by a consumer group (``confluent-kafka``, extra ``kafka``)."""
+
+    kind: Literal["kafka"]
+    brokers: str
+    """``bootstrap.servers``: ``host:port[,host:port...]``."""
+    topic: str
+    group: str = "hybridserve"
+    partitions: int = Field(default=1, gt=0)
+    """Partitions of the topics created when missing (existing topics are left alone)."""
+    replication: int = Field(default=1, gt=0)
+    """Replication factor of the topics created when missing."""
+    session_timeout: Duration = 10.0
+    """``session.timeout.ms``: how soon a dead consumer's partitions move to another one."""
+    max_poll_interval: Duration = 300.0
+    """``max.poll.interval.ms``: the longest a consumer may go without reading before the
+    group takes its partitions away."""
+    options: dict[str, str | int | float | bool] = {}
+    """More librdkafka settings (``security.protocol``, ``sasl.*``, ...), for the consumer
+    and the producer."""
+
+
+class NatsSourceConfig(_Strict):
+    """A NATS JetStream stream read by a durable pull consumer (``nats-py``, extra ``nats``)."""
+
+    kind: Literal["nats"]
+    url: str = "nats://127.0.0.1:4222"
+    stream: str
+    """JetStream stream name (created when missing, capturing ``subject``)."""
+    subject: str | None = None
+    """Subject events are published on (default ``{stream}.events``)."""
+    durable: str = "hybridserve"
+    """Durable consumer name: consumers with the same name share the work."""
+    ack_wait: Duration = 30.0
+    """An unacknowledged message is delivered again after this long (a dead consumer's)."""
+
+
+class ReplaySourceConfig(_Strict):
+    """JSONL/NDJSON or Parquet files, read in a fixed order and resumable."""
+
+    kind: Literal["replay"]
+    path: str
+    """A JSONL or Parquet file, or a directory of them."""
+
+
+class MemorySourceConfig(_Strict):
+    """An in-process log (tests and embedded use)."""
+
+    kind: Literal["memory"]
+    stream: str | None = None
+    """Log name (default ``{prefix}stream:{name}``)."""
+    maxlen: int | None = Field(default=None, gt=0)
+
+
+def _source_kind(value: Any) -> Any:
+    """A source mapping without ``kind`` is a Redis one (as before kinds were a union)."""
+    if isinstance(value, dict) and "kind" not in value:
+        return {**value, "kind": "redis"}
+    return value
+
+
+StreamSourceConfig = Annotated[
+    RedisSourceConfig
+    | KafkaSourceConfig
+    | NatsSourceConfig
+    | ReplaySourceConfig
+    | MemorySourceConfig,
+    Field(discriminator="kind"),
+    BeforeValidator(_source_kind),
+]
+"""``streams.X.source``: one config class per kind, chosen by ``kind``. A new kind adds its
+class here and its module to ``streaming.sources.SOURCES``."""
 
 
 WindowAgg = Literal["count", "sum", "mean", "min", "max", "distinct"]
@@ -340,7 +417,7 @@ BACKFILL_HORIZON = 7 * 86400.0
 
 
 class StreamConfig(_Strict):
-    source: StreamSourceConfig = StreamSourceConfig()
+    source: StreamSourceConfig = RedisSourceConfig()
     entity: str
     fields: dict[str, Literal["float", "int", "bool", "str", "timestamp"]]
     entity_field: str

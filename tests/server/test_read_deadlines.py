@@ -41,3 +41,24 @@ async def test_a_real_cancel_is_not_mistaken_for_a_timeout() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+def test_a_check_left_on_a_stopped_loop_does_not_stop_deadlines_on_a_new_one() -> None:
+    deadlines = ReadDeadlines(tick=0.01)
+
+    async def hang() -> None:
+        await deadlines.read(asyncio.get_running_loop().create_future(), 0.0, 0.01)
+
+    async def arm_and_leave() -> None:
+        task = asyncio.ensure_future(hang())
+        await asyncio.sleep(0)  # armed on this loop, which then ends with the check pending
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(arm_and_leave())
+
+    async def again() -> None:
+        with pytest.raises(RequestTimeout):  # still fires on a new loop
+            await asyncio.wait_for(hang(), 2)
+
+    asyncio.run(again())

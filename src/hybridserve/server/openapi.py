@@ -48,6 +48,7 @@ _V2_ERROR = {"type": "object", "required": ["error"], "properties": {"error": {"
 _TAGS = [
     ("/v1/predict/", "predict"),
     ("/v1/events/", "events"),
+    ("/v1/streams/", "events"),
     ("/v1/admin/", "admin"),
     ("/v2", "v2"),
     ("/docs", "docs"),
@@ -80,6 +81,13 @@ def _json(schema: dict[str, Any] | str, description: str) -> dict[str, Any]:
 
 def _error(description: str, schema: str = "Error") -> dict[str, Any]:
     return _json(schema, description)
+
+
+def _streamed(response: dict[str, Any], how: str) -> dict[str, Any]:
+    """``response`` that can also come as NDJSON lines or server-sent events."""
+    text = {"schema": {"type": "string"}}
+    content = {**response["content"], "application/x-ndjson": text, "text/event-stream": text}
+    return {"description": f"{response['description']}. {how}", "content": content}
 
 
 class _Doc:
@@ -183,7 +191,11 @@ def _hybrid(doc: _Doc, project: Project) -> None:
             f"predict_{route}",
             f"Predict route {route!r} for one or many entities",
             {
-                "200": _json(doc.model(PredictResponse), "Every entity answered"),
+                "200": _streamed(
+                    _json(doc.model(PredictResponse), "Every entity answered"),
+                    "With Accept: application/x-ndjson, one answer per line as each step "
+                    "gives it, then a summary line; text/event-stream: the same as events",
+                ),
                 "400": _error("Invalid request (the message names the field)"),
                 "413": _error(f"Body over server.max_body_size ({project.server.max_body_size} B)"),
                 "503": _json(
@@ -240,6 +252,23 @@ def _hybrid(doc: _Doc, project: Project) -> None:
                     },
                 ]
             },
+        )
+        doc.add(
+            "get",
+            f"/v1/streams/{name}/predictions",
+            f"tail_predictions_{name}",
+            f"The outputs of stream {name!r} as they are written (server-sent events)",
+            {
+                "200": {
+                    "description": "One event per output, its id the output's position; "
+                    "reconnect with Last-Event-ID to resume after it",
+                    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                },
+                "400": _error("Last-Event-ID is not a position of this stream"),
+                "409": _error("This stream's outputs cannot be tailed over HTTP (read the broker)"),
+                "503": _error("The stream's output store did not answer"),
+            },
+            scope="predict",
         )
 
 

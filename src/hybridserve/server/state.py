@@ -19,32 +19,32 @@ from hybridserve.routing.router import Router
 from hybridserve.server.auth import Authenticator
 from hybridserve.services import Services
 from hybridserve.storage import KVStore
-from hybridserve.streaming.sources import Source, open_source
+from hybridserve.streaming.sources import Producer, open_producer
 
 if TYPE_CHECKING:
     from hybridserve.batch.schedule import Scheduler
 
 
 class IngestSources:
-    """The stream sources ``POST /v1/events`` appends to: one per stream per server process,
+    """The producers ``POST /v1/events`` appends with: one per stream per server process,
     opened on first use (opening is synchronous, so two requests cannot open one twice)."""
 
     def __init__(self, project: Project, kv: KVStore) -> None:
         self.project = project
         self.kv = kv
-        self._open: dict[str, Source] = {}
+        self._open: dict[str, Producer] = {}
 
-    def get(self, stream: str) -> Source:
-        source = self._open.get(stream)
-        if source is None:
-            source = open_source(self.project, stream, consumer="ingest", kv=self.kv)
-            self._open[stream] = source
-        return source
+    def get(self, stream: str) -> Producer:
+        producer = self._open.get(stream)
+        if producer is None:
+            producer = open_producer(self.project, stream, kv=self.kv)
+            self._open[stream] = producer
+        return producer
 
     async def close(self) -> None:
         opened, self._open = self._open, {}
-        for source in opened.values():
-            await source.close()
+        for producer in opened.values():
+            await producer.close()
 
 
 @dataclass
