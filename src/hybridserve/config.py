@@ -571,7 +571,8 @@ class ApiKeyConfig(_Strict):
     """Hex sha256 of the key (preferred: the file then holds no secret)."""
     key: str | None = None
     """The key itself (better given as ``HYBRIDSERVE_API_KEYS``)."""
-    scopes: list[Literal["predict", "ingest", "admin"]] = ["predict"]
+    scopes: list[Literal["predict", "ingest", "read", "admin"]] = ["predict"]
+    """``read``: the dashboard's data; ``admin`` includes ``read``."""
 
     @field_validator("sha256")
     @classmethod

@@ -53,6 +53,8 @@ _TAGS = [
     ("/v1/admin/", "admin"),
     ("/v2", "v2"),
     ("/docs", "docs"),
+    ("/dashboard", "dashboard"),
+    ("/v1/dashboard/", "dashboard"),
 ]
 TAGS = [
     {"name": "predict", "description": "The hybrid API: stored, streamed or computed predictions"},
@@ -61,6 +63,7 @@ TAGS = [
     {"name": "v2", "description": "The Open Inference Protocol (KServe V2)"},
     {"name": "operations", "description": "Metrics and this document"},
     {"name": "docs", "description": "This page and its files"},
+    {"name": "dashboard", "description": "The live operations page and its figures"},
 ]
 
 
@@ -752,11 +755,12 @@ def _docs(doc: _Doc, assets: list[tuple[str, str]]) -> None:
         {"200": {"description": "HTML", "content": html}},
     )
     for path, media_type in assets:
+        page = path.split("/")[1]  # docs or dashboard
         doc.add(
             "get",
             path,
-            "docs_asset_" + path.rsplit("/", 1)[-1].replace(".", "_").replace("-", "_"),
-            "A Swagger UI asset, served from the package",
+            f"{page}_asset_" + path.rsplit("/", 1)[-1].replace(".", "_").replace("-", "_"),
+            f"A file of the {page} page, served from the package",
             {
                 "200": {
                     "description": "The file",
@@ -766,17 +770,57 @@ def _docs(doc: _Doc, assets: list[tuple[str, str]]) -> None:
         )
 
 
+def _dashboard(doc: _Doc) -> None:
+    html = {"text/html": {"schema": {"type": "string"}}}
+    doc.add(
+        "get",
+        "/dashboard",
+        "dashboard",
+        "The live operations page (its data needs the read scope)",
+        {"200": {"description": "HTML", "content": html}},
+    )
+    doc.add(
+        "get",
+        "/v1/dashboard/data",
+        "dashboard_data",
+        "What the dashboard shows: per route, stream and batch job",
+        {
+            "200": _json(
+                {
+                    "type": "object",
+                    "required": ["at", "routes", "breakers", "streams", "batch_jobs"],
+                    "properties": {
+                        "at": {"type": "number", "description": "Unix time of the figures"},
+                        "rate_seconds": {"type": "number"},
+                        "window_seconds": {"type": "number"},
+                        "routes": {"type": "object", "additionalProperties": {"type": "object"}},
+                        "breakers": {
+                            "type": "object",
+                            "additionalProperties": {"type": "string"},
+                        },
+                        "streams": {"type": "array", "items": {"type": "object"}},
+                        "batch_jobs": {"type": "object"},
+                    },
+                },
+                "The figures",
+            )
+        },
+        scope="read",
+    )
+
+
 def document(
     project: Project, *, auth: bool, models: list[str], assets: list[tuple[str, str]]
 ) -> dict[str, Any]:
     """The OpenAPI document of a server of ``project`` (``models``: the loaded names;
-    ``assets``: (path, media type) of the docs page's files)."""
+    ``assets``: (path, media type) of the docs and dashboard pages' files)."""
     doc = _Doc(auth)
     _hybrid(doc, project)
     _admin(doc)
     _operations(doc, project)
     _v2(doc, models)
     _docs(doc, assets)
+    _dashboard(doc)
     components: dict[str, Any] = {"schemas": dict(sorted(doc.schemas.items()))}
     if auth:
         components["securitySchemes"] = {

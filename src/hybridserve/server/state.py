@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from hybridserve.config import Project
+from hybridserve.observability.dashboard import Dashboard
 from hybridserve.observability.metrics import Metrics
 from hybridserve.observability.shared import SharedMetrics
 from hybridserve.observability.shared import from_env as shared_from_env
@@ -69,6 +70,8 @@ class ServerState:
     publisher: Publisher | None = None
     """Publishes this process's heartbeat and SLO counters to the prediction store."""
     _health: tuple[float, HealthReport] | None = None
+    dashboard: Dashboard = field(default_factory=Dashboard)
+    """The snapshots behind ``/v1/dashboard/data`` (its rates and windows)."""
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
