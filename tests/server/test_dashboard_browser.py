@@ -71,6 +71,12 @@ class Served:
     def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         return parse(self.http.get("/metrics").content)
 
+    def read(self, path: str) -> dict[str, Any]:
+        """A JSON endpoint the dashboard reads, with the dashboard's (read) key."""
+        r = self.http.get(path, headers={"X-API-Key": READ_KEY})
+        assert r.status_code in (200, 503), r.text  # /v1/health is 503 while critical
+        return r.json()  # type: ignore[no-any-return]
+
     def metric(self, name: str, **labels: str) -> float:
         return self.metrics().get((name, tuple(sorted(labels.items()))), 0.0)
 
@@ -85,6 +91,7 @@ def _project(trained: Path, dest: Path) -> Project:
     # Generous budgets: a test on a busy machine must not see its computations cut.
     raw["routes"]["fraud"]["latency_budget"] = "500ms"
     raw["routes"]["fraud"]["budgets"] = {"store": "100ms", "features": "100ms", "model": "400ms"}
+    raw["routes"]["fraud"]["slo"] = {"latency": {"p99": "50ms"}, "availability": "99%"}
     (dest / "hybridserve.yaml").write_text(yaml.safe_dump(raw))
     return load_project(dest / "hybridserve.yaml", env=False)
 
@@ -265,6 +272,26 @@ def test_dashboard_draws_what_metrics_says(
     assert page.locator("#batch tbody tr").count() >= 1
     assert "completed" in page.locator("#batch tbody").inner_text()
     assert page.locator('#streams [data-k="stream.transactions.lag"]').inner_text() == "0"
+
+    # Health and SLO as the server reports them (both move slowly: compare once they agree).
+    def health_agrees() -> bool:
+        health = served.read("/v1/health")
+        route = next(c for c in health["components"] if c["name"] == "route:fraud")
+        shown = page.locator("#health").inner_text()
+        return shown == f"health: {health['status']}" and (
+            page.locator('[data-route="fraud"] [data-k="health"]').inner_text() == route["status"]
+        )
+
+    _wait_for(health_agrees, "the health shown to match /v1/health")
+    rows = page.locator("#health-table tbody tr").count()
+    assert rows == 1 + len(served.read("/v1/health")["components"])
+
+    def slo_agrees() -> bool:
+        objective = served.read("/v1/slo")["routes"]["fraud"]["objectives"]["availability"]
+        return _shown(page, "slo.availability.actual") == _js_fixed(objective["actual"], 4)
+
+    _wait_for(slo_agrees, "the SLO shown to match /v1/slo")
+    assert _shown(page, "cost.per_1k").endswith("USD")
 
     drawn = page.evaluate(_DRAWN, "fraud")
     assert set(drawn) == {"rates", "latency", "age"}, drawn

@@ -18,13 +18,13 @@ from hybridserve.server.requests import authorize, state_of
 
 
 async def health(request: Request) -> Response:
-    authorize(request, "admin")
+    authorize(request, "read")
     report = await state_of(request).health(max_age=0.0)
     return json_response(503 if report.critical else 200, report.to_json())
 
 
 async def slo(request: Request) -> Response:
-    authorize(request, "admin")
+    authorize(request, "read")
     state = state_of(request)
     if state.publisher is not None:
         await state.publisher.publish()
