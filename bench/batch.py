@@ -12,8 +12,9 @@ HistGradientBoostingClassifier), writes the input Parquet (generated in slices w
 - the floor: ``predict_proba`` over the same rows, in chunks, on a process pool with the same
   number of workers (one thread each), the matrices already in memory: no I/O at all;
 - ``hybridserve batch run`` end to end (read, validate, score, write both sinks, publish)
-  with the SQLite prediction store, with Redis (a unique prefix, deleted afterwards) and with
-  the Ray executor.
+  with the SQLite prediction store, with Redis (a unique prefix, deleted afterwards), with
+  the Ray executor (once starting its own Ray, once on a Ray already running, as in a Ray
+  deployment) and with the Spark executor (a local Spark, started by the run).
 
 Peak memory is the largest sum of RSS (and of PSS) over this process and all its descendants
 (pool workers, Ray's processes): RSS sampled every 50 ms and PSS every second during each run.
@@ -51,7 +52,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--chunk-rows", type=int, default=50_000)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--redis", default="redis://127.0.0.1:6379/15")
-    p.add_argument("--skip", nargs="*", default=[], choices=["sqlite", "redis", "ray"])
+    p.add_argument("--skip", nargs="*", default=[], choices=["sqlite", "redis", "ray", "spark"])
     p.add_argument("--work", type=Path, default=REPO / "bench" / ".work" / "batch")
     p.add_argument("--docs", type=Path, default=REPO / "docs" / "benchmarks.md")
     return p.parse_args()
@@ -114,14 +115,34 @@ def tree_pss(pids: list[int]) -> int:
     return total
 
 
-@contextmanager
-def peak_memory() -> Iterator[list[int]]:
-    """Sample the process tree while the block runs; yields [peak RSS, peak PSS] in bytes.
+_TICK = os.sysconf("SC_CLK_TCK")
 
-    RSS every 50 ms and PSS every second (reading a big process's ``smaps_rollup`` costs
-    milliseconds of CPU, which the sampler would otherwise take from the run it measures).
+
+def tree_cpu(pids: list[int], seen: dict[int, float]) -> None:
+    """Record each process's CPU seconds so far (user + system) in ``seen``."""
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            seen[pid] = max(seen.get(pid, 0.0), (int(fields[11]) + int(fields[12])) / _TICK)
+        except (OSError, IndexError, ValueError):
+            pass
+
+
+@contextmanager
+def peak_memory() -> Iterator[list[float]]:
+    """Sample the process tree while the block runs; yields [peak RSS, peak PSS] in bytes
+    and, third, the CPU seconds the tree spent in the block.
+
+    RSS and CPU every 50 ms and PSS every second (reading a big process's ``smaps_rollup``
+    costs milliseconds of CPU, which the sampler would otherwise take from the run it
+    measures). A process that ends between two samples loses up to 50 ms of CPU.
     """
-    peak, stop = [0, 0], threading.Event()
+    peak: list[float] = [0, 0, 0]
+    stop = threading.Event()
+    start: dict[int, float] = {}
+    cpu: dict[int, float] = {}
+    tree_cpu(tree_pids(os.getpid()), start)
 
     def sample() -> None:
         tick = 0
@@ -130,9 +151,14 @@ def peak_memory() -> Iterator[list[int]]:
             if tick % 20 == 0:
                 pids = tree_pids(os.getpid())
                 peak[1] = max(peak[1], tree_pss(pids))
+            if tick % 2 == 0:
+                pids = tree_pids(os.getpid())
             peak[0] = max(peak[0], tree_rss(pids))
+            tree_cpu(pids, cpu)
             tick += 1
             stop.wait(0.05)
+        tree_cpu(tree_pids(os.getpid()), cpu)
+        peak[2] = sum(t - start.get(pid, 0.0) for pid, t in cpu.items())
 
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
@@ -181,23 +207,44 @@ def build(args: argparse.Namespace) -> Path:
     return path
 
 
-def measure(name: str, rows: int, fn: Callable[[], Any]) -> dict[str, Any]:
+def redis_cpu(url: str | None) -> float:
+    """The Redis server's CPU seconds so far (0 without Redis)."""
+    if url is None:
+        return 0.0
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        info = client.info("cpu")
+    finally:
+        client.close()
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def measure(
+    name: str, rows: int, fn: Callable[[], Any], redis_url: str | None = None
+) -> dict[str, Any]:
     log(f"{name}: running")
+    server0 = redis_cpu(redis_url)
     with peak_memory() as peak:
         t0 = time.perf_counter()
         out = fn()
         seconds = time.perf_counter() - t0
+    server = redis_cpu(redis_url) - server0
     result = {
         "name": name,
         "seconds": seconds,
         "rows_per_s": rows / seconds,
         "peak_rss_mb": peak[0] / 2**20,
         "peak_pss_mb": peak[1] / 2**20,
+        "cpu_us_per_row": (peak[2] + server) / rows * 1e6,
         "detail": out,
     }
     log(
         f"{name}: {seconds:.2f} s, {rows / seconds:,.0f} rows/s, "
-        f"peak RSS {peak[0] / 2**20:,.0f} MB, PSS {peak[1] / 2**20:,.0f} MB"
+        f"peak RSS {peak[0] / 2**20:,.0f} MB, PSS {peak[1] / 2**20:,.0f} MB, "
+        f"CPU {result['cpu_us_per_row']:.1f} us/row"
+        + (f" (Redis server {server / rows * 1e6:.1f})" if redis_url else "")
     )
     return result
 
@@ -209,6 +256,26 @@ def measure_floor(project: Any, args: argparse.Namespace) -> dict[str, Any]:
         return measure("floor", args.rows, lambda: pool.score(chunks))
     finally:
         pool.close()
+
+
+def measure_on_running_ray(args: argparse.Namespace, run: Callable[[], Any]) -> dict[str, Any]:
+    """The Ray executor on a Ray that is already up (as a Ray deployment is): ``ray.init``
+    happens before the clock starts; the run still starts its actors and loads the model."""
+    import logging
+
+    import ray
+
+    ray.init(
+        num_cpus=args.workers,
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        log_to_driver=False,
+        configure_logging=False,
+    )
+    try:
+        return measure("ray_running", args.rows, run)
+    finally:
+        ray.shutdown()
 
 
 def main() -> int:
@@ -239,13 +306,19 @@ def main() -> int:
         try:
             results.append(
                 measure(
-                    "redis", args.rows, batch("bench-redis", load_project(redis_file, env=False))
+                    "redis",
+                    args.rows,
+                    batch("bench-redis", load_project(redis_file, env=False)),
+                    redis_url=args.redis,
                 )
             )
         finally:
             floor.delete_prefix(args.redis, prefix)
     if "ray" not in args.skip:
         results.append(measure("ray", args.rows, batch("bench-ray", project, "ray")))
+        results.append(measure_on_running_ray(args, batch("bench-ray-running", project, "ray")))
+    if "spark" not in args.skip:
+        results.append(measure("spark", args.rows, batch("bench-spark", project, "spark")))
 
     command = "python bench/batch.py" + ("" if args.rows == 1_000_000 else f" --rows {args.rows}")
     section = report.section(
@@ -267,10 +340,20 @@ def main() -> int:
     runs = [r for r in results if r["name"] != "floor"]
     peak = max((r["peak_rss_mb"] for r in runs), default=float("nan"))
     peak_pss = max((r["peak_pss_mb"] for r in runs), default=float("nan"))
+
+    def vs_local(name: str) -> str:
+        if name not in by or "sqlite" not in by:
+            return "nan"
+        return f"{by[name]['rows_per_s'] / by['sqlite']['rows_per_s']:.2f}"
+
     print(
         f"RESULT rows={args.rows} floor_rows_per_s={rate('floor')} "
         f"sqlite_rows_per_s={rate('sqlite')} redis_rows_per_s={rate('redis')} "
-        f"ray_rows_per_s={rate('ray')} peak_rss_mb={peak:.0f} peak_pss_mb={peak_pss:.0f}"
+        f"ray_rows_per_s={rate('ray')} ray_running_rows_per_s={rate('ray_running')} "
+        f"spark_rows_per_s={rate('spark')} ray_vs_local={vs_local('ray')} "
+        f"ray_running_vs_local={vs_local('ray_running')} spark_vs_local={vs_local('spark')} "
+        f"peak_rss_mb={peak:.0f} peak_pss_mb={peak_pss:.0f} "
+        + " ".join(f"{r['name']}_cpu_us_per_row={r['cpu_us_per_row']:.1f}" for r in results)
     )
     return 0
 

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from hybridserve.batch import executors
+from hybridserve.batch import execute
 from hybridserve.batch.checks import duplicate_keys
 from hybridserve.batch.chunk import RunContext, sink
 from hybridserve.batch.inputs import open_input, top_k_entities
@@ -80,6 +80,7 @@ def run_job(
             existing.top_k_active,
         )
     chosen, n_workers = _executor(job_name, job, top_k_active, executor, workers)
+    execute.preflight(project, chosen, job_name, job)
 
     from hybridserve.registry import Registry
 
@@ -87,7 +88,8 @@ def run_job(
         model_ref = (
             existing.model_ref if existing else registry.get(project.route(job.route).model).ref
         )
-        scorer = Scorer(project, job.route, registry.load(model_ref))
+        # This process plans and records; only the workers score (no trees to compile here).
+        scorer = Scorer(project, job.route, registry.load(model_ref, compile="none"))
     if existing is not None:
         snapshot_at = existing.snapshot_at
     elif snapshot_at is None:
@@ -172,10 +174,7 @@ def run_job(
         if progress is not None:
             progress(manifest.total("rows"), plan.total_rows)
         try:
-            if chosen == "ray":
-                executors.run_ray(ctx, plan, todo, n_workers, done, job.ray_address)
-            else:
-                executors.run_local(ctx, plan, todo, n_workers, done)
+            execute.run(chosen, ctx, plan, todo, n_workers, done, job_name, job)
             if manifest.reject_share > job.max_reject_share:
                 raise RunFailed(
                     f"run {run_id}: {manifest.total('rejected')} rows rejected "
@@ -237,8 +236,10 @@ def _executor(
             f"--top-k-active: needs a positive number and batch_jobs.{job_name}.activity_column"
         )
     chosen = executor or job.executor
-    if chosen not in ("local", "ray"):
-        raise ConfigError(f"--executor: expected 'local' or 'ray', got {chosen!r}")
+    if chosen not in execute.EXECUTORS:
+        raise ConfigError(
+            f"--executor: expected one of {', '.join(execute.EXECUTORS)}, got {chosen!r}"
+        )
     n_workers = workers or job.workers or os.cpu_count() or 1
     if n_workers < 1:
         raise ConfigError(f"--workers: expected a positive number, got {n_workers}")

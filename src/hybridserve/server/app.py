@@ -19,11 +19,12 @@ from starlette.routing import Route
 
 from hybridserve.config import Project
 from hybridserve.observability.access import AccessLog
-from hybridserve.server import admin, docs, events, v2
+from hybridserve.server import admin, dashboard, docs, events, operations, v2
 from hybridserve.server.auth import presented_key
 from hybridserve.server.errors import exception_handlers
 from hybridserve.server.http import (
     BodyDeadline,
+    ReadDeadlines,
     Receive,
     Scope,
     Send,
@@ -47,6 +48,8 @@ class HybridApp:
         self.state = state
         self.grpc_address = grpc_address
         self.body_timeout = state.project.server.body_timeout
+        self.deadlines = ReadDeadlines()
+        """Every body read's deadline, checked together (``server/http.py``)."""
         routes: list[Any] = [
             # Listed so that the route table is whole (the document is checked against it,
             # and a GET gets a 405): POSTs never get this far, __call__ serves them first.
@@ -54,7 +57,9 @@ class HybridApp:
             *v2.routes(),
             *admin.routes(),
             *events.routes(),
+            *operations.routes(),
             *docs.routes(),
+            *dashboard.routes(),
         ]
         self.starlette = Starlette(
             routes=routes, lifespan=self._lifespan, exception_handlers=exception_handlers()
@@ -95,7 +100,7 @@ class HybridApp:
             await self.starlette(scope, receive, send)
             return
         # Every endpoint reads its body through the same deadline (a 408 after it).
-        bounded = BodyDeadline(receive, send, self.body_timeout)
+        bounded = BodyDeadline(receive, send, self.body_timeout, self.deadlines)
         if scope["path"].startswith(PREFIX) and scope["method"] == "POST":
             await self.predict(scope, bounded.receive, bounded.send)
         else:

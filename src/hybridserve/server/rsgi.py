@@ -22,7 +22,7 @@ from hybridserve.errors import HybridServeError
 from hybridserve.server.app import HybridApp
 from hybridserve.server.auth import key_from
 from hybridserve.server.errors import JSON, dumps, error_reply
-from hybridserve.server.http import Message, body_timeout, declared_length, request_id, too_large
+from hybridserve.server.http import Message, ReadDeadlines, declared_length, request_id, too_large
 from hybridserve.server.predict import PREFIX, Reply, streamed
 
 
@@ -49,22 +49,25 @@ def _raw(value: str | None) -> bytes | None:
     return None if value is None else value.encode()
 
 
-async def read_body(proto: Any, length: str | None, limit: int, timeout: float) -> bytes:
+async def read_body(
+    proto: Any, length: str | None, limit: int, timeout: float, deadlines: ReadDeadlines
+) -> bytes:
     """The whole body within ``limit`` bytes and ``timeout`` seconds (the ASGI front's rules)."""
     declared = declared_length(length, limit)
-    try:
-        async with asyncio.timeout(timeout):
-            if declared is not None:  # the framing bounds it: read it in one call
-                return await proto()  # type: ignore[no-any-return]
-            chunks, size = [], 0
-            async for chunk in proto:
-                size += len(chunk)
-                if size > limit:
-                    raise too_large(limit)
-                chunks.append(chunk)
-            return b"".join(chunks)
-    except TimeoutError:
-        raise body_timeout(timeout) from None
+    due = asyncio.get_running_loop().time() + timeout
+    if declared is not None:  # the framing bounds it: read it in one call
+        return await deadlines.read(proto(), due, timeout)
+    return await deadlines.read(_chunked(proto, limit), due, timeout)
+
+
+async def _chunked(proto: Any, limit: int) -> bytes:
+    chunks, size = [], 0
+    async for chunk in proto:
+        size += len(chunk)
+        if size > limit:
+            raise too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 class RsgiApp:
@@ -106,7 +109,7 @@ class RsgiApp:
         async def read(limit: int) -> bytes:
             nonlocal expired
             try:
-                return await read_body(proto, length, limit, self.timeout)
+                return await read_body(proto, length, limit, self.timeout, self.app.deadlines)
             except HybridServeError as exc:
                 expired = exc.status == 408
                 raise
