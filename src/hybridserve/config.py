@@ -275,12 +275,108 @@ class HealthConfig(_Strict):
 
 
 class CostConfig(_Strict):
-    """Prices behind "cost per 1k predictions" (``hybridserve status``)."""
+    """Prices behind "cost per 1k predictions" (``hybridserve status``, ``hybridserve
+    advise``)."""
 
     core_hour: float = Field(default=0.0425, ge=0)
     """Price of one CPU core for an hour. The default is an example: one vCPU of an AWS
     c6i.large on-demand in us-east-1 (USD 0.085 an hour for two vCPUs)."""
     currency: str = "USD"
+
+
+class ScoreBetween(_Strict):
+    score_between: tuple[float, float]
+    """Abstain when ``low <= score <= high`` (both ends included)."""
+
+    @field_validator("score_between")
+    @classmethod
+    def _ordered(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if value[0] > value[1]:
+            raise ValueError("expected [low, high] with low <= high")
+        return value
+
+
+ReviewCondition = ScoreBetween | Literal["degraded", "missing_critical_features"]
+
+
+class ReviewConfig(_Strict):
+    """When a route abstains: the answer says ``decision: review`` and the case is queued."""
+
+    when: list[ReviewCondition] = Field(min_length=1)
+    """Any one of these sends an answer to review: ``{score_between: [low, high]}``,
+    ``degraded`` (a fallback answered), ``missing_critical_features`` (one of
+    ``critical_features`` was missing or stale when the answer was computed)."""
+    queue: str | None = None
+    """The review queue's name (default: the route's name)."""
+    critical_features: list[str] = []
+    max_pending: int = Field(default=10_000, gt=0)
+    """Cases held in a server process while the database write is pending; more are dropped
+    (and counted), never slowing answers."""
+
+
+class Guardrails(_Strict):
+    """Limits a rollout's candidate must keep; any one breached rolls it back at once.
+
+    ``null`` switches one off. Rates are judged once ``min_samples`` answers (comparisons,
+    for agreement; labelled answers, for quality) were seen in the step."""
+
+    max_error_rate: float | None = Field(default=0.01, ge=0, le=1)
+    """Share of the candidate's entities whose model call failed (an error or a timeout)."""
+    max_degraded_share: float | None = Field(default=0.05, ge=0, le=1)
+    """Share of the candidate's answers that a fallback gave."""
+    max_p99: Duration | None = None
+    """99th percentile of the latency of requests the candidate answered in (default: the
+    route's ``latency_budget``)."""
+    min_agreement: float | None = Field(default=0.9, ge=0, le=1)
+    """Share of shadow comparisons where candidate and primary agree."""
+    max_quality_drop: float | None = Field(default=0.02, ge=0)
+    """How much worse than the primary the candidate's online quality may be, once feedback
+    has arrived (``quality_metric``, judged only by the quality provider)."""
+    quality_metric: str = "brier"
+    max_drift: float | None = None
+    """Largest PSI of any feature or of the scores for the candidate (when a drift provider
+    is installed)."""
+    min_samples: int = Field(default=50, gt=0)
+
+
+class RolloutStage(_Strict):
+    percent: float = Field(gt=0, le=100)
+    min_time: Duration = 600.0
+    """The step lasts at least this long."""
+    min_answers: int = Field(default=500, ge=0)
+    """... and until the candidate gave this many answers (comparisons, in the shadow step)."""
+    guardrails: Guardrails | None = None
+    """This step's own limits (default: the plan's)."""
+
+
+def _stage(value: Any) -> Any:
+    return {"percent": value} if isinstance(value, int | float) else value
+
+
+StageSpec = Annotated[RolloutStage, BeforeValidator(_stage)]
+
+
+class RolloutPlan(_Strict):
+    """A guarded progressive rollout: shadow, then canary steps, promoted after the last."""
+
+    shadow: StageSpec | None = RolloutStage(percent=100)
+    """Score a copy of this share of computed answers on the candidate first (``null``: no
+    shadow step). Copies keep being scored during the canary steps, for agreement."""
+    steps: list[StageSpec] = Field(
+        default=[RolloutStage(percent=p) for p in (5, 25, 50, 100)], min_length=1
+    )
+    """Canary shares, in order: a number (percent) or ``{percent, min_time, min_answers}``."""
+    guardrails: Guardrails = Guardrails()
+    alias: str | None = None
+    """The alias moved to the candidate at the end (default: the route model's alias)."""
+
+    @field_validator("steps")
+    @classmethod
+    def _rising(cls, value: list[RolloutStage]) -> list[RolloutStage]:
+        shares = [s.percent for s in value]
+        if shares != sorted(shares) or len(set(shares)) != len(shares):
+            raise ValueError(f"expected rising canary percents, got {shares}")
+        return value
 
 
 class RouteConfig(_Strict):
@@ -304,6 +400,9 @@ class RouteConfig(_Strict):
     threshold: float | None = None
     """For classifiers: ``label = score >= threshold`` when set."""
     slo: SloConfig | None = None
+    review: ReviewConfig | None = None
+    rollout: RolloutPlan | None = None
+    """The plan ``hybridserve rollout start`` uses for this route (flags override it)."""
     description: str = ""
 
     @model_validator(mode="after")
@@ -698,6 +797,24 @@ class Project(_Strict):
                     f"routes.{name}.features.{i}: view {view_name!r} is keyed by "
                     f"{found.entity!r}, the route by {route.entity!r}"
                 )
+        if route.review is not None:
+            errors.extend(self._review_errors(name, route.review))
+        return errors
+
+    def _review_errors(self, name: str, review: ReviewConfig) -> list[str]:
+        where = f"routes.{name}.review"
+        known: set[str] = set()
+        for ref in self.routes[name].features:
+            view_name, _, feature = ref.partition(":")
+            view = self.feature_views.get(view_name)
+            known.update([feature] if feature else view.features if view else ())
+        errors = [
+            f"{where}.critical_features: {f!r} is not one of the route's features"
+            for f in review.critical_features
+            if f not in known
+        ]
+        if "missing_critical_features" in review.when and not review.critical_features:
+            errors.append(f"{where}.critical_features: 'missing_critical_features' needs some")
         return errors
 
     def _stream_errors(self, name: str, stream: StreamConfig) -> list[str]:

@@ -246,6 +246,31 @@ class Metrics:
             "Stored predictions skipped on read: not a record, or times that cannot be rendered.",
             registry=r,
         )
+        self.arm_answers = LightCounter(
+            "hybridserve_arm_answers_total",
+            "Entities answered per route and model version (the arm they were routed to), "
+            "by outcome: total, degraded (a fallback answered), error (the model call failed).",
+            ["route", "model", "version", "outcome"],
+            registry=r,
+        )
+        self.arm_seconds = LightHistogram(
+            "hybridserve_arm_request_seconds",
+            "Latency of requests per route and model version they were answered on.",
+            ["route", "model", "version"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.reviews = LightCounter(
+            "hybridserve_review_total",
+            "Answers a route abstained on (decision: review), by the condition that matched.",
+            ["route", "reason"],
+            registry=r,
+        )
+        self.review_dropped = LightCounter(
+            "hybridserve_review_dropped_total",
+            "Review cases not written to the queue (database failing or too far behind).",
+            registry=r,
+        )
         self.events = LightCounter(
             "hybridserve_events_total",
             "Events accepted on the ingest endpoint.",

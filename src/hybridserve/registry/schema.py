@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     Column,
     Engine,
     Float,
@@ -35,8 +36,10 @@ from hybridserve._optional import require
 from hybridserve.errors import ConfigError, StoreError
 from hybridserve.urls import masked_url
 
-SCHEMA_VERSION = 1
-"""Bump with a migration in :func:`ensure_schema` whenever the tables change."""
+SCHEMA_VERSION = 2
+"""Bump with a migration in :func:`ensure_schema` whenever the tables change.
+
+2: the review queue and the rollouts (new tables only: created on an older database)."""
 
 metadata = MetaData()
 
@@ -93,6 +96,67 @@ audit_log = Table(
     Column("to_version", Integer),
     Column("details", JSON, nullable=False),
     Index("audit_log_model_alias", "model", "alias", "id"),
+)
+
+
+review_cases = Table(
+    "review_cases",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("queue", String(128), nullable=False),
+    Column("route", String(128), nullable=False),
+    Column("request_id", String(128), nullable=False),
+    Column("entity", String(512), nullable=False),
+    Column("score", Float),
+    Column("model", String(128)),
+    Column("model_version", Integer),
+    Column("source", String(64), nullable=False),
+    Column("degraded", Boolean, nullable=False),
+    Column("reasons", JSON, nullable=False),
+    # What the answer was made from: the trail, feature values, request features.
+    Column("context", JSON, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("label", JSON),
+    Column("resolved_by", String(256)),
+    Column("resolved_at", Float),
+    Column("note", Text),
+    Index("review_cases_queue_status", "queue", "status", "id"),
+    Index("review_cases_route_resolved", "route", "resolved_at"),
+)
+
+rollouts = Table(
+    "rollouts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("route", String(128), nullable=False),
+    Column("model", String(128), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("alias", String(128), nullable=False),
+    Column("plan", JSON, nullable=False),
+    Column("state", String(16), nullable=False),
+    # Index into the plan's stages: the shadow step (when there is one), then the canary steps.
+    Column("step", Integer, nullable=False),
+    Column("step_started_at", Float, nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("started_by", String(256), nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("reason", Text, nullable=False, default=""),
+    Column("lease_owner", String(128)),
+    Column("lease_until", Float),
+    Index("rollouts_route_state", "route", "state"),
+)
+
+rollout_stats = Table(
+    "rollout_stats",
+    metadata,
+    Column("rollout_id", Integer, ForeignKey("rollouts.id"), primary_key=True),
+    Column("step", Integer, primary_key=True, autoincrement=False),
+    Column("worker", String(128), primary_key=True),
+    Column("arm", String(16), primary_key=True),
+    # The worker's running totals for this step and arm (requests, errors, latencies...).
+    Column("counts", JSON, nullable=False),
+    Column("updated_at", Float, nullable=False),
 )
 
 
@@ -174,7 +238,10 @@ def ensure_schema(engine: Engine) -> None:
                 # Two processes opening a fresh database must not both create the tables.
                 conn.exec_driver_sql("SELECT pg_advisory_xact_lock(72057594037927936)")
             metadata.create_all(conn, checkfirst=True)
-            if conn.execute(select(schema_version.c.version)).scalar() is None:
+            found = conn.execute(select(schema_version.c.version)).scalar()
+            if found is None:
                 conn.execute(schema_version.insert().values(version=SCHEMA_VERSION))
+            elif found < SCHEMA_VERSION:  # the new tables were created just above
+                conn.execute(schema_version.update().values(version=SCHEMA_VERSION))
     except SQLAlchemyError as exc:
         raise StoreError(f"cannot open the registry database {_where(engine)}: {exc}") from exc

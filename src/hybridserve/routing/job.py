@@ -84,6 +84,8 @@ class Answer:
     age_s: float | None
     degraded: bool
     probabilities: dict[str, float] | None = None
+    decision: str | None = None
+    """``review`` when the route abstains on this answer (``routing/abstain.py``)."""
 
     @classmethod
     def of(
@@ -122,6 +124,8 @@ class Answer:
         }
         if self.probabilities is not None:
             out["probabilities"] = self.probabilities
+        if self.decision is not None:
+            out["decision"] = self.decision
         return out
 
 

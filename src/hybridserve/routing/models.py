@@ -197,6 +197,19 @@ class ModelManager:
         self._current[(route, role)] = model
         self.metrics.set_model(route, role, model.name, model.version)
 
+    def load_version(self, route: str, name: str, version: int) -> LoadedModel:
+        """Load ``name/version`` for ``route`` (a rollout's candidate: no alias to follow)."""
+        return self._load(route, f"{name}/{version}")
+
+    def install(self, route: str, role: str, model: LoadedModel) -> None:
+        """Serve ``model`` as ``route``'s ``role`` (listed, and in ``hybridserve_model_info``)."""
+        self._install(route, role, model)
+
+    def uninstall(self, route: str, role: str) -> None:
+        model = self._current.pop((route, role), None)
+        if model is not None:
+            self.metrics.model_info.remove(route, role, model.name, str(model.version))
+
     # -- serving ---------------------------------------------------------------------
 
     def get(self, route: str, role: str = "primary") -> LoadedModel | None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from time import perf_counter
 from typing import Any, TypeVar
@@ -41,6 +41,7 @@ from hybridserve.routing.fallback import Step, build_chain
 from hybridserve.routing.job import Answer, Emit, Entity, Job, Reason
 from hybridserve.routing.lag import LoopLag
 from hybridserve.routing.models import LoadedModel, ModelManager
+from hybridserve.routing.progressive import Splits
 from hybridserve.routing.rollout import in_share
 from hybridserve.routing.schema import PredictRequest
 from hybridserve.routing.shadow import ShadowScorer
@@ -73,6 +74,8 @@ class Router:
         metrics: Metrics,
         cache: L1Cache,
         tracing: Tracing = OFF,
+        *,
+        hooks: Sequence[Callable[[Job], None]] = (),
     ) -> None:
         self.services = services
         self.tracing = tracing
@@ -86,8 +89,13 @@ class Router:
             on_new=lambda name: metrics.breaker_state.labels(name).set(0),
         )
         self.shadow = ShadowScorer(
-            models, services.features, metrics, maxsize=self.project.server.shadow_queue
+            services.features, metrics, maxsize=self.project.server.shadow_queue
         )
+        self.splits = Splits(self.project, models)
+        """Canary and shadow per route: a progressive rollout's, else the project file's."""
+        self.hooks = list(hooks)
+        """Called with each answered job before its answer is rendered (abstention, arm
+        counts); they may annotate answers and must not block."""
         self.writes = WriteBehind(
             lambda records: services.predictions.put(records),
             # Writes have their own breaker: a store that cannot write (a full or read-only
@@ -167,8 +175,7 @@ class Router:
         primary = self.models.get(route)
         if primary is None:
             raise HybridServeError(f"route {route!r} has no model loaded")
-        canary = self.models.get(route, "canary")
-        pct = cfg.canary.percent if cfg.canary is not None else 0.0
+        canary, pct = self.splits.canary(route)
         allowed = cfg.request_features
         entities = []
         for i, item in enumerate(items):
@@ -445,11 +452,12 @@ class Router:
             for rec in fresh:
                 self.cache.put(rec, max_stale, job.at)
             self.writes.put(fresh)
-            shadow = job.cfg.shadow
+            shadow, pct = self.splits.shadow(job.route)
             if shadow is not None:
                 self.shadow.offer(
                     job.route,
-                    shadow.percent,
+                    shadow,
+                    pct,
                     [e.key for e in job.entities],
                     [e.extra for e in job.entities],
                     fresh,
@@ -490,6 +498,8 @@ class Router:
     # -- the answer ------------------------------------------------------------------
 
     def _outcome(self, job: Job, started: float) -> Outcome:
+        for hook in self.hooks:
+            hook(job)
         m = job.metrics
         answered: list[dict[str, Any]] = []
         versions: set[str] = set()

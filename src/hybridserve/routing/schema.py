@@ -150,6 +150,11 @@ class PredictionOut(BaseModel):
     age_s: float | None
     degraded: bool
     probabilities: dict[str, float] | None = None
+    decision: Literal["review"] | None = Field(
+        default=None,
+        description="review: the route abstains on this answer (its review rule matched); "
+        "the score is given, and the case is in the route's review queue",
+    )
 
 
 class PredictResponse(BaseModel):

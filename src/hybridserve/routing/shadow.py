@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from hybridserve.routing.rollout import in_share
@@ -19,47 +19,49 @@ if TYPE_CHECKING:
     from hybridserve.features.online import OnlineFeatureStore
     from hybridserve.observability.metrics import Metrics
     from hybridserve.records import PredictionRecord
-    from hybridserve.routing.models import ModelManager
+    from hybridserve.routing.models import LoadedModel
 
 log = logging.getLogger("hybridserve.shadow")
+_Copy = tuple[str, "LoadedModel", list[str], list[dict[str, Any] | None], list["PredictionRecord"]]
+"""Route, the model to score on, keys, request features, the records to compare with."""
 AGREE_WITHIN = 0.05
 """Scores closer than this (and with the same label, when labelled) agree."""
 LOG_EVERY = 100
 
 
 class ShadowScorer:
-    """Scores offered copies on each route's ``shadow`` model from ``models``, with features
-    read from ``features``; it needs nothing else of the router that offers them."""
+    """Scores offered copies on the model offered with them (the route's ``shadow``, or a
+    rollout's candidate), with features read from ``features``; it needs nothing else of the
+    router that offers them. ``on_compare(route, model, primary_record, agreed)`` hears every
+    comparison."""
 
     def __init__(
         self,
-        models: ModelManager,
         features: OnlineFeatureStore,
         metrics: Metrics,
         *,
         maxsize: int = 1000,
+        on_compare: Callable[[str, LoadedModel, PredictionRecord, bool], None] | None = None,
     ) -> None:
-        self.models = models
         self.features = features
         self.metrics = metrics
         self.maxsize = maxsize
-        self._queue: (
-            asyncio.Queue[
-                tuple[str, list[str], list[dict[str, Any] | None], list[PredictionRecord]]
-            ]
-            | None
-        ) = None
+        self.on_compare = on_compare
+        self._queue: asyncio.Queue[_Copy] | None = None
         self._worker: asyncio.Task[None] | None = None
         self.compared = 0
 
     def offer(
         self,
         route: str,
+        model: LoadedModel,
         percent: float,
         keys: Sequence[str],
         extra: Sequence[dict[str, Any] | None],
         records: Sequence[PredictionRecord],
     ) -> None:
+        """Queue a copy of ``records`` (those in the ``percent`` share) for scoring on
+        ``model``."""
         chosen = [r for r in records if in_share(r.entity, percent, "shadow:" + route)]
         if not chosen:
             return
@@ -71,6 +73,7 @@ class ShadowScorer:
             self._queue.put_nowait(
                 (
                     route,
+                    model,
                     [r.entity for r in chosen],
                     [by_key.get(r.entity) for r in chosen],
                     list(chosen),
@@ -82,9 +85,9 @@ class ShadowScorer:
     async def _run(self) -> None:
         assert self._queue is not None
         while True:
-            route, keys, extra, primary = await self._queue.get()
+            route, model, keys, extra, primary = await self._queue.get()
             try:
-                await self._compare(route, keys, extra, primary)
+                await self._compare(route, model, keys, extra, primary)
             except Exception as exc:  # a failing shadow must never hurt serving
                 self.metrics.child("shadow", route, "error").inc(len(keys))
                 log.debug("shadow scoring failed: %s", exc)
@@ -94,13 +97,11 @@ class ShadowScorer:
     async def _compare(
         self,
         route: str,
+        model: LoadedModel,
         keys: list[str],
         extra: list[dict[str, Any] | None],
         primary: list[PredictionRecord],
     ) -> None:
-        model = self.models.get(route, "shadow")
-        if model is None:
-            return
         rows = await self.features.read_route(route, keys)
         values = []
         for feature_row, req in zip(rows, extra, strict=True):
@@ -122,6 +123,8 @@ class ShadowScorer:
             outcome = "agree" if delta <= AGREE_WITHIN and same_label else "disagree"
             self.metrics.child("shadow", route, outcome).inc()
             self.metrics.child("shadow_delta", route).observe(delta)
+            if self.on_compare is not None:
+                self.on_compare(route, model, p, outcome == "agree")
             self.compared += 1
             if self.compared % LOG_EVERY == 1:
                 log.info(

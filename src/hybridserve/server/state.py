@@ -17,7 +17,11 @@ from hybridserve.operations.health import HealthReport
 from hybridserve.operations.publish import Publisher
 from hybridserve.operations.report import health_report
 from hybridserve.predictions.cache import L1Cache
+from hybridserve.quality.review import ReviewQueue, ReviewWriter
+from hybridserve.quality.rollout import RolloutController
+from hybridserve.routing.abstain import Abstain
 from hybridserve.routing.models import ModelManager
+from hybridserve.routing.progressive import ArmRecorder, RolloutFollower
 from hybridserve.routing.router import Router
 from hybridserve.server.auth import Authenticator
 from hybridserve.services import Services
@@ -60,6 +64,10 @@ class ServerState:
     auth: Authenticator
     ingest: IngestSources
     """The sources the events endpoint appends to."""
+    reviews: ReviewWriter
+    """Abstained answers on their way to the review queue."""
+    rollouts: RolloutFollower
+    """Follows progressive rollouts (and judges them, while this process holds the lease)."""
     ready: bool = False
     access_log: bool = True
     scheduler: bool = False
@@ -102,6 +110,24 @@ class ServerState:
         )
         router = Router(services, models, metrics, L1Cache(cfg.l1_cache_size), tracing)
         services.predictions.on_unreadable = metrics.unreadable_records.inc
+        pending = [r.review.max_pending for r in project.routes.values() if r.review is not None]
+        reviews = ReviewWriter(
+            ReviewQueue(services.registry.engine),
+            maxsize=max(pending, default=1),
+            dropped=metrics.review_dropped.inc,
+        )
+        recorder = ArmRecorder(metrics, router.splits)
+        router.hooks += [Abstain(project, reviews, metrics), recorder]
+        router.shadow.on_compare = recorder.compared
+        budgets = {name: route.latency_budget for name, route in project.routes.items()}
+        follower = RolloutFollower(
+            services.registry,
+            models,
+            router.splits,
+            recorder,
+            interval=cfg.reload_interval,
+            controller=RolloutController(services.registry, budgets),
+        )
         return cls(
             project,
             services,
@@ -110,6 +136,8 @@ class ServerState:
             router,
             Authenticator.from_project(project),
             IngestSources(project, services.online_kv),
+            reviews,
+            follower,
             access_log=access_log,
             scheduler=scheduler,
             tracing=tracing,
@@ -123,6 +151,8 @@ class ServerState:
         self.models.start()
         self.publisher = Publisher(self.services.predictions_kv, self.router)
         self._tasks.append(asyncio.get_running_loop().create_task(self.publisher.run()))
+        await self.rollouts.sync()  # a rollout in progress applies from the first request
+        self.rollouts.start()
         self.shared_metrics = shared_from_env(self.metrics)
         if self.shared_metrics is not None:
             self._tasks.append(asyncio.get_running_loop().create_task(self.shared_metrics.run()))
@@ -166,9 +196,11 @@ class ServerState:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.rollouts.close()
         await self.router.close()
         if self.publisher is not None:
             await self.publisher.close()
+        await self.reviews.close()
         await self.ingest.close()
         await self.models.close()
         await self.services.close()
