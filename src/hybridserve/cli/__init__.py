@@ -20,6 +20,8 @@ from hybridserve.cli.features import features_app
 from hybridserve.cli.operations import operations_commands
 from hybridserve.cli.project import project_commands
 from hybridserve.cli.registry import registry_app
+from hybridserve.cli.review import review_app
+from hybridserve.cli.rollout import rollout_app
 from hybridserve.cli.stream import stream_app
 from hybridserve.errors import HybridServeError
 
@@ -54,6 +56,8 @@ app.add_typer(registry_app, name="registry")
 app.add_typer(features_app, name="features")
 app.add_typer(batch_app, name="batch")
 app.add_typer(stream_app, name="stream")
+app.add_typer(review_app, name="review")
+app.add_typer(rollout_app, name="rollout")
 project_commands(app)
 operations_commands(app)
 

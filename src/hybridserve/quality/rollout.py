@@ -21,11 +21,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from hybridserve.config import Guardrails
-from hybridserve.errors import Conflict
+from hybridserve.config import Guardrails, Project, RolloutPlan
+from hybridserve.errors import Conflict, InvalidInput, NotFound
 from hybridserve.records import now
+from hybridserve.registry import queries as q
+from hybridserve.registry.refs import ModelRef
 from hybridserve.registry.registry import Registry
-from hybridserve.registry.rollouts import Rollout, Rollouts
+from hybridserve.registry.rollouts import Rollout, Rollouts, State
 
 log = logging.getLogger("hybridserve.rollout")
 
@@ -294,3 +296,96 @@ class RolloutController:
             details={**details, "next": {"stage": nxt_kind, "percent": nxt.percent}},
         )
         return f"{where}: {kind} {stage.percent:g}% held; now {nxt_kind} {nxt.percent:g}%"
+
+
+# -- commands ------------------------------------------------------------------------------
+
+
+def parse_target(text: str) -> tuple[str, int]:
+    """``fraud@3`` or ``fraud/3``: the model and the version to roll out."""
+    name, sep, version = text.replace("/", "@", 1).partition("@")
+    if not sep or not version.isdigit():
+        raise InvalidInput(f"expected MODEL@VERSION (e.g. fraud@3), got {text!r}")
+    ref = ModelRef(name, version=int(version))  # checks the name and the number
+    assert ref.version is not None
+    return ref.name, ref.version
+
+
+def start_rollout(
+    registry: Registry,
+    project: Project,
+    target: str,
+    *,
+    route: str | None = None,
+    plan: RolloutPlan | None = None,
+    actor: str,
+    clock: Callable[[], float] = now,
+) -> Rollout:
+    """Start rolling ``target`` (``MODEL@VERSION``) out on its route, by ``plan`` (default:
+    the route's ``rollout`` block, else the default plan)."""
+    model, version = parse_target(target)
+    serving = [n for n, r in project.routes.items() if ModelRef.parse(r.model).name == model]
+    if route is None:
+        if len(serving) != 1:
+            raise InvalidInput(
+                f"model {model!r} is the primary of {len(serving)} routes "
+                f"({', '.join(serving) or 'none'}): say which with --route"
+            )
+        route = serving[0]
+    elif route not in serving:
+        raise InvalidInput(f"route {route!r} does not serve model {model!r}")
+    cfg = project.route(route)
+    plan = plan or cfg.rollout or RolloutPlan()
+    alias = plan.alias or ModelRef.parse(cfg.model).alias
+    if alias is None:
+        raise InvalidInput(
+            f"route {route!r} serves a fixed version ({cfg.model}): a rollout moves an alias "
+            f"at the end, so give the route an alias or the plan an 'alias'"
+        )
+    with registry._tx() as conn:
+        if q.alias_version(conn, model, alias) == version:
+            raise Conflict(f"{model}@{alias} already points at version {version}")
+    return Rollouts(registry, clock).start(route, model, version, alias, plan, actor=actor)
+
+
+def find_rollout(registry: Registry, target: str) -> Rollout:
+    """The newest rollout of ``MODEL@VERSION``."""
+    model, version = parse_target(target)
+    for r in Rollouts(registry).latest(model=model):
+        if r.version == version:
+            return r
+    raise NotFound(f"no rollout of {model}/{version}")
+
+
+_COMMANDS: dict[str, tuple[tuple[State, ...], State]] = {
+    "pause": (("running",), "paused"),
+    "resume": (("paused",), "running"),
+    "abort": (("running", "paused"), "aborted"),
+}
+
+
+def command(
+    registry: Registry,
+    target: str,
+    what: str,
+    *,
+    actor: str,
+    reason: str = "",
+    clock: Callable[[], float] = now,
+) -> Rollout:
+    """``pause``, ``resume`` or ``abort`` the rollout of ``target``, audited."""
+    rollout = find_rollout(registry, target)
+    allowed, state = _COMMANDS[what]
+    if rollout.state not in allowed:
+        raise Conflict(f"rollout {rollout.id} of {rollout.label} is {rollout.state}: cannot {what}")
+    rollouts = Rollouts(registry, clock)
+    stats = rollouts.stats(rollout.id, rollout.step)
+    figures = {arm: asdict(Figures.of(merge(parts))) for arm, parts in stats.items()}
+    return rollouts.move(
+        rollout,
+        f"rollout_{what}",
+        actor=actor,
+        state=state,
+        reason=reason or f"{what} by {actor}",
+        details={"step": rollout.step, "figures": figures},
+    )

@@ -32,7 +32,8 @@ if TYPE_CHECKING:
     from hybridserve.routing.models import LoadedModel, ModelManager
 
 log = logging.getLogger("hybridserve.rollout")
-_MODEL_FAILED = frozenset({Reason.ERROR, Reason.TIMEOUT})
+_MODEL_FAILED = frozenset({Reason.ERROR, Reason.TIMEOUT, Reason.BREAKER_OPEN})
+"""Outcomes of the compute step that say the model failed (its breaker opens on failures)."""
 
 
 @dataclass(slots=True, frozen=True)
