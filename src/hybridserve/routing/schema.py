@@ -190,6 +190,42 @@ class RollbackRequest(_Wire):
     alias: Name = "production"
 
 
+class ResolveRequest(_Wire):
+    label: float = Field(
+        allow_inf_nan=False, description="The true outcome (a class such as 1 or 0, or a value)"
+    )
+    note: Annotated[str, Field(max_length=2000)] | None = None
+
+
+class ReviewCaseOut(BaseModel):
+    """One abstained answer in a review queue, with what it was made from."""
+
+    id: int
+    queue: str
+    route: str
+    request_id: str
+    entity: str
+    score: float | None
+    model: str | None
+    model_version: int | None
+    source: str
+    degraded: bool
+    reasons: list[str] = Field(description="The review conditions the answer met")
+    context: dict[str, Any] = Field(
+        description="label, as_of, age_s, routed_to, steps (the trail), features, request_features"
+    )
+    created_at: float
+    status: Literal["open", "resolved"]
+    label: float | None
+    resolved_by: str | None
+    resolved_at: float | None
+    note: str | None
+
+
+class ReviewCases(BaseModel):
+    cases: list[ReviewCaseOut]
+
+
 class MoveResponse(BaseModel):
     model: str
     alias: str

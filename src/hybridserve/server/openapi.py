@@ -25,6 +25,9 @@ from hybridserve.routing.schema import (
     PredictResponse,
     PredictUnavailable,
     PromoteRequest,
+    ResolveRequest,
+    ReviewCaseOut,
+    ReviewCases,
     RollbackRequest,
 )
 from hybridserve.units import DURATION_PATTERN
@@ -439,6 +442,7 @@ def _admin(doc: _Doc) -> None:
         },
         scope="admin",
     )
+    _review(doc)
     text = {"text/plain": {"schema": {"type": "string"}}}
     doc.add(
         "get",
@@ -538,6 +542,60 @@ def _operations(doc: _Doc, project: Project) -> None:
                 "schema": {"type": "string", "pattern": DURATION_PATTERN},
             },
         ],
+    )
+
+
+def _review(doc: _Doc) -> None:
+    case_id = _path_param("case_id", {"type": "integer", "minimum": 0})
+    query = [
+        {"name": "route", "in": "query", "schema": {"type": "string"}},
+        {"name": "queue", "in": "query", "schema": {"type": "string"}},
+        {
+            "name": "status",
+            "in": "query",
+            "schema": {"type": "string", "enum": ["open", "resolved", "all"], "default": "open"},
+        },
+        {
+            "name": "limit",
+            "in": "query",
+            "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50},
+        },
+    ]
+    bad = _error("Invalid query or body (the message names the field)")
+    unknown = _error("No such review case")
+    doc.add(
+        "get",
+        "/v1/admin/review",
+        "admin_review_list",
+        "Review cases (answers a route abstained on), newest first",
+        {"200": _json(doc.model(ReviewCases), "Cases"), "400": bad},
+        scope="admin",
+        parameters=query,
+    )
+    case = _json(doc.model(ReviewCaseOut), "The case")
+    doc.add(
+        "get",
+        "/v1/admin/review/{case_id}",
+        "admin_review_show",
+        "One review case with what its answer was made from",
+        {"200": case, "404": unknown},
+        scope="admin",
+        parameters=[case_id],
+    )
+    doc.add(
+        "post",
+        "/v1/admin/review/{case_id}/resolve",
+        "admin_review_resolve",
+        "Give a case its true label (it becomes feedback for the route)",
+        {
+            "200": case,
+            "400": bad,
+            "404": unknown,
+            "409": _error("Already resolved with another label"),
+        },
+        scope="admin",
+        body=doc.model(ResolveRequest),
+        parameters=[case_id],
     )
 
 
