@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from hybridserve import __version__
+from hybridserve.cli.advise import advise_command
 from hybridserve.cli.batch import batch_app
 from hybridserve.cli.common import console, err_console, print_error
 from hybridserve.cli.features import features_app
@@ -60,6 +61,7 @@ app.add_typer(review_app, name="review")
 app.add_typer(rollout_app, name="rollout")
 project_commands(app)
 operations_commands(app)
+app.command("advise")(advise_command)
 
 
 def main() -> None:
