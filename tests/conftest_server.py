@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -130,3 +132,48 @@ def live_server() -> Iterator[Callable[[Project], str]]:
     for server, thread in servers:
         server.should_exit = True
         thread.join(15)
+
+
+@pytest.fixture
+def worker_route_changes() -> dict[str, Any]:
+    return {}
+
+
+@pytest.fixture
+def two_workers(
+    make_project: ProjectFactory, worker_route_changes: dict[str, Any]
+) -> Iterator[tuple[str, Project]]:
+    """``serve --workers 2`` on a copy of the trained project (the route changed by
+    ``worker_route_changes``, a fixture a test module may override); yields the base URL."""
+    project = make_project(**worker_route_changes)
+    port = free_port()
+    log = (project.base_dir / "server.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "hybridserve", "serve", "-p", str(project.base_dir)),
+            *("--port", str(port), "--workers", "2", "--no-access-log", "--log-level", "info"),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    log.close()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None, (project.base_dir / "server.log").read_text()
+            assert time.monotonic() < deadline, "the workers did not start"
+            try:
+                if httpx.get(f"{base}/v2/health/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        # Both workers ready: each answers on its own, so wait until two pids have logged it.
+        while (project.base_dir / "server.log").read_text().count('"ready: ') < 2:
+            assert time.monotonic() < deadline, "the second worker did not start"
+            time.sleep(0.2)
+        yield base, project
+    finally:
+        proc.terminate()
+        proc.wait(30)

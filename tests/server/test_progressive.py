@@ -252,6 +252,25 @@ async def test_pause_holds_a_step_and_abort_ends_the_rollout_audited(
     assert registry.aliases("fraud")["production"] == 1
 
 
+async def test_a_process_started_mid_rollout_follows_it_from_its_first_request(
+    make_project: MakeProject, serve: Serve, registry: Registry
+) -> None:
+    project = make_project(
+        {"server": {"reload_interval": 0}}, latency_budget="5s", rollout=plan(shadow=False)
+    )
+    add_fraud_version_offline(project)
+    start_rollout(registry, project, "fraud@2", actor="tests")
+    _, client = await serve(project)  # started (or restarted) while the rollout is at 5 %
+    got = {}
+    for start in range(0, len(CARDS), 50):
+        r = await client.post(
+            f"/v1/predict/{ROUTE}", json={"entities": CARDS[start : start + 50], "mode": "compute"}
+        )
+        got.update({p["entity"]: p["model_version"] for p in r.json()["predictions"]})
+    assert got == {c: 2 if in_share(c, 5, ROUTE) else 1 for c in CARDS}
+    assert 5 <= sum(v == 2 for v in got.values()) <= 40
+
+
 def test_a_second_controller_waits_for_the_lease(
     registry: Registry, make_project: MakeProject
 ) -> None:

@@ -89,6 +89,7 @@ class ArmRecorder:
         self.splits = splits
         self.counts: dict[tuple[int, int, str], dict[str, Any]] = {}
         """(rollout id, step, arm) -> this process's totals."""
+        self._bound: dict[tuple[str, str], tuple[Any, Any, Any, Any]] = {}
 
     def __call__(self, job: Job) -> None:
         elapsed = max(0.0, now() - job.at)
@@ -104,13 +105,17 @@ class ArmRecorder:
             if e.answer is None or e.answer.degraded:
                 tally[2] += 1
         arm = self.splits.rollouts.get(job.route)
-        child = self.metrics.child
         for model, (n, errors, degraded) in groups.values():
-            version = str(model.version)
-            child("arm_answers", job.route, model.name, version, "error").inc(errors)
-            child("arm_answers", job.route, model.name, version, "degraded").inc(degraded)
-            child("arm_answers", job.route, model.name, version, "total").inc(n)
-            child("arm_seconds", job.route, model.name, version).observe(elapsed)
+            bound = self._bound.get((job.route, model.label))
+            if bound is None:
+                bound = self._bind(job.route, model)
+            total, failed, fell_back, seconds = bound
+            total.inc(n)
+            if errors:
+                failed.inc(errors)
+            if degraded:
+                fell_back.inc(degraded)
+            seconds.observe(elapsed)
             if arm is not None:
                 c = self._counts(arm, model)
                 c["requests"] += 1
@@ -119,6 +124,19 @@ class ArmRecorder:
                 c["degraded"] += degraded
                 bucket = str(latency_bucket(elapsed))
                 c["latency"][bucket] = c["latency"].get(bucket, 0) + 1
+
+    def _bind(self, route: str, model: LoadedModel) -> tuple[Any, Any, Any, Any]:
+        """The version's metric children, bound once (not looked up per request)."""
+        labels = (route, model.name, str(model.version))
+        answers = self.metrics.arm_answers
+        bound = (
+            answers.labels(*labels, "total"),
+            answers.labels(*labels, "error"),
+            answers.labels(*labels, "degraded"),
+            self.metrics.arm_seconds.labels(*labels),
+        )
+        self._bound[(route, model.label)] = bound
+        return bound
 
     def _counts(self, arm: RolloutArm, model: LoadedModel) -> dict[str, Any]:
         side = "candidate" if model.label == arm.model.label else "primary"
