@@ -4,33 +4,26 @@ their costs, and a choice that follows from the numbers it prints."""
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import orjson
 import pytest
 
+from cli_run import Ran
+from cli_run import hs as run_cli
 from hybridserve.batch.runner import run_job
 from hybridserve.config import load_project
 
-pytestmark = pytest.mark.slow
-
-
-def hs(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "hybridserve", "advise", "fraud", "-p", str(project), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
 
 def test_advise_prints_the_three_modes_and_the_cheapest_fresh_one(
-    trained_dir: Path, tmp_path: Path
+    trained_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     project = tmp_path / "project"
     shutil.copytree(trained_dir, project)
+
+    def hs(project: Path, *args: str) -> Ran:
+        return run_cli(capsys, "advise", "fraud", "-p", str(project), *args)
+
     missing = hs(project)
     assert missing.returncode != 0 and "hybridserve batch run fraud_daily" in missing.stderr
     run_job(load_project(project), "fraud_daily")

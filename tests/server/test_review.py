@@ -3,8 +3,6 @@ review queue with their context, and are worked through the admin endpoints and 
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -12,6 +10,8 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from cli_run import Ran
+from cli_run import hs as run_cli
 from hybridserve.config import ReviewConfig
 from hybridserve.quality.review import ReviewQueue, ReviewRule
 from hybridserve.runtimes.base import Prediction
@@ -147,8 +147,9 @@ async def test_abstained_answers_land_in_the_queue_with_their_context(
     assert (label.request_id, label.entity, label.label) == (r.json()["request_id"], healthy, 1.0)
 
 
-@pytest.mark.slow
-def test_the_review_commands_list_show_and_resolve(make_project: MakeProject) -> None:
+def test_the_review_commands_list_show_and_resolve(
+    make_project: MakeProject, capsys: pytest.CaptureFixture[str]
+) -> None:
     project = make_project(review=REVIEW)
     from hybridserve.quality.review import ReviewCase
     from hybridserve.registry import Registry
@@ -172,13 +173,8 @@ def test_the_review_commands_list_show_and_resolve(make_project: MakeProject) ->
             ]
         )
 
-    def hs(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "hybridserve", *args, "-p", str(project.base_dir)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+    def hs(*args: str) -> Ran:
+        return run_cli(capsys, *args, "-p", str(project.base_dir))
 
     listed = hs("review", "list", "--json")
     assert listed.returncode == 0, listed.stderr

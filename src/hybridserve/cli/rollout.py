@@ -75,7 +75,10 @@ def _plan(
     try:
         return RolloutPlan.model_validate(raw)
     except ValidationError as exc:
-        problems = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+        problems = [
+            f"{'.'.join(map(str, e['loc']))}: {str(e['msg']).removeprefix('Value error, ')}"
+            for e in exc.errors()
+        ]
         raise InvalidInput("rollout plan: " + "; ".join(problems)) from None
 
 
