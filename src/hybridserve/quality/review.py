@@ -86,6 +86,17 @@ class ReviewCase:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
+    def outcome(self) -> dict[str, Any]:
+        """A resolved case as a true outcome for feedback: an id of its own (so loading it
+        again changes nothing), the label, and the answer it is about."""
+        return {
+            "id": f"review:{self.id}",
+            "value": self.label,
+            "request_id": self.request_id,
+            "entity": self.entity,
+            "at": self.created_at,
+        }
+
 
 _FIELDS = tuple(ReviewCase.__dataclass_fields__)
 
@@ -187,7 +198,8 @@ class ReviewQueue:
 
     def labels(self, route: str, since: float = 0.0) -> list[ReviewCase]:
         """Resolved cases of ``route`` resolved after ``since``, oldest first: the labels
-        ground-truth feedback takes (by ``request_id`` and ``entity``)."""
+        ground-truth feedback takes (:meth:`ReviewCase.outcome`: by ``request_id`` and
+        ``entity``)."""
         rc = t.review_cases
         query = (
             select(rc)
