@@ -236,6 +236,11 @@ async def test_pause_holds_a_step_and_abort_ends_the_rollout_audited(
     await _traffic(workers)
     clock.t += 3600
     assert controller.tick() == []  # paused: not judged, not advanced
+    r = await workers[1][1].get("/v1/admin/rollouts")  # what one worker says of both
+    (seen,) = r.json()["rollouts"]
+    assert (seen["id"], seen["state"], seen["canary_percent"]) == (rollout.id, "paused", 5.0)
+    assert seen["figures"]["candidate"]["answers"] == 2 * _share(5)
+    assert [m["action"] for m in seen["moves"]] == ["rollout_start", "rollout_pause"]
     await _follow(workers)
     for state, _ in workers:  # still split at the paused step
         assert state.router.splits.rollouts[ROUTE].canary_percent == 5.0

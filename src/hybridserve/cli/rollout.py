@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from hybridserve.cli.common import JsonOpt, ProjectOpt, console, print_json, project, table
-from hybridserve.records import now, to_iso
+from hybridserve.records import to_iso
 
 if TYPE_CHECKING:
     from hybridserve.config import Project, RolloutPlan
@@ -123,34 +123,10 @@ def status(
     json: JsonOpt = False,
 ) -> None:
     """Where a rollout is, its current step's figures, and its moves."""
-    from hybridserve.quality.rollout import find_rollout, judge
-    from hybridserve.registry.rollouts import Rollouts
+    from hybridserve.quality.rollout import report
 
     with _registry(project_path) as (proj, registry):
-        rollouts = Rollouts(registry)
-        found = [find_rollout(registry, target)] if target else rollouts.active()
-        out = []
-        for r in found:
-            verdict = judge(
-                r,
-                rollouts.stats(r.id, r.step),
-                now(),
-                budget=proj.routes[r.route].latency_budget if r.route in proj.routes else 0.1,
-            )
-            moves = [
-                e.to_dict()
-                for e in registry.audit(r.model, limit=200)
-                if e.action.startswith("rollout_") and e.details.get("rollout") == r.id
-            ]
-            out.append(
-                {
-                    **r.to_json(),
-                    "figures": verdict.figures,
-                    "breaches": [b.text() for b in verdict.breaches],
-                    "waiting": verdict.waiting,
-                    "moves": list(reversed(moves)),
-                }
-            )
+        out = report(registry, proj, target)
     if json:
         print_json(out)
         return

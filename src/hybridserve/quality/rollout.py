@@ -389,3 +389,34 @@ def command(
         reason=reason or f"{what} by {actor}",
         details={"step": rollout.step, "figures": figures},
     )
+
+
+def report(registry: Registry, project: Project, target: str | None = None) -> list[dict[str, Any]]:
+    """``target``'s newest rollout (default: every active one) with the current step's figures
+    from every worker, its breaches, what it waits for, and its moves, oldest first."""
+    rollouts = Rollouts(registry)
+    found = [find_rollout(registry, target)] if target else rollouts.active()
+    out = []
+    for r in found:
+        route = project.routes.get(r.route)
+        verdict = judge(
+            r,
+            rollouts.stats(r.id, r.step),
+            now(),
+            budget=route.latency_budget if route is not None else 0.1,
+        )
+        moves = [
+            e.to_dict()
+            for e in registry.audit(r.model, limit=500)
+            if e.action.startswith("rollout_") and e.details.get("rollout") == r.id
+        ]
+        out.append(
+            {
+                **r.to_json(),
+                "figures": verdict.figures,
+                "breaches": [b.text() for b in verdict.breaches],
+                "waiting": verdict.waiting,
+                "moves": list(reversed(moves)),
+            }
+        )
+    return out

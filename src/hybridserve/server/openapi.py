@@ -575,6 +575,46 @@ def _review(doc: _Doc) -> None:
     case = _json(doc.model(ReviewCaseOut), "The case")
     doc.add(
         "get",
+        "/v1/admin/rollouts",
+        "admin_rollouts",
+        "Active progressive rollouts, each with its step's figures from every worker",
+        {
+            "200": _json(
+                {
+                    "type": "object",
+                    "required": ["rollouts"],
+                    "properties": {
+                        "rollouts": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["id", "route", "model", "version", "state", "step"],
+                                "properties": {
+                                    "id": {"type": "integer"},
+                                    "route": {"type": "string"},
+                                    "model": {"type": "string"},
+                                    "version": {"type": "integer"},
+                                    "state": {"type": "string"},
+                                    "step": {"type": "integer"},
+                                    "stage": {"type": "string", "enum": ["shadow", "canary"]},
+                                    "canary_percent": {"type": "number"},
+                                    "shadow_percent": {"type": "number"},
+                                    "figures": {"type": "object"},
+                                    "breaches": {"type": "array", "items": {"type": "string"}},
+                                    "waiting": {"type": "array", "items": {"type": "string"}},
+                                    "moves": {"type": "array", "items": {"type": "object"}},
+                                },
+                            },
+                        }
+                    },
+                },
+                "Rollouts",
+            )
+        },
+        scope="admin",
+    )
+    doc.add(
+        "get",
         "/v1/admin/review/{case_id}",
         "admin_review_show",
         "One review case with what its answer was made from",

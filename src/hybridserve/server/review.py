@@ -1,7 +1,7 @@
-"""Admin endpoints of the review queue (``/v1/admin/review...``, scope ``admin``).
-
-They list, show and resolve the cases a route abstained on (``quality/review.py``); a
-resolution records the API key's name as who resolved it.
+"""Admin endpoints of the quality loop (scope ``admin``): the review queue
+(``/v1/admin/review...``: list, show and resolve the cases a route abstained on, a resolution
+recording the API key's name) and the progressive rollouts (``/v1/admin/rollouts``: where each
+active one is, with its current step's figures, as ``hybridserve rollout status`` prints).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from starlette.routing import Route
 
 from hybridserve.errors import InvalidInput, NotFound
 from hybridserve.quality.review import ReviewQueue, Status
+from hybridserve.quality.rollout import report
 from hybridserve.routing.schema import ResolveRequest, parse
 from hybridserve.server.errors import json_response
 from hybridserve.server.requests import authorize, json_body, state_of
@@ -79,8 +80,16 @@ async def resolve_case(request: Request) -> Response:
     return json_response(200, case.to_json())
 
 
+async def rollouts(request: Request) -> Response:
+    authorize(request, "admin")
+    state = state_of(request)
+    found = await asyncio.to_thread(report, state.services.registry, state.project)
+    return json_response(200, {"rollouts": found})
+
+
 def routes() -> list[Route]:
     return [
+        Route("/v1/admin/rollouts", rollouts),
         Route("/v1/admin/review", list_cases),
         Route("/v1/admin/review/{case_id}", show_case),
         Route("/v1/admin/review/{case_id}/resolve", resolve_case, methods=["POST"]),
