@@ -304,7 +304,7 @@ class RolloutController:
 def parse_target(text: str) -> tuple[str, int]:
     """``fraud@3`` or ``fraud/3``: the model and the version to roll out."""
     name, sep, version = text.replace("/", "@", 1).partition("@")
-    if not sep or not version.isdigit():
+    if not sep or not (version.isascii() and version.isdigit()):
         raise InvalidInput(f"expected MODEL@VERSION (e.g. fraud@3), got {text!r}")
     ref = ModelRef(name, version=int(version))  # checks the name and the number
     assert ref.version is not None
