@@ -102,6 +102,17 @@ async def test_abstained_answers_land_in_the_queue_with_their_context(
         client, "hybridserve_review_total", route=ROUTE, reason="missing_critical_features"
     )
     assert n_missing == len(missing)
+    await state.reviews.flush()
+
+    # A streamed answer is judged before it is sent.
+    one = sorted(missing)[0]
+    r = await client.post(
+        f"/v1/predict/{ROUTE}",
+        json={"entities": [one], "mode": "compute"},
+        headers={"accept": "application/x-ndjson"},
+    )
+    line, summary = (orjson.loads(x) for x in r.text.splitlines())
+    assert (line["entity"], line["decision"]) == (one, "review") and summary["summary"]
 
     # A degraded answer (the primary fails, the fallback model answers) goes to review too.
     primary = state.models.get(ROUTE)

@@ -1,10 +1,11 @@
 """Abstention on the online path: answers a route sends to human review.
 
-After a request is answered, :class:`Abstain` applies the route's review rule
-(``quality/review.py``) to each answer: one that matches is marked ``decision: review`` (its
-score stays in the answer) and its case, with what it was made from (the model version, the
-source, the trail of the steps, the feature values and request features), goes to the review
-writer, off the request path. Each abstention is counted by route and condition.
+Before an answer is sent (streamed as its step gives it, or rendered in the response),
+:class:`Abstain` applies the route's review rule (``quality/review.py``) to it: one that
+matches is marked ``decision: review`` (its score stays in the answer) and its case, with what
+it was made from (the model version, the source, the trail of the steps, the feature values and
+request features), goes to the review writer, off the request path. Each abstention is counted
+by route and condition.
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ from hybridserve.quality.review import ReviewCase, ReviewRule, ReviewWriter
 if TYPE_CHECKING:
     from hybridserve.config import Project
     from hybridserve.observability.metrics import Metrics
-    from hybridserve.routing.job import Job
+    from hybridserve.routing.job import Entity, Job
 
 
 class Abstain:
-    """The router's after-answer hook for routes with a ``review`` block."""
+    """The router's ``decide`` hook for routes with a ``review`` block."""
 
     def __init__(self, project: Project, writer: ReviewWriter, metrics: Metrics) -> None:
         self.rules = {
@@ -31,11 +32,12 @@ class Abstain:
         self.writer = writer
         self.metrics = metrics
 
-    def __call__(self, job: Job) -> None:
+    def __call__(self, job: Job, entities: list[Entity]) -> None:
+        """Judge the answers of ``entities`` (each once: before it is streamed or rendered)."""
         rule = self.rules.get(job.route)
         if rule is None:
             return
-        for e in job.entities:
+        for e in entities:
             a = e.answer
             if a is None:
                 continue

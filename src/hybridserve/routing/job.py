@@ -204,6 +204,8 @@ class Job:
     metrics: RouteMetrics
     emit: Emit | None = None
     """Where new answers go as each step gives them (a streamed answer), if anywhere."""
+    decide: Callable[[Job, list[Entity]], None] | None = None
+    """Looks at answers before anyone sees them (abstention may mark them for review)."""
 
     def open(self) -> list[Entity]:
         return [e for e in self.entities if e.answer is None]
@@ -214,6 +216,8 @@ class Job:
             return
         new = [e for e in self.entities if e.answer is not None and not e.sent]
         if new:
+            if self.decide is not None:
+                self.decide(self, new)
             for e in new:
                 e.sent = True
             await self.emit([e.answer.to_json() for e in new if e.answer is not None])

@@ -94,8 +94,11 @@ class Router:
         self.splits = Splits(self.project, models)
         """Canary and shadow per route: a progressive rollout's, else the project file's."""
         self.hooks = list(hooks)
-        """Called with each answered job before its answer is rendered (abstention, arm
-        counts); they may annotate answers and must not block."""
+        """Called with each answered job before its answer is rendered (the arm counts);
+        they must not block."""
+        self.decide: Callable[[Job, list[Entity]], None] | None = None
+        """Sees each answer before it is sent or rendered, once (abstention, which may mark
+        it ``decision: review``)."""
         self.writes = WriteBehind(
             lambda records: services.predictions.put(records),
             # Writes have their own breaker: a store that cannot write (a full or read-only
@@ -154,6 +157,7 @@ class Router:
             self.tracing.annotate(**{"hybridserve.entities": len(job.entities)})
         m = job.metrics
         job.emit = emit
+        job.decide = self.decide
         with m.total():
             if req.mode != "compute":
                 await self._stored(job)
@@ -498,6 +502,8 @@ class Router:
     # -- the answer ------------------------------------------------------------------
 
     def _outcome(self, job: Job, started: float) -> Outcome:
+        if self.decide is not None:
+            self.decide(job, [e for e in job.entities if e.answer is not None and not e.sent])
         for hook in self.hooks:
             hook(job)
         m = job.metrics

@@ -117,7 +117,9 @@ class ServerState:
             dropped=metrics.review_dropped.inc,
         )
         recorder = ArmRecorder(metrics, router.splits)
-        router.hooks += [Abstain(project, reviews, metrics), recorder]
+        if pending:  # some route may abstain
+            router.decide = Abstain(project, reviews, metrics)
+        router.hooks.append(recorder)
         router.shadow.on_compare = recorder.compared
         budgets = {name: route.latency_budget for name, route in project.routes.items()}
         follower = RolloutFollower(
