@@ -6,6 +6,7 @@ from conftest_server import (
     serve,
     trained_dir,
     two_workers,
+    worker_project_changes,
     worker_route_changes,
 )
 
@@ -15,5 +16,6 @@ __all__ = [
     "serve",
     "trained_dir",
     "two_workers",
+    "worker_project_changes",
     "worker_route_changes",
 ]

@@ -140,12 +140,20 @@ def worker_route_changes() -> dict[str, Any]:
 
 
 @pytest.fixture
+def worker_project_changes() -> dict[str, Any]:
+    return {}
+
+
+@pytest.fixture
 def two_workers(
-    make_project: ProjectFactory, worker_route_changes: dict[str, Any]
+    make_project: ProjectFactory,
+    worker_route_changes: dict[str, Any],
+    worker_project_changes: dict[str, Any],
 ) -> Iterator[tuple[str, Project]]:
-    """``serve --workers 2`` on a copy of the trained project (the route changed by
-    ``worker_route_changes``, a fixture a test module may override); yields the base URL."""
-    project = make_project(**worker_route_changes)
+    """``serve --workers 2`` on a copy of the trained project (the project and its route changed
+    by ``worker_project_changes`` and ``worker_route_changes``, fixtures a test module may
+    override); yields the base URL."""
+    project = make_project(worker_project_changes, **worker_route_changes)
     port = free_port()
     log = (project.base_dir / "server.log").open("wb")
     proc = subprocess.Popen(

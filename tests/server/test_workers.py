@@ -4,17 +4,15 @@ an admin promote through one worker reaches the other within a second."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from typing import Any
 
 import httpx
 import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest_server import free_port
 from fraud_versions import add_fraud_version_offline
 from hybridserve.config import Project
 from hybridserve.services import Services
@@ -24,43 +22,13 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def two_workers(make_project: MakeProject) -> Iterator[tuple[str, Project]]:
-    project = make_project(
-        {"health": {"publish_interval": "0.5s"}},
-        fallback=[{"default": 0.0}],
-        slo={"availability": "90%", "window": "1h"},
-    )
-    port = free_port()
-    log = (project.base_dir / "server.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "hybridserve", "serve", "-p", str(project.base_dir)),
-            *("--port", str(port), "--workers", "2", "--no-access-log", "--log-level", "info"),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    log.close()
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, (project.base_dir / "server.log").read_text()
-            assert time.monotonic() < deadline, "the workers did not start"
-            try:
-                if httpx.get(f"{base}/v2/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        # Both workers ready: each answers on its own, so wait until two pids have logged it.
-        while (project.base_dir / "server.log").read_text().count('"ready: ') < 2:
-            assert time.monotonic() < deadline, "the second worker did not start"
-            time.sleep(0.2)
-        yield base, project
-    finally:
-        proc.terminate()
-        proc.wait(30)
+def worker_project_changes() -> dict[str, Any]:
+    return {"health": {"publish_interval": "0.5s"}}
+
+
+@pytest.fixture
+def worker_route_changes() -> dict[str, Any]:
+    return {"fallback": [{"default": 0.0}], "slo": {"availability": "90%", "window": "1h"}}
 
 
 def _answered(text: str) -> float:
