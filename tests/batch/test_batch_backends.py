@@ -7,9 +7,9 @@ import uuid
 from collections.abc import Callable
 
 import pytest
+from batch_helpers import cards, job, snapshot, store_records, write_input
 
 from backends import redis_url
-from conftest import cards, job, snapshot, store_records, write_input
 from hybridserve.batch import run_job
 from hybridserve.config import Project
 

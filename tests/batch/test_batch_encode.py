@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa
+from batch_helpers import cards
 
-from conftest import cards
 from hybridserve.batch.chunk import SNAPSHOT_SCHEMA, snapshot_records
 from hybridserve.batch.encode import ScoredColumns, record_bytes, snapshot_columns
 from hybridserve.config import Project

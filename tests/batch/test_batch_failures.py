@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from batch_helpers import cards, job, store_records, write_input
 
-from conftest import cards, job, store_records, write_input
 from hybridserve.config import Project
 from hybridserve.storage import open_store
 

@@ -11,7 +11,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from conftest import cards, job, write_input
+from batch_helpers import cards, job, write_input
+
 from hybridserve.batch.chunk import DELAY_ENV
 from hybridserve.config import Project
 

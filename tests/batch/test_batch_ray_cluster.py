@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from batch_helpers import ROUTE, cards, job, snapshot, store_records, write_input
 
 from backends import postgres_schema, redis_url, unavailable
-from conftest import ROUTE, cards, job, snapshot, store_records, write_input
 from hybridserve.batch import run_job
 from hybridserve.batch.cluster import node_problems, refuse
 from hybridserve.config import Project

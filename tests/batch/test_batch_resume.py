@@ -12,8 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from batch_helpers import cards, job, snapshot, store_records, write_input
 
-from conftest import cards, job, snapshot, store_records, write_input
 from hybridserve.batch import run_job
 from hybridserve.batch.chunk import DELAY_ENV
 from hybridserve.cli import main

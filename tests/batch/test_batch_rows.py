@@ -10,8 +10,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pytest
+from batch_helpers import cards, job, snapshot, write_input
 
-from conftest import cards, job, snapshot, write_input
 from hybridserve.batch import run_job
 from hybridserve.config import Project
 

@@ -12,8 +12,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+from batch_helpers import ROUTE, cards, job, snapshot, store_records, write_input
 
-from conftest import ROUTE, cards, job, snapshot, store_records, write_input
 from hybridserve.batch import RunFailed, run_job
 from hybridserve.config import Project
 from hybridserve.errors import ConfigError

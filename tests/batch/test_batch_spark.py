@@ -10,9 +10,9 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
+from batch_helpers import cards, job, snapshot, store_records, write_input
 
 from backends import unavailable
-from conftest import cards, job, snapshot, store_records, write_input
 from hybridserve.batch import run_job
 from hybridserve.batch.manifest import RunFailed
 from hybridserve.config import Project
