@@ -244,6 +244,14 @@ class Metrics:
             registry=r,
         )
 
+        self.prediction_log = LightCounter(
+            "hybridserve_prediction_log_total",
+            "Prediction log rows by route and outcome (written, dropped: the writer fell "
+            "behind, failed: the sink refused them).",
+            ["route", "outcome"],
+            registry=r,
+        )
+
     @lru_cache(maxsize=4096)  # noqa: B019 - one Metrics per process, bounded cache
     def child(self, name: str, *labels: str) -> Any:
         """A bound label child, cached: ``metrics.child("requests", route, source, status)``."""

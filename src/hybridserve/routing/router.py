@@ -38,6 +38,7 @@ from hybridserve.routing.breaker import STATE_VALUE, Breakers, CircuitBreaker, S
 from hybridserve.routing.fallback import Step, build_chain
 from hybridserve.routing.job import Answer, Entity, Job, Reason
 from hybridserve.routing.lag import LoopLag
+from hybridserve.routing.logged import log_job
 from hybridserve.routing.models import LoadedModel, ModelManager
 from hybridserve.routing.rollout import in_share
 from hybridserve.routing.schema import PredictRequest
@@ -90,6 +91,7 @@ class Router:
         routes = self.project.routes
         self.chains: dict[str, list[Step]] = {r: build_chain(c.fallback) for r, c in routes.items()}
         self.route_metrics = {r: RouteMetrics(metrics, r) for r in routes}
+        self.prediction_log = services.prediction_log
 
     def breaker(self, name: str) -> CircuitBreaker:
         return self.breakers(name)
@@ -113,7 +115,10 @@ class Router:
             if job.open():
                 with m.fallback():
                     await self._fallback(job, req.mode == "compute")
-        return self._outcome(job)
+        outcome = self._outcome(job)
+        if self.prediction_log.online:  # no route samples online answers: this check only
+            log_job(self.prediction_log, job)
+        return outcome
 
     def _job(self, route: str, req: PredictRequest, request_id: str) -> Job:
         cfg = self.project.route(route)

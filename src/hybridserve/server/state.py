@@ -85,6 +85,8 @@ class ServerState:
         )
         router = Router(services, models, metrics, L1Cache(cfg.l1_cache_size))
         services.predictions.on_unreadable = metrics.unreadable_records.inc
+        plog = services.prediction_log
+        plog.on_count = lambda r, o, n: metrics.prediction_log.labels(r, o).inc(n)
         return cls(
             project,
             services,
@@ -103,6 +105,7 @@ class ServerState:
         await self.services.online_kv.ping()
         await self.services.predictions_kv.ping()
         self.models.start()
+        self.services.prediction_log.start_for("online")
         self.shared_metrics = shared_from_env(self.metrics)
         if self.shared_metrics is not None:
             self._tasks.append(asyncio.get_running_loop().create_task(self.shared_metrics.run()))
