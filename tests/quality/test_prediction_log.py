@@ -158,10 +158,28 @@ def test_sampling_rate_is_a_share_and_fingerprints_replace_values(tmp_path: Path
     drawn = sum(plog.sampled(ROUTE, "online") for _ in range(20_000))
     assert 4300 < drawn < 5700
     assert not plog.sampled(ROUTE, "batch") and not plog.sampled("other", "online")
-    r = row(ts=1.0, route=ROUTE, source="online", entity="a", model="m", model_version=1,
-            score=0.5, features={"x": 1.0}, keep=plog.keep(ROUTE))  # fmt: skip
-    again = row(ts=2.0, route=ROUTE, source="online", entity="b", model="m", model_version=1,
-                score=0.5, features={"x": 1.0}, keep=plog.keep(ROUTE))  # fmt: skip
+    r = row(
+        ts=1.0,
+        route=ROUTE,
+        source="online",
+        entity="a",
+        model="m",
+        model_version=1,
+        score=0.5,
+        features={"x": 1.0},
+        keep=plog.keep(ROUTE),
+    )
+    again = row(
+        ts=2.0,
+        route=ROUTE,
+        source="online",
+        entity="b",
+        model="m",
+        model_version=1,
+        score=0.5,
+        features={"x": 1.0},
+        keep=plog.keep(ROUTE),
+    )
     assert r["features"] is None and r["fingerprint"] == again["fingerprint"]
     assert len(r["fingerprint"]) == 16
 
@@ -197,8 +215,17 @@ def test_parquet_files_rotate_are_read_by_range_and_expire(tmp_path: Path) -> No
     assert len(files) == 2
     assert [r["entity"] for r in sink.read("predictions", ROUTE, since=t + 3.5)] == ["e4"]
     assert [r["entity"] for r in sink.read("predictions", ROUTE, until=t + 1)] == ["e0", "e1"]
-    old = [row(ts=t - 3 * 86400, route=ROUTE, source="online", entity="old", model="m",
-               model_version=1, score=0.0)]  # fmt: skip
+    old = [
+        row(
+            ts=t - 3 * 86400,
+            route=ROUTE,
+            source="online",
+            entity="old",
+            model="m",
+            model_version=1,
+            score=0.0,
+        )
+    ]
     sink.append("predictions", ROUTE, old)
     sink.flush()  # closing a file deletes the ones past retention: the old row's own
     assert "old" not in {r["entity"] for r in sink.read("predictions", ROUTE)}

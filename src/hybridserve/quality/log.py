@@ -27,7 +27,7 @@ import queue
 import random
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +35,7 @@ import orjson
 
 from hybridserve.config import LogSampling, Project
 from hybridserve.quality.sinks import Sink, open_sink
+from hybridserve.records import PredictionRecord
 
 log = logging.getLogger("hybridserve.quality.log")
 
@@ -97,6 +98,44 @@ def row(
         "features": feats,
         "fingerprint": fingerprint,
     }
+
+
+def log_records(
+    plog: PredictionLog,
+    records: Sequence[PredictionRecord],
+    features: Sequence[Mapping[str, Any] | None],
+    *,
+    source: str,
+    latency_ms: Sequence[float | None] | None = None,
+) -> int:
+    """Offer the sampled ones of ``records`` (with their ``features``) to ``plog``: what the
+    stream pipeline and the batch runner log. Returns how many were offered."""
+    offered = 0
+    for i, r in enumerate(records):
+        if not plog.sampled(r.route, source):
+            continue
+        values = features[i]
+        plog.offer(
+            row(
+                ts=r.computed_at,
+                route=r.route,
+                source=r.source,
+                entity=r.entity,
+                model=r.model,
+                model_version=r.model_version,
+                score=r.score,
+                label=r.label,
+                latency_ms=None if latency_ms is None else latency_ms[i],
+                request_id=r.request_id,
+                run_id=r.run_id,
+                event_id=r.event_id,
+                features=values,
+                keep=plog.keep(r.route),
+            ),
+            values,
+        )
+        offered += 1
+    return offered
 
 
 class PredictionLog:

@@ -289,9 +289,12 @@ class RedisSink:
                 ms = int(float(r["ts"]) * 1000)
                 # ``ms-*``: Redis numbers entries of the same millisecond itself.
                 pipe.xadd(
-                    key, {"r": orjson.dumps(r)}, id=f"{ms}-*", maxlen=self.cfg.maxlen,
+                    key,
+                    {"r": orjson.dumps(r)},
+                    id=f"{ms}-*",
+                    maxlen=self.cfg.maxlen,
                     approximate=True,
-                )  # fmt: skip
+                )
             pipe.execute()
         except Exception as exc:
             if "equal or smaller" in str(exc):  # a clock step back: let Redis number it

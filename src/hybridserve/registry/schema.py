@@ -35,8 +35,9 @@ from hybridserve._optional import require
 from hybridserve.errors import ConfigError, StoreError
 from hybridserve.urls import masked_url
 
-SCHEMA_VERSION = 1
-"""Bump with a migration in :func:`ensure_schema` whenever the tables change."""
+SCHEMA_VERSION = 2
+"""Bump with a migration in :func:`ensure_schema` whenever the tables change. 2: the
+``reference_profiles`` table (created when a version-1 database is opened)."""
 
 metadata = MetaData()
 
@@ -79,6 +80,18 @@ aliases = Table(
     Column("updated_by", String(256), nullable=False),
     ForeignKeyConstraint(["name", "version"], ["model_versions.name", "model_versions.version"]),
 )
+
+reference_profiles = Table(
+    "reference_profiles",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("profile", JSON, nullable=False),
+    Column("created_at", Float, nullable=False),
+    ForeignKeyConstraint(["name", "version"], ["model_versions.name", "model_versions.version"]),
+)
+"""A version's reference profile (``quality/profile.py``): its training data's feature bins
+and score distribution, for drift."""
 
 audit_log = Table(
     "audit_log",
@@ -174,7 +187,10 @@ def ensure_schema(engine: Engine) -> None:
                 # Two processes opening a fresh database must not both create the tables.
                 conn.exec_driver_sql("SELECT pg_advisory_xact_lock(72057594037927936)")
             metadata.create_all(conn, checkfirst=True)
-            if conn.execute(select(schema_version.c.version)).scalar() is None:
+            found = conn.execute(select(schema_version.c.version)).scalar()
+            if found is None:
                 conn.execute(schema_version.insert().values(version=SCHEMA_VERSION))
+            elif found < SCHEMA_VERSION:  # the new tables were created just above
+                conn.execute(schema_version.update().values(version=SCHEMA_VERSION))
     except SQLAlchemyError as exc:
         raise StoreError(f"cannot open the registry database {_where(engine)}: {exc}") from exc
