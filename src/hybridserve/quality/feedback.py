@@ -119,9 +119,9 @@ class FeedbackStore:
             if answer is None:
                 unmatched += 1
                 continue
-            key = (answer["ts"], answer["entity"], answer.get("request_id") or "")
-            if key not in found or fb["ts"] >= found[key][0]:  # the latest outcome wins
-                found[key] = (fb["ts"], fb, answer)
+            ident = (answer["ts"], answer["entity"], answer.get("request_id") or "")
+            if ident not in found or fb["ts"] >= found[ident][0]:  # the latest outcome wins
+                found[ident] = (fb["ts"], fb, answer)
         out = [
             Pair(
                 fb["id"],
