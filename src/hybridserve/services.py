@@ -17,6 +17,7 @@ from hybridserve.errors import InvalidInput
 from hybridserve.features.online import OnlineFeatureStore, merge_request_features
 from hybridserve.predictions.store import PredictionStore
 from hybridserve.quality.log import PredictionLog
+from hybridserve.quality.profile import Profile
 from hybridserve.records import now
 from hybridserve.scoring import Scorer, ScoreResult
 from hybridserve.storage import KVStore, open_store
@@ -95,6 +96,11 @@ class Services:
         if write and result.records:
             await self.predictions.put(result.records)
         return result
+
+    def reference_profile(self, model: str, version: int) -> Profile | None:
+        """The reference profile stored with ``model/version`` (for drift), or ``None``."""
+        found = self.registry.reference(model, version)
+        return None if found is None else Profile.from_dict(found)
 
     async def close(self) -> None:
         await asyncio.to_thread(self.prediction_log.close)

@@ -22,7 +22,7 @@ from hybridserve.config import Project
 from hybridserve.errors import HybridServeError, NotFound
 from hybridserve.observability.access import AccessLog
 from hybridserve.routing.schema import parse_predict_request
-from hybridserve.server import admin, docs, events, v2
+from hybridserve.server import admin, docs, events, feedback, v2
 from hybridserve.server.auth import presented_key
 from hybridserve.server.errors import exception_handlers
 from hybridserve.server.http import (
@@ -57,6 +57,7 @@ class HybridApp:
             *v2.routes(),
             *admin.routes(),
             *events.routes(),
+            *feedback.routes(),
             *docs.routes(),
         ]
         self.starlette = Starlette(

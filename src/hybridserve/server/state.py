@@ -11,6 +11,9 @@ from hybridserve.observability.metrics import Metrics
 from hybridserve.observability.shared import SharedMetrics
 from hybridserve.observability.shared import from_env as shared_from_env
 from hybridserve.predictions.cache import L1Cache
+from hybridserve.quality.drift import DriftMonitor
+from hybridserve.quality.export import run_exporter
+from hybridserve.quality.feedback import FeedbackStore
 from hybridserve.routing.models import ModelManager
 from hybridserve.routing.router import Router
 from hybridserve.server.auth import Authenticator
@@ -54,6 +57,9 @@ class ServerState:
     auth: Authenticator
     ingest: IngestSources
     """The sources the events endpoint appends to."""
+    feedback: FeedbackStore
+    drift: DriftMonitor
+    """Drift of each route's recent answers; ``drift.reasons()`` says which routes drifted."""
     ready: bool = False
     access_log: bool = True
     scheduler: bool = False
@@ -87,6 +93,8 @@ class ServerState:
         services.predictions.on_unreadable = metrics.unreadable_records.inc
         plog = services.prediction_log
         plog.on_count = lambda r, o, n: metrics.prediction_log.labels(r, o).inc(n)
+        drift = DriftMonitor(project, services.reference_profile)
+        plog.observers.append(drift.observe)
         return cls(
             project,
             services,
@@ -95,6 +103,8 @@ class ServerState:
             router,
             Authenticator.from_project(project),
             IngestSources(project, services.online_kv),
+            FeedbackStore(project, plog.sink),
+            drift,
             access_log=access_log,
             scheduler=scheduler,
         )
@@ -106,6 +116,11 @@ class ServerState:
         await self.services.predictions_kv.ping()
         self.models.start()
         self.services.prediction_log.start_for("online")
+        self._tasks.append(
+            asyncio.get_running_loop().create_task(
+                run_exporter(self.metrics, self.feedback, self.drift)
+            )
+        )
         self.shared_metrics = shared_from_env(self.metrics)
         if self.shared_metrics is not None:
             self._tasks.append(asyncio.get_running_loop().create_task(self.shared_metrics.run()))
