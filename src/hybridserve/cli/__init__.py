@@ -18,6 +18,7 @@ from hybridserve.cli.batch import batch_app
 from hybridserve.cli.common import console, err_console, print_error
 from hybridserve.cli.features import features_app
 from hybridserve.cli.project import project_commands
+from hybridserve.cli.quality import quality_commands
 from hybridserve.cli.registry import registry_app
 from hybridserve.cli.stream import stream_app
 from hybridserve.errors import HybridServeError
@@ -54,6 +55,7 @@ app.add_typer(features_app, name="features")
 app.add_typer(batch_app, name="batch")
 app.add_typer(stream_app, name="stream")
 project_commands(app)
+quality_commands(app)
 
 
 def main() -> None:
