@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from hybridserve.config import DriftConfig, Project
 from hybridserve.quality.profile import FeatureProfile, Profile, bin_counts, numeric
@@ -113,24 +114,39 @@ def feature_drift(
 ) -> FeatureDrift:
     """One feature's (or the score's) drift of ``values`` against ``ref``."""
     counts, missing, total = bin_counts(ref, values)
-    present = total - missing
+    sample = None
+    if ref.kind == "numeric":
+        arr = numeric(values)
+        sample = arr[~np.isnan(arr)]
+    return drift_of_counts(name, ref, counts, missing, total, cfg, sample)
+
+
+def drift_of_counts(
+    name: str,
+    ref: FeatureProfile,
+    counts: npt.NDArray[np.float64],
+    missing: int,
+    total: int,
+    cfg: DriftConfig,
+    sample: npt.NDArray[np.float64] | None = None,
+) -> FeatureDrift:
+    """Drift from counts per bin of ``ref`` (what :func:`bin_counts` gives; a batch run adds
+    them up over its chunks) and, for KS, a sample of the present values."""
     # Missing values as one more bin on both sides: a feature going missing moves the PSI.
     expected = [*(s * (1 - ref.missing) for s in ref.shares), ref.missing]
     actual = [*(counts / total if total else counts), missing / total if total else 0.0]
-    d = FeatureDrift(
-        name, total, psi(expected, actual), missing / total if total else 0.0, ref.missing
-    )
+    share = missing / total if total else 0.0
+    d = FeatureDrift(name, total, psi(expected, actual), share, ref.missing)
     if d.psi > cfg.psi:
         d.reasons.append(f"PSI {d.psi:.3f} > {cfg.psi:g}")
     if d.missing - ref.missing > cfg.missing:
         d.reasons.append(
             f"missing {d.missing:.1%} (reference {ref.missing:.1%}, allowed +{cfg.missing:.0%})"
         )
-    if cfg.ks_pvalue is not None and ref.kind == "numeric" and ref.sample and present >= 2:
+    if cfg.ks_pvalue is not None and ref.sample and sample is not None and sample.size >= 2:
         from scipy.stats import ks_2samp
 
-        arr = numeric(values)
-        d.ks_pvalue = float(ks_2samp(np.asarray(ref.sample), arr[~np.isnan(arr)]).pvalue)
+        d.ks_pvalue = float(ks_2samp(np.asarray(ref.sample), sample).pvalue)
         if d.ks_pvalue < cfg.ks_pvalue:
             d.reasons.append(f"KS p-value {d.ks_pvalue:.2g} < {cfg.ks_pvalue:g}")
     return d
