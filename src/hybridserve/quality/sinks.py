@@ -10,8 +10,8 @@ seen: what makes feedback idempotent) and ``close``. Three implementations:
   older than ``retention`` are deleted when one closes. Feedback is written one file per
   append (it is not on a hot path, and must be readable at once).
 - :class:`RedisSink`: one stream per kind and route (``{prefix}plog:{route}``,
-  ``{prefix}feedback:{route}``), trimmed to about ``maxlen`` entries; claimed ids are
-  ``SET NX`` keys that expire with the retention.
+  ``{prefix}feedback:{route}``), trimmed to about ``maxlen`` entries, numbered by Redis as
+  they are written; claimed ids are ``SET NX`` keys that expire with the retention.
 - :class:`MemorySink`, the in-memory twin for tests.
 
 Rows are plain dicts; times are epoch seconds in ``ts``.
@@ -286,26 +286,6 @@ class RedisSink:
         try:
             pipe = self.client.pipeline(transaction=False)
             for r in rows:
-                ms = int(float(r["ts"]) * 1000)
-                # ``ms-*``: Redis numbers entries of the same millisecond itself.
-                pipe.xadd(
-                    key,
-                    {"r": orjson.dumps(r)},
-                    id=f"{ms}-*",
-                    maxlen=self.cfg.maxlen,
-                    approximate=True,
-                )
-            pipe.execute()
-        except Exception as exc:
-            if "equal or smaller" in str(exc):  # a clock step back: let Redis number it
-                self._append_now(key, rows)
-                return
-            raise self._fail("write", exc) from exc
-
-    def _append_now(self, key: str, rows: Sequence[dict[str, Any]]) -> None:
-        try:
-            pipe = self.client.pipeline(transaction=False)
-            for r in rows:
                 pipe.xadd(key, {"r": orjson.dumps(r)}, maxlen=self.cfg.maxlen, approximate=True)
             pipe.execute()
         except Exception as exc:
@@ -314,10 +294,12 @@ class RedisSink:
     def read(
         self, kind: Kind, route: str, since: float | None = None, until: float | None = None
     ) -> list[dict[str, Any]]:
+        # Entries are numbered by Redis when written, which is never before the row's own
+        # time: the range can start at ``since``, but a row of ``until`` may be written later
+        # (a batch run logs after it ends), so the end is a filter only.
         lo = "-" if since is None else str(max(0, int(since * 1000) - 1))
-        hi = "+" if until is None else str(int(until * 1000) + 1)
         try:
-            entries = self.client.xrange(self._key(kind, route), lo, hi)
+            entries = self.client.xrange(self._key(kind, route), lo, "+")
         except Exception as exc:
             raise self._fail("read", exc) from exc
         rows = [orjson.loads(fields[b"r"]) for _, fields in entries]
