@@ -67,3 +67,36 @@ async def test_feedback_joins_logged_answers_and_shows_in_metrics(
 def _sample(text: str, prefix: str) -> float:
     line = next(x for x in text.splitlines() if x.startswith(prefix))
     return float(line.rsplit(" ", 1)[1])
+
+
+async def test_a_shifted_feature_in_the_traffic_drifts_alone(make_project: Any, serve: Any) -> None:
+    import pyarrow.parquet as pq
+
+    project = make_project(log={"online": 1.0}, drift={"min_samples": 100, "psi": 0.25})
+    app, client = await serve(project)
+    state = app.state
+    cards = pq.read_table(project.path("data/card_profile.parquet")).to_pylist()
+    names = list(project.view("card_profile").features)
+    t = cards[0]["event_time"].timestamp()
+    rows = [
+        (
+            c["card_id"],
+            {**{n: c[n] for n in names}, "utilization": c["utilization"] * 3 + 1},
+            max(t, c["event_time"].timestamp()) + 1,
+        )
+        for c in cards
+    ]
+    await state.services.features.write("card_profile", rows)
+    keys = [c["card_id"] for c in cards]
+    got = await client.post("/v1/predict/fraud", json={"entities": keys, "mode": "compute"})
+    assert got.status_code == 200
+    report = state.drift.report("fraud", fresh=True)
+    assert report.judged and report.n == len(keys)
+    assert [f.name for f in report.features if f.drifted] == ["utilization"]
+    assert all(f.psi < 0.25 for f in report.features if f.name != "utilization")
+    reasons = state.drift.reasons()["fraud"]
+    assert reasons[0].startswith("feature utilization: PSI")
+    export_all(state.metrics, state.feedback, state.drift)
+    text = (await client.get("/metrics")).text
+    assert 'hybridserve_drifted{feature="utilization",route="fraud"} 1.0' in text
+    assert 'hybridserve_drifted{feature="amount_mean_30d",route="fraud"} 0.0' in text
