@@ -2,10 +2,10 @@
 
 Each class carries the HTTP status the server answers with and the exit code the CLI
 exits with, so the core never imports a web framework. The transports translate them: to
-HTTP responses in three places, one per way a request is served (``server/app.py``'s hot
-predict path, with the body from ``server/http.py``'s ``error_body``; the Starlette endpoints'
-handlers in ``server/errors.py``; and ``server/v2.py``, whose protocol wants
-``{"error": message}``), and to exit codes in one (``main`` in ``cli/__init__.py``)::
+HTTP responses in one place, ``error_reply`` in ``server/errors.py`` (used by the predict
+path on both HTTP fronts, the Starlette endpoints' handlers and the Open Inference Protocol
+endpoints, whose protocol wants ``{"error": message}``), to gRPC status codes in
+``server/grpc/service.py``, and to exit codes in one (``main`` in ``cli/__init__.py``)::
 
     HybridServeError                 500, exit 1
      +-- ConfigError                 500, exit 2   project file or CLI usage problems

@@ -81,3 +81,78 @@ def test_the_front_serves_and_drains_a_request_in_flight(
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+def _exchanges(port: int) -> list[tuple[int, object, dict[str, str]]]:
+    """The same requests, answered: status, JSON body, the headers every front must set."""
+    base = f"http://127.0.0.1:{port}"
+    big = b'{"entity": "' + b"x" * 5000 + b'"}'
+    calls: list[tuple[str, str, dict[str, object]]] = [
+        ("POST", "/v1/predict/fraud", {"json": {"entity": "card_000003", "mode": "compute"}}),
+        ("POST", "/v1/predict/fraud", {"content": b"{not json", "headers": {"x-request-id": "r1"}}),
+        ("POST", "/v1/predict/nope", {"json": {"entity": "card_000003"}}),
+        ("POST", "/v1/predict/fraud", {"content": big}),
+        ("POST", "/v1/predict/fraud", {"content": iter([big])}),  # chunked: no content-length
+        ("POST", "/v1/predict/fraud", {"json": {"entity": "card_000004", "mode": "stored"}}),
+        ("GET", "/v1/predict/fraud", {}),
+        ("GET", "/v2/models/nope", {}),
+        ("POST", "/v2/models/fraud/infer", {"content": b"[]"}),
+        ("GET", "/no/such/path?x=1", {}),
+    ]
+    out = []
+    with httpx.Client(base_url=base, timeout=10) as client:
+        for method, path, kwargs in calls:
+            r = client.request(method, path, **kwargs)  # type: ignore[arg-type]
+            body = r.json()
+            if isinstance(body, dict):
+                body.pop("request_id", None)
+                for p in body.get("predictions", []):
+                    p.pop("as_of", None)
+                    p.pop("age_s", None)
+            kept = {k: r.headers[k] for k in ("content-type", "retry-after") if k in r.headers}
+            if "x-request-id" in r.headers and path.startswith("/v1/predict"):
+                kept["x-request-id"] = "r1" if r.headers["x-request-id"] == "r1" else "new"
+            out.append((r.status_code, body, kept))
+    return out
+
+
+def test_both_fronts_give_the_same_answers_and_errors(make_project: MakeProject) -> None:
+    project = make_project({"server": {"max_body_size": 4096}}, fallback=[])
+    answers = {}
+    for http in ("uvicorn", "granian"):
+        proc, port = _start(project, http)
+        try:
+            answers[http] = _exchanges(port)
+        finally:
+            proc.terminate()
+            proc.wait(20)
+    statuses = [status for status, _, _ in answers["uvicorn"]]
+    assert statuses == [200, 400, 404, 413, 413, 503, 405, 404, 400, 404], answers["uvicorn"]
+    assert answers["uvicorn"][5][2]["retry-after"] == "1"
+    assert answers["uvicorn"][1][2]["x-request-id"] == "r1"
+    for uv, gr in zip(answers["uvicorn"], answers["granian"], strict=True):
+        assert uv == gr
+
+
+@pytest.mark.parametrize("http", ["uvicorn", "granian"])
+def test_a_body_that_stalls_gets_a_408_and_the_connection_closes(
+    make_project: MakeProject, http: str
+) -> None:
+    project = make_project({"server": {"body_timeout": "0.5s"}})
+    proc, port = _start(project, http)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(
+                b"POST /v1/predict/fraud HTTP/1.1\r\nhost: x\r\ncontent-type: application/json"
+                b'\r\ncontent-length: 100\r\n\r\n{"entity"'
+            )
+            answer = b""
+            while chunk := sock.recv(65536):  # the server closes after answering
+                answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408"), answer[:300]
+        assert b"connection: close" in head.lower()
+        assert json.loads(body)["type"] == "RequestTimeout"
+    finally:
+        proc.terminate()
+        proc.wait(20)

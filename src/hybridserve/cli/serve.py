@@ -33,8 +33,8 @@ def serve(
     http: Annotated[
         Literal["uvicorn", "granian"],
         typer.Option(
-            help="HTTP front: uvicorn (uvloop, httptools) or granian (Rust HTTP, ASGI; "
-            "extra 'granian')."
+            help="HTTP front: uvicorn (uvloop, httptools) or granian (Rust HTTP; predict "
+            "answers over its RSGI interface; extra 'granian')."
         ),
     ] = "uvicorn",
     project_path: ProjectOpt = None,
@@ -112,7 +112,7 @@ def _run(uvicorn: Any, host: str, port: int, workers: int, log_level: str, shutd
 
 
 def _run_granian(host: str, port: int, workers: int, log_level: str, shutdown: float) -> None:
-    """The same app behind granian's Rust HTTP server (ASGI, one runtime thread per worker:
+    """The same app behind granian's Rust HTTP server (RSGI, one runtime thread per worker:
     the Rust side and Python then share a core without contending)."""
     import math
 
@@ -122,10 +122,10 @@ def _run_granian(host: str, port: int, workers: int, log_level: str, shutdown: f
     constants = require("granian.constants", "granian")
     levels = require("granian.log", "granian").LogLevels
     granian.Granian(
-        "hybridserve.server.factory:app_from_env",
+        "hybridserve.server.factory:rsgi_app_from_env",
         address=host,
         port=port,
-        interface=constants.Interfaces.ASGI,
+        interface=constants.Interfaces.RSGI,
         workers=workers,
         factory=True,
         loop=constants.Loops.uvloop,

@@ -1,11 +1,16 @@
-"""Builds the app inside each uvicorn worker process from the environment ``serve`` set."""
+"""Builds the app inside each server worker process (uvicorn or granian) from the environment
+``serve`` set."""
 
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from hybridserve.config import load_project
 from hybridserve.server.app import HybridApp, create_app
+
+if TYPE_CHECKING:
+    from hybridserve.server.rsgi import RsgiApp
 
 
 def app_from_env() -> HybridApp:
@@ -42,3 +47,10 @@ def _scheduler_lock() -> bool:
         return False
     _LOCK = handle
     return True
+
+
+def rsgi_app_from_env() -> RsgiApp:
+    """The same app for granian's RSGI interface (``serve --http granian``)."""
+    from hybridserve.server.rsgi import RsgiApp
+
+    return RsgiApp(app_from_env())

@@ -1,5 +1,6 @@
-"""Small raw-ASGI helpers for the hot path: read a bounded body, send a JSON answer, and
-the request-level rules every endpoint shares (the body deadline, the request id)."""
+"""Small raw-ASGI helpers for the hot path: read a bounded body, send a built answer, and
+the request-level rules every endpoint and front shares (the body limit and deadline, the
+request id)."""
 
 from __future__ import annotations
 
@@ -10,15 +11,13 @@ from typing import Any
 
 import orjson
 
-from hybridserve.errors import HybridServeError, InvalidInput, PayloadTooLarge, RequestTimeout
+from hybridserve.errors import InvalidInput, PayloadTooLarge, RequestTimeout
 from hybridserve.records import new_request_id
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
-
-JSON_TYPE = (b"content-type", b"application/json")
 
 
 def header(scope: Scope, name: bytes) -> bytes | None:
@@ -28,17 +27,43 @@ def header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
-_REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,128}")
+_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
 
 
-def request_id(scope: Scope) -> str:
-    """The caller's ``X-Request-Id`` (up to 128 bytes of it) when it is visible ASCII, else a
-    new id: a header that could not be echoed or logged as sent (not UTF-8, control
-    characters) is ignored rather than failing the request."""
-    raw = header(scope, b"x-request-id")
-    if raw and _REQUEST_ID.fullmatch(raw[:128]):
-        return raw[:128].decode("ascii")
+def request_id(raw: bytes | str | None) -> str:
+    """The caller's ``X-Request-Id`` (up to 128 characters of it) when it is visible ASCII,
+    else a new id: a header that could not be echoed or logged as sent (not ASCII, control
+    characters) is ignored rather than failing the request. ``raw`` is the header as the
+    front gives it: bytes from ASGI, text from RSGI."""
+    if raw:
+        text = raw[:128].decode("latin-1") if isinstance(raw, bytes) else raw[:128]
+        if _REQUEST_ID.fullmatch(text):
+            return text
     return new_request_id()
+
+
+def body_timeout(timeout: float) -> RequestTimeout:
+    return RequestTimeout(
+        f"the request body did not arrive within {timeout:g} s (server.body_timeout)"
+    )
+
+
+def declared_length(raw: bytes | str | None, limit: int) -> int | None:
+    """The body's ``Content-Length`` (``None`` when not given), refusing more than ``limit``
+    bytes with a 413 before any of it is read."""
+    if raw is None:
+        return None
+    try:
+        declared = int(raw)
+    except ValueError:
+        raise InvalidInput("content-length: not a number") from None
+    if declared > limit:
+        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the {limit}-byte limit")
+    return declared
+
+
+def too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"request body exceeds the {limit}-byte limit")
 
 
 class BodyDeadline:
@@ -68,9 +93,7 @@ class BodyDeadline:
                 message = await self._receive()
         except TimeoutError:
             self.expired = True
-            raise RequestTimeout(
-                f"the request body did not arrive within {self._timeout:g} s (server.body_timeout)"
-            ) from None
+            raise body_timeout(self._timeout) from None
         if message["type"] != "http.request" or not message.get("more_body", False):
             self._body_done = True
         return message
@@ -86,16 +109,7 @@ class BodyDeadline:
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     """The whole request body, refusing more than ``limit`` bytes with a 413."""
-    length = header(scope, b"content-length")
-    if length is not None:
-        try:
-            declared = int(length)
-        except ValueError:
-            raise InvalidInput("content-length: not a number") from None
-        if declared > limit:
-            raise PayloadTooLarge(
-                f"request body of {declared} bytes exceeds the {limit}-byte limit"
-            )
+    declared_length(header(scope, b"content-length"), limit)
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -105,7 +119,7 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise PayloadTooLarge(f"request body exceeds the {limit}-byte limit")
+            raise too_large(limit)
         chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -122,19 +136,9 @@ def json_object(raw: bytes | memoryview) -> dict[str, Any]:
     return data
 
 
-async def send_json(
-    send: Send, status: int, body: Any, headers: list[tuple[bytes, bytes]] | None = None
-) -> None:
-    data = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
-    out = [JSON_TYPE, (b"content-length", str(len(data)).encode())]
-    if headers:
-        out.extend(headers)
+async def send_reply(send: Send, status: int, body: bytes, headers: list[tuple[str, str]]) -> None:
+    """An answer whose bytes and headers are built (:mod:`.predict`), sent over ASGI."""
+    out = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+    out.append((b"content-length", str(len(body)).encode()))
     await send({"type": "http.response.start", "status": status, "headers": out})
-    await send({"type": "http.response.body", "body": data})
-
-
-def error_body(exc: HybridServeError, request_id: str | None = None) -> dict[str, Any]:
-    body = exc.to_dict()
-    if request_id:
-        body["request_id"] = request_id
-    return body
+    await send({"type": "http.response.body", "body": body})

@@ -13,46 +13,21 @@ Triton's the status).
 
 from __future__ import annotations
 
-import functools
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from hybridserve.errors import HybridServeError, InvalidInput
+from hybridserve.errors import InvalidInput
 from hybridserve.server import dataplane
 from hybridserve.server.dataplane import InferRequest, InferResult, Matrix
+from hybridserve.server.errors import dumps, json_response, protocol_errors
 from hybridserve.server.http import json_object, read_body
 from hybridserve.server.requests import authorize, state_of
 
-Handler = Callable[[Request], Awaitable[Response]]
-
 _BYTES_HEADER = "Inference-Header-Content-Length"
-
-
-def _json(status: int, body: Any) -> Response:
-    return Response(
-        orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY),
-        status,
-        media_type="application/json",
-    )
-
-
-def _protocol_errors(handler: Handler) -> Handler:
-    """Answer a :class:`HybridServeError` with the protocol's ``{"error": message}`` body."""
-
-    @functools.wraps(handler)
-    async def wrapper(request: Request) -> Response:
-        try:
-            return await handler(request)
-        except HybridServeError as exc:
-            return _json(exc.status, {"error": exc.message})
-
-    return wrapper
 
 
 # -- decoding a request --------------------------------------------------------------------
@@ -150,14 +125,13 @@ def encode_response(result: InferResult) -> tuple[bytes, int | None]:
         else:
             entry["data"] = out.values.reshape(-1)
         entries.append(entry)
-    head = orjson.dumps(
+    head = dumps(
         {
             "model_name": result.model_name,
             "model_version": result.model_version,
             "id": result.id,
             "outputs": entries,
-        },
-        option=orjson.OPT_SERIALIZE_NUMPY,
+        }
     )
     return (b"".join([head, *blobs]), len(head)) if blobs else (head, None)
 
@@ -167,37 +141,37 @@ def encode_response(result: InferResult) -> tuple[bytes, int | None]:
 
 async def live(_request: Request) -> Response:
     """200 ``{"live": true}`` while the process serves."""
-    return _json(200, {"live": True})
+    return json_response(200, {"live": True})
 
 
 async def ready(request: Request) -> Response:
     """200 ``{"ready": true}`` once every model is loaded and the stores answer, else 503."""
     is_ready = state_of(request).ready
-    return _json(200 if is_ready else 503, {"ready": is_ready})
+    return json_response(200 if is_ready else 503, {"ready": is_ready})
 
 
 async def server_metadata(_request: Request) -> Response:
-    return _json(200, dataplane.server_metadata())
+    return json_response(200, dataplane.server_metadata())
 
 
 def _model(request: Request) -> tuple[str, str | None]:
     return request.path_params["name"], request.path_params.get("version")
 
 
-@_protocol_errors
+@protocol_errors
 async def model_ready(request: Request) -> Response:
     """200 ``{"name": ..., "ready": true}`` when the model (version) serves, 503 while not."""
     name, version = _model(request)
     is_ready = dataplane.model_ready(state_of(request), name, version)
-    return _json(200 if is_ready else 503, {"name": name, "ready": is_ready})
+    return json_response(200 if is_ready else 503, {"name": name, "ready": is_ready})
 
 
-@_protocol_errors
+@protocol_errors
 async def metadata(request: Request) -> Response:
-    return _json(200, await dataplane.model_metadata(state_of(request), *_model(request)))
+    return json_response(200, await dataplane.model_metadata(state_of(request), *_model(request)))
 
 
-@_protocol_errors
+@protocol_errors
 async def infer(request: Request) -> Response:
     state = state_of(request)
     if state.auth.enabled:
