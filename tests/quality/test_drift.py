@@ -140,3 +140,22 @@ def test_the_registry_keeps_a_reference_profile_per_version(tmp_path: Path) -> N
         assert reg.audit("m")[0].action == "reference"
     finally:
         reg.close()
+
+
+def test_a_version_1_registry_gets_the_profiles_table_when_opened(tmp_path: Path) -> None:
+    import sqlite3
+
+    url = f"sqlite:///{tmp_path}/old.db"
+    Registry.open(url, tmp_path / "art").close()
+    with sqlite3.connect(tmp_path / "old.db") as conn:  # as version 1 left it
+        conn.execute("DROP TABLE reference_profiles")
+        conn.execute("UPDATE schema_version SET version = 1")
+    reg = Registry.open(url, tmp_path / "art")
+    try:
+        mv = reg.register("m", callable_ref="math:fsum", features=["a"], task="regression")
+        reg.set_reference(mv.ref, build_profile({"a": [1.0, 2.0]}).to_dict())
+        assert reg.reference("m", 1) is not None
+    finally:
+        reg.close()
+    with sqlite3.connect(tmp_path / "old.db") as conn:
+        assert conn.execute("SELECT version FROM schema_version").fetchone() == (2,)
