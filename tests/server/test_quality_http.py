@@ -21,6 +21,7 @@ async def test_feedback_joins_logged_answers_and_shows_in_metrics(
         {"prediction_log": {"rotate_interval": "1h"}},
         log={"online": 1.0},
         drift={"min_samples": 20},
+        latency_budget="30s",  # computed on a busy machine too, not answered by a fallback
     )
     app, client = await serve(project)
     cards = [f"card_{i:06d}" for i in range(1, 61)]
@@ -72,7 +73,9 @@ def _sample(text: str, prefix: str) -> float:
 async def test_a_shifted_feature_in_the_traffic_drifts_alone(make_project: Any, serve: Any) -> None:
     import pyarrow.parquet as pq
 
-    project = make_project(log={"online": 1.0}, drift={"min_samples": 100, "psi": 0.25})
+    project = make_project(
+        log={"online": 1.0}, drift={"min_samples": 100, "psi": 0.25}, latency_budget="30s"
+    )
     app, client = await serve(project)
     state = app.state
     cards = pq.read_table(project.path("data/card_profile.parquet")).to_pylist()
@@ -90,6 +93,7 @@ async def test_a_shifted_feature_in_the_traffic_drifts_alone(make_project: Any, 
     keys = [c["card_id"] for c in cards]
     got = await client.post("/v1/predict/fraud", json={"entities": keys, "mode": "compute"})
     assert got.status_code == 200
+    assert {p["source"] for p in got.json()["predictions"]} == {"online"}
     report = state.drift.report("fraud", fresh=True)
     assert report.judged and report.n == len(keys)
     assert [f.name for f in report.features if f.drifted] == ["utilization"]

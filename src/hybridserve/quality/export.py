@@ -56,11 +56,15 @@ def export_drift(metrics: Metrics, report: DriftReport) -> None:
         metrics.drifted.labels(route, f.name).set(1 if f.drifted else 0)
 
 
-def export_all(metrics: Metrics, feedback: FeedbackStore, drift: DriftMonitor) -> None:
-    """Every route's drift report and quality figures, into the gauges (blocking: reads the
-    log and the registry)."""
+def export_all(
+    metrics: Metrics, feedback: FeedbackStore, drift: DriftMonitor, *, quality: bool = True
+) -> None:
+    """Every route's drift report and (with ``quality``) quality figures, into the gauges
+    (blocking: reads the log and the registry)."""
     for route in feedback.project.routes:
         export_drift(metrics, drift.report(route, fresh=True))
+        if not quality:
+            continue
         try:
             by_version, _ = feedback.quality(route)
         except Exception as exc:  # a failing log store leaves the last figures in place
@@ -70,12 +74,21 @@ def export_all(metrics: Metrics, feedback: FeedbackStore, drift: DriftMonitor) -
 
 
 async def run_exporter(
-    metrics: Metrics, feedback: FeedbackStore, drift: DriftMonitor, *, interval: float = 15.0
+    metrics: Metrics,
+    feedback: FeedbackStore,
+    drift: DriftMonitor,
+    *,
+    interval: float = 15.0,
+    quality_every: int = 4,
 ) -> None:
-    """:func:`export_all` every ``interval`` seconds, off the event loop, until cancelled."""
+    """:func:`export_all` every ``interval`` seconds, off the event loop, until cancelled;
+    the quality figures (which read a window of the log) every ``quality_every``-th time."""
+    n = 0
     while True:
         try:
-            await asyncio.to_thread(export_all, metrics, feedback, drift)
+            quality = n % quality_every == 0
+            await asyncio.to_thread(export_all, metrics, feedback, drift, quality=quality)
         except Exception as exc:
             log.warning("quality figures not exported: %s", exc)
+        n += 1
         await asyncio.sleep(interval)

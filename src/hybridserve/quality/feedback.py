@@ -31,6 +31,19 @@ from hybridserve.quality.figures import Figures, figures
 from hybridserve.quality.sinks import Sink
 from hybridserve.records import now
 
+_JOIN_COLUMNS = (
+    "ts",
+    "entity",
+    "request_id",
+    "event_id",
+    "run_id",
+    "score",
+    "model",
+    "model_version",
+    "source",
+)
+"""What a join reads of the logged answers (not their features)."""
+
 
 @dataclass(slots=True, frozen=True)
 class Outcome:
@@ -95,9 +108,12 @@ class FeedbackStore:
     def pairs(self, route: str, since: float, until: float | None = None) -> Joined:
         """The answers served in ``[since, until]`` that have an outcome, with it."""
         until = now() if until is None else until
+        outcomes = self.sink.read("feedback", route, since)
+        if not outcomes:  # no need to read the answers
+            return Joined([], 0)
         answers = [
             a
-            for a in self.sink.read("predictions", route, since, until)
+            for a in self.sink.read("predictions", route, since, until, columns=_JOIN_COLUMNS)
             if a.get("score") is not None and a.get("model") is not None
         ]
         by_request: dict[str, list[dict[str, Any]]] = {}
@@ -111,7 +127,7 @@ class FeedbackStore:
         found: dict[tuple[float, str, str], tuple[float, dict[str, Any], dict[str, Any]]] = {}
         seen: set[str] = set()
         unmatched = 0
-        for fb in self.sink.read("feedback", route, since):
+        for fb in outcomes:
             if fb["id"] in seen:
                 continue
             seen.add(fb["id"])

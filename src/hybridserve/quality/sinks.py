@@ -81,9 +81,15 @@ class Sink(Protocol):
     def append(self, kind: Kind, route: str, rows: Sequence[dict[str, Any]]) -> None: ...
 
     def read(
-        self, kind: Kind, route: str, since: float | None = None, until: float | None = None
+        self,
+        kind: Kind,
+        route: str,
+        since: float | None = None,
+        until: float | None = None,
+        columns: Sequence[str] | None = None,
     ) -> list[dict[str, Any]]:
-        """Rows with ``since <= ts <= until``, oldest first (closed Parquet files only)."""
+        """Rows with ``since <= ts <= until``, oldest first (closed Parquet files only);
+        ``columns`` (with ``ts``) is what the caller needs, which a sink may read alone."""
         ...
 
     def claim(self, route: str, ids: Sequence[str]) -> list[bool]:
@@ -114,7 +120,12 @@ class MemorySink:
             self.rows[(kind, route)].extend(dict(r) for r in rows)
 
     def read(
-        self, kind: Kind, route: str, since: float | None = None, until: float | None = None
+        self,
+        kind: Kind,
+        route: str,
+        since: float | None = None,
+        until: float | None = None,
+        columns: Sequence[str] | None = None,
     ) -> list[dict[str, Any]]:
         with self._lock:
             rows = list(self.rows.get((kind, route), ()))
@@ -218,7 +229,12 @@ class ParquetSink:
                     old.unlink()
 
     def read(
-        self, kind: Kind, route: str, since: float | None = None, until: float | None = None
+        self,
+        kind: Kind,
+        route: str,
+        since: float | None = None,
+        until: float | None = None,
+        columns: Sequence[str] | None = None,
     ) -> list[dict[str, Any]]:
         d = self._dir(kind, route)
         rows: list[dict[str, Any]] = []
@@ -229,7 +245,8 @@ class ParquetSink:
             if until is not None and first is not None and first > until * 1000 + 1:
                 continue
             try:
-                table = pq.read_table(str(path), schema=SCHEMAS[kind])
+                cols = None if columns is None else list(columns)
+                table = pq.read_table(str(path), schema=SCHEMAS[kind], columns=cols)
             except (OSError, pa.ArrowInvalid):
                 continue  # deleted by retention meanwhile, or not ours
             rows.extend(r for r in table.to_pylist() if _in_range(r["ts"], since, until))
@@ -292,7 +309,12 @@ class RedisSink:
             raise self._fail("write", exc) from exc
 
     def read(
-        self, kind: Kind, route: str, since: float | None = None, until: float | None = None
+        self,
+        kind: Kind,
+        route: str,
+        since: float | None = None,
+        until: float | None = None,
+        columns: Sequence[str] | None = None,
     ) -> list[dict[str, Any]]:
         # Entries are numbered by Redis when written, which is never before the row's own
         # time: the range can start at ``since``, but a row of ``until`` may be written later

@@ -181,12 +181,13 @@ def _epoch(value: Any) -> Any:
         except ValueError:
             raise ValueError("expected an RFC 3339 time or epoch seconds") from None
         return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+    if value.__class__ in (int, float) and not 0 <= value <= 253_402_214_400:
+        raise ValueError("expected epoch seconds between 0 and 253402214400 (year 9999)")
     return value
 
 
 Time = Annotated[
     float,
-    Field(ge=0, le=253_402_214_400),
     BeforeValidator(_epoch),
     WithJsonSchema(
         {
@@ -205,6 +206,14 @@ class FeedbackItem(_Wire):
     """One true outcome: for the answer of ``request_id`` (and ``entity``, when that request
     answered several), or for ``entity``'s answer served at ``at``."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["request_id"], "properties": {"request_id": {"type": "string"}}},
+                {"required": ["entity"], "properties": {"entity": {"not": {"type": "null"}}}},
+            ]
+        }
+    )
     id: Id = Field(description="The outcome's own id: sending it again changes nothing.")
     value: float | bool = Field(description="The true label (0/1, or a boolean) or value.")
     request_id: Id | None = Field(
