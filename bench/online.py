@@ -33,6 +33,7 @@ the reason.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -46,15 +47,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _online import loadgen, report, servers
+from _online import loadgen, openloop, report, servers
 from _online.project import ROUTE, BenchProject, build
 
 REPO = Path(__file__).resolve().parent.parent
+BUDGET_MS = 50.0  # the bench routes' latency_budget (bench/_online/project.py)
 SERVER_CORE = 0
 CLIENT_CORE = 1
 ALL_SERVERS = [
-    "floor", "naive", "mosec", "stored", "online", "entity", "stored_granian", "online_granian",
-    "grpc",
+    "floor", "floor_granian", "naive", "mosec", "stored", "online", "entity", "stored_granian",
+    "online_granian", "grpc",
 ]  # fmt: skip
 
 
@@ -80,7 +82,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--no-install", action="store_true", help="do not create bench/.venv-mosec if missing"
     )
+    p.add_argument(
+        "--overload",
+        default="online,online_granian",
+        help="servers given the open-loop point (online,online_granian; empty: none)",
+    )
+    p.add_argument(
+        "--overload-factor", type=float, default=3.0, help="offered rate / c=64 rate (3)"
+    )
+    p.add_argument("--overload-seconds", type=float, default=15.0, help="open-loop seconds (15)")
+    p.add_argument("--overload-clients", type=int, default=600, help="h2load connections (600)")
     args = p.parse_args(argv)
+    args.overload = [s for s in str(args.overload).split(",") if s]
     if args.quick:
         args.duration, args.warmup = 3.0, 1.0
     args.concurrency = [int(c) for c in str(args.concurrency).split(",") if c]
@@ -135,7 +148,7 @@ def describe(spec: servers.ServerSpec, status: int, answer: object) -> str:
         preds = answer["predictions"]
         if preds and isinstance(preds[0], dict):
             return str(preds[0].get("source", "?"))
-    return "constant" if spec.key == "floor" else "model"
+    return "constant" if spec.key.startswith("floor") else "model"
 
 
 def load(spec: servers.ServerSpec, port: int, c: int, seconds: float) -> loadgen.LoadResult:
@@ -147,6 +160,33 @@ def load(spec: servers.ServerSpec, port: int, c: int, seconds: float) -> loadgen
     return loadgen.run_wrk(
         port, spec.path, spec.bodies, concurrency=c, seconds=seconds, core=CLIENT_CORE
     )
+
+
+def overload(
+    spec: servers.ServerSpec, port: int, rate: float, args: argparse.Namespace
+) -> openloop.OpenLoopResult:
+    """The open-loop point at ``args.overload_factor`` times the closed-loop c=64 rate."""
+    try:
+        o = openloop.run(
+            port,
+            spec.path,
+            servers.first_line(spec.bodies),
+            rate=args.overload_factor * rate,
+            seconds=args.overload_seconds,
+            budget_ms=BUDGET_MS,
+            core=CLIENT_CORE,
+            clients=args.overload_clients,
+        )
+    except Exception as exc:
+        log(f"{spec.key} open loop: failed: {exc}")
+        return openloop.OpenLoopResult.failed()
+    log(
+        f"{spec.key} open loop at {o.offered_rps:,.0f} rps offered ({o.achieved_rps:,.0f} sent): "
+        f"{o.in_budget_pct:.1f}% 200 within {BUDGET_MS:g} ms, {o.shed_pct:.1f}% shed, "
+        f"{o.other_pct:.1f}% other, {o.late} later than {BUDGET_MS + 20:g} ms, "
+        f"p99 {o.p99_ms:.1f} ms, max {o.max_ms:.1f} ms, {o.degraded_pct:.1f}% of 200s degraded"
+    )
+    return o
 
 
 def measure(spec: servers.ServerSpec, args: argparse.Namespace, logs: Path) -> report.ServerResult:
@@ -169,7 +209,11 @@ def measure(spec: servers.ServerSpec, args: argparse.Namespace, logs: Path) -> r
             for c in args.concurrency:
                 if args.warmup > 0:
                     load(spec, srv.port, c, args.warmup)
+                cpu0 = srv.cpu_seconds()
                 point = load(spec, srv.port, c, args.duration)
+                spent = srv.cpu_seconds() - cpu0
+                if point.requests:
+                    point = dataclasses.replace(point, cpu_us=1e6 * spent / point.requests)
                 result.points[c] = point
                 log(
                     f"{spec.key} c={c}: {point.rps:,.0f} rps, p50 {point.p50_ms:.2f} ms, "
@@ -185,6 +229,8 @@ def measure(spec: servers.ServerSpec, args: argparse.Namespace, logs: Path) -> r
                     result.note = (result.note + "; " if result.note else "") + (
                         f"c={c}: {point.errors} errors of {point.requests} requests"
                     )
+            if spec.key in args.overload and 64 in result.points:
+                result.overload = overload(spec, srv.port, result.points[64].rps, args)
     except Exception as exc:  # one broken server must not lose the others' numbers
         result.points.clear()
         result.note = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
@@ -250,6 +296,10 @@ def main(argv: list[str] | None = None) -> int:
         compiler=bench.compiler,
         n_cards=bench.n_cards,
         notes=notes,
+        budget_ms=BUDGET_MS,
+        overload_factor=args.overload_factor,
+        overload_seconds=args.overload_seconds,
+        overload_clients=args.overload_clients,
     )
     print(report.table(results, args.concurrency))
     for n in notes:

@@ -1,7 +1,8 @@
 """Server (a), the HTTP floor: a bare ASGI app that ignores the body and returns a constant JSON.
 
-Run with ``uvicorn floor_app:app --loop uvloop --http httptools``. It still reads the whole
-request body, as every other server must, so the floor includes receiving the same bytes.
+Run with ``uvicorn floor_app:app --loop uvloop --http httptools``; ``rsgi_app`` is the same floor
+for ``granian --interface rsgi``. Both still read the whole request body, as every other server
+must, so the floor includes receiving the same bytes.
 """
 
 from __future__ import annotations
@@ -34,3 +35,15 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
         more = message.get("more_body", False)
     await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
     await send({"type": "http.response.body", "body": BODY})
+
+
+class RsgiFloor:
+    """The same floor for granian's RSGI interface (``granian --interface rsgi``)."""
+
+    async def __rsgi__(self, scope: Any, proto: Any) -> None:
+        await proto()  # the whole request body
+        proto.response_bytes(200, RSGI_HEADERS, BODY)
+
+
+RSGI_HEADERS = [("content-type", "application/json")]
+rsgi_app = RsgiFloor()

@@ -38,6 +38,8 @@ class LoadResult:
     """Socket errors, timeouts and non-2xx/3xx answers."""
     sources: dict[str, int] = field(default_factory=dict)
     """Answers by their first prediction's ``source`` (``-``: none; ``http_<status>``: not 200)."""
+    cpu_us: float = math.nan
+    """The server's CPU time (user + system, all its processes) per answer, in microseconds."""
 
     def mix(self) -> str:
         """The source mix as text, e.g. ``online 97%, fallback:default 3%`` (empty if none)."""

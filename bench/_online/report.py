@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from _online.loadgen import LoadResult
+from _online.openloop import OpenLoopResult
 
 START = "<!-- online:start -->"
 END = "<!-- online:end -->"
@@ -28,6 +29,8 @@ class ServerResult:
     source: str = ""
     """Where a sample answer came from (hybridserve's ``source``), or another short fact."""
     note: str = ""
+    overload: OpenLoopResult | None = None
+    """The open-loop point, for the servers it was run on."""
 
 
 def machine() -> str:
@@ -51,6 +54,7 @@ def table(results: list[ServerResult], concurrency: list[int]) -> str:
     head = ["server"]
     for c in concurrency:
         head += [f"c={c} rps", f"c={c} p50 ms", f"c={c} p99 ms"]
+    head.append(f"CPU us/answer (c={concurrency[-1]})")
     head.append("answered from (source mix per concurrency)")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
@@ -61,8 +65,33 @@ def table(results: list[ServerResult], concurrency: list[int]) -> str:
             if p.degraded() > 0:
                 rps += f" ({_num(p.rps * (1 - p.degraded()), 0)} not degraded)"
             cells += [rps, _num(p.p50_ms), _num(p.p99_ms)]
+        cells.append(_num(r.points.get(concurrency[-1], LoadResult.failed()).cpu_us, 0))
         mixes = [f"c={c}: {r.points[c].mix()}" for c in concurrency if c in r.points]
         cells.append("; ".join(m for m in mixes if not m.endswith(": ")) or r.source or "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def overload_table(results: list[ServerResult], budget_ms: float) -> str:
+    """The open-loop points: one row per server it ran on (empty when none)."""
+    rows = [r for r in results if r.overload is not None]
+    if not rows:
+        return ""
+    head = [
+        "server", "offered rps", "achieved rps", f"200 within {budget_ms:g} ms",
+        "shed 429/503", "other", f"answers later than {budget_ms + 20:g} ms", "p99 ms",
+        "max ms", "shed p99 ms", "200s degraded",
+    ]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        o = r.overload
+        assert o is not None
+        cells = [
+            r.label, _num(o.offered_rps, 0), _num(o.achieved_rps, 0),
+            f"{_num(o.in_budget_pct, 1)}%",
+            f"{_num(o.shed_pct, 1)}%", f"{_num(o.other_pct, 1)}%", f"{o.late:,}",
+            _num(o.p99_ms), _num(o.max_ms), _num(o.shed_p99_ms), f"{_num(o.degraded_pct, 1)}%",
+        ]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -80,6 +109,10 @@ def section(
     compiler: str,
     n_cards: int,
     notes: list[str],
+    budget_ms: float = 50.0,
+    overload_factor: float = 3.0,
+    overload_seconds: float = 15.0,
+    overload_clients: int = 600,
 ) -> str:
     """The whole Online section, markers included."""
     body = [
@@ -101,10 +134,23 @@ def section(
         "",
         table(results, concurrency),
         "",
+    ]
+    overload = overload_table(results, budget_ms)
+    if overload:
+        body += [
+            f"Open loop (h2load, {overload_clients} connections at a fixed total rate of "
+            f"{overload_factor:g}x the server's c=64 rate, {overload_seconds:g} s, pinned to "
+            "core 1): every request is sent on schedule whatever the server answers.",
+            "",
+            overload,
+            "",
+        ]
+    body += [
         "How each server answers:",
         "",
         "- (a) bare ASGI app on uvicorn (uvloop, httptools, one worker): reads the body, returns "
-        "a constant JSON. The HTTP floor of a Python server on this machine.",
+        "a constant JSON. The HTTP floor of a Python server on this machine. (a') the same on "
+        "granian's RSGI interface (one worker, single-threaded runtime).",
         "- (b) the same kind of app, parsing the JSON, building a 1x30 numpy row and calling "
         "`predict_proba` inline: one model call per request.",
         "- (c) mosec (own virtualenv, same scikit-learn and model file): one worker, dynamic "
@@ -119,6 +165,11 @@ def section(
         "on model `fraud`: the same 30 features as one raw FP64 `[1, 30]` tensor, computed now "
         "through the same micro-batcher; load from `bench/_online/grpc_load.py` (grpc.aio "
         "callers on one channel, closed loop) pinned to core 1 instead of wrk.",
+        "- (d') and (e'): (d) and (e) with `serve --http granian` (predict answered over RSGI).",
+        "",
+        "CPU us/answer: the server's user + system CPU time over the measured seconds (all its "
+        "processes, from `/proc`; mosec's Rust front and Python worker together), divided by "
+        "the answers.",
         "",
         "rps counts 2xx answers, including degraded ones (a fallback answered); the share not "
         "degraded is given in brackets when some were. Latency percentiles are wrk's (closed "
@@ -183,5 +234,22 @@ def result_line(results: dict[str, ServerResult], model_ms: float, compiler: str
         ("c64_grpc_p99_ms", f(get("grpc", 64, "p99_ms"), 2)),
         ("c1_grpc_p50_ms", f(get("grpc", 1, "p50_ms"), 2)),
         ("c1_naive_p50_ms", f(get("naive", 1, "p50_ms"), 2)),
+        ("granian_floor_rps", f(get("floor_granian", 64, "rps"), 0)),
+        ("stored_cpu_us", f(get("stored", 64, "cpu_us"), 0)),
+        ("online_cpu_us", f(get("online", 64, "cpu_us"), 0)),
+        ("stored_granian_cpu_us", f(get("stored_granian", 64, "cpu_us"), 0)),
+        ("online_granian_cpu_us", f(get("online_granian", 64, "cpu_us"), 0)),
+        ("mosec_cpu_us", f(get("mosec", 64, "cpu_us"), 0)),
     ]
+    for key in ("online", "online_granian"):
+        o = results[key].overload if key in results else None
+        if o is not None:
+            pairs += [
+                (f"overload_{key}_offered_rps", f(o.offered_rps, 0)),
+                (f"overload_{key}_in_budget_pct", f(o.in_budget_pct, 1)),
+                (f"overload_{key}_shed_pct", f(o.shed_pct, 1)),
+                (f"overload_{key}_late", str(o.late)),
+                (f"overload_{key}_p99_ms", f(o.p99_ms, 2)),
+                (f"overload_{key}_max_ms", f(o.max_ms, 2)),
+            ]
     return "RESULT " + " ".join(f"{k}={v}" for k, v in pairs)

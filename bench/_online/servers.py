@@ -132,6 +132,24 @@ def specs(bench: BenchProject, mosec_missing: str | None) -> list[ServerSpec]:
     port = free_port()
     out.append(
         ServerSpec(
+            "floor_granian",
+            "(a') the same floor on granian (RSGI)",
+            [
+                str(VENV_PYTHON), "-m", "granian", "--interface", "rsgi", "--loop", "uvloop",
+                "--runtime-mode", "st", "--workers", "1", "--host", "127.0.0.1",
+                "--port", str(port), "--no-ws", "--log-level", "warning", "floor_app:rsgi_app",
+            ],
+            "/",
+            features,
+            "/",
+            first_line(features),
+            env={"PYTHONPATH": str(HERE)},
+            unavailable=granian_missing,
+        )
+    )  # fmt: skip
+    port = free_port()
+    out.append(
+        ServerSpec(
             "naive",
             "(b) naive: predict_proba inline per request",
             _uvicorn("naive_app:app", port),
@@ -172,9 +190,9 @@ def specs(bench: BenchProject, mosec_missing: str | None) -> list[ServerSpec]:
          "features", hs_missing, "uvicorn"),
         ("entity", "(f) hybridserve, compute, features from online store", f"/v1/predict/{ROUTE}",
          "entity", hs_missing, "uvicorn"),
-        ("stored_granian", "(d') (d) served by granian (ASGI)", f"/v1/predict/{ROUTE}", "stored",
+        ("stored_granian", "(d') (d) served by granian (RSGI)", f"/v1/predict/{ROUTE}", "stored",
          stored_missing or granian_missing, "granian"),
-        ("online_granian", "(e') (e) served by granian (ASGI)", f"/v1/predict/{REQ_ROUTE}",
+        ("online_granian", "(e') (e) served by granian (RSGI)", f"/v1/predict/{REQ_ROUTE}",
          "features", hs_missing or granian_missing, "granian"),
     ):  # fmt: skip
         port = free_port()
@@ -268,6 +286,23 @@ class RunningServer(contextlib.AbstractContextManager["RunningServer"]):
                 last = repr(exc)
             time.sleep(0.2)
         raise RuntimeError(f"{self.spec.key} not ready after {timeout:.0f} s ({last})")
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds (user + system) used so far by every live process of the server's
+        group (a server's workers, mosec's Rust front and Python workers), from ``/proc``."""
+        tick = os.sysconf("SC_CLK_TCK")
+        total = 0
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == self.proc.pid:  # field 5, the process group id
+                total += int(fields[11]) + int(fields[12])  # utime, stime
+        return total / tick
 
     def tail(self, n: int = 20) -> str:
         """The last lines of the server's log."""

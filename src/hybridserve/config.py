@@ -250,6 +250,20 @@ class QualityConfig(_Strict):
     """Feedback by entity and time joins the last answer served at most this long before."""
 
 
+class StageBudgets(_Strict):
+    """How long each stage of the online path may take (``None``: up to the request's
+    deadline). ``store``: the prediction-store read; ``features``: the online feature read;
+    ``model``: queueing for and running the micro-batch."""
+
+    store: Duration | None = None
+    features: Duration | None = None
+    model: Duration | None = None
+
+    def of(self, stage: str) -> float | None:
+        value: float | None = getattr(self, stage, None)
+        return value
+
+
 class RouteConfig(_Strict):
     model: str
     """Model reference: ``name@alias`` or ``name/version``."""
@@ -262,6 +276,9 @@ class RouteConfig(_Strict):
     """How old a stored prediction may be and still be served: one bound, or one per source
     (``{batch: 24h, stream: 10m, online: 1h}``). A request's ``max_staleness`` only tightens."""
     latency_budget: Duration = 0.1
+    budgets: StageBudgets = Field(default_factory=lambda: StageBudgets())
+    """Per-stage limits within ``latency_budget``: a stage past its own is cut and the next
+    step answers (its breaker counts a timeout)."""
     fallback: list[FallbackStep] = []
     canary: RolloutConfig | None = None
     shadow: RolloutConfig | None = None
@@ -271,6 +288,17 @@ class RouteConfig(_Strict):
     drift: DriftConfig = DriftConfig()
     quality: QualityConfig = QualityConfig()
     description: str = ""
+
+    @model_validator(mode="after")
+    def _budgets_within(self) -> RouteConfig:
+        for stage in ("store", "features", "model"):
+            limit = self.budgets.of(stage)
+            if limit is not None and not 0 < limit <= self.latency_budget:
+                raise ValueError(
+                    f"budgets.{stage}: {limit * 1000:g} ms is not within the route's "
+                    f"latency_budget of {self.latency_budget * 1000:g} ms"
+                )
+        return self
 
     def staleness(self, source: str) -> float:
         """The freshness bound for a stored prediction from ``source``."""
@@ -520,6 +548,16 @@ class PredictionLogConfig(_Strict):
     """Redis: approximate entries kept per route's stream."""
 
 
+class TracingConfig(_Strict):
+    """OpenTelemetry tracing (extra ``otel``); also on when ``OTEL_TRACES_EXPORTER`` or an
+    ``OTEL_EXPORTER_OTLP_*ENDPOINT`` is set. See ``observability/tracing.py``."""
+
+    enabled: bool = False
+    sample_ratio: float | None = Field(default=None, ge=0, le=1)
+    """Share of new traces sampled (a sampled caller's trace is always continued); default the
+    SDK's (``OTEL_TRACES_SAMPLER``, else every trace)."""
+
+
 class Project(_Strict):
     """A loaded, validated project file."""
 
@@ -534,6 +572,7 @@ class Project(_Strict):
     streams: dict[str, StreamConfig] = {}
     server: ServerConfig = ServerConfig()
     prediction_log: PredictionLogConfig = PredictionLogConfig()
+    tracing: TracingConfig = TracingConfig()
     base_dir: Path = Path(".")
     """Directory of the project file; relative paths resolve against it."""
     _route_features: dict[str, dict[str, list[str]]] = PrivateAttr(default_factory=dict)

@@ -159,3 +159,17 @@ async def test_failed_write_backs_do_not_stop_store_reads(
     r = await client.post("/v1/predict/fraud", json={"entity": "card_000399", "mode": "stored"})
     (p,) = r.json()["predictions"]
     assert (p["source"], p["score"]) == ("batch", 0.125)
+
+
+def test_current_lateness_is_the_latest_firing_or_how_overdue_the_timer_is() -> None:
+    clock = Clock()
+    lag = LoopLag(clock=clock, threshold=0.002)
+    assert lag.current() == 0.0  # not watching a loop
+    lag._handle = object()  # type: ignore[assignment]  # as if started
+    lag._due = 10.01
+    lag.note(10.0, 0.04)
+    assert lag.current() == pytest.approx(0.04)
+    lag.note(10.0, 0.001)  # jitter: the loop is on time again
+    assert lag.current() == 0.0
+    clock.t = 10.31  # the timer due at 10.01 has not fired: the loop is 300 ms behind
+    assert lag.current() == pytest.approx(0.3)

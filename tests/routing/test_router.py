@@ -242,3 +242,51 @@ async def test_staleness_bounds_per_source_and_the_request_only_tightens(kit: Ki
     assert tighter.body["predictions"][0]["source"] == "fallback:default"
     looser = await ask(router, {"entity": "stream-card", "mode": "stored", "max_staleness": "3h"})
     assert looser.body["predictions"][0]["source"] == "fallback:default"  # never loosens
+
+
+async def test_a_request_that_waited_its_budget_for_the_loop_falls_back_at_once(
+    kit: Kit,
+) -> None:
+    router, rts = await kit(fallback=[{"default": 0.5}])
+    router.lag.start()
+    router.lag.note(router.lag._clock(), 0.15)  # the loop runs 150 ms late: 50 ms are left
+    got = await ask(router, {"entity": "a", "features": {"x": 3.0}})
+    assert got.body["predictions"][0]["source"] == "online"  # the model answers in time
+    router.lag.note(router.lag._clock(), 0.25)  # later than the 200 ms budget
+    got = await ask(router, {"entity": "b", "features": {"x": 3.0}})
+    (p,) = got.body["predictions"]
+    assert (got.status, p["source"], p["degraded"]) == (200, "fallback:default", True)
+    assert len(rts["primary"].calls) == 1  # no batch was built for an answer too late
+    reason = router.metrics.fallbacks.labels(ROUTE, "default", "deadline").value
+    assert reason == 1
+
+
+async def test_a_stage_past_its_own_budget_is_cut_and_the_next_step_answers(kit: Kit) -> None:
+    import asyncio
+
+    router, _ = await kit(fallback=[{"default": 0.5}], budgets={"store": "20ms", "model": "150ms"})
+    assert router.metrics.stage_budget.labels(ROUTE, "store")._value.get() == 0.02
+    real_get = router.services.predictions.get
+
+    async def slow_get(*args: Any, **kw: Any) -> Any:
+        await asyncio.sleep(0.1)  # well within the 200 ms request budget, past the store's
+        return await real_get(*args, **kw)
+
+    router.services.predictions.get = slow_get  # type: ignore[method-assign]
+    router.lag.explains = lambda *a: False  # type: ignore[method-assign]  # a quiet loop
+    got = await ask(router, {"entity": "a", "features": {"x": 3.0}})
+    (p,) = got.body["predictions"]
+    assert p["source"] == "online"  # the store was cut at 20 ms, the model answered in time
+    assert router.breakers("prediction_store")._consecutive == 1  # it counted a timeout
+
+    got = await ask(router, {"entity": "b", "features": {"x": 3.0}, "mode": "stored"})
+    (p,) = got.body["predictions"]
+    assert p["source"] == "fallback:default"
+    assert router.metrics.fallbacks.labels(ROUTE, "default", "timeout").value == 1
+
+
+def test_a_stage_budget_must_fit_in_the_route_budget(tmp_path: Path) -> None:
+    from hybridserve.errors import ConfigError
+
+    with pytest.raises((ConfigError, ValueError), match=r"budgets\.model: 300 ms"):
+        project(tmp_path, budgets={"model": "300ms"})

@@ -15,6 +15,7 @@ from __future__ import annotations
 import threading
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
 from functools import lru_cache
 from time import perf_counter
 from typing import Any
@@ -22,6 +23,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from hybridserve.observability.tracing import OFF, Tracing
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 AGE_BUCKETS = (1, 10, 60, 300, 900, 3600, 4 * 3600, 86400, 7 * 86400)
@@ -181,6 +184,12 @@ class Metrics:
             ["route", "kind", "reason"],
             registry=r,
         )
+        self.stage_budget = Gauge(
+            "hybridserve_stage_budget_seconds",
+            "Each stage's own budget per route (routes.*.budgets), to read stage latency against.",
+            ["route", "stage"],
+            registry=r,
+        )
         self.breaker_state = Gauge(
             "hybridserve_breaker_state",
             "Circuit breaker state (0 closed, 1 half-open, 2 open).",
@@ -324,31 +333,58 @@ class Timing:
         self._child.observe(perf_counter() - self._started)
 
 
+class _TracedTiming(Timing):
+    """A :class:`Timing` that is also a tracing span (only built when tracing is on)."""
+
+    __slots__ = ("_span",)
+
+    def __init__(self, child: _HistogramChild, span: AbstractContextManager[Any]) -> None:
+        super().__init__(child)
+        self._span = span
+
+    def __enter__(self) -> Timing:
+        self._span.__enter__()
+        return super().__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        super().__exit__()
+        self._span.__exit__(*exc)
+
+
 class Stage:
-    """One route's latency histogram for one stage; call it for a :class:`Timing`."""
+    """One route's latency histogram for one stage; call it for a :class:`Timing` (a span of
+    the stage's name too, when tracing is on)."""
 
-    __slots__ = ("child",)
+    __slots__ = ("child", "name", "tracing")
 
-    def __init__(self, child: _HistogramChild) -> None:
+    def __init__(self, child: _HistogramChild, name: str = "", tracing: Tracing = OFF) -> None:
         self.child = child
+        self.name = name
+        self.tracing = tracing
 
     def __call__(self) -> Timing:
+        if self.tracing.enabled:
+            return _TracedTiming(self.child, self.tracing.span(self.name))
         return Timing(self.child)
 
 
 class RouteMetrics:
     """A route's metric children, bound once at start-up (a misspelt stage fails mypy)."""
 
-    def __init__(self, metrics: Metrics, route: str) -> None:
+    def __init__(self, metrics: Metrics, route: str, tracing: Tracing = OFF) -> None:
         self._metrics = metrics
         self.route = route
         stage = metrics.stage_seconds
-        self.cache = Stage(stage.labels(route, "cache"))
-        self.store = Stage(stage.labels(route, "store"))
-        self.features = Stage(stage.labels(route, "features"))
-        self.model = Stage(stage.labels(route, "model"))
-        self.fallback = Stage(stage.labels(route, "fallback"))
-        self.total = Stage(stage.labels(route, "total"))
+
+        def bind(name: str) -> Stage:
+            return Stage(stage.labels(route, name), name, tracing)
+
+        self.cache = bind("cache")
+        self.store = bind("store")
+        self.features = bind("features")
+        self.model = bind("model")
+        self.fallback = bind("fallback")
+        self.total = Stage(stage.labels(route, "total"))  # the request's own span covers it
         self.l1_hits: _CounterChild = metrics.cache_hits.labels(route, "l1")
         self.store_hits: _CounterChild = metrics.cache_hits.labels(route, "store")
         self.age: _HistogramChild = metrics.prediction_age.labels(route)

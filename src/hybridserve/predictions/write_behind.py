@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 from hybridserve.errors import DeadlineExceeded, StoreError
+from hybridserve.observability.tracing import OFF, Tracing
 from hybridserve.records import PredictionRecord
 
 log = logging.getLogger("hybridserve.write_behind")
@@ -42,6 +43,7 @@ class WriteBehind:
         delay: float = 0.005,
         max_pending: int = 50_000,
         timeout: float = 2.0,
+        tracing: Tracing = OFF,
     ) -> None:
         self._write = write
         self.breaker = breaker
@@ -49,6 +51,7 @@ class WriteBehind:
         self.delay = delay
         self.max_pending = max_pending
         self.timeout = timeout
+        self.tracing = tracing
         self._pending: list[PredictionRecord] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -71,8 +74,9 @@ class WriteBehind:
                 self._dropped(len(records))
                 continue
             try:
-                async with asyncio.timeout(self.timeout):
-                    await self._write(records)
+                with self.tracing.span("write-back", records=len(records)):
+                    async with asyncio.timeout(self.timeout):
+                        await self._write(records)
                 self.breaker.success()
             except _FAILURES as exc:
                 self.breaker.failure()

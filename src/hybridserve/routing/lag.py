@@ -8,11 +8,14 @@ breaker then turns our own saturation into a dependency outage: measured with Re
 under 64 connections, the prediction-store and model breakers opened within 0.3 s and most
 answers became fallbacks. After a half-second freeze every call in flight timed out at once.
 
-:class:`LoopLag` keeps a timer that should fire every ``interval`` seconds and notes by how
-much each firing was late. A call that timed out is explained by the loop when the lateness
-seen while it ran adds up to a good part of the time it was allowed (:meth:`explains`); the
-router then releases the breaker instead of charging it. The timer costs one callback per
-``interval`` (100 a second by default), nothing per request.
+:class:`LoopLag` keeps a timer that should fire every ``interval`` seconds and notes by how much
+each firing was late. A call that timed out is explained by the loop when the lateness seen
+while it ran adds up to a good part of the time it was allowed (:meth:`explains`); the router
+then releases the breaker instead of charging it. The same lateness says how long a request that
+starts now already waited for the loop since it arrived (:meth:`current`): under overload the
+router takes it off the request's budget, so work that cannot finish in time goes down the
+fallback chain at once instead of answering late. The timer costs one callback per ``interval``
+(100 a second by default); reading it, one clock read per request.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ class LoopLag:
         self._late: deque[tuple[float, float]] = deque()
         """(when the timer fired, how late it was), for firings later than ``threshold``."""
         self._due = 0.0
+        self._last = 0.0
+        """How late the latest firing was (0 when within ``threshold``)."""
         self._handle: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -66,6 +71,7 @@ class LoopLag:
 
     def note(self, at: float, late: float) -> None:
         """Record that work due before ``at`` ran ``late`` seconds late."""
+        self._last = late if late > self.threshold else 0.0
         if late > self.threshold:
             self._late.append((at, late))
         while self._late and self._late[0][0] < at - self.keep:
@@ -85,6 +91,19 @@ class LoopLag:
             if overdue > self.threshold:
                 total += min(overdue, now - started)
         return total
+
+    def current(self) -> float:
+        """How late the loop runs now, in seconds: how long work made ready now will wait.
+
+        The lateness of the latest firing, or, when the timer is overdue (the loop is busy
+        with a long round of work, or was just frozen), how overdue it is. A request that
+        starts now has already waited about that long since it arrived, so the router takes
+        it off the request's budget (see ``Router._job``).
+        """
+        if self._handle is None:
+            return 0.0
+        overdue = self._clock() - self._due
+        return max(self._last, overdue if overdue > self.threshold else 0.0)
 
     def explains(self, started: float, allowed: float) -> bool:
         """Was a call started at ``started`` and allowed ``allowed`` seconds held up by the loop?

@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 
 from hybridserve.errors import DeadlineExceeded, HybridServeError, InvalidInput, NoFreshPrediction
 from hybridserve.observability.metrics import Metrics, RouteMetrics
+from hybridserve.observability.tracing import OFF, Tracing
 from hybridserve.predictions.cache import L1Cache
 from hybridserve.predictions.store import RunPointer, RunPointerCache
 from hybridserve.predictions.write_behind import WriteBehind
@@ -48,6 +49,9 @@ from hybridserve.scoring import value_problem
 from hybridserve.services import Services
 
 log = logging.getLogger("hybridserve.router")
+_STAGES = {"store": "prediction_store", "features": "feature_store", "model": "model"}
+"""A stage budget's name -> the dependency ``Router._call`` applies it to (``model``: any
+model, primary, canary or fallback)."""
 T = TypeVar("T")
 
 
@@ -63,9 +67,15 @@ class Outcome:
 
 class Router:
     def __init__(
-        self, services: Services, models: ModelManager, metrics: Metrics, cache: L1Cache
+        self,
+        services: Services,
+        models: ModelManager,
+        metrics: Metrics,
+        cache: L1Cache,
+        tracing: Tracing = OFF,
     ) -> None:
         self.services = services
+        self.tracing = tracing
         self.models = models
         self.metrics = metrics
         self.cache = cache
@@ -84,13 +94,23 @@ class Router:
             # disk) may still serve reads, and failed writes must not stop them.
             self.breakers("prediction_store:write"),
             dropped=metrics.write_back_dropped.inc,
+            tracing=tracing,
         )
         self.runs = RunPointerCache(interval=1.0)
         self.lag = LoopLag()
         """Tells a dependency's timeout from the loop's own lateness (see ``routing/lag.py``)."""
         routes = self.project.routes
         self.chains: dict[str, list[Step]] = {r: build_chain(c.fallback) for r, c in routes.items()}
-        self.route_metrics = {r: RouteMetrics(metrics, r) for r in routes}
+        self.route_metrics = {r: RouteMetrics(metrics, r, tracing) for r in routes}
+        self.limits: dict[str, dict[str, float]] = {}
+        """Per route, each dependency kind's own budget (``routes.*.budgets``)."""
+        for r, c in routes.items():
+            self.limits[r] = {}
+            for stage, dependency in _STAGES.items():
+                limit = c.budgets.of(stage)
+                if limit is not None:
+                    self.limits[r][dependency] = limit
+                    metrics.stage_budget.labels(r, stage).set(limit)
         self.prediction_log = services.prediction_log
 
     def breaker(self, name: str) -> CircuitBreaker:
@@ -106,6 +126,8 @@ class Router:
         self, route: str, req: PredictRequest, request_id: str | None = None
     ) -> Outcome:
         job = self._job(route, req, request_id or new_request_id())
+        if self.tracing.enabled:
+            self.tracing.annotate(**{"hybridserve.entities": len(job.entities)})
         m = job.metrics
         with m.total():
             if req.mode != "compute":
@@ -147,6 +169,9 @@ class Router:
         if req.timeout_ms is not None:
             budget = min(budget, req.timeout_ms / 1000)
         self.lag.start()
+        # The request already waited for the loop about as long as the loop runs late: under
+        # overload that time is spent, and what cannot finish in what is left falls back now.
+        budget -= self.lag.current()
         loop_now = asyncio.get_running_loop().time()
         return Job(
             route,
@@ -187,6 +212,11 @@ class Router:
             coro.close()
             job.note(todo, step, Reason.DEADLINE, "skipped (deadline passed)")
             return None
+        limits = self.limits[job.route]
+        limit = limits.get("model" if model is not None else dependency) if limits else None
+        cut = limit is not None and limit < remaining
+        if cut:
+            remaining = limit  # type: ignore[assignment]
         if not breaker.allow():
             coro.close()
             job.note(todo, step, Reason.BREAKER_OPEN, f"skipped ({dependency} circuit open)")
@@ -210,7 +240,10 @@ class Router:
                 job.note(todo, step, Reason.OVERLOAD, f"timed out, event loop {late:.0f} ms late")
                 return None
             breaker.failure()
-            job.note(todo, step, Reason.TIMEOUT, f"timed out after {remaining * 1000:.0f} ms")
+            cause = (
+                f"its {remaining * 1000:g} ms stage budget" if cut else f"{remaining * 1000:.0f} ms"
+            )
+            job.note(todo, step, Reason.TIMEOUT, f"timed out after {cause}")
             return None
         except Exception as exc:  # any failure of a dependency: fall back, never a 500
             breaker.failure()
@@ -369,6 +402,10 @@ class Router:
         return self.models.get(route, role)
 
     async def _compute(self, job: Job) -> None:
+        if job.deadline <= asyncio.get_running_loop().time():
+            # Overloaded (or frozen): no time to read features or build a batch for nothing.
+            job.note(job.open(), "compute", Reason.DEADLINE, "skipped (deadline passed)")
+            return
         groups: dict[int, list[Entity]] = {}
         for e in job.open():
             groups.setdefault(id(e.model), []).append(e)
@@ -423,7 +460,11 @@ class Router:
             todo = job.open()
             if not todo:
                 return
-            await step.run(self, job, todo)
+            if self.tracing.enabled:
+                with self.tracing.span(f"fallback {step.kind}", entities=len(todo)):
+                    await step.run(self, job, todo)
+            else:
+                await step.run(self, job, todo)
 
     # -- the answer ------------------------------------------------------------------
 

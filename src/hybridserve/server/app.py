@@ -108,7 +108,13 @@ class HybridApp:
         def read(limit: int) -> Awaitable[bytes]:
             return read_body(scope, receive, limit)
 
-        reply = await self.endpoint(scope["path"], key, request_id(header(scope, _RID)), read)
+        rid = request_id(header(scope, _RID))
+        if self.state.tracing.enabled:
+            raw = header(scope, b"traceparent")
+            tp = raw.decode("latin-1") if raw else None
+            reply = await self.endpoint(scope["path"], key, rid, read, tp)
+        else:
+            reply = await self.endpoint(scope["path"], key, rid, read)
         await send_reply(send, reply.status, reply.body, reply.headers)
 
 

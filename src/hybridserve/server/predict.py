@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from time import perf_counter
+from typing import Any
 
 from hybridserve.errors import NotFound
 from hybridserve.observability.access import AccessLog
@@ -46,7 +47,19 @@ class PredictEndpoint:
         self.access = access
         self.max_body = state.project.server.max_body_size
 
-    async def __call__(self, path: str, key: bytes | None, rid: str, read: ReadBody) -> Reply:
+    async def __call__(
+        self, path: str, key: bytes | None, rid: str, read: ReadBody, traceparent: str | None = None
+    ) -> Reply:
+        """Answer one request. ``traceparent``: the caller's W3C trace context (the fronts read
+        the header only while tracing is on)."""
+        if self.state.tracing.enabled:
+            with self.state.tracing.request("POST /v1/predict", traceparent) as span:
+                reply = await self._answer(path, key, rid, read)
+                _describe(span, path, reply)
+                return reply
+        return await self._answer(path, key, rid, read)
+
+    async def _answer(self, path: str, key: bytes | None, rid: str, read: ReadBody) -> Reply:
         started = perf_counter()
         state = self.state
         route = path[len(PREFIX) :]
@@ -80,3 +93,18 @@ class PredictEndpoint:
             ms = round((perf_counter() - started) * 1000, 3)
             self.access.write(rid, "POST", path, reply.status, ms)
         return reply
+
+
+def _describe(span: Any, path: str, reply: Reply) -> None:
+    """A request span's attributes, from the answer it gave."""
+    headers = dict(reply.headers)
+    sources = [s for s in headers.get("x-source", "").split(",") if s]
+    span.set_attribute("hybridserve.route", path[len(PREFIX) :])
+    span.set_attribute("http.response.status_code", reply.status)
+    span.set_attribute("hybridserve.request_id", headers.get("x-request-id", ""))
+    span.set_attribute("hybridserve.sources", sources)
+    span.set_attribute("hybridserve.model_version", headers.get("x-model-version", ""))
+    span.set_attribute(
+        "hybridserve.degraded",
+        reply.status != 200 or any(s.startswith("fallback") for s in sources),
+    )

@@ -110,7 +110,8 @@ class RsgiApp:
                 expired = exc.status == 408
                 raise
 
-        reply = await self.endpoint(scope.path, key, rid, read)
+        traceparent = h.get("traceparent") if self.endpoint.state.tracing.enabled else None
+        reply = await self.endpoint(scope.path, key, rid, read, traceparent)
         if expired:  # the rest of the body may still come: this connection cannot go on
             reply.headers.append(("connection", "close"))
         return reply

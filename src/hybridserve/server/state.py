@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from hybridserve.config import Project
 from hybridserve.observability.metrics import Metrics
 from hybridserve.observability.shared import SharedMetrics
 from hybridserve.observability.shared import from_env as shared_from_env
+from hybridserve.observability.tracing import OFF, Tracing
+from hybridserve.observability.tracing import configure as configure_tracing
 from hybridserve.predictions.cache import L1Cache
 from hybridserve.quality.drift import DriftMonitor
 from hybridserve.quality.export import run_exporter
@@ -63,6 +65,7 @@ class ServerState:
     ready: bool = False
     access_log: bool = True
     scheduler: bool = False
+    tracing: Tracing = OFF
     _scheduler: Scheduler | None = None
     shared_metrics: SharedMetrics | None = None
     """Set with ``serve --workers N``: scrapes sum every worker's counters."""
@@ -77,7 +80,9 @@ class ServerState:
         metrics: Metrics | None = None,
         access_log: bool = True,
         scheduler: bool = False,
+        tracing_exporter: Any = None,
     ) -> ServerState:
+        """``tracing_exporter``: where spans go, tracing on (tests pass an in-memory one)."""
         services = services or Services.open(project)
         metrics = metrics or Metrics()
         cfg = project.server
@@ -89,7 +94,10 @@ class ServerState:
             execution=cfg.model_execution,
             inline_below=cfg.inline_below,
         )
-        router = Router(services, models, metrics, L1Cache(cfg.l1_cache_size))
+        tracing = configure_tracing(
+            project.tracing.enabled, project.tracing.sample_ratio, project.name, tracing_exporter
+        )
+        router = Router(services, models, metrics, L1Cache(cfg.l1_cache_size), tracing)
         services.predictions.on_unreadable = metrics.unreadable_records.inc
         plog = services.prediction_log
         plog.on_count = lambda r, o, n: metrics.prediction_log.labels(r, o).inc(n)
@@ -107,6 +115,7 @@ class ServerState:
             drift,
             access_log=access_log,
             scheduler=scheduler,
+            tracing=tracing,
         )
 
     async def start(self) -> None:
@@ -150,3 +159,4 @@ class ServerState:
         await self.ingest.close()
         await self.models.close()
         await self.services.close()
+        self.tracing.shutdown()
