@@ -37,6 +37,12 @@ def test_the_manifest_holds_the_inputs_drift(batch_project: Callable[..., Any]) 
     assert drift["drifted"] == []
     assert {f["feature"] for f in drift["features"]} >= {"utilization", "amount_mean_30d"}
     assert drift["score"] is not None and drift["score"]["n"] == table.num_rows
+    from typer.testing import CliRunner
+
+    from hybridserve.cli import app
+
+    out = CliRunner().invoke(app, ["batch", "show", calm.run_id, "-p", str(proj.base_dir)])
+    assert out.exit_code == 0 and "none of" in out.output
     shifted = show(proj, run_job(proj, "moved", workers=1).run_id).drift
     assert shifted is not None
     assert [d.split(":")[0] for d in shifted["drifted"] if d.startswith("feature")] == [
