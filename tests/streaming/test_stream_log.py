@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import orjson
+from prometheus_client import generate_latest
 from stream_helpers import STREAM, consume, dumps, event
 
 from hybridserve.services import Services
@@ -28,7 +29,7 @@ async def test_scored_events_are_logged_with_their_features(make_project: Any) -
     sent = [event("card_000001", now - 5), event("card_000002", now - 4, amount=30)]
     try:
         await open_source(project, STREAM).append(dumps(sent))
-        _, totals = await consume(services)
+        consumer, totals = await consume(services)
         assert totals.scored == 2
         plog = services.prediction_log
         assert plog.running and plog.flush()
@@ -39,5 +40,7 @@ async def test_scored_events_are_logged_with_their_features(make_project: Any) -
         # The features the route scored it with (the example route reads card_profile).
         assert set(project.route_features("fraud")["card_profile"]) <= set(feats)
         assert rows[0]["latency_ms"] >= 0
+        text = generate_latest(consumer.metrics.registry).decode()
+        assert 'hybridserve_prediction_log_total{outcome="written",route="fraud"} 2.0' in text
     finally:
         await services.close()
