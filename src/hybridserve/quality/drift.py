@@ -194,7 +194,8 @@ class DriftMonitor:
 
     Fed with prediction-log rows (``observe``); keeps at most ``drift.max_samples`` per route
     and judges the ones within ``drift.window``, on the model version most of them came
-    from. :meth:`report` is recomputed at most every ``every`` seconds per route.
+    from. :meth:`report` is recomputed at most every ``every`` seconds per route;
+    :meth:`reasons` only reads what was computed last.
     """
 
     def __init__(self, project: Project, load: ProfileLoader, *, every: float = 5.0) -> None:
@@ -214,7 +215,9 @@ class DriftMonitor:
         rows = self._rows.get(row["route"])
         if values is None or rows is None or row.get("model") is None:
             return
-        rows.append((row["ts"], values, row.get("score"), row["model"], row["model_version"]))
+        item = (row["ts"], values, row.get("score"), row["model"], row["model_version"])
+        with self._lock:  # report() copies the deque from another thread
+            rows.append(item)
 
     def profile(self, model: str, version: int) -> Profile | None:
         key = (model, version)
@@ -238,12 +241,15 @@ class DriftMonitor:
         return report
 
     def reasons(self) -> dict[str, list[str]]:
-        """Route -> why it drifted (routes that did not are left out): what health reads."""
+        """Route -> why it drifted (routes that did not are left out): what health reads.
+
+        From the reports last computed (the server's exporter refreshes them every 15 s), so
+        it never reads the registry or judges a window: safe to call on the event loop.
+        """
         out = {}
-        for route in self.cfg:
-            why = self.report(route).reasons
-            if why:
-                out[route] = why
+        for route, (_, report) in list(self._reports.items()):
+            if report.reasons:
+                out[route] = report.reasons
         return out
 
 
