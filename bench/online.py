@@ -56,7 +56,7 @@ SERVER_CORE = 0
 CLIENT_CORE = 1
 ALL_SERVERS = [
     "floor", "floor_granian", "naive", "mosec", "stored", "online", "entity", "stored_granian",
-    "online_granian", "grpc",
+    "online_granian", "stored_traced", "grpc",
 ]  # fmt: skip
 
 
@@ -261,7 +261,12 @@ def main(argv: list[str] | None = None) -> int:
         mosec_missing = servers.mosec_env_problem(
             sklearn.__version__, joblib.__version__, create=not args.no_install
         )
-    specs = [s for s in servers.specs(bench, mosec_missing) if s.key in args.servers]
+    sink = servers.TraceSink() if "stored_traced" in args.servers else None
+    specs = [
+        s
+        for s in servers.specs(bench, mosec_missing, sink.port if sink else None)
+        if s.key in args.servers
+    ]
 
     model_ms, model_p99 = time_model(bench, args.model_calls)
     log(f"model predict_proba, one row: median {model_ms:.3f} ms, p99 {model_p99:.3f} ms")
@@ -273,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
         background.append(busy_cores())
         results.append(measure(spec, args, work / "logs"))
 
+    if sink is not None:
+        sink.__exit__(None, None, None)
     notes = list(bench.notes)
     if max(background) > 0.2:
         notes.append(

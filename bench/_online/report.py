@@ -166,6 +166,8 @@ def section(
         "through the same micro-batcher; load from `bench/_online/grpc_load.py` (grpc.aio "
         "callers on one channel, closed loop) pinned to core 1 instead of wrk.",
         "- (d') and (e'): (d) and (e) with `serve --http granian` (predict answered over RSGI).",
+        "- (d''): (d) with OpenTelemetry tracing on (`OTEL_EXPORTER_OTLP_ENDPOINT` set, "
+        "`parentbased_traceidratio` at 0.01), exporting to a sink in the bench process.",
         "",
         "CPU us/answer: the server's user + system CPU time over the measured seconds (all its "
         "processes, from `/proc`; mosec's Rust front and Python worker together), divided by "
@@ -240,6 +242,7 @@ def result_line(results: dict[str, ServerResult], model_ms: float, compiler: str
         ("stored_granian_cpu_us", f(get("stored_granian", 64, "cpu_us"), 0)),
         ("online_granian_cpu_us", f(get("online_granian", 64, "cpu_us"), 0)),
         ("mosec_cpu_us", f(get("mosec", 64, "cpu_us"), 0)),
+        ("c64_stored_traced_rps", f(get("stored_traced", 64, "rps"), 0)),
     ]
     for key in ("online", "online_granian"):
         o = results[key].overload if key in results else None

@@ -106,7 +106,34 @@ def first_line(path: Path) -> bytes:
         return fh.readline().strip()
 
 
-def specs(bench: BenchProject, mosec_missing: str | None) -> list[ServerSpec]:
+class TraceSink(contextlib.AbstractContextManager["TraceSink"]):
+    """An OTLP/HTTP endpoint that accepts span batches and drops them (for the traced point)."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("content-length", 0)))
+                self.send_response(200)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = int(self.server.server_address[1])
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+
+
+def specs(
+    bench: BenchProject, mosec_missing: str | None, trace_sink: int | None = None
+) -> list[ServerSpec]:
     """All seven servers, with fresh ports; the unavailable ones carry the reason."""
     model_env = {"BENCH_MODEL": str(bench.model_path), "BENCH_FEATURES": ",".join(bench.features)}
     features = bench.bodies["features"]
@@ -203,6 +230,27 @@ def specs(bench: BenchProject, mosec_missing: str | None) -> list[ServerSpec]:
                 key, label, argv, path, bench.bodies[kind], "/v2/health/ready", unavailable=missing
             )
         )
+    port = free_port()
+    argv = [str(HYBRIDSERVE), "serve", "-p", str(bench.project_dir), "--host", "127.0.0.1"]
+    argv += ["--port", str(port), "--workers", "1"]
+    out.append(
+        ServerSpec(
+            "stored_traced",
+            "(d'') (d) with tracing on, 1% of requests sampled",
+            argv,
+            f"/v1/predict/{ROUTE}",
+            bench.bodies["stored"],
+            "/v2/health/ready",
+            env={
+                "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{trace_sink}",
+                "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                "OTEL_TRACES_SAMPLER_ARG": "0.01",
+            },
+            unavailable=stored_missing
+            or (None if trace_sink is not None else "no trace sink")
+            or (None if importlib.util.find_spec("opentelemetry") else "extra otel missing"),
+        )
+    )
     port, grpc_port = free_port(), free_port()
     argv = [str(HYBRIDSERVE), "serve", "-p", str(bench.project_dir), "--host", "127.0.0.1"]
     argv += ["--port", str(port), "--grpc-port", str(grpc_port), "--workers", "1"]

@@ -257,6 +257,14 @@ async def test_a_request_that_waited_its_budget_for_the_loop_falls_back_at_once(
     (p,) = got.body["predictions"]
     assert (got.status, p["source"], p["degraded"]) == (200, "fallback:default", True)
     assert len(rts["primary"].calls) == 1  # no batch was built for an answer too late
+    # A stored answer is still read when late: one read is cheap, and better than a default.
+    await router.services.predictions.put(
+        [PredictionRecord("c", ROUTE, 0.7, "m", 1, "batch", now() - 60, now())]
+    )
+    router.lag.note(router.lag._clock(), 0.25)
+    got = await ask(router, {"entity": "c", "features": {"x": 3.0}})
+    (p,) = got.body["predictions"]
+    assert (p["source"], p["score"], p["degraded"]) == ("batch", 0.7, False)
     reason = router.metrics.fallbacks.labels(ROUTE, "default", "deadline").value
     assert reason == 1
 

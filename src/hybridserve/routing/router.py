@@ -102,6 +102,11 @@ class Router:
         routes = self.project.routes
         self.chains: dict[str, list[Step]] = {r: build_chain(c.fallback) for r, c in routes.items()}
         self.route_metrics = {r: RouteMetrics(metrics, r, tracing) for r in routes}
+        self.grace = {
+            r: min(c.budgets.store or c.latency_budget, 0.1 * c.latency_budget)
+            for r, c in routes.items()
+        }
+        """Per route, how long a store read may take once the deadline has passed."""
         self.limits: dict[str, dict[str, float]] = {}
         """Per route, each dependency kind's own budget (``routes.*.budgets``)."""
         for r, c in routes.items():
@@ -208,6 +213,10 @@ class Router:
         """
         breaker = self.breakers(dependency)
         remaining = job.deadline - asyncio.get_running_loop().time()
+        if remaining <= 0 and dependency == "prediction_store":
+            # Too late already (the request waited for an overloaded loop): a stored answer is
+            # still far better than a default, and one read costs little, so it gets a grace.
+            remaining = self.grace[job.route]
         if remaining <= 0:
             coro.close()
             job.note(todo, step, Reason.DEADLINE, "skipped (deadline passed)")
