@@ -7,7 +7,8 @@ has moved from what the model was trained on.
 - ``feedback.py``: true labels or values, joined to the answers they are about;
 - ``figures.py``: online quality figures from (score, outcome) pairs;
 - ``profile.py``: a model version's reference profile (feature bins, score distribution);
-- ``drift.py``: PSI, KS and missing-value drift against that profile, over sliding windows.
+- ``drift.py``: PSI, KS and missing-value drift against that profile, over sliding windows;
+- ``export.py``: the figures and drift as Prometheus gauges, refreshed by the server.
 
 It sits between ``services`` (which opens the log) and the stores and registry below; the
 paths above it (router, batch, stream, server) hand it their answers.

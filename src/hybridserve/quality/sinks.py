@@ -257,7 +257,7 @@ class ParquetSink:
         with self._lock:
             seen = self._claimed.get(route)
             if seen is None:  # ids claimed before this process started: in the files
-                seen = {r["id"] for r in self.read("feedback", route)}
+                seen = {r["id"] for r in self.read("feedback", route, columns=("ts", "id"))}
                 self._claimed[route] = seen
             out = []
             for i in ids:
