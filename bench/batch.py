@@ -12,8 +12,9 @@ HistGradientBoostingClassifier), writes the input Parquet (generated in slices w
 - the floor: ``predict_proba`` over the same rows, in chunks, on a process pool with the same
   number of workers (one thread each), the matrices already in memory: no I/O at all;
 - ``hybridserve batch run`` end to end (read, validate, score, write both sinks, publish)
-  with the SQLite prediction store, with Redis (a unique prefix, deleted afterwards) and with
-  the Ray executor.
+  with the SQLite prediction store, with Redis (a unique prefix, deleted afterwards), with
+  the Ray executor (once starting its own Ray, once on a Ray already running, as in a Ray
+  deployment) and with the Spark executor (a local Spark, started by the run).
 
 Peak memory is the largest sum of RSS (and of PSS) over this process and all its descendants
 (pool workers, Ray's processes): RSS sampled every 50 ms and PSS every second during each run.
@@ -51,7 +52,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--chunk-rows", type=int, default=50_000)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--redis", default="redis://127.0.0.1:6379/15")
-    p.add_argument("--skip", nargs="*", default=[], choices=["sqlite", "redis", "ray"])
+    p.add_argument("--skip", nargs="*", default=[], choices=["sqlite", "redis", "ray", "spark"])
     p.add_argument("--work", type=Path, default=REPO / "bench" / ".work" / "batch")
     p.add_argument("--docs", type=Path, default=REPO / "docs" / "benchmarks.md")
     return p.parse_args()
@@ -211,6 +212,26 @@ def measure_floor(project: Any, args: argparse.Namespace) -> dict[str, Any]:
         pool.close()
 
 
+def measure_on_running_ray(args: argparse.Namespace, run: Callable[[], Any]) -> dict[str, Any]:
+    """The Ray executor on a Ray that is already up (as a Ray deployment is): ``ray.init``
+    happens before the clock starts; the run still starts its actors and loads the model."""
+    import logging
+
+    import ray
+
+    ray.init(
+        num_cpus=args.workers,
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        log_to_driver=False,
+        configure_logging=False,
+    )
+    try:
+        return measure("ray_running", args.rows, run)
+    finally:
+        ray.shutdown()
+
+
 def main() -> int:
     args = parse_args()
     from hybridserve.batch import run_job
@@ -246,6 +267,9 @@ def main() -> int:
             floor.delete_prefix(args.redis, prefix)
     if "ray" not in args.skip:
         results.append(measure("ray", args.rows, batch("bench-ray", project, "ray")))
+        results.append(measure_on_running_ray(args, batch("bench-ray-running", project, "ray")))
+    if "spark" not in args.skip:
+        results.append(measure("spark", args.rows, batch("bench-spark", project, "spark")))
 
     command = "python bench/batch.py" + ("" if args.rows == 1_000_000 else f" --rows {args.rows}")
     section = report.section(
@@ -267,10 +291,19 @@ def main() -> int:
     runs = [r for r in results if r["name"] != "floor"]
     peak = max((r["peak_rss_mb"] for r in runs), default=float("nan"))
     peak_pss = max((r["peak_pss_mb"] for r in runs), default=float("nan"))
+
+    def vs_local(name: str) -> str:
+        if name not in by or "sqlite" not in by:
+            return "nan"
+        return f"{by[name]['rows_per_s'] / by['sqlite']['rows_per_s']:.2f}"
+
     print(
         f"RESULT rows={args.rows} floor_rows_per_s={rate('floor')} "
         f"sqlite_rows_per_s={rate('sqlite')} redis_rows_per_s={rate('redis')} "
-        f"ray_rows_per_s={rate('ray')} peak_rss_mb={peak:.0f} peak_pss_mb={peak_pss:.0f}"
+        f"ray_rows_per_s={rate('ray')} ray_running_rows_per_s={rate('ray_running')} "
+        f"spark_rows_per_s={rate('spark')} ray_vs_local={vs_local('ray')} "
+        f"ray_running_vs_local={vs_local('ray_running')} spark_vs_local={vs_local('spark')} "
+        f"peak_rss_mb={peak:.0f} peak_pss_mb={peak_pss:.0f}"
     )
     return 0
 

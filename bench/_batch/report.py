@@ -10,7 +10,9 @@ LABELS = {
     "floor": "floor: `predict_proba` on a process pool, matrices in memory, no I/O",
     "sqlite": "hybridserve `batch run`, local executor, SQLite store",
     "redis": "hybridserve `batch run`, local executor, Redis store",
-    "ray": "hybridserve `batch run`, Ray executor (Ray Data actors), SQLite store",
+    "ray": "hybridserve `batch run`, Ray executor (actor pool, starts its own Ray), SQLite store",
+    "ray_running": "hybridserve `batch run`, Ray executor on a Ray already running, SQLite store",
+    "spark": "hybridserve `batch run`, Spark executor (local Spark, mapInArrow), SQLite store",
 }
 
 
@@ -29,7 +31,7 @@ def section(results: list[dict[str, Any]], **info: Any) -> str:
         f"{info['workers']} workers, one model thread each",
         "- end to end = plan and read the input, validate, score, write every record to the "
         "prediction store and a Parquet snapshot per chunk, manifest, publish; the wall time "
-        "includes starting the pool (or Ray) and loading the model",
+        "includes starting the pool (or Ray, or Spark's JVM) and loading the model",
         "- peak memory: RSS and PSS summed over this process and all its descendants (pool "
         "workers, the forkserver, Ray's processes): RSS sampled every 50 ms, PSS every "
         "second; RSS counts a page shared by N processes N times, PSS once",

@@ -339,8 +339,11 @@ class BatchJobConfig(_Strict):
     chunk_rows: int = Field(default=50_000, gt=0)
     workers: int | None = Field(default=None, gt=0)
     """Local process-pool size (default: the number of cores)."""
-    executor: Literal["local", "ray"] = "local"
+    executor: Literal["local", "ray", "spark"] = "local"
     ray_address: str | None = None
+    """Ray cluster address (``ray://host:10001`` or ``host:6379``); none: a Ray of its own."""
+    spark_master: str | None = None
+    """Spark master URL (``spark://host:7077``, ``yarn``, ...); none: ``local[workers]``."""
     max_reject_share: float = Field(default=0.01, ge=0, le=1)
     """A run fails when more than this share of rows is rejected."""
     activity_column: str | None = None

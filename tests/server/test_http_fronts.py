@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -98,12 +99,26 @@ def _exchanges(port: int) -> list[tuple[int, object, dict[str, str]]]:
         ("GET", "/v2/models/nope", {}),
         ("POST", "/v2/models/fraud/infer", {"content": b"[]"}),
         ("GET", "/no/such/path?x=1", {}),
+        (
+            "POST",
+            "/v1/predict/fraud",
+            {
+                "json": {"entities": ["card_000003", "card_000005"], "mode": "compute"},
+                "headers": {"accept": "application/x-ndjson"},
+            },
+        ),
     ]
     out = []
     with httpx.Client(base_url=base, timeout=10) as client:
         for method, path, kwargs in calls:
             r = client.request(method, path, **kwargs)  # type: ignore[arg-type]
-            body = r.json()
+            if r.headers["content-type"] == "application/x-ndjson":
+                body: Any = [json.loads(line) for line in r.text.splitlines()]
+                for line in body:
+                    for key in ("as_of", "age_s", "request_id"):
+                        line.pop(key, None)
+            else:
+                body = r.json()
             if isinstance(body, dict):
                 body.pop("request_id", None)
                 for p in body.get("predictions", []):
@@ -127,7 +142,9 @@ def test_both_fronts_give_the_same_answers_and_errors(make_project: MakeProject)
             proc.terminate()
             proc.wait(20)
     statuses = [status for status, _, _ in answers["uvicorn"]]
-    assert statuses == [200, 400, 404, 413, 413, 503, 405, 404, 400, 404], answers["uvicorn"]
+    assert statuses == [200, 400, 404, 413, 413, 503, 405, 404, 400, 404, 200], answers["uvicorn"]
+    streamed = answers["uvicorn"][-1][1]
+    assert [line.get("entity") for line in streamed] == ["card_000003", "card_000005", None]
     assert answers["uvicorn"][5][2]["retry-after"] == "1"
     assert answers["uvicorn"][1][2]["x-request-id"] == "r1"
     for uv, gr in zip(answers["uvicorn"], answers["granian"], strict=True):

@@ -1,23 +1,19 @@
-"""Executors: who runs :class:`~hybridserve.batch.chunk.ChunkWorker` over a run's chunks.
+"""The ``local`` executor: a process pool running :class:`~hybridserve.batch.chunk.ChunkWorker`.
 
-- ``local`` (the default): a process pool over chunks, at most two per worker in flight
-  (bounded memory). Each worker loads the model once (pool initializer), reads its chunk
-  itself when that is cheap (Parquet row groups, a view) or gets it from the parent's stream
-  (CSV, huge row groups), writes its chunk's sinks and returns counts. With one worker the
-  chunks run in this process, with no pool to start. Scripts that call ``run_job`` need the
-  usual ``if __name__ == "__main__":`` guard: workers start from a forkserver.
-- ``ray``: Ray Data over the chunk indices, ``map_batches`` with a pool of actors that keep
-  the model loaded. Each actor reads its own chunk (Parquet row groups by metadata), so a
-  cluster whose nodes see the input path runs the same job, with the same sink code.
-
-Both call ``on_done`` in the parent, in completion order, once per finished chunk.
+A process pool over chunks, at most two per worker in flight (bounded memory). Each worker
+loads the model once (pool initializer), reads its chunk itself when that is cheap (Parquet row
+groups, a view) or gets it from the parent's stream (CSV, huge row groups), writes its chunk's
+sinks and returns counts. With one worker the chunks run in this process, with no pool to
+start. Scripts that call ``run_job`` need the usual ``if __name__ == "__main__":`` guard:
+workers start from a forkserver. ``on_done`` is called in the parent, in completion order,
+once per finished chunk. The ``ray`` and ``spark`` executors (:mod:`.ray_pool`,
+:mod:`.spark`) run the same ChunkWorker on their own workers.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import logging
 import multiprocessing
 import os
 import select
@@ -28,23 +24,19 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
-from hybridserve._optional import require
 from hybridserve.batch.chunk import ChunkWorker, RunContext
 from hybridserve.batch.inputs import InputPlan
 from hybridserve.batch.manifest import ChunkStats
 from hybridserve.errors import HybridServeError
 
 OnDone = Callable[[ChunkStats], None]
-_STATS = list(ChunkStats.__dataclass_fields__)
 _worker: ChunkWorker | None = None
 
 
-def _limit_threads() -> None:
+def limit_threads() -> None:
     # One BLAS/OpenMP thread per worker: the pool is the parallelism.
     from threadpoolctl import threadpool_limits
 
@@ -103,7 +95,7 @@ _PR_SET_PDEATHSIG = 1
 def _init(ctx: RunContext, plan: InputPlan | None, parent: int) -> None:
     global _worker, _plan, _init_error
     _die_with(parent)
-    _limit_threads()
+    limit_threads()
     try:
         _worker, _plan = ChunkWorker(ctx), plan
     except Exception as exc:
@@ -170,62 +162,3 @@ def run_local(
         ) from None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-
-
-class _ChunkActor:
-    """A Ray Data actor: loads the model once, then reads, scores and writes whole chunks."""
-
-    def __init__(self, ctx: RunContext, plan: InputPlan) -> None:
-        _limit_threads()
-        self.plan = plan
-        self.worker = ChunkWorker(ctx)
-
-    def __call__(self, batch: dict[str, np.ndarray[Any, Any]]) -> dict[str, np.ndarray[Any, Any]]:
-        stats = [self.worker.process(int(i), self.plan.read_chunk(int(i))) for i in batch["chunk"]]
-        return {name: np.array([getattr(s, name) for s in stats]) for name in _STATS}
-
-
-def run_ray(
-    ctx: RunContext,
-    plan: InputPlan,
-    todo: Iterable[int],
-    workers: int,
-    on_done: OnDone,
-    address: str | None = None,
-) -> None:
-    ray = require("ray", "ray")
-    data = require("ray.data", "ray")
-    started = not ray.is_initialized()
-    if started:
-        options: dict[str, Any] = {"num_cpus": max(workers, os.cpu_count() or 1)}
-        if address:
-            options = {"address": address}
-        ray.init(
-            **options,
-            include_dashboard=False,
-            logging_level=logging.WARNING,
-            log_to_driver=False,
-            configure_logging=False,
-        )
-    try:
-        context = data.DataContext.get_current()
-        context.enable_progress_bars = False
-        context.execution_options.verbose_progress = False
-        chunks = data.from_items([{"chunk": i} for i in sorted(todo)])
-        results = chunks.map_batches(
-            _ChunkActor,
-            fn_constructor_args=(ctx, plan),
-            compute=data.ActorPoolStrategy(size=workers),
-            num_cpus=0.5,
-            batch_size=1,
-            batch_format="numpy",
-        )
-        for row in results.iter_rows():
-            on_done(ChunkStats(**{k: _plain(row[k]) for k in _STATS}))
-    finally:
-        if started:
-            ray.shutdown()
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if hasattr(value, "item") else value

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from hybridserve.batch import executors
+from hybridserve.batch import execute
 from hybridserve.batch.checks import duplicate_keys
 from hybridserve.batch.chunk import RunContext, sink
 from hybridserve.batch.inputs import open_input, top_k_entities
@@ -82,6 +82,7 @@ def run_job(
             existing.top_k_active,
         )
     chosen, n_workers = _executor(job_name, job, top_k_active, executor, workers)
+    execute.preflight(project, chosen, job_name, job)
 
     from hybridserve.registry import Registry
 
@@ -176,10 +177,7 @@ def run_job(
         if progress is not None:
             progress(manifest.total("rows"), plan.total_rows)
         try:
-            if chosen == "ray":
-                executors.run_ray(ctx, plan, todo, n_workers, done, job.ray_address)
-            else:
-                executors.run_local(ctx, plan, todo, n_workers, done)
+            execute.run(chosen, ctx, plan, todo, n_workers, done, job_name, job)
             if manifest.reject_share > job.max_reject_share:
                 raise RunFailed(
                     f"run {run_id}: {manifest.total('rejected')} rows rejected "
@@ -242,8 +240,10 @@ def _executor(
             f"--top-k-active: needs a positive number and batch_jobs.{job_name}.activity_column"
         )
     chosen = executor or job.executor
-    if chosen not in ("local", "ray"):
-        raise ConfigError(f"--executor: expected 'local' or 'ray', got {chosen!r}")
+    if chosen not in execute.EXECUTORS:
+        raise ConfigError(
+            f"--executor: expected one of {', '.join(execute.EXECUTORS)}, got {chosen!r}"
+        )
     n_workers = workers or job.workers or os.cpu_count() or 1
     if n_workers < 1:
         raise ConfigError(f"--workers: expected a positive number, got {n_workers}")

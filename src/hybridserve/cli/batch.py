@@ -32,8 +32,8 @@ def run_cmd(
         str | None, typer.Option("--run-id", help="Run id; an unfinished run resumes.")
     ] = None,
     executor: Annotated[
-        Literal["local", "ray"] | None,
-        typer.Option(help="local (process pool) or ray (default: the job's)."),
+        Literal["local", "ray", "spark"] | None,
+        typer.Option(help="local (process pool), ray or spark (default: the job's)."),
     ] = None,
     workers: Annotated[int | None, typer.Option(min=1, help="Worker processes.")] = None,
     chunk_rows: Annotated[int | None, typer.Option(min=1, help="Rows per chunk.")] = None,

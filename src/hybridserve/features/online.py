@@ -12,7 +12,8 @@ TTL when that is longer, so a value that may still be served is never dropped.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -28,10 +29,59 @@ def feature_key(view: str, entity: str) -> str:
     return f"f:{view}:{entity}"
 
 
+class CoalescedGets:
+    """``get_many`` calls made in one turn of the event loop, answered by one backend call.
+
+    Concurrent requests each read their own entities' features; under load dozens of them
+    are taken in the same turn of the loop. Their keys go to the store together (one SQL
+    query, one Redis round trip) and each caller gets its own slice, so the per-call cost of
+    the store is paid once per turn instead of once per request. A lone request waits one
+    turn of the loop for it.
+    """
+
+    __slots__ = ("_get", "_pending")
+
+    def __init__(self, get: Callable[[Sequence[str]], Awaitable[list[Entry | None]]]) -> None:
+        self._get = get
+        self._pending: list[tuple[Sequence[str], asyncio.Future[list[Entry | None]]]] = []
+
+    async def __call__(self, keys: Sequence[str]) -> list[Entry | None]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[Entry | None]] = loop.create_future()
+        if not self._pending:
+            loop.call_soon(self._flush, loop)
+        self._pending.append((keys, future))
+        return await future
+
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        batch, self._pending = self._pending, []
+        loop.create_task(self._read(batch))
+
+    async def _read(
+        self, batch: list[tuple[Sequence[str], asyncio.Future[list[Entry | None]]]]
+    ) -> None:
+        keys = [k for ks, _ in batch for k in ks] if len(batch) > 1 else batch[0][0]
+        try:
+            entries = await self._get(keys)
+        except BaseException as exc:  # every caller sees the store's failure
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        start = 0
+        for ks, future in batch:
+            if not future.done():  # a caller that gave up (its deadline) is skipped
+                future.set_result(entries[start : start + len(ks)])
+            start += len(ks)
+
+
 class OnlineFeatureStore:
     def __init__(self, project: Project, kv: KVStore) -> None:
         self.project = project
         self.kv = kv
+        self._coalesced = CoalescedGets(kv.get_many)
 
     def retention(self, view: str) -> float | None:
         """Seconds a written entry of ``view`` is kept (``None``: until replaced)."""
@@ -100,12 +150,13 @@ class OnlineFeatureStore:
         at: float | None = None,
     ) -> list[tuple[dict[str, Any], float | None]]:
         """Scoring's fast read: per entity, present values (``None`` where missing or stale)
-        and the stalest present view's event time. One store round trip, no per-feature
-        objects; the same TTL rule as :meth:`read`."""
+        and the stalest present view's event time. One store round trip, shared with the
+        other requests reading in the same turn of the loop (:class:`CoalescedGets`); no
+        per-feature objects; the same TTL rule as :meth:`read`."""
         at = now() if at is None else at
         views = list(wanted)
         ttls = [self.project.feature_views[v].ttl for v in views]
-        entries = await self.kv.get_many([feature_key(v, e) for e in entities for v in views])
+        entries = await self._coalesced([feature_key(v, e) for e in entities for v in views])
         out: list[tuple[dict[str, Any], float | None]] = []
         nv = len(views)
         loads = orjson.loads

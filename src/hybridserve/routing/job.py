@@ -12,11 +12,15 @@ missing, from the same :class:`Note` values.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from hybridserve.records import PredictionRecord, to_iso
+
+Emit = Callable[[list[dict[str, Any]]], Awaitable[None]]
+"""Receives answers (as their JSON) as soon as a step gives them."""
 
 if TYPE_CHECKING:
     from hybridserve.config import RouteConfig
@@ -144,6 +148,8 @@ class Entity:
     """The first stored-but-unservable finding (stale, other version)."""
     rejected: bool = False
     """The primary model's Scorer rejected its features."""
+    sent: bool = False
+    """Its answer was already given to the request's ``emit`` (a streamed answer)."""
 
     def note(self, step: str, reason: Reason, detail: str = "", *, primary: bool = True) -> None:
         if self.notes is None:
@@ -192,9 +198,21 @@ class Job:
     request_id: str
     probabilities: bool
     metrics: RouteMetrics
+    emit: Emit | None = None
+    """Where new answers go as each step gives them (a streamed answer), if anywhere."""
 
     def open(self) -> list[Entity]:
         return [e for e in self.entities if e.answer is None]
+
+    async def flush(self) -> None:
+        """Give ``emit`` the answers it has not had yet (nothing without one)."""
+        if self.emit is None:
+            return
+        new = [e for e in self.entities if e.answer is not None and not e.sent]
+        if new:
+            for e in new:
+                e.sent = True
+            await self.emit([e.answer.to_json() for e in new if e.answer is not None])
 
     def staleness(self, source: str) -> float:
         """How old a stored record from ``source`` may be for this request."""

@@ -37,7 +37,7 @@ from hybridserve.predictions.write_behind import WriteBehind
 from hybridserve.records import PredictionRecord, new_request_id, now
 from hybridserve.routing.breaker import STATE_VALUE, Breakers, CircuitBreaker, State
 from hybridserve.routing.fallback import Step, build_chain
-from hybridserve.routing.job import Answer, Entity, Job, Reason
+from hybridserve.routing.job import Answer, Emit, Entity, Job, Reason
 from hybridserve.routing.lag import LoopLag
 from hybridserve.routing.logged import log_job
 from hybridserve.routing.models import LoadedModel, ModelManager
@@ -128,20 +128,30 @@ class Router:
     # -- the request -----------------------------------------------------------------
 
     async def predict(
-        self, route: str, req: PredictRequest, request_id: str | None = None
+        self,
+        route: str,
+        req: PredictRequest,
+        request_id: str | None = None,
+        emit: Emit | None = None,
     ) -> Outcome:
+        """Answer ``req``. ``emit``: called with each step's new answers as soon as the step
+        has them (stored ones, then each computed micro-batch, then fallbacks), for a caller
+        that streams them; the outcome still holds them all."""
         job = self._job(route, req, request_id or new_request_id())
         if self.tracing.enabled:
             self.tracing.annotate(**{"hybridserve.entities": len(job.entities)})
         m = job.metrics
+        job.emit = emit
         with m.total():
             if req.mode != "compute":
                 await self._stored(job)
+                await job.flush()
             if req.mode != "stored" and job.open():
                 await self._compute(job)
             if job.open():
                 with m.fallback():
                     await self._fallback(job, req.mode == "compute")
+                await job.flush()
         outcome = self._outcome(job)
         if self.prediction_log.online:  # no route samples online answers: this check only
             log_job(self.prediction_log, job)
@@ -428,6 +438,7 @@ class Router:
                         rec, "online", job.at, degraded=False, probabilities=job.probabilities
                     )
                     fresh.append(rec)
+            await job.flush()
         if fresh:
             max_stale = job.cfg.loosest_staleness
             for rec in fresh:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
+import orjson
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -27,7 +28,27 @@ from hybridserve.errors import InvalidInput
 from hybridserve.registry.refs import NAME_PATTERN
 from hybridserve.units import DURATION_PATTERN, parse_duration
 
-FeatureValue = float | int | bool | str | None
+
+def _object(value: Any) -> Any:
+    if value.__class__ is not dict:
+        raise ValueError("expected an object of feature values")
+    return value
+
+
+_FEATURE_VALUE = {
+    "type": ["number", "integer", "boolean", "string", "null"],
+    "description": "A request-time feature value, of the type the route declares.",
+}
+Features = Annotated[
+    Any,
+    BeforeValidator(_object),
+    WithJsonSchema({"type": "object", "additionalProperties": _FEATURE_VALUE}),
+]
+"""Request-time features: an object of values. The values' check is the route's declared
+types, made once, by ``scoring.value_problem`` when the router takes the request (a 400 naming
+the field); checking each value here too, before the route is known, cost most of the parse of
+a request that sends its features (30 features: 54 us of a 56 us parse on this machine). JSON
+object keys are text by construction."""
 
 
 def _whole(value: Any) -> Any:
@@ -70,7 +91,7 @@ class _Wire(BaseModel):
 
 class EntityItem(_Wire):
     key: Key
-    features: dict[str, FeatureValue] = Field(default_factory=dict)
+    features: Features = Field(default_factory=dict)
 
 
 class PredictRequest(_Wire):
@@ -88,7 +109,7 @@ class PredictRequest(_Wire):
         default_factory=list, description="Entity keys, or {key, features} objects."
     )
     entity: Key | None = Field(default=None, description="Shorthand for one entity.")
-    features: dict[str, FeatureValue] = Field(
+    features: Features = Field(
         default_factory=dict, description="Request-time features for every entity of this request."
     )
     max_staleness: Duration | None = Field(
@@ -256,11 +277,30 @@ def parse_feedback(body: bytes | dict[str, Any]) -> FeedbackRequest:
     return parse(_FEEDBACK, body)
 
 
+def decode(raw: bytes | bytearray | memoryview | str, context: str = "") -> Any:
+    """JSON text as Python values (orjson); malformed JSON is a 400 saying where
+    (``context`` prefixes the message)."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"{context}malformed JSON: {exc}") from None
+
+
 def parse(adapter: TypeAdapter[W], body: bytes | dict[str, Any]) -> W:
-    """``body`` (JSON bytes or decoded) as the wire model; InvalidInput naming each field."""
+    """``body`` (JSON bytes or decoded) as the wire model; InvalidInput naming each field.
+
+    Bytes are decoded by orjson, then validated: measured on a request with 30 features,
+    half the time of pydantic's own JSON mode (its float parsing), with the same strict rules.
+    """
     try:
         if isinstance(body, bytes | bytearray):
-            return adapter.validate_json(body)
+            raw = body
+            try:
+                body = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                # Not strict JSON (or not JSON at all): pydantic's reader says where, and
+                # takes NaN and Infinity, which the feature checks then name.
+                return adapter.validate_json(raw)
         return adapter.validate_python(body)
     except ValidationError as exc:
         raise InvalidInput(validation_message(exc), errors=_errors(exc)) from None

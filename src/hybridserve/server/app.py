@@ -24,6 +24,7 @@ from hybridserve.server.auth import presented_key
 from hybridserve.server.errors import exception_handlers
 from hybridserve.server.http import (
     BodyDeadline,
+    ReadDeadlines,
     Receive,
     Scope,
     Send,
@@ -32,7 +33,7 @@ from hybridserve.server.http import (
     request_id,
     send_reply,
 )
-from hybridserve.server.predict import PREFIX, PredictEndpoint
+from hybridserve.server.predict import PREFIX, PredictEndpoint, streamed
 from hybridserve.server.state import ServerState
 from hybridserve.services import freeze_loaded
 
@@ -47,6 +48,8 @@ class HybridApp:
         self.state = state
         self.grpc_address = grpc_address
         self.body_timeout = state.project.server.body_timeout
+        self.deadlines = ReadDeadlines()
+        """Every body read's deadline, checked together (``server/http.py``)."""
         routes: list[Any] = [
             # Listed so that the route table is whole (the document is checked against it,
             # and a GET gets a 405): POSTs never get this far, __call__ serves them first.
@@ -96,7 +99,7 @@ class HybridApp:
             await self.starlette(scope, receive, send)
             return
         # Every endpoint reads its body through the same deadline (a 408 after it).
-        bounded = BodyDeadline(receive, send, self.body_timeout)
+        bounded = BodyDeadline(receive, send, self.body_timeout, self.deadlines)
         if scope["path"].startswith(PREFIX) and scope["method"] == "POST":
             await self.predict(scope, bounded.receive, bounded.send)
         else:
@@ -109,13 +112,35 @@ class HybridApp:
             return read_body(scope, receive, limit)
 
         rid = request_id(header(scope, _RID))
-        if self.state.tracing.enabled:
-            raw = header(scope, b"traceparent")
-            tp = raw.decode("latin-1") if raw else None
-            reply = await self.endpoint(scope["path"], key, rid, read, tp)
-        else:
-            reply = await self.endpoint(scope["path"], key, rid, read)
-        await send_reply(send, reply.status, reply.body, reply.headers)
+        tp = _text(header(scope, b"traceparent")) if self.state.tracing.enabled else None
+        media = streamed(_text(header(scope, b"accept")))
+        stream = AsgiStream(send, media) if media else None
+        reply = await self.endpoint(scope["path"], key, rid, read, tp, stream)
+        if reply is not None:
+            await send_reply(send, reply.status, reply.body, reply.headers)
+
+
+def _text(raw: bytes | None) -> str | None:
+    return raw.decode("latin-1") if raw else None
+
+
+class AsgiStream:
+    """A streamed answer over ASGI: no content-length, so the server sends it chunked."""
+
+    __slots__ = ("_send", "media")
+
+    def __init__(self, send: Send, media: str) -> None:
+        self._send, self.media = send, media
+
+    async def start(self, status: int, headers: list[tuple[str, str]]) -> None:
+        out = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+        await self._send({"type": "http.response.start", "status": status, "headers": out})
+
+    async def send(self, chunk: bytes) -> None:
+        await self._send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+    async def end(self) -> None:
+        await self._send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 def create_app(

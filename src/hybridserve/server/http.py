@@ -7,13 +7,13 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
-
-import orjson
+from typing import Any, TypeVar
 
 from hybridserve.errors import InvalidInput, PayloadTooLarge, RequestTimeout
 from hybridserve.records import new_request_id
+from hybridserve.routing.schema import decode
 
+T = TypeVar("T")
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -66,6 +66,60 @@ def too_large(limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(f"request body exceeds the {limit}-byte limit")
 
 
+class ReadDeadlines:
+    """Body reads bounded in time by one periodic check, not a timer each.
+
+    ``asyncio.timeout`` around every body read costs a timer handle, a reschedule and a
+    cancel per request, for a deadline that almost never fires (the body is there at once).
+    Here a read only registers its task and deadline; a check every ``tick`` seconds, armed
+    only while reads are out, cancels the reads past due, which :meth:`read` turns into the
+    408's :class:`RequestTimeout`. A deadline fires up to ``tick`` late.
+    """
+
+    __slots__ = ("_expired", "_handle", "_loop", "_reads", "tick")
+
+    def __init__(self, tick: float = 0.05) -> None:
+        self.tick = tick
+        self._reads: dict[asyncio.Task[Any], float] = {}
+        self._expired: set[asyncio.Task[Any]] = set()
+        self._handle: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def read(self, pending: Awaitable[T], due: float, timeout: float) -> T:
+        """``await pending``, or :class:`RequestTimeout` once the loop's time passes ``due``."""
+        task = asyncio.current_task()
+        if task is None:  # not in a task (never the case under a server)
+            return await pending
+        self._reads[task] = due
+        loop = task.get_loop()
+        if self._handle is None or self._loop is not loop:  # armed on no loop, or a stopped one
+            self._loop = loop
+            self._handle = loop.call_later(self.tick, self._check)
+        try:
+            return await pending
+        except asyncio.CancelledError:
+            if task not in self._expired:
+                raise
+            self._expired.discard(task)
+            task.uncancel()
+            raise body_timeout(timeout) from None
+        finally:
+            self._reads.pop(task, None)
+
+    def _check(self) -> None:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # a check left behind on a loop no longer used
+            return
+        now = loop.time()
+        for task, due in list(self._reads.items()):
+            if task.get_loop() is not loop:
+                del self._reads[task]  # a read on a loop that is gone
+            elif due <= now and task not in self._expired:
+                self._expired.add(task)
+                task.cancel()
+        self._handle = loop.call_later(self.tick, self._check) if self._reads else None
+
+
 class BodyDeadline:
     """A request's ``receive`` and ``send`` with the body bounded to ``timeout`` seconds.
 
@@ -77,10 +131,21 @@ class BodyDeadline:
     server's own again (handlers wait on it for the disconnect).
     """
 
-    __slots__ = ("_body_done", "_deadline", "_receive", "_send", "_timeout", "expired")
+    __slots__ = (
+        "_body_done",
+        "_deadline",
+        "_deadlines",
+        "_receive",
+        "_send",
+        "_timeout",
+        "expired",
+    )
 
-    def __init__(self, receive: Receive, send: Send, timeout: float) -> None:
+    def __init__(
+        self, receive: Receive, send: Send, timeout: float, deadlines: ReadDeadlines
+    ) -> None:
         self._receive, self._send, self._timeout = receive, send, timeout
+        self._deadlines = deadlines
         self._deadline = asyncio.get_running_loop().time() + timeout
         self._body_done = False
         self.expired = False
@@ -89,11 +154,10 @@ class BodyDeadline:
         if self._body_done:
             return await self._receive()
         try:
-            async with asyncio.timeout_at(self._deadline):
-                message = await self._receive()
-        except TimeoutError:
+            message = await self._deadlines.read(self._receive(), self._deadline, self._timeout)
+        except RequestTimeout:
             self.expired = True
-            raise body_timeout(self._timeout) from None
+            raise
         if message["type"] != "http.request" or not message.get("more_body", False):
             self._body_done = True
         return message
@@ -127,10 +191,7 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
 
 def json_object(raw: bytes | memoryview) -> dict[str, Any]:
     """A request body that must be one JSON object (a 400 naming what it is otherwise)."""
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"malformed JSON: {exc}") from None
+    data = decode(raw)
     if not isinstance(data, dict):
         raise InvalidInput("expected a JSON object")
     return data

@@ -22,8 +22,8 @@ from hybridserve.errors import HybridServeError
 from hybridserve.server.app import HybridApp
 from hybridserve.server.auth import key_from
 from hybridserve.server.errors import JSON, dumps, error_reply
-from hybridserve.server.http import Message, body_timeout, declared_length, request_id, too_large
-from hybridserve.server.predict import PREFIX, Reply
+from hybridserve.server.http import Message, ReadDeadlines, declared_length, request_id, too_large
+from hybridserve.server.predict import PREFIX, Reply, streamed
 
 
 class Headers(Protocol):
@@ -49,22 +49,25 @@ def _raw(value: str | None) -> bytes | None:
     return None if value is None else value.encode()
 
 
-async def read_body(proto: Any, length: str | None, limit: int, timeout: float) -> bytes:
+async def read_body(
+    proto: Any, length: str | None, limit: int, timeout: float, deadlines: ReadDeadlines
+) -> bytes:
     """The whole body within ``limit`` bytes and ``timeout`` seconds (the ASGI front's rules)."""
     declared = declared_length(length, limit)
-    try:
-        async with asyncio.timeout(timeout):
-            if declared is not None:  # the framing bounds it: read it in one call
-                return await proto()  # type: ignore[no-any-return]
-            chunks, size = [], 0
-            async for chunk in proto:
-                size += len(chunk)
-                if size > limit:
-                    raise too_large(limit)
-                chunks.append(chunk)
-            return b"".join(chunks)
-    except TimeoutError:
-        raise body_timeout(timeout) from None
+    due = asyncio.get_running_loop().time() + timeout
+    if declared is not None:  # the framing bounds it: read it in one call
+        return await deadlines.read(proto(), due, timeout)
+    return await deadlines.read(_chunked(proto, limit), due, timeout)
+
+
+async def _chunked(proto: Any, limit: int) -> bytes:
+    chunks, size = [], 0
+    async for chunk in proto:
+        size += len(chunk)
+        if size > limit:
+            raise too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 class RsgiApp:
@@ -89,11 +92,12 @@ class RsgiApp:
             return  # no websocket endpoints: granian closes the connection
         if scope.method == "POST" and scope.path.startswith(PREFIX):
             reply = await self._predict(scope, proto)
-            proto.response_bytes(reply.status, reply.headers, reply.body)
+            if reply is not None:  # else it was streamed
+                proto.response_bytes(reply.status, reply.headers, reply.body)
         else:
             await asgi_call(self.app, scope, proto)
 
-    async def _predict(self, scope: Scope, proto: Any) -> Reply:
+    async def _predict(self, scope: Scope, proto: Any) -> Reply | None:
         h = scope.headers
         key = None
         if self.endpoint.state.auth.enabled:
@@ -105,16 +109,37 @@ class RsgiApp:
         async def read(limit: int) -> bytes:
             nonlocal expired
             try:
-                return await read_body(proto, length, limit, self.timeout)
+                return await read_body(proto, length, limit, self.timeout, self.app.deadlines)
             except HybridServeError as exc:
                 expired = exc.status == 408
                 raise
 
         traceparent = h.get("traceparent") if self.endpoint.state.tracing.enabled else None
-        reply = await self.endpoint(scope.path, key, rid, read, traceparent)
-        if expired:  # the rest of the body may still come: this connection cannot go on
+        media = streamed(h.get("accept"))
+        stream = RsgiStream(proto, media) if media else None
+        reply = await self.endpoint(scope.path, key, rid, read, traceparent, stream)
+        if reply is not None and expired:  # the rest of the body may come: the connection ends
             reply.headers.append(("connection", "close"))
         return reply
+
+
+class RsgiStream:
+    """A streamed answer over RSGI: granian's stream transport, ended when the handler returns."""
+
+    __slots__ = ("_proto", "_transport", "media")
+
+    def __init__(self, proto: Any, media: str) -> None:
+        self._proto, self.media = proto, media
+        self._transport: Any = None
+
+    async def start(self, status: int, headers: list[tuple[str, str]]) -> None:
+        self._transport = self._proto.response_stream(status, headers)
+
+    async def send(self, chunk: bytes) -> None:
+        await self._transport.send_bytes(chunk)
+
+    async def end(self) -> None:
+        pass
 
 
 async def asgi_call(app: HybridApp, scope: Scope, proto: Any) -> None:
