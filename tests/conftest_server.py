@@ -66,6 +66,16 @@ def make_project(trained_dir: Path, tmp_path: Path) -> ProjectFactory:
     return make
 
 
+def without(project: Project, *sections: str) -> Project:
+    """``project`` with top-level ``sections`` (``streams``, ``batch_jobs``) cut from its file."""
+    assert project.source_file is not None
+    raw = yaml.safe_load(project.source_file.read_text())
+    for section in sections:
+        raw.pop(section, None)
+    project.source_file.write_text(yaml.safe_dump(raw))
+    return load_project(project.source_file, env=False)
+
+
 @pytest.fixture
 async def serve() -> AsyncIterator[Callable[[Project], Any]]:
     """Start an app in process (lifespan entered); yields a factory returning (app, client)."""

@@ -37,15 +37,19 @@ def section(results: list[dict[str, Any]], **info: Any) -> str:
         "second; RSS counts a page shared by N processes N times, PSS once",
         "- the machine is a shared VM whose speed varies from run to run (load average "
         f"{info['load']}); compare the rows of one run, as ratios",
+        "- CPU us/row: CPU seconds of the process tree (and, for Redis, of the Redis server) "
+        "per row",
         "",
-        "| run | seconds | rows/s | share of floor | peak RSS MB | peak PSS MB | detail |",
-        "|---|---|---|---|---|---|---|",
+        "| run | seconds | rows/s | share of floor | CPU us/row | peak RSS MB | peak PSS MB "
+        "| detail |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         share = "" if not floor else f"{r['rows_per_s'] / floor:.0%}"
         lines.append(
             f"| {LABELS.get(r['name'], r['name'])} | {r['seconds']:.2f} | "
-            f"{r['rows_per_s']:,.0f} | {share} | {r['peak_rss_mb']:,.0f} | "
+            f"{r['rows_per_s']:,.0f} | {share} | {r.get('cpu_us_per_row', float('nan')):.1f} | "
+            f"{r['peak_rss_mb']:,.0f} | "
             f"{r['peak_pss_mb']:,.0f} | {r['detail']} |"
         )
     lines += ["", END]

@@ -264,6 +264,70 @@ class StageBudgets(_Strict):
         return value
 
 
+def _share(value: Any) -> Any:
+    """``99.9%`` or ``0.999`` -> 0.999 (a number above 1 is read as a percent)."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.endswith("%"):
+            try:
+                return float(text[:-1]) / 100
+            except ValueError:
+                raise ValueError(f"expected a share like '99.9%' or 0.999, got {value!r}") from None
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool) and 1 < value <= 100:
+        return value / 100
+    return value
+
+
+Share = Annotated[float, BeforeValidator(_share), Field(gt=0, lt=1)]
+"""A fraction strictly between 0 and 1, written ``99.9%`` or ``0.999``."""
+
+
+class SloLatency(_Strict):
+    p99: Duration
+    """99% of requests answer within this (a request over it spends latency budget)."""
+
+
+class SloConfig(_Strict):
+    """A route's service-level objective (``hybridserve slo report``, ``GET /v1/slo``)."""
+
+    latency: SloLatency | None = None
+    availability: Share = 0.999
+    """Share of answers that are good: answered (2xx) and not degraded (no fallback)."""
+    window: Duration = Field(default=28 * 86400.0, gt=0)
+
+
+class HealthConfig(_Strict):
+    """Thresholds of ``GET /v1/health`` and ``hybridserve status``."""
+
+    window: Duration = Field(default=300.0, gt=0)
+    """Answers of the last ``window`` count towards the share and p99 rules."""
+    degraded_share: float = Field(default=0.05, ge=0, le=1)
+    """A route whose degraded (fallback) or unanswered share is above this is degraded."""
+    unavailable_share: float = Field(default=0.5, ge=0, le=1)
+    """A route whose unanswered (503) share is above this is critical."""
+    min_answers: int = Field(default=20, ge=1)
+    """Fewer answers than this in the window: the share and p99 rules do not judge."""
+    publish_interval: Duration = Field(default=2.0, gt=0)
+    """How often each server process publishes its state and SLO counters to the store."""
+    stream_lag: int = Field(default=10_000, ge=0)
+    """A stream whose group lags more entries than this is degraded."""
+    consumer_timeout: Duration = Field(default=30.0, gt=0)
+    """A stream consumer is alive while its stats are younger than this."""
+    batch_grace: Duration = 3600.0
+    """A scheduled job is degraded when its last completed run is older than its schedule's
+    interval plus this."""
+
+
+class CostConfig(_Strict):
+    """Prices behind "cost per 1k predictions" (``hybridserve status``)."""
+
+    core_hour: float = Field(default=0.0425, ge=0)
+    """Price of one CPU core for an hour. The default is an example: one vCPU of an AWS
+    c6i.large on-demand in us-east-1 (USD 0.085 an hour for two vCPUs)."""
+    currency: str = "USD"
+
+
 class RouteConfig(_Strict):
     model: str
     """Model reference: ``name@alias`` or ``name/version``."""
@@ -287,6 +351,7 @@ class RouteConfig(_Strict):
     log: LogSampling = LogSampling()
     drift: DriftConfig = DriftConfig()
     quality: QualityConfig = QualityConfig()
+    slo: SloConfig | None = None
     description: str = ""
 
     @model_validator(mode="after")
@@ -306,6 +371,13 @@ class RouteConfig(_Strict):
         if isinstance(bound, StalenessBySource):
             return float(getattr(bound, source, bound.online))
         return bound
+
+    @property
+    def latency_target(self) -> float:
+        """What makes a request slow: the SLO's p99 when set, else the latency budget."""
+        if self.slo is not None and self.slo.latency is not None:
+            return self.slo.latency.p99
+        return self.latency_budget
 
     @property
     def loosest_staleness(self) -> float:
@@ -354,17 +426,91 @@ class BatchJobConfig(_Strict):
     description: str = ""
 
 
-class StreamSourceConfig(_Strict):
-    kind: Literal["redis", "replay", "memory"] = "redis"
+class RedisSourceConfig(_Strict):
+    """Redis Streams with a consumer group (the default kind)."""
+
+    kind: Literal["redis"] = "redis"
     url: str | None = None
     """Redis URL (default: the online store's when it is Redis)."""
     stream: str | None = None
     """Redis stream key (default ``{prefix}stream:{name}``)."""
     group: str = "hybridserve"
-    path: str | None = None
-    """Replay source: a JSONL or Parquet file, or a directory of them."""
     maxlen: int | None = Field(default=None, gt=0)
     """Approximate MAXLEN trimming on append."""
+
+
+class KafkaSourceConfig(_Strict):
+    """A Kafka topic read by a consumer group (``confluent-kafka``, extra ``kafka``)."""
+
+    kind: Literal["kafka"]
+    brokers: str
+    """``bootstrap.servers``: ``host:port[,host:port...]``."""
+    topic: str
+    group: str = "hybridserve"
+    partitions: int = Field(default=1, gt=0)
+    """Partitions of the topics created when missing (existing topics are left alone)."""
+    replication: int = Field(default=1, gt=0)
+    """Replication factor of the topics created when missing."""
+    session_timeout: Duration = 10.0
+    """``session.timeout.ms``: how soon a dead consumer's partitions move to another one."""
+    max_poll_interval: Duration = 300.0
+    """``max.poll.interval.ms``: the longest a consumer may go without reading before the
+    group takes its partitions away."""
+    options: dict[str, str | int | float | bool] = {}
+    """More librdkafka settings (``security.protocol``, ``sasl.*``, ...), for the consumer
+    and the producer."""
+
+
+class NatsSourceConfig(_Strict):
+    """A NATS JetStream stream read by a durable pull consumer (``nats-py``, extra ``nats``)."""
+
+    kind: Literal["nats"]
+    url: str = "nats://127.0.0.1:4222"
+    stream: str
+    """JetStream stream name (created when missing, capturing ``subject``)."""
+    subject: str | None = None
+    """Subject events are published on (default ``{stream}.events``)."""
+    durable: str = "hybridserve"
+    """Durable consumer name: consumers with the same name share the work."""
+    ack_wait: Duration = 30.0
+    """An unacknowledged message is delivered again after this long (a dead consumer's)."""
+
+
+class ReplaySourceConfig(_Strict):
+    """JSONL/NDJSON or Parquet files, read in a fixed order and resumable."""
+
+    kind: Literal["replay"]
+    path: str
+    """A JSONL or Parquet file, or a directory of them."""
+
+
+class MemorySourceConfig(_Strict):
+    """An in-process log (tests and embedded use)."""
+
+    kind: Literal["memory"]
+    stream: str | None = None
+    """Log name (default ``{prefix}stream:{name}``)."""
+    maxlen: int | None = Field(default=None, gt=0)
+
+
+def _source_kind(value: Any) -> Any:
+    """A source mapping without ``kind`` is a Redis one (as before kinds were a union)."""
+    if isinstance(value, dict) and "kind" not in value:
+        return {**value, "kind": "redis"}
+    return value
+
+
+StreamSourceConfig = Annotated[
+    RedisSourceConfig
+    | KafkaSourceConfig
+    | NatsSourceConfig
+    | ReplaySourceConfig
+    | MemorySourceConfig,
+    Field(discriminator="kind"),
+    BeforeValidator(_source_kind),
+]
+"""``streams.X.source``: one config class per kind, chosen by ``kind``. A new kind adds its
+class here and its module to ``streaming.sources.SOURCES``."""
 
 
 WindowAgg = Literal["count", "sum", "mean", "min", "max", "distinct"]
@@ -391,7 +537,7 @@ BACKFILL_HORIZON = 7 * 86400.0
 
 
 class StreamConfig(_Strict):
-    source: StreamSourceConfig = StreamSourceConfig()
+    source: StreamSourceConfig = RedisSourceConfig()
     entity: str
     fields: dict[str, Literal["float", "int", "bool", "str", "timestamp"]]
     entity_field: str
@@ -473,7 +619,8 @@ class ApiKeyConfig(_Strict):
     """Hex sha256 of the key (preferred: the file then holds no secret)."""
     key: str | None = None
     """The key itself (better given as ``HYBRIDSERVE_API_KEYS``)."""
-    scopes: list[Literal["predict", "ingest", "admin"]] = ["predict"]
+    scopes: list[Literal["predict", "ingest", "read", "admin"]] = ["predict"]
+    """``read``: the dashboard's data; ``admin`` includes ``read``."""
 
     @field_validator("sha256")
     @classmethod
@@ -576,6 +723,8 @@ class Project(_Strict):
     server: ServerConfig = ServerConfig()
     prediction_log: PredictionLogConfig = PredictionLogConfig()
     tracing: TracingConfig = TracingConfig()
+    health: HealthConfig = HealthConfig()
+    cost: CostConfig = CostConfig()
     base_dir: Path = Path(".")
     """Directory of the project file; relative paths resolve against it."""
     _route_features: dict[str, dict[str, list[str]]] = PrivateAttr(default_factory=dict)

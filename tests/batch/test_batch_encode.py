@@ -25,6 +25,7 @@ def test_encoded_records_match_the_scorer(make_project: Callable[..., Project]) 
     prepared = scorer.prepare_columns(ids, {c: table[c] for c in scorer.names})
     prediction = scorer.runtime.predict(prepared.matrix)
     as_of = np.linspace(1.7e9, 1.8e9, 50)
+    as_of[:2] = [1.7e9, 1e-05]  # a whole number of seconds is still written as a float
     for threshold in (0.5, None):
         scorer.threshold = threshold
         expected = scorer.records(
@@ -44,8 +45,9 @@ def test_encoded_records_match_the_scorer(make_project: Callable[..., Project]) 
             computed_at=1.9e9,
             fingerprint=scorer.fingerprint,
         )
-        got = [PredictionRecord.from_bytes(b) for b in record_bytes(scored)]
+        got = [PredictionRecord.from_bytes(b) for b in record_bytes(scored).to_pylist()]
         assert got == expected
+        assert all(type(r.score) is float and type(r.as_of) is float for r in got)
         columns = snapshot_columns(scored)
         columns["feature_hash"] = pa.array(np.zeros(50, dtype=np.int64))
         assert snapshot_records(pa.table(columns, schema=SNAPSHOT_SCHEMA)) == expected

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -114,3 +115,17 @@ def test_bad_csv_cells_reject_only_their_rows(batch_project: Factory) -> None:
     got = snapshot(m.dir)
     assert got["entity"].to_pylist() == expected["entity"].to_pylist()
     assert got["score"].to_pylist() == pytest.approx(expected["score"].to_pylist(), rel=1e-12)
+
+
+def test_duplicate_keys_are_exact_even_when_hashes_collide(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hybridserve.batch import checks
+
+    keys = ["a", "b", "a", "c", None, "b", "a"]
+    chunks = [(0, pa.table({"k": keys[:4]})), (1, pa.table({"k": [*keys[4:], None]}))]
+    expected = {"a": 0, "b": 1}
+    assert checks.duplicate_keys(chunks, "k", 4) == expected
+    assert checks.duplicate_keys([(0, pa.table({"k": ["x", "y"]}))], "k", 4) == {}
+    # Every key hashing alike only costs the exact second pass, never a wrong answer.
+    monkeypatch.setattr(checks, "key_hash", lambda names: np.zeros(len(names), np.uint64))
+    assert checks.duplicate_keys(chunks, "k", 4) == expected
+    assert checks.duplicate_keys([(0, pa.table({"k": ["x", "y"]}))], "k", 4) == {}

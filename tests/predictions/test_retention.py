@@ -9,7 +9,7 @@ import pytest
 from hybridserve.config import Project, project_from_dict
 from hybridserve.errors import ConfigError
 from hybridserve.features.online import OnlineFeatureStore, feature_key
-from hybridserve.predictions.store import PredictionStore, prediction_key, run_key
+from hybridserve.predictions.store import PredictionStore, prediction_key, run_name
 from hybridserve.records import PredictionRecord, now
 from hybridserve.storage import open_store
 
@@ -64,14 +64,10 @@ async def test_predictions_and_features_expire_after_their_retention(tmp_path: P
         await features.write("profile", [("c1", {"a": 1.0}, old)])
         await features.write("windows", [("c1", {"cnt": 3}, old)])
         at = now()
-        p, r, f, w = await kv.get_many(
-            [
-                prediction_key("r", "c1"),
-                run_key("r", "run1", "c2"),
-                feature_key("profile", "c1"),
-                feature_key("windows", "c1"),
-            ]
+        p, f, w = await kv.get_many(
+            [prediction_key("r", "c1"), feature_key("profile", "c1"), feature_key("windows", "c1")]
         )
+        (r,) = await kv.get_run(run_name("r", "run1"), ["c2"])
         assert p is not None and p.expires_at == pytest.approx(at + 3600, abs=30)
         assert r is not None and r.expires_at == pytest.approx(at + 3600, abs=30)
         assert f is not None and f.expires_at == pytest.approx(at + 2 * 86400, abs=30)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from hybridserve.predictions.store import PredictionStore, prediction_key, run_key
+from hybridserve.predictions.store import PredictionStore, prediction_key
 from hybridserve.records import PredictionRecord, now
 from hybridserve.storage import Entry, open_store
 
@@ -43,12 +43,8 @@ async def test_an_unreadable_record_does_not_hide_the_runs_record() -> None:
     kv = open_store(f"memory://unreadable-{uuid.uuid4().hex}", "t:")
     store = PredictionStore(kv)
     run = _record("a", now() - 60)
-    await kv.put_many(
-        [
-            Entry(prediction_key("fraud", "a"), _record("a", -1e11).to_bytes(), now()),
-            Entry(run_key("fraud", "r1", "a"), run.to_bytes(), run.as_of),
-        ]
-    )
+    await kv.put_many([Entry(prediction_key("fraud", "a"), _record("a", -1e11).to_bytes(), now())])
+    await store.put_run("r1", [run])
     assert await store.get("fraud", ["a"], run_id="r1") == [run]
     assert await store.get_run("fraud", "r1", ["a"]) == [run]
     assert store.unreadable == 1

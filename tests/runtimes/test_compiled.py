@@ -193,6 +193,8 @@ def test_the_option_is_validated_and_reaches_the_runtime(tmp_path: Path) -> None
         for name in ("plain", "gtil", "cc", "other"):
             registry.register(name, tmp_path / "m.joblib", features=FEATURES)
         loaded = {n: registry.load(n) for n in ("plain", "gtil", "cc", "other")}
+        # A caller that only plans (a batch run's parent process) skips compiling.
+        assert getattr(registry.load("gtil", compile="none"), "compiler", "?") is None
     assert {n: getattr(r, "compiler", "?") for n, r in loaded.items()} == {
         "plain": None,
         "gtil": "treelite",

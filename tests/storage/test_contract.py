@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from hybridserve.records import now
-from hybridserve.storage import Entry, KVStore, open_store
+from hybridserve.storage import Entry, KVStore, open_store, run_rows
 
 BACKENDS = ["memory", "sqlite", "redis"]
 
@@ -173,6 +173,80 @@ async def test_prefixes_isolate_namespaces(store_url: tuple[str, str]) -> None:
         await one.delete_many(["k"])
         await one.close()
         await two.close()
+
+
+async def _run(store: KVStore, run: str, members: list[str]) -> list[tuple[bytes, float] | None]:
+    return [None if e is None else (e.value, e.as_of) for e in await store.get_run(run, members)]
+
+
+async def test_run_bulk_write_reads_back_by_member(store: KVStore) -> None:
+    members = ["é;1,2", "k\nnewline", "ключ", "a" * 300, "x:y:z", *[f"m{i}" for i in range(1203)]]
+    values = [f"v{i}".encode() for i in range(len(members))]
+    values[1] = b""
+    stamps = [1e-05, *[100.0 + i for i in range(1, len(members))]]
+    rows = run_rows(members, values, stamps)
+    assert await store.put_run("pb:r:one", rows, now() + 60) == len(members)
+    assert await _run(store, "pb:r:one", [*members, "absent"]) == [
+        *zip(values, stamps, strict=True),
+        None,
+    ]
+    assert sorted([m async for m in store.scan_run("pb:r:one")]) == sorted(members)
+    # Another run, and the store's own keys, are other namespaces.
+    assert await _run(store, "pb:r:two", members[:2]) == [None, None]
+    assert await store.get_many(["pb:r:one", members[0]]) == [None, None]
+    assert await store.put_run("pb:r:empty", run_rows([], [], [])) == 0
+
+
+async def test_run_write_has_no_compare_and_set_and_replays_to_the_same(store: KVStore) -> None:
+    await store.put_run("pb:r:1", run_rows(["a", "b"], [b"a1", b"b1"], [200.0, 200.0]))
+    # A member written again reads as its last write, even with an older as_of (the run's
+    # writes are plain: the precedence rule applies between a route's record and the run's).
+    await store.put_run("pb:r:1", run_rows(["b", "c"], [b"b0", b"c1"], [100.0, 1.0]))
+    await store.put_run("pb:r:1", run_rows(["b", "c"], [b"b0", b"c1"], [100.0, 1.0]))
+    expected = [(b"a1", 200.0), (b"b0", 100.0), (b"c1", 1.0)]
+    assert await _run(store, "pb:r:1", ["a", "b", "c"]) == expected
+    assert sorted([m async for m in store.scan_run("pb:r:1")]) == ["a", "b", "c"]
+    await store.seal_run("pb:r:1")
+    await store.seal_run("pb:r:1")
+    await store.seal_run("pb:r:never-written")
+    assert await _run(store, "pb:r:1", ["a", "b", "c"]) == expected
+    assert sorted([m async for m in store.scan_run("pb:r:1")]) == ["a", "b", "c"]
+    # A sealed run still takes writes.
+    await store.put_run("pb:r:1", run_rows(["a", "d"], [b"a2", b"d1"], [5.0, 6.0]))
+    assert await _run(store, "pb:r:1", ["a", "d"]) == [(b"a2", 5.0), (b"d1", 6.0)]
+
+
+async def test_run_read_with_keys_in_one_call(store: KVStore) -> None:
+    await store.put_many([Entry("p:r:a", b"own-a", 300.0)])
+    await store.put_run("pb:r:1", run_rows(["a", "b"], [b"run-a", b"run-b"], [200.0, 250.0]))
+    got = await store.get_run("pb:r:1", ["a", "b", "c"], ["p:r:a", "p:r:b", "p:r:c"])
+    assert [None if e is None else (e.key, e.value, e.as_of) for e in got] == [
+        ("p:r:a", b"own-a", 300.0),
+        None,
+        None,
+        ("a", b"run-a", 200.0),
+        ("b", b"run-b", 250.0),
+        None,
+    ]
+    assert await store.get_run("pb:r:1", [], ["p:r:a"]) == got[:1]
+    assert await store.get_run("pb:r:1", []) == []
+
+
+async def test_run_expiry_and_drop(store: KVStore) -> None:
+    await store.put_run("pb:r:old", run_rows(["a"], [b"x"], [1.0]), expires_at=now() - 1)
+    assert await _run(store, "pb:r:old", ["a"]) == [None]
+    assert [m async for m in store.scan_run("pb:r:old")] == []
+    await store.put_run("pb:r:1", run_rows(["a", "b"], [b"1", b"2"], [1.0, 1.0]), now() + 60)
+    await store.put_run("pb:r:2", run_rows(["a"], [b"3"], [1.0]))
+    await store.seal_run("pb:r:1")
+    await store.drop_run("pb:r:1")
+    await store.drop_run("pb:r:never-written")
+    assert await _run(store, "pb:r:1", ["a", "b"]) == [None, None]
+    assert [m async for m in store.scan_run("pb:r:1")] == []
+    assert await _run(store, "pb:r:2", ["a"]) == [(b"3", 1.0)]
+    # A dropped run can be written again from scratch.
+    await store.put_run("pb:r:1", run_rows(["c"], [b"4"], [2.0]))
+    assert await _run(store, "pb:r:1", ["a", "c"]) == [None, (b"4", 2.0)]
 
 
 def _writer(url: str, prefix: str, timestamps: list[float], seed: int) -> None:

@@ -42,6 +42,10 @@ def stream_project(make_project: Callable[..., Project], **stream: Any) -> Proje
     return make_project(changes)
 
 
+KAFKA_TEST_SETTINGS = {"session_timeout": 6.0, "max_poll_interval": 10.0, "partitions": 2}
+"""Short group timeouts: with librdkafka's default ``max.poll.interval.ms`` a join waits
+minutes for members that are gone."""
+
 _ids = itertools.count()
 
 

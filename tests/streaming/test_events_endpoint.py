@@ -166,3 +166,42 @@ async def test_events_need_the_ingest_scope(
     assert r.status_code == 403
     r = await client.post(f"/v1/events/{STREAM}", json=body, headers={"x-api-key": "k2"})
     assert r.status_code == 202
+
+
+async def test_events_are_produced_to_a_kafka_topic_keyed_by_entity(
+    make_project: Any, serve: Any, kafka_brokers: str
+) -> None:
+    """The endpoint produces to the stream's topic (no consumer joins the group), and a
+    consumer reads the events back from it, one entity's events in one partition."""
+    import uuid
+
+    from stream_helpers import KAFKA_TEST_SETTINGS
+
+    from hybridserve.streaming import open_io
+
+    tag = uuid.uuid4().hex[:10]
+    source = {"kind": "kafka", "brokers": kafka_brokers, "topic": f"hs_test_{tag}"}
+    source.update(KAFKA_TEST_SETTINGS, group=f"g_{tag}")
+    project = stream_project(make_project, source=source)
+    _, client = await serve(project)
+    now = time.time()
+    sent = [event(f"card_{i % 3:06d}", now - 10 + i) for i in range(9)]
+    r = await client.post(f"/v1/events/{STREAM}", json=sent)
+    assert r.status_code == 202 and r.json()["accepted"] == 9
+    partition_of = {}
+    for e, entry_id in zip(sent, r.json()["ids"], strict=True):
+        partition = entry_id.split("-")[0]
+        assert partition_of.setdefault(e["card_id"], partition) == partition
+
+    io = open_io(project, STREAM, consumer="reader")
+    await io.source.start()
+    try:
+        got: list[Any] = []
+        deadline = time.monotonic() + 20.0
+        while len(got) < 9 and time.monotonic() < deadline:
+            got += await io.source.read(9, 0.2)
+        assert sorted(orjson.loads(e.payload)["event_id"] for e in got) == sorted(
+            e["event_id"] for e in sent
+        )
+    finally:
+        await io.close()

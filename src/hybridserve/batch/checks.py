@@ -59,17 +59,58 @@ def entity_keys(column: pa.Array | pa.ChunkedArray, key: str) -> tuple[pa.Array,
     return names, reasons
 
 
+def key_hash(names: pa.Array) -> np.ndarray[Any, Any]:
+    """A 64-bit FNV-1a hash of each (non-null) string, byte position by byte position."""
+    names = pc.cast(names, pa.string())
+    n = len(names)
+    if n == 0:
+        return np.zeros(0, dtype=np.uint64)
+    _, offsets_buf, data_buf = names.buffers()
+    offsets = np.frombuffer(offsets_buf, dtype=np.int32, count=n + 1, offset=names.offset * 4)
+    data = (
+        np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(1, np.uint8)
+    )
+    starts, lengths = offsets[:-1].astype(np.int64), np.diff(offsets)
+    h = np.full(n, 0xCBF29CE484222325, dtype=np.uint64)
+    rows: np.ndarray[Any, Any] | slice = slice(None)
+    with np.errstate(over="ignore"):
+        for j in range(int(lengths.max())):
+            if j >= int(lengths.min()):
+                rows = np.flatnonzero(lengths > j)
+            h[rows] = (h[rows] ^ data[starts[rows] + j]) * np.uint64(0x100000001B3)
+        return h ^ (lengths.astype(np.uint64) << np.uint64(56))
+
+
 def duplicate_keys(
     chunks: Iterable[tuple[int, pa.Table]], key: str, chunk_rows: int
 ) -> dict[str, int]:
-    """Input row of the first occurrence of every key that occurs more than once."""
-    parts: list[pa.Table] = []
-    for index, table in chunks:
-        names, _ = entity_keys(table[key], key)
-        rows = pa.array(np.arange(table.num_rows, dtype=np.int64) + index * chunk_rows)
-        parts.append(pa.table({"key": names, "row": rows}).filter(pc.is_valid(names)))
-    if not parts:
+    """Input row of the first occurrence of every key that occurs more than once.
+
+    One pass keeps only a 64-bit hash per key (8 bytes a row, not the keys): distinct hashes
+    mean distinct keys, the usual case, and nothing more is read. Keys whose hash occurs more
+    than once are then compared exactly, in a second pass over their rows only.
+    """
+    read = [(index, entity_keys(table[key], key)[0]) for index, table in chunks]
+    hashes = [key_hash(names.filter(pc.is_valid(names))) for _, names in read]
+    if not hashes:
         return {}
+    every = np.sort(np.concatenate(hashes))
+    repeated = np.unique(every[1:][every[1:] == every[:-1]])
+    if not len(repeated):
+        return {}
+    parts: list[pa.Table] = []
+    for index, names in read:
+        valid = names.filter(pc.is_valid(names))
+        rows = np.flatnonzero(np.asarray(pc.is_valid(names)))
+        maybe = np.isin(key_hash(valid), repeated)
+        parts.append(
+            pa.table(
+                {
+                    "key": valid.filter(pa.array(maybe)),
+                    "row": pa.array(rows[maybe] + index * chunk_rows, pa.int64()),
+                }
+            )
+        )
     counts = pa.concat_tables(parts).group_by("key").aggregate([("row", "min"), ("row", "count")])
     dupes = counts.filter(pc.greater(counts["row_count"], 1))
     return dict(zip(dupes["key"].to_pylist(), dupes["row_min"].to_pylist(), strict=True))

@@ -1,13 +1,17 @@
 """Scoring one chunk and writing it to both sinks: the code every executor runs.
 
 A :class:`ChunkWorker` lives in a worker process (or a Ray actor) and keeps the run's model
-loaded. For each chunk it filters the rows (``--top-k-active``), rejects rows whose entity key
+loaded, and a :class:`~hybridserve.batch.writer.ChunkWriter` thread that writes the sinks, so
+scoring the next chunk overlaps writing the last (:meth:`ChunkWorker.process_many`; one
+:meth:`ChunkWorker.process` overlaps its store write with its snapshot write).
+
+For each chunk it filters the rows (``--top-k-active``), rejects rows whose entity key
 is unusable or a later duplicate and rows whose text cells do not parse (:mod:`.checks`),
 carries unchanged rows over (``--only-changed``), scores the rest through the Scorer's column
 path in one model call, then writes
 
-1. the records to the prediction store under the run's keys (one bulk ``put_columns``, as
-   ``PredictionStore.put_run`` writes them, encoded column-wise by :mod:`.encode`);
+1. the records to the prediction store as the run's records (one bulk run write,
+   ``PredictionStore.put_run_rows``, encoded by Arrow kernels in :mod:`.encode`);
 2. the snapshot ``chunk-NNNNNN.parquet`` (temp file, fsync, ``os.replace``);
 3. rejected rows, if any, to ``rejected-NNNNNN.parquet`` with the row, entity, reason and raw
    row.
@@ -19,12 +23,14 @@ and the same bytes again (only their expiry, counted from the write, moves on).
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +44,14 @@ from hybridserve.batch.changes import Previous, feature_hash
 from hybridserve.batch.checks import entity_keys, later_duplicates, parse_text
 from hybridserve.batch.encode import ScoredColumns, record_bytes, snapshot_columns
 from hybridserve.batch.manifest import ChunkStats, fsync_dir
+from hybridserve.batch.writer import ChunkWriter
 from hybridserve.config import DType, Project
 from hybridserve.errors import StoreError
 from hybridserve.features.offline import epoch_seconds
-from hybridserve.predictions.store import PredictionStore, run_key
+from hybridserve.predictions.store import PredictionStore
 from hybridserve.records import PredictionRecord
 from hybridserve.scoring import Scorer
+from hybridserve.storage import run_rows
 
 DELAY_ENV = "HYBRIDSERVE_BATCH_CHUNK_DELAY"
 """Test hook: seconds each chunk sleeps before it is written (lets a test kill a run midway)."""
@@ -150,12 +158,62 @@ class ChunkWorker:
         self.dtypes = feature_dtypes(self.scorer)
         with sink("prediction store"):
             self.store = PredictionStore.open(project)
-        self.loop = asyncio.new_event_loop()
+        self.writer = ChunkWriter()
         self.previous = None if ctx.previous_dir is None else Previous(ctx.previous_dir)
         self.delay = float(os.environ.get(DELAY_ENV) or 0)
 
     def process(self, index: int, table: pa.Table) -> ChunkStats:
-        """Filter, check, score and write chunk ``index``; return its counts."""
+        """Filter, check, score and write chunk ``index``; return its counts.
+
+        The store write runs in the writer thread while this one writes the snapshot.
+        """
+        chunk = self._score(index, table)
+        stored = self.writer.submit(lambda: self._store(chunk))
+        self._files(chunk)
+        stored.result()
+        return chunk.stats()
+
+    def process_many(self, chunks: Iterable[tuple[int, pa.Table]]) -> Iterator[ChunkStats]:
+        """``process`` each chunk, scoring the next while the writer writes the last ones;
+        yield each chunk's counts, in order, once both its sinks are written."""
+        pending: deque[tuple[Future[None], _Scored]] = deque()
+        try:
+            for index, table in chunks:
+                chunk = self._score(index, table)
+                pending.append((self.writer.submit(partial(self._write, chunk)), chunk))
+                while pending and pending[0][0].done():
+                    done, finished = pending.popleft()
+                    done.result()
+                    yield finished.stats()
+            while pending:
+                done, finished = pending.popleft()
+                done.result()
+                yield finished.stats()
+        finally:
+            for done, _ in pending:  # a failed write or an abandoned loop: let the rest end
+                done.exception()
+
+    def _write(self, chunk: _Scored) -> None:
+        self._store(chunk)
+        self._files(chunk)
+
+    def _store(self, chunk: _Scored) -> None:
+        ctx = self.ctx
+        with sink("prediction store"):
+            self.writer.run(self.store.put_run_rows(ctx.route, ctx.run_id, chunk.records))
+
+    def _files(self, chunk: _Scored) -> None:
+        ctx = self.ctx
+        with sink(f"run directory {ctx.run_dir}"):
+            write_parquet_atomic(chunk_file(ctx.run_dir, chunk.index), chunk.snapshot)
+            if chunk.raw is not None:
+                write_parquet_atomic(
+                    chunk_file(ctx.run_dir, chunk.index, "rejected"),
+                    self._rejects(chunk.index, chunk.raw, chunk.read_keys, chunk.rejected),
+                )
+
+    def _score(self, index: int, table: pa.Table) -> _Scored:
+        """Everything but the writes: the chunk's records and snapshot, as columns."""
         t0 = time.perf_counter()
         if self.delay:
             time.sleep(self.delay)
@@ -212,36 +270,24 @@ class ChunkWorker:
         columns = snapshot_columns(scored)
         columns["feature_hash"] = pa.array(hashes[keep], pa.int64())
         snapshot = pa.table(columns, schema=SNAPSHOT_SCHEMA)
-        blobs = record_bytes(scored)
-        prefix = run_key(ctx.route, ctx.run_id, "")
-        keys = [prefix + e for e in names.to_pylist()]
-        stamps = as_of.tolist()
+        rows = run_rows(names, record_bytes(scored), as_of)
         if carried is not None and carried.num_rows:
             snapshot = pa.concat_tables([snapshot, carried.cast(SNAPSHOT_SCHEMA)])
-            for r in snapshot_records(carried):
-                keys.append(prefix + r.entity)
-                blobs.append(r.to_bytes())
-                stamps.append(r.as_of)
-        with sink("prediction store"):
-            self.loop.run_until_complete(
-                self.store.kv.put_columns(keys, blobs, stamps, self.store.expires_at())
-            )
-        with sink(f"run directory {ctx.run_dir}"):
-            write_parquet_atomic(chunk_file(ctx.run_dir, index), snapshot)
-            if rejected:
-                write_parquet_atomic(
-                    chunk_file(ctx.run_dir, index, "rejected"),
-                    self._rejects(index, raw, read_keys, rejected),
-                )
-        n_carried = 0 if carried is None else carried.num_rows
-        return ChunkStats(
+            kept = snapshot_records(carried)
+            more = run_rows([r.entity for r in kept], [r.to_bytes() for r in kept],
+                            [r.as_of for r in kept])  # fmt: skip
+            rows = run_rows(*(pa.concat_arrays([a, b]) for a, b in zip(rows, more, strict=True)))
+        return _Scored(
             index=index,
-            rows=n,
+            rows_in=n,
             scored=len(keep),
-            rejected=len(rejected),
-            carried=n_carried,
-            skipped=n - len(keep) - len(rejected) - n_carried,
-            seconds=round(time.perf_counter() - t0, 4),
+            rejected=rejected,
+            carried=0 if carried is None else carried.num_rows,
+            records=rows,
+            snapshot=snapshot,
+            raw=raw if rejected else None,  # kept only to write the rejected rows
+            read_keys=read_keys,
+            started=t0,
         )
 
     @staticmethod
@@ -274,5 +320,34 @@ class ChunkWorker:
         )
 
     def close(self) -> None:
-        self.loop.run_until_complete(self.store.kv.close())
-        self.loop.close()
+        try:
+            self.writer.call(self.store.kv.close)
+        finally:
+            self.writer.close()
+
+
+@dataclass
+class _Scored:
+    """A scored chunk waiting for its writes."""
+
+    index: int
+    rows_in: int
+    scored: int
+    rejected: dict[int, str]
+    carried: int
+    records: pa.RecordBatch
+    snapshot: pa.Table
+    raw: pa.Table | None
+    read_keys: pa.Array
+    started: float
+
+    def stats(self) -> ChunkStats:
+        return ChunkStats(
+            index=self.index,
+            rows=self.rows_in,
+            scored=self.scored,
+            rejected=len(self.rejected),
+            carried=self.carried,
+            skipped=self.rows_in - self.scored - len(self.rejected) - self.carried,
+            seconds=round(time.perf_counter() - self.started, 4),
+        )

@@ -55,11 +55,21 @@ def _number(x: float) -> str:
     return repr(x)
 
 
-def entity_json(entities: pa.Array) -> list[str]:
-    """Each entity as a JSON string literal (a fast path when none needs escaping)."""
+def entity_json(entities: pa.Array) -> pa.Array:
+    """Each entity as a JSON string literal (a column kernel when none needs escaping)."""
+    entities = pc.cast(entities, pa.string())
     if pc.all(pc.match_substring_regex(entities, _PLAIN)).as_py() is not False:
-        return [f'"{e}"' for e in entities.to_pylist()]
-    return [_json(e) for e in entities.to_pylist()]
+        return pc.binary_join_element_wise('"', entities, '"', "")
+    return pa.array([_json(e) for e in entities.to_pylist()], pa.string())
+
+
+def number_text(values: np.ndarray[Any, Any]) -> pa.Array:
+    """Each float as its shortest round-trip JSON text (``1.0``, never ``1``: still a float)."""
+    if not np.isfinite(values).all():
+        raise ValueError("cannot store a non-finite value")
+    text = pc.cast(pa.array(values, pa.float64()), pa.string())
+    whole = pc.invert(pc.match_substring_regex(text, "[.eE]"))
+    return pc.if_else(whole, pc.binary_join_element_wise(text, ".0", ""), text)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -78,8 +88,11 @@ class ScoredColumns:
     fingerprint: str
 
 
-def record_bytes(c: ScoredColumns) -> list[bytes]:
-    """The stored form of each row's record (``source`` batch, no probabilities)."""
+def record_bytes(c: ScoredColumns) -> pa.Array:
+    """The stored form of each row's record (``source`` batch, no probabilities), built by
+    column kernels: a binary column, one JSON record per row."""
+    if not np.isfinite(c.scores).all():
+        raise ValueError("the model returned a non-finite score")
     mid1 = f',"route":{_json(c.route)},"score":'
     mid2 = f',"model":{_json(c.model)},"model_version":{int(c.version)},"source":"batch","as_of":'
     mid3 = f',"computed_at":{_number(c.computed_at)},"label":'
@@ -87,16 +100,17 @@ def record_bytes(c: ScoredColumns) -> list[bytes]:
         f',"probabilities":null,"run_id":{_json(c.run_id)},"event_id":null,"request_id":null,'
         f'"feature_fingerprint":{_json(c.fingerprint)}}}'
     )
-    names = entity_json(c.entities)
-    score_list, as_of_list = c.scores.tolist(), c.as_of.tolist()
-    labels = c.labels
-    label_list = ["null"] * len(names) if labels is None else [str(v) for v in labels.tolist()]
-    if not np.isfinite(c.scores).all():
-        raise ValueError("the model returned a non-finite score")
-    return [
-        f'{{"entity":{e}{mid1}{s!r}{mid2}{a!r}{mid3}{lab}{tail}'.encode()
-        for e, s, a, lab in zip(names, score_list, as_of_list, label_list, strict=True)
-    ]
+    n = len(c.entities)
+    labels: pa.Array | str = (
+        "null" if c.labels is None else pc.cast(pa.array(c.labels, pa.int64()), pa.string())
+    )
+    if n == 0:
+        return pa.array([], pa.binary())
+    text = pc.binary_join_element_wise(
+        '{"entity":', entity_json(c.entities), mid1, number_text(c.scores), mid2,
+        number_text(c.as_of), mid3, labels, tail, "",
+    )  # fmt: skip
+    return pc.cast(text, pa.binary())
 
 
 def snapshot_columns(c: ScoredColumns) -> dict[str, pa.Array]:

@@ -123,8 +123,8 @@ def run_local(
     if workers <= 1 or len(wanted) <= 1:
         worker = ChunkWorker(ctx)
         try:
-            for index, table in chunks:
-                on_done(worker.process(index, table))
+            for stats in worker.process_many(chunks):
+                on_done(stats)
         finally:
             worker.close()
         return

@@ -90,7 +90,8 @@ def run_job(
         model_ref = (
             existing.model_ref if existing else registry.get(project.route(job.route).model).ref
         )
-        scorer = Scorer(project, job.route, registry.load(model_ref))
+        # This process plans and records; only the workers score (no trees to compile here).
+        scorer = Scorer(project, job.route, registry.load(model_ref, compile="none"))
         found = registry.reference(scorer.runtime.name, scorer.runtime.version)
     profile = None if found is None else Profile.from_dict(found)
     if existing is not None:

@@ -17,6 +17,7 @@ from hybridserve import __version__
 from hybridserve.cli.batch import batch_app
 from hybridserve.cli.common import console, err_console, print_error
 from hybridserve.cli.features import features_app
+from hybridserve.cli.operations import operations_commands
 from hybridserve.cli.project import project_commands
 from hybridserve.cli.quality import quality_commands
 from hybridserve.cli.registry import registry_app
@@ -56,6 +57,7 @@ app.add_typer(batch_app, name="batch")
 app.add_typer(stream_app, name="stream")
 project_commands(app)
 quality_commands(app)
+operations_commands(app)
 
 
 def main() -> None:

@@ -219,7 +219,7 @@ async def serve_and_ask(
         features.kv = outage.inner
     console.print(table)
     console.print(
-        f"   metrics: {url}/metrics   API docs: {url}/docs   "
+        f"   dashboard: {url}/dashboard   metrics: {url}/metrics   API docs: {url}/docs   "
         f"Open Inference Protocol: {url}/v2/models/fraud"
     )
     if once:

@@ -81,7 +81,9 @@ class OnlineFeatureStore:
     def __init__(self, project: Project, kv: KVStore) -> None:
         self.project = project
         self.kv = kv
-        self._coalesced = CoalescedGets(kv.get_many)
+        # Through ``self.kv`` at each call: a store swapped in later (the demo's outage
+        # drill wraps it) is the one read.
+        self._coalesced = CoalescedGets(lambda keys: self.kv.get_many(keys))
 
     def retention(self, view: str) -> float | None:
         """Seconds a written entry of ``view`` is kept (``None``: until replaced)."""

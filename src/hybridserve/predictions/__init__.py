@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from hybridserve.predictions.store import PredictionStore, RunPointer, prediction_key, run_key
+from hybridserve.predictions.store import PredictionStore, RunPointer, prediction_key, run_name
 
-__all__ = ["PredictionStore", "RunPointer", "prediction_key", "run_key"]
+__all__ = ["PredictionStore", "RunPointer", "prediction_key", "run_name"]

@@ -1,13 +1,16 @@
 """The prediction store: one record schema for batch, stream and online results.
 
-Online and streaming records live under ``p:{route}:{entity}``. A batch run writes under its
-own keys, ``pb:{route}:{run_id}:{entity}``, and becomes visible only when it is published:
-publishing moves the route's run pointer (``run:{route}``) in one write, so readers switch
-from the previous run to the new one atomically, and a failed or partial run is never served.
+Online and streaming records live under ``p:{route}:{entity}``, written with the store's
+compare-and-set on ``as_of``. A batch run writes its records as a run of the store,
+``pb:{route}:{run_id}`` (the store's run-scoped bulk path: plain writes, one expiry per run,
+no compare-and-set), and becomes visible only when it is published: publishing seals the run
+(SQLite indexes it) and moves the route's run pointer (``run:{route}``) in one write, so
+readers switch from the previous run to the new one atomically, and a failed or partial run
+is never served.
 
-Every write uses the store's compare-and-set on ``as_of``, and a read takes the freshest of
-the route's record and the current run's record: a batch run computed from last night's
-snapshot never hides a fresher streaming score, whichever was written last.
+A read takes the freshest of the route's record and the current run's record, in one round
+trip: a batch run computed from last night's snapshot never hides a fresher streaming score,
+whichever was written last.
 
 A stored value that does not decode to a record whose times can be rendered (written by an
 older version, or with an absurd ``as_of``) is read as no record: skipped, counted in
@@ -29,10 +32,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import orjson
+import pyarrow as pa
 
 from hybridserve.config import Project
 from hybridserve.records import PredictionRecord, now
-from hybridserve.storage import Entry, KVStore
+from hybridserve.storage import Entry, KVStore, run_rows
 
 log = logging.getLogger("hybridserve.predictions")
 
@@ -41,8 +45,9 @@ def prediction_key(route: str, entity: str) -> str:
     return f"p:{route}:{entity}"
 
 
-def run_key(route: str, run_id: str, entity: str) -> str:
-    return f"pb:{route}:{run_id}:{entity}"
+def run_name(route: str, run_id: str) -> str:
+    """The store's name for a batch run's records (its members are the entities)."""
+    return f"pb:{route}:{run_id}"
 
 
 def pointer_key(route: str) -> str:
@@ -117,10 +122,18 @@ class PredictionStore:
 
     async def put_run(self, run_id: str, records: Sequence[PredictionRecord]) -> int:
         """Stage a batch run's records; they are served once the run is published."""
-        exp = self.expires_at()
-        return await self.kv.put_many(
-            [self._entry(run_key(r.route, run_id, r.entity), r, exp) for r in records]
-        )
+        written = 0
+        for route in dict.fromkeys(r.route for r in records):
+            mine = [r for r in records if r.route == route]
+            rows = run_rows([r.entity for r in mine], [r.to_bytes() for r in mine],
+                            [r.as_of for r in mine])  # fmt: skip
+            written += await self.put_run_rows(route, run_id, rows)
+        return written
+
+    async def put_run_rows(self, route: str, run_id: str, rows: pa.RecordBatch) -> int:
+        """Stage a batch run's records as columns (:data:`~hybridserve.storage.RUN_SCHEMA`:
+        entity, stored record, ``as_of``): the batch path, with no per-record objects."""
+        return await self.kv.put_run(run_name(route, run_id), rows, self.expires_at())
 
     async def get(
         self, route: str, entities: Sequence[str], *, run_id: str | None = None
@@ -129,13 +142,13 @@ class PredictionStore:
         if run_id is None:
             entries = await self.kv.get_many([prediction_key(route, e) for e in entities])
             return [self._decode(e) for e in entries]
-        keys = []
-        for e in entities:
-            keys += [prediction_key(route, e), run_key(route, run_id, e)]
-        entries = await self.kv.get_many(keys)
+        n = len(entities)
+        entries = await self.kv.get_run(
+            run_name(route, run_id), entities, [prediction_key(route, e) for e in entities]
+        )
         out: list[PredictionRecord | None] = []
-        for i in range(len(entities)):
-            own, run = entries[2 * i], entries[2 * i + 1]
+        for i in range(n):
+            own, run = entries[i], entries[n + i]
             if run is None or (own is not None and own.as_of >= run.as_of):
                 best, other = own, run
             else:
@@ -147,7 +160,7 @@ class PredictionStore:
         self, route: str, run_id: str, entities: Sequence[str]
     ) -> list[PredictionRecord | None]:
         """Only run ``run_id``'s records (audit, tests, comparing runs)."""
-        entries = await self.kv.get_many([run_key(route, run_id, e) for e in entities])
+        entries = await self.kv.get_run(run_name(route, run_id), entities)
         return [self._decode(e) for e in entries]
 
     async def current_run(self, route: str) -> RunPointer | None:
@@ -162,8 +175,10 @@ class PredictionStore:
     async def publish(self, route: str, run_id: str) -> RunPointer:
         """Make ``run_id`` the route's served run in one write; the old one becomes previous.
 
-        Runs beyond the newest ``keep_runs`` are deleted afterwards (their keys only).
+        The run is sealed first (the store makes its reads fast: SQLite indexes it). Runs
+        beyond the newest ``keep_runs`` are deleted afterwards.
         """
+        await self.kv.seal_run(run_name(route, run_id))
         current = await self.current_run(route)
         if current is not None and current.run_id == run_id:
             return current
@@ -199,42 +214,33 @@ class PredictionStore:
         stream or online score. Repeating it (a resumed run) writes the same records again.
         Return how many route records were replaced.
         """
-        prefix = run_key(route, run_id, "")
+        name = run_name(route, run_id)
         written = 0
-        keys: list[str] = []
+        members: list[str] = []
 
         async def flush() -> int:
-            entries = await self.kv.get_many(keys)
+            entries = await self.kv.get_run(name, members)
             exp = self.expires_at()
             writes = [
-                Entry(prediction_key(route, e.key[len(prefix) :]), e.value, e.as_of, exp)
+                Entry(prediction_key(route, e.key), e.value, e.as_of, exp)
                 for e in entries
                 if e is not None
             ]
             return await self.kv.put_many(writes)
 
-        async for key in self.kv.scan(prefix):
-            keys.append(key)
-            if len(keys) >= batch:
+        async for member in self.kv.scan_run(name):
+            members.append(member)
+            if len(members) >= batch:
                 written += await flush()
-                keys = []
-        if keys:
+                members = []
+        if members:
             written += await flush()
         await self.drop_run(route, run_id)
         return written
 
-    async def drop_run(self, route: str, run_id: str, *, batch: int = 1000) -> int:
+    async def drop_run(self, route: str, run_id: str) -> None:
         """Delete a run's staged records."""
-        deleted = 0
-        keys: list[str] = []
-        async for key in self.kv.scan(f"pb:{route}:{run_id}:"):
-            keys.append(key)
-            if len(keys) >= batch:
-                deleted += await self.kv.delete_many(keys)
-                keys = []
-        if keys:
-            deleted += await self.kv.delete_many(keys)
-        return deleted
+        await self.kv.drop_run(run_name(route, run_id))
 
 
 class RunPointerCache:

@@ -170,8 +170,11 @@ class Registry:
         with self._tx() as conn:
             return q.audit(conn, name, limit)
 
-    def load(self, ref: str | ModelRef) -> Runtime:
-        """Resolve ``ref``, verify the artifact's sha256, and load it as a :class:`Runtime`."""
+    def load(self, ref: str | ModelRef, *, compile: Compile | None = None) -> Runtime:
+        """Resolve ``ref``, verify the artifact's sha256, and load it as a :class:`Runtime`.
+
+        ``compile`` overrides the model's ``compile`` option (``"none"`` for a process that
+        only needs the signature, such as a batch run's planner)."""
         mv = self.get(ref)
         if mv.flavour == "callable":
             target: str | Path = str(mv.callable_ref)
@@ -184,7 +187,7 @@ class Registry:
             version=mv.version,
             signature=mv.signature,
             task=mv.task,
-            compile=self.compile.get(mv.name, "auto"),
+            compile=self.compile.get(mv.name, "auto") if compile is None else compile,
         )
 
     # -- writes ---------------------------------------------------------------------------

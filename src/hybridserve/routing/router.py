@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 
 from hybridserve.errors import DeadlineExceeded, HybridServeError, InvalidInput, NoFreshPrediction
 from hybridserve.observability.metrics import Metrics, RouteMetrics
+from hybridserve.observability.tally import Tally
 from hybridserve.observability.tracing import OFF, Tracing
 from hybridserve.predictions.cache import L1Cache
 from hybridserve.predictions.store import RunPointer, RunPointerCache
@@ -116,6 +117,10 @@ class Router:
                 if limit is not None:
                     self.limits[r][dependency] = limit
                     metrics.stage_budget.labels(r, stage).set(limit)
+        self.tally = Tally(
+            {r: c.latency_target for r, c in routes.items()}, window=self.project.health.window
+        )
+        """Answers per route and minute (SLOs, cost) and per second (health)."""
         self.prediction_log = services.prediction_log
 
     def breaker(self, name: str) -> CircuitBreaker:
@@ -137,6 +142,7 @@ class Router:
         """Answer ``req``. ``emit``: called with each step's new answers as soon as the step
         has them (stored ones, then each computed micro-batch, then fallbacks), for a caller
         that streams them; the outcome still holds them all."""
+        started = perf_counter()
         job = self._job(route, req, request_id or new_request_id())
         if self.tracing.enabled:
             self.tracing.annotate(**{"hybridserve.entities": len(job.entities)})
@@ -152,7 +158,7 @@ class Router:
                 with m.fallback():
                     await self._fallback(job, req.mode == "compute")
                 await job.flush()
-        outcome = self._outcome(job)
+        outcome = self._outcome(job, started)
         if self.prediction_log.online:  # no route samples online answers: this check only
             log_job(self.prediction_log, job)
         return outcome
@@ -488,11 +494,12 @@ class Router:
 
     # -- the answer ------------------------------------------------------------------
 
-    def _outcome(self, job: Job) -> Outcome:
+    def _outcome(self, job: Job, started: float) -> Outcome:
         m = job.metrics
         answered: list[dict[str, Any]] = []
         versions: set[str] = set()
-        sources: set[str] = set()
+        sources: dict[str, int] = {}
+        degraded = 0
         ages = []
         missing = []
         for e in job.entities:
@@ -505,10 +512,12 @@ class Router:
                 ages.append(a.age_s)
             if a.model is not None:
                 versions.add(f"{a.model}/{a.model_version}")
-            sources.add(a.source)
+            sources[a.source] = sources.get(a.source, 0) + 1
+            degraded += a.degraded
             answered.append(a.to_json())
         if ages:
             m.age.observe_many(ages)
+        self.tally.record(job.route, perf_counter() - started, sources, degraded, len(missing))
         version_text, source_text = ",".join(sorted(versions)), ",".join(sorted(sources))
         body: dict[str, Any] = {
             "request_id": job.request_id,

@@ -19,7 +19,7 @@ from starlette.routing import Route
 
 from hybridserve.config import Project
 from hybridserve.observability.access import AccessLog
-from hybridserve.server import admin, docs, events, feedback, v2
+from hybridserve.server import admin, dashboard, docs, events, feedback, operations, v2
 from hybridserve.server.auth import presented_key
 from hybridserve.server.errors import exception_handlers
 from hybridserve.server.http import (
@@ -58,7 +58,9 @@ class HybridApp:
             *admin.routes(),
             *events.routes(),
             *feedback.routes(),
+            *operations.routes(),
             *docs.routes(),
+            *dashboard.routes(),
         ]
         self.starlette = Starlette(
             routes=routes, lifespan=self._lifespan, exception_handlers=exception_handlers()

@@ -1,4 +1,7 @@
-"""API keys with scopes (``predict``, ``ingest``, ``admin``), stored hashed.
+"""API keys with scopes (``predict``, ``ingest``, ``read``, ``admin``), stored hashed.
+
+``read`` lets a key see how the service is doing (the dashboard's data) and nothing else;
+``admin`` includes it (:data:`IMPLIED`), so an operator's key opens the dashboard too.
 
 Keys come from the project file (``server.api_keys``, preferably as sha256 hashes) and from
 ``HYBRIDSERVE_API_KEYS`` (``name:key:scope+scope,...``). Auth is on whenever any key is
@@ -24,7 +27,14 @@ from hybridserve.config import Project, api_key_problem
 from hybridserve.errors import ConfigError, Forbidden, Unauthorized
 from hybridserve.server.http import Scope, header
 
-SCOPES = ("predict", "ingest", "admin")
+SCOPES = ("predict", "ingest", "read", "admin")
+IMPLIED = {"admin": frozenset({"read"})}
+"""Scopes a scope grants as well."""
+
+
+def granted(scopes: frozenset[str]) -> frozenset[str]:
+    """``scopes`` with the ones they imply."""
+    return scopes.union(*(IMPLIED.get(s, frozenset()) for s in scopes))
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +64,7 @@ def parse_env_keys(text: str) -> list[ApiKey]:
         bad = scopes - set(SCOPES)
         if bad:
             raise ConfigError(f"HYBRIDSERVE_API_KEYS: {parts[0]}: unknown scope(s) {sorted(bad)}")
-        keys.append(ApiKey(parts[0], _digest(parts[1].encode("ascii")), scopes))
+        keys.append(ApiKey(parts[0], _digest(parts[1].encode("ascii")), granted(scopes)))
     return keys
 
 
@@ -68,7 +78,7 @@ class Authenticator:
         for k in project.server.api_keys:
             # Both validated when the project loaded: 64 hex digits, or a visible-ASCII key.
             digest = bytes.fromhex(k.sha256) if k.sha256 else _digest((k.key or "").encode())
-            keys.append(ApiKey(k.name, digest, frozenset(k.scopes)))
+            keys.append(ApiKey(k.name, digest, granted(frozenset(k.scopes))))
         keys += parse_env_keys(os.environ.get("HYBRIDSERVE_API_KEYS", ""))
         return cls(keys)
 

@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
+from hybridserve.server import dashboard
 from hybridserve.server.errors import json_response
 from hybridserve.server.openapi import document
 from hybridserve.server.requests import state_of
@@ -40,7 +41,10 @@ def openapi(request: Request) -> dict[str, Any]:
         state.project,
         auth=state.auth.enabled,
         models=sorted({m.name for _, _, m in state.models.loaded()}),
-        assets=[(path, media_type.split(";")[0]) for path, (_, media_type) in ASSETS.items()],
+        assets=[
+            (path, media_type.split(";")[0])
+            for path, (_, media_type) in [*ASSETS.items(), *dashboard.ASSETS.items()]
+        ],
     )
 
 

@@ -11,19 +11,22 @@ process, where no consumer runs, so its events would be accepted and never read.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from hybridserve.errors import Conflict, InvalidInput, PayloadTooLarge
+from hybridserve.errors import Conflict, InvalidInput, PayloadTooLarge, StoreError
 from hybridserve.records import now
+from hybridserve.routing.schema import decode
 from hybridserve.server.errors import json_response
 from hybridserve.server.requests import authorize, state_of
 from hybridserve.streaming.events import BadEvent, validate
 from hybridserve.streaming.sources import stream_config
+from hybridserve.streaming.sources.base import Tails
 
 MAX_EVENTS = 10_000
 
@@ -37,16 +40,13 @@ async def post_events(request: Request) -> Response:
         raise Conflict(
             f"stream {name!r} has an in-process (memory) source and no consumer runs in this "
             f"server, so its events would never be read; set streams.{name}.source.kind to "
-            "redis (or replay, with a directory path) and run `hybridserve stream`",
+            "redis, kafka or nats (or replay, with a directory path) and run `hybridserve stream`",
             stream=name,
         )
     raw = await request.body()
     if len(raw) > state.project.server.max_body_size:
         raise PayloadTooLarge(f"body exceeds {state.project.server.max_body_size} bytes")
-    try:
-        body: Any = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"malformed JSON: {exc}") from None
+    body: Any = decode(raw)
     events = body if isinstance(body, list) else [body]
     if not events:
         raise InvalidInput("expected an event object or a non-empty list of events")
@@ -65,5 +65,57 @@ async def post_events(request: Request) -> Response:
     return json_response(202, {"stream": name, "accepted": len(events), "ids": ids})
 
 
+TAIL_BLOCK = 10.0
+"""Seconds a tail waits for new outputs before it sends a keep-alive comment."""
+
+
+async def tail_predictions(request: Request) -> Response:
+    """``GET /v1/streams/{stream}/predictions``: the stream's outputs as server-sent events.
+
+    Each output (one scored event) is an event whose ``id`` is its position in the output
+    stream; a client that reconnects with ``Last-Event-ID`` (or ``?after=``) gets exactly what
+    came after. Without one it gets what is written from now on. A comment is sent every
+    ``TAIL_BLOCK`` seconds without outputs, so proxies keep the connection open.
+    """
+    authorize(request, "predict")
+    state = state_of(request)
+    name = request.path_params["stream"]
+    cfg = stream_config(state.project, name)  # 404 for an unknown stream
+    sink = state.ingest.get(name)
+    if not isinstance(sink, Tails):
+        raise Conflict(
+            f"the outputs of stream {name!r} (source kind {cfg.source.kind}) cannot be tailed "
+            "over HTTP; read them from the broker (see operations.md, 'Stream consumers')",
+            stream=name,
+        )
+    after = request.headers.get("last-event-id") or request.query_params.get("after")
+    if after is not None and not sink.valid_position(after):
+        raise InvalidInput(f"Last-Event-ID: {after[:64]!r} is not a position of this stream")
+
+    async def events() -> AsyncIterator[bytes]:
+        position = after
+        yield b": tailing the outputs of " + name.encode() + b"\n\n"
+        while True:
+            try:
+                got = await sink.tail(position, TAIL_BLOCK, 500)
+            except StoreError as exc:
+                yield b"event: error\ndata: " + orjson.dumps({"error": exc.message}) + b"\n\n"
+                return
+            if not got:
+                yield b": keep-alive\n\n"
+                continue
+            chunk = []
+            for position, payload in got:
+                chunk.append(b"id: " + position.encode() + b"\ndata: " + payload + b"\n\n")
+            yield b"".join(chunk)
+
+    return StreamingResponse(
+        events(), media_type="text/event-stream", headers={"cache-control": "no-cache"}
+    )
+
+
 def routes() -> list[Route]:
-    return [Route("/v1/events/{stream}", post_events, methods=["POST"])]
+    return [
+        Route("/v1/events/{stream}", post_events, methods=["POST"]),
+        Route("/v1/streams/{stream}/predictions", tail_predictions, methods=["GET"]),
+    ]

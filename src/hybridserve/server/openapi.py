@@ -29,6 +29,7 @@ from hybridserve.routing.schema import (
     PromoteRequest,
     RollbackRequest,
 )
+from hybridserve.units import DURATION_PATTERN
 
 OPENAPI_VERSION = "3.1.0"
 JSON = "application/json"
@@ -51,9 +52,12 @@ _TAGS = [
     ("/v1/predict/", "predict"),
     ("/v1/events/", "events"),
     ("/v1/feedback/", "feedback"),
+    ("/v1/streams/", "events"),
     ("/v1/admin/", "admin"),
     ("/v2", "v2"),
     ("/docs", "docs"),
+    ("/dashboard", "dashboard"),
+    ("/v1/dashboard/", "dashboard"),
 ]
 TAGS = [
     {"name": "predict", "description": "The hybrid API: stored, streamed or computed predictions"},
@@ -63,6 +67,7 @@ TAGS = [
     {"name": "v2", "description": "The Open Inference Protocol (KServe V2)"},
     {"name": "operations", "description": "Metrics and this document"},
     {"name": "docs", "description": "This page and its files"},
+    {"name": "dashboard", "description": "The live operations page and its figures"},
 ]
 
 
@@ -81,6 +86,13 @@ def _json(schema: dict[str, Any] | str, description: str) -> dict[str, Any]:
 
 def _error(description: str, schema: str = "Error") -> dict[str, Any]:
     return _json(schema, description)
+
+
+def _streamed(response: dict[str, Any], how: str) -> dict[str, Any]:
+    """``response`` that can also come as NDJSON lines or server-sent events."""
+    text = {"schema": {"type": "string"}}
+    content = {**response["content"], "application/x-ndjson": text, "text/event-stream": text}
+    return {"description": f"{response['description']}. {how}", "content": content}
 
 
 class _Doc:
@@ -184,7 +196,11 @@ def _hybrid(doc: _Doc, project: Project) -> None:
             f"predict_{route}",
             f"Predict route {route!r} for one or many entities",
             {
-                "200": _json(doc.model(PredictResponse), "Every entity answered"),
+                "200": _streamed(
+                    _json(doc.model(PredictResponse), "Every entity answered"),
+                    "With Accept: application/x-ndjson, one answer per line as each step "
+                    "gives it, then a summary line; text/event-stream: the same as events",
+                ),
                 "400": _error("Invalid request (the message names the field)"),
                 "413": _error(f"Body over server.max_body_size ({project.server.max_body_size} B)"),
                 "503": _json(
@@ -256,6 +272,23 @@ def _hybrid(doc: _Doc, project: Project) -> None:
                     },
                 ]
             },
+        )
+        doc.add(
+            "get",
+            f"/v1/streams/{name}/predictions",
+            f"tail_predictions_{name}",
+            f"The outputs of stream {name!r} as they are written (server-sent events)",
+            {
+                "200": {
+                    "description": "One event per output, its id the output's position; "
+                    "reconnect with Last-Event-ID to resume after it",
+                    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                },
+                "400": _error("Last-Event-ID is not a position of this stream"),
+                "409": _error("This stream's outputs cannot be tailed over HTTP (read the broker)"),
+                "503": _error("The stream's output store did not answer"),
+            },
+            scope="predict",
         )
 
 
@@ -439,6 +472,91 @@ def _admin(doc: _Doc) -> None:
         "openapi",
         "This document",
         {"200": _json({"type": "object"}, "OpenAPI 3.1")},
+    )
+
+
+_COMPONENT = {
+    "type": "object",
+    "required": ["name", "kind", "status", "reasons"],
+    "properties": {
+        "name": {"type": "string"},
+        "kind": {"type": "string"},
+        "status": {"enum": ["healthy", "degraded", "critical"]},
+        "reasons": {"type": "array", "items": {"type": "string"}},
+        "details": {"type": "object"},
+    },
+}
+_HEALTH = {
+    "type": "object",
+    "required": ["status", "reasons", "at", "processes", "components"],
+    "properties": {
+        "status": {"enum": ["healthy", "degraded", "critical"]},
+        "reasons": {"type": "array", "items": {"type": "string"}},
+        "at": {"type": "number"},
+        "processes": {"type": "integer", "description": "Live server processes counted"},
+        "components": {"type": "array", "items": _COMPONENT},
+    },
+}
+_SLO = {
+    "type": "object",
+    "required": ["source", "at", "routes"],
+    "properties": {
+        "source": {"enum": ["store", "prometheus"]},
+        "at": {"type": "number"},
+        "routes": {
+            "type": "object",
+            "additionalProperties": {
+                "type": "object",
+                "properties": {
+                    "window_s": {"type": "number"},
+                    "latency_target_ms": {"type": ["number", "null"]},
+                    "objectives": {"type": "object"},
+                    "cost": {"type": "object"},
+                },
+            },
+        },
+    },
+}
+
+
+def _operations(doc: _Doc, project: Project) -> None:
+    doc.add(
+        "get",
+        "/v1/health",
+        "health",
+        "Health of the service, each route and each dependency, with reasons (all processes)",
+        {
+            "200": _json(_HEALTH, "Healthy or degraded"),
+            "503": _json(_HEALTH, "Critical: some route cannot answer"),
+        },
+        scope="admin",
+    )
+    routes = sorted(n for n, r in project.routes.items() if r.slo is not None)
+    doc.add(
+        "get",
+        "/v1/slo",
+        "slo",
+        "SLO compliance, error budget left and burn rates per route, with cost per 1k",
+        {
+            "200": _json(_SLO, "The SLO report"),
+            "400": _error("A bad window, or a route without an SLO"),
+            "404": _error("Unknown route"),
+        },
+        scope="admin",
+        parameters=[
+            # Only a route that declares an SLO may be asked for (another is a 400).
+            *(
+                [{"name": "route", "in": "query", "schema": {"type": "string", "enum": routes}}]
+                if routes
+                else []
+            ),
+            {
+                "name": "window",
+                "in": "query",
+                "required": False,
+                "schema": {"type": "string", "pattern": DURATION_PATTERN},
+            },
+        ],
     )
 
 
@@ -656,11 +774,12 @@ def _docs(doc: _Doc, assets: list[tuple[str, str]]) -> None:
         {"200": {"description": "HTML", "content": html}},
     )
     for path, media_type in assets:
+        page = path.split("/")[1]  # docs or dashboard
         doc.add(
             "get",
             path,
-            "docs_asset_" + path.rsplit("/", 1)[-1].replace(".", "_").replace("-", "_"),
-            "A Swagger UI asset, served from the package",
+            f"{page}_asset_" + path.rsplit("/", 1)[-1].replace(".", "_").replace("-", "_"),
+            f"A file of the {page} page, served from the package",
             {
                 "200": {
                     "description": "The file",
@@ -670,16 +789,57 @@ def _docs(doc: _Doc, assets: list[tuple[str, str]]) -> None:
         )
 
 
+def _dashboard(doc: _Doc) -> None:
+    html = {"text/html": {"schema": {"type": "string"}}}
+    doc.add(
+        "get",
+        "/dashboard",
+        "dashboard",
+        "The live operations page (its data needs the read scope)",
+        {"200": {"description": "HTML", "content": html}},
+    )
+    doc.add(
+        "get",
+        "/v1/dashboard/data",
+        "dashboard_data",
+        "What the dashboard shows: per route, stream and batch job",
+        {
+            "200": _json(
+                {
+                    "type": "object",
+                    "required": ["at", "routes", "breakers", "streams", "batch_jobs"],
+                    "properties": {
+                        "at": {"type": "number", "description": "Unix time of the figures"},
+                        "rate_seconds": {"type": "number"},
+                        "window_seconds": {"type": "number"},
+                        "routes": {"type": "object", "additionalProperties": {"type": "object"}},
+                        "breakers": {
+                            "type": "object",
+                            "additionalProperties": {"type": "string"},
+                        },
+                        "streams": {"type": "array", "items": {"type": "object"}},
+                        "batch_jobs": {"type": "object"},
+                    },
+                },
+                "The figures",
+            )
+        },
+        scope="read",
+    )
+
+
 def document(
     project: Project, *, auth: bool, models: list[str], assets: list[tuple[str, str]]
 ) -> dict[str, Any]:
     """The OpenAPI document of a server of ``project`` (``models``: the loaded names;
-    ``assets``: (path, media type) of the docs page's files)."""
+    ``assets``: (path, media type) of the docs and dashboard pages' files)."""
     doc = _Doc(auth)
     _hybrid(doc, project)
     _admin(doc)
+    _operations(doc, project)
     _v2(doc, models)
     _docs(doc, assets)
+    _dashboard(doc)
     components: dict[str, Any] = {"schemas": dict(sorted(doc.schemas.items()))}
     if auth:
         components["securitySchemes"] = {

@@ -7,11 +7,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from hybridserve.config import Project
+from hybridserve.observability.dashboard import Dashboard
 from hybridserve.observability.metrics import Metrics
 from hybridserve.observability.shared import SharedMetrics
 from hybridserve.observability.shared import from_env as shared_from_env
 from hybridserve.observability.tracing import OFF, Tracing
 from hybridserve.observability.tracing import configure as configure_tracing
+from hybridserve.operations.health import HealthReport
+from hybridserve.operations.publish import Publisher
+from hybridserve.operations.report import health_report
 from hybridserve.predictions.cache import L1Cache
 from hybridserve.quality.drift import DriftMonitor
 from hybridserve.quality.export import run_exporter
@@ -21,32 +25,32 @@ from hybridserve.routing.router import Router
 from hybridserve.server.auth import Authenticator
 from hybridserve.services import Services
 from hybridserve.storage import KVStore
-from hybridserve.streaming.sources import Source, open_source
+from hybridserve.streaming.sources import Producer, open_producer
 
 if TYPE_CHECKING:
     from hybridserve.batch.schedule import Scheduler
 
 
 class IngestSources:
-    """The stream sources ``POST /v1/events`` appends to: one per stream per server process,
+    """The producers ``POST /v1/events`` appends with: one per stream per server process,
     opened on first use (opening is synchronous, so two requests cannot open one twice)."""
 
     def __init__(self, project: Project, kv: KVStore) -> None:
         self.project = project
         self.kv = kv
-        self._open: dict[str, Source] = {}
+        self._open: dict[str, Producer] = {}
 
-    def get(self, stream: str) -> Source:
-        source = self._open.get(stream)
-        if source is None:
-            source = open_source(self.project, stream, consumer="ingest", kv=self.kv)
-            self._open[stream] = source
-        return source
+    def get(self, stream: str) -> Producer:
+        producer = self._open.get(stream)
+        if producer is None:
+            producer = open_producer(self.project, stream, kv=self.kv)
+            self._open[stream] = producer
+        return producer
 
     async def close(self) -> None:
         opened, self._open = self._open, {}
-        for source in opened.values():
-            await source.close()
+        for producer in opened.values():
+            await producer.close()
 
 
 @dataclass
@@ -69,6 +73,11 @@ class ServerState:
     _scheduler: Scheduler | None = None
     shared_metrics: SharedMetrics | None = None
     """Set with ``serve --workers N``: scrapes sum every worker's counters."""
+    publisher: Publisher | None = None
+    """Publishes this process's heartbeat and SLO counters to the prediction store."""
+    _health: tuple[float, HealthReport] | None = None
+    dashboard: Dashboard = field(default_factory=Dashboard)
+    """The snapshots behind ``/v1/dashboard/data`` (its rates and windows)."""
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -130,6 +139,8 @@ class ServerState:
                 run_exporter(self.metrics, self.feedback, self.drift)
             )
         )
+        self.publisher = Publisher(self.services.predictions_kv, self.router)
+        self._tasks.append(asyncio.get_running_loop().create_task(self.publisher.run()))
         self.shared_metrics = shared_from_env(self.metrics)
         if self.shared_metrics is not None:
             self._tasks.append(asyncio.get_running_loop().create_task(self.shared_metrics.run()))
@@ -141,6 +152,24 @@ class ServerState:
                 asyncio.get_running_loop().create_task(self._scheduler.run_forever())
             )
         self.ready = True
+
+    async def health(self, max_age: float = 1.0) -> HealthReport:
+        """The project's health (every process's), computed at most every ``max_age``."""
+        loop_now = asyncio.get_running_loop().time()
+        cached = self._health
+        if cached is not None and loop_now - cached[0] < max_age:
+            return cached[1]
+        own = self.publisher.view() if self.publisher is not None else None
+        report = await health_report(self.services, own=own)
+        self._health = (loop_now, report)
+        return report
+
+    async def serving(self) -> bool:
+        """Ready, and not critical: what ``/v2/health/ready`` answers (health at most one
+        publish interval old, so frequent probes cost one report per interval)."""
+        if not self.ready:
+            return False
+        return not (await self.health(self.project.health.publish_interval)).critical
 
     def metrics_text(self) -> bytes:
         """What ``/metrics`` answers: every worker's sums when there are several."""
@@ -156,6 +185,8 @@ class ServerState:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.router.close()
+        if self.publisher is not None:
+            await self.publisher.close()
         await self.ingest.close()
         await self.models.close()
         await self.services.close()

@@ -145,8 +145,9 @@ async def live(_request: Request) -> Response:
 
 
 async def ready(request: Request) -> Response:
-    """200 ``{"ready": true}`` once every model is loaded and the stores answer, else 503."""
-    is_ready = state_of(request).ready
+    """200 ``{"ready": true}`` once every model is loaded and the stores answered at start,
+    and while the project's health is not critical; else 503."""
+    is_ready = await state_of(request).serving()
     return json_response(200 if is_ready else 503, {"ready": is_ready})
 
 

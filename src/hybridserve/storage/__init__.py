@@ -10,7 +10,7 @@ from typing import cast
 
 from hybridserve._optional import import_string
 from hybridserve.errors import ConfigError
-from hybridserve.storage.base import Entry, KVStore, Write, wins
+from hybridserve.storage.base import RUN_SCHEMA, Entry, KVStore, Write, run_rows, wins
 from hybridserve.urls import masked_url
 
 BACKENDS: dict[str, str] = {
@@ -35,4 +35,4 @@ def open_store(url: str, prefix: str = "") -> KVStore:
     return cast(KVStore, cls(url, prefix))  # type: ignore[operator]
 
 
-__all__ = ["BACKENDS", "Entry", "KVStore", "Write", "open_store", "wins"]
+__all__ = ["BACKENDS", "RUN_SCHEMA", "Entry", "KVStore", "Write", "open_store", "run_rows", "wins"]

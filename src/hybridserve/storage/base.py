@@ -12,6 +12,18 @@ transaction, one Redis pipeline or Lua call):
 - ``delete_many(keys)``;
 - ``scan(prefix)``: the keys starting with ``prefix``;
 
+and the run-scoped bulk path, for a batch run's records (published by the caller moving a
+pointer, so they need neither a compare-and-set nor a per-key expiry):
+
+- ``put_run(run, rows, expires_at)``: plain writes of ``rows`` (a :data:`RUN_SCHEMA` record
+  batch: member, value, as_of) into run ``run``, with one expiry for the run; a member written
+  again reads as its last write (a chunk redone after a kill writes the same bytes again);
+- ``get_run(run, members, keys)``: the entries of ``keys`` (as ``get_many``) followed by
+  those of run ``run``'s ``members``, in one round trip (an online read of a route's record
+  and its served run's record);
+- ``scan_run(run)``: the members of a run; ``seal_run(run)``: the run is loaded (SQLite
+  builds its index then); ``drop_run(run)``: delete the run;
+
 and ``ping()`` (raise :class:`~hybridserve.errors.StoreError` when the backend is
 unreachable: the server's start-up and health checks), ``close()``, and the store's ``url``.
 
@@ -24,7 +36,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import pyarrow as pa
 
 
 @dataclass(slots=True, frozen=True)
@@ -39,6 +54,21 @@ class Entry:
 
 Write = Entry
 """A write is an entry the caller wants stored (compare-and-set on ``as_of``)."""
+
+RUN_SCHEMA = pa.schema([("member", pa.string()), ("value", pa.binary()), ("as_of", pa.float64())])
+"""The columns of a run write: a run's records as Arrow columns, never as row objects."""
+
+
+def run_rows(members: Any, values: Any, as_of: Any) -> pa.RecordBatch:
+    """A :data:`RUN_SCHEMA` batch from three columns (Arrow arrays, numpy arrays or lists)."""
+    return pa.record_batch(
+        [
+            pa.array(members, pa.string()) if not isinstance(members, pa.Array) else members,
+            pa.array(values, pa.binary()) if not isinstance(values, pa.Array) else values,
+            pa.array(np.asarray(as_of, dtype=np.float64), pa.float64()),
+        ],
+        schema=RUN_SCHEMA,
+    )
 
 
 @runtime_checkable
@@ -65,6 +95,28 @@ class KVStore(Protocol):
 
     async def delete_many(self, keys: Sequence[str]) -> int:
         """Delete ``keys``; return how many existed."""
+        ...
+
+    async def put_run(self, run: str, rows: pa.RecordBatch, expires_at: float | None = None) -> int:
+        """Write ``rows`` (:data:`RUN_SCHEMA`) into run ``run``, no compare-and-set; how many."""
+        ...
+
+    async def get_run(
+        self, run: str, members: Sequence[str], keys: Sequence[str] = ()
+    ) -> list[Entry | None]:
+        """``get_many(keys)`` then run ``run``'s entry of each member (key = the member)."""
+        ...
+
+    def scan_run(self, run: str) -> AsyncIterator[str]:
+        """Every member of run ``run`` (each once, in no set order)."""
+        ...
+
+    async def seal_run(self, run: str) -> None:
+        """Run ``run`` is fully loaded (before it is served): build what makes reads fast."""
+        ...
+
+    async def drop_run(self, run: str) -> None:
+        """Delete run ``run`` and all its members."""
         ...
 
     def scan(self, prefix: str) -> AsyncIterator[str]:

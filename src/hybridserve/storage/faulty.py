@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 
+import pyarrow as pa
+
 from hybridserve.errors import StoreError
 from hybridserve.storage.base import Entry, KVStore, Write
 from hybridserve.urls import masked_url
@@ -44,6 +46,29 @@ class FaultyStore:
     async def delete_many(self, keys: Sequence[str]) -> int:
         self._check()
         return await self.inner.delete_many(keys)
+
+    async def put_run(self, run: str, rows: pa.RecordBatch, expires_at: float | None = None) -> int:
+        self._check()
+        return await self.inner.put_run(run, rows, expires_at)
+
+    async def get_run(
+        self, run: str, members: Sequence[str], keys: Sequence[str] = ()
+    ) -> list[Entry | None]:
+        self._check()
+        return await self.inner.get_run(run, members, keys)
+
+    async def scan_run(self, run: str) -> AsyncIterator[str]:
+        self._check()
+        async for member in self.inner.scan_run(run):
+            yield member
+
+    async def seal_run(self, run: str) -> None:
+        self._check()
+        await self.inner.seal_run(run)
+
+    async def drop_run(self, run: str) -> None:
+        self._check()
+        await self.inner.drop_run(run)
 
     async def scan(self, prefix: str) -> AsyncIterator[str]:
         self._check()

@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+
+import pyarrow as pa
 
 from hybridserve.records import now
 from hybridserve.storage.base import Entry, Write, wins
 
+
+@dataclass(slots=True)
+class _Run:
+    expires_at: float | None = None
+    rows: dict[str, tuple[bytes, float]] = field(default_factory=dict)
+
+
 _NAMED: dict[str, dict[str, Entry]] = {}
+_NAMED_RUNS: dict[str, dict[str, _Run]] = {}
 
 
 class MemoryStore:
@@ -22,6 +33,7 @@ class MemoryStore:
         self.url = url
         name = url.removeprefix("memory://")
         self._data: dict[str, Entry] = _NAMED.setdefault(name, {}) if name else {}
+        self._runs: dict[str, _Run] = _NAMED_RUNS.setdefault(name, {}) if name else {}
         self._prefix = prefix
         self._lock = asyncio.Lock()
 
@@ -70,6 +82,41 @@ class MemoryStore:
             if self._data.pop(self._prefix + key, None) is not None:
                 n += 1
         return n
+
+    def _run(self, run: str, at: float) -> _Run | None:
+        found = self._runs.get(self._prefix + run)
+        if found is not None and found.expires_at is not None and found.expires_at <= at:
+            del self._runs[self._prefix + run]
+            return None
+        return found
+
+    async def put_run(self, run: str, rows: pa.RecordBatch, expires_at: float | None = None) -> int:
+        found = self._run(run, now()) or self._runs.setdefault(self._prefix + run, _Run())
+        found.expires_at = expires_at
+        members, values, as_of = (rows.column(i).to_pylist() for i in range(3))
+        found.rows.update(zip(members, zip(values, as_of, strict=True), strict=True))
+        return int(rows.num_rows)
+
+    async def get_run(
+        self, run: str, members: Sequence[str], keys: Sequence[str] = ()
+    ) -> list[Entry | None]:
+        out = await self.get_many(keys)
+        found = self._run(run, now()) or _Run()
+        for m in members:
+            row = found.rows.get(m)
+            out.append(None if row is None else Entry(m, row[0], row[1], found.expires_at))
+        return out
+
+    async def scan_run(self, run: str) -> AsyncIterator[str]:
+        found = self._run(run, now())
+        for m in [] if found is None else list(found.rows):
+            yield m
+
+    async def seal_run(self, run: str) -> None:
+        return None
+
+    async def drop_run(self, run: str) -> None:
+        self._runs.pop(self._prefix + run, None)
 
     async def scan(self, prefix: str) -> AsyncIterator[str]:
         at = now()

@@ -7,6 +7,11 @@ several processes are serialised by SQLite's lock (``busy_timeout``), and a batc
 process holding that lock used to stall the whole event loop (every request, not only the
 write) for as long as it held it. The compare-and-set is a conditional upsert, so it is atomic
 per row without a read first.
+
+A run's records live in a table of their own (``runs`` names it), appended to with plain
+inserts in one transaction per call (no key, no conflict check), indexed once when the run is
+sealed and dropped with the run. A member written twice (a chunk redone after a kill) reads as
+its last write; sealing removes such duplicates before building the unique index.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from typing import TypeVar
 from hybridserve.errors import StoreError
 from hybridserve.records import now
 from hybridserve.storage.base import Entry, Write
+from hybridserve.storage.sqlite_runs import SQLiteRuns
 from hybridserve.urls import masked_url
 
 _SCHEMA = """
@@ -35,6 +41,12 @@ CREATE TABLE IF NOT EXISTS kv (
     expires_at REAL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS kv_expires ON kv(expires_at) WHERE expires_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL UNIQUE,
+    expires_at REAL,
+    sealed INTEGER NOT NULL DEFAULT 0
+);
 """
 
 _UPSERT = """
@@ -90,7 +102,7 @@ def _connect(path: str) -> sqlite3.Connection:
     return conn
 
 
-class SQLiteStore:
+class SQLiteStore(SQLiteRuns):
     def __init__(self, url: str, prefix: str = "", *, max_queued: int = 64) -> None:
         self.url = url
         self._prefix = prefix
@@ -111,6 +123,7 @@ class SQLiteStore:
         self._max_queued = max_queued
         self._queued: asyncio.Semaphore | None = None
         self._writes_since_purge = 0
+        self._tables = {}
 
     async def _in_writer(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` in the writer thread; at most ``max_queued`` writes wait at a time."""

@@ -30,8 +30,17 @@ from hybridserve.streaming import deadlines
 from hybridserve.streaming.events import RawEntry
 from hybridserve.streaming.metrics import StreamMetrics
 from hybridserve.streaming.pipeline import BatchProcessor, BatchResult, EventCounts
-from hybridserve.streaming.sources import REDIS_SCHEMES, Source, open_source, stream_config
-from hybridserve.streaming.sources.base import output_key
+from hybridserve.streaming.sources import (
+    REDIS_SCHEMES,
+    Measured,
+    Reclaims,
+    Rewinds,
+    Source,
+    StreamIO,
+    open_io,
+    stream_config,
+)
+from hybridserve.streaming.sources.base import RedisOutputs
 from hybridserve.streaming.state import KVStateStore, RedisStateStore, StateStore
 
 log = logging.getLogger("hybridserve.stream")
@@ -43,21 +52,22 @@ class Totals(EventCounts):
     batches: int = 0
 
 
-def open_state(project: Project, name: str, services: Services, source: Source) -> StateStore:
+def open_state(project: Project, name: str, services: Services, io: StreamIO) -> StateStore:
     """Redis state (one atomic commit per batch) on a Redis store, else the KV state."""
     cfg = stream_config(project, name)
     url = project.url(project.stores.online)
     if url.partition("://")[0].lower() not in REDIS_SCHEMES:
         return KVStateStore(services.online_kv, name, cfg.dedup_ttl)
     # Outputs join the commit when the output stream is on the same Redis as the state.
-    same = getattr(source, "url", None) == url and source.kind == "redis"
+    out = io.outputs
+    same = out if isinstance(out, RedisOutputs) and out.url == url else None
     return RedisStateStore(
         url,
         project.stores.prefix,
         name,
         cfg.dedup_ttl,
-        output_key=output_key(project, name, cfg) if same else None,
-        maxlen=cfg.source.maxlen,
+        output_key=same.output_key if same else None,
+        maxlen=same.maxlen if same else None,
     )
 
 
@@ -68,6 +78,7 @@ class StreamConsumer:
         name: str,
         *,
         consumer: str = "consumer-1",
+        io: StreamIO | None = None,
         source: Source | None = None,
         metrics: StreamMetrics | None = None,
         poll_interval: float = 2.0,
@@ -77,10 +88,17 @@ class StreamConsumer:
         project = services.project
         self.services, self.name, self.consumer = services, name, consumer
         self.cfg = stream_config(project, name)
-        self.source = source or open_source(project, name, consumer=consumer, kv=services.online_kv)
-        self.state = open_state(project, name, services, self.source)
+        if io is None and source is not None:  # a source that is its own sinks (memory)
+            io = StreamIO(source, source, source)  # type: ignore[arg-type]
+        self.io = io or open_io(project, name, consumer=consumer, kv=services.online_kv)
+        self.source = self.io.source
+        # The capabilities this source has (``None``: it has not).
+        self._rewinds = self.source if isinstance(self.source, Rewinds) else None
+        self._reclaims = self.source if isinstance(self.source, Reclaims) else None
+        self._measured = self.source if isinstance(self.source, Measured) else None
+        self.state = open_state(project, name, services, self.io)
         scorer = services.scorer(self.cfg.route) if self.cfg.route else None
-        self.processor = BatchProcessor(services, name, self.source, self.state, scorer)
+        self.processor = BatchProcessor(services, name, self.io, self.state, scorer)
         self.metrics = metrics or StreamMetrics(name)
         counted = self.metrics.prediction_log
         services.prediction_log.on_count = lambda r, o, n: counted.labels(r, o).inc(n)
@@ -158,7 +176,8 @@ class StreamConsumer:
                         queue.get_nowait()
                     self._careful = max(1, self._in_flight)
                     await self._release(self._in_flight)
-                    self.source.rewind()
+                    if self._rewinds is not None:  # else the broker redelivers them itself
+                        self._rewinds.rewind()
                     await asyncio.wait({stopping}, timeout=min(2.0, 0.02 * 2**failures))
                     reader = asyncio.create_task(self._read(queue))
                     continue
@@ -188,17 +207,21 @@ class StreamConsumer:
         if at < self._next_pending_check:
             return False
         self._next_pending_check = at + 0.5
+        if self._measured is None:
+            return True
         try:
-            info = await self.source.info()
+            info = await self._measured.info()
         except HybridServeError as exc:
             log.warning("stream %s: cannot see what is pending: %s", self.name, exc.message)
             return False
         elsewhere = info.pending_elsewhere or 0
         own = (info.pending or 0) - elsewhere
+        if info.lag:  # not delivered yet (a Kafka consumer still joining its group, say)
+            return False
         if not elsewhere and not own:
             return True
-        if own:  # pending on this consumer yet not in flight: a read it never got back
-            self.source.rewind()
+        if own and self._rewinds is not None:  # pending here yet not in flight: a lost read
+            self._rewinds.rewind()
         if not self._waiting_logged:
             self._waiting_logged = True
             log.info(
@@ -260,7 +283,7 @@ class StreamConsumer:
                     1
                     if self._careful > 0
                     else cfg.batch_size
-                    if source.recovering
+                    if self._rewinds is not None and self._rewinds.recovering
                     else cfg.max_in_flight
                 )
                 await self._space.wait_for(lambda: self._in_flight < limit)  # noqa: B023
@@ -269,9 +292,11 @@ class StreamConsumer:
             entries: list[RawEntry] = []
             started = time.monotonic()
             try:
-                if self._claim_soon or started - last_claim >= claim_every:
+                if self._reclaims is not None and (
+                    self._claim_soon or started - last_claim >= claim_every
+                ):
                     last_claim, self._claim_soon = started, False
-                    entries = await source.claim_stale(cfg.claim_idle, n)
+                    entries = await self._reclaims.claim_stale(cfg.claim_idle, n)
                     if len(entries) == n:  # there may be more: claim again on the next read
                         last_claim = 0.0
                 if not entries:
@@ -348,9 +373,10 @@ class StreamConsumer:
             last, last_t = self.totals.read, t
             try:
                 await self._write_stats(rate)
-                info = await self.source.info()
-                if info.lag is not None:
-                    self.metrics.lag.set(info.lag)
+                if self._measured is not None:
+                    info = await self._measured.info()
+                    if info.lag is not None:
+                        self.metrics.lag.set(info.lag)
             except Exception:
                 log.exception("stream %s: stats update failed", self.name)
 
@@ -363,4 +389,4 @@ class StreamConsumer:
 
     async def close(self) -> None:
         await self.state.close()
-        await self.source.close()
+        await self.io.close()

@@ -45,7 +45,7 @@ from hybridserve.records import PredictionRecord, now
 from hybridserve.scoring import Scorer
 from hybridserve.services import Services
 from hybridserve.streaming.events import Event, RawEntry, decode
-from hybridserve.streaming.sources import DeadLetter, Source, stream_config
+from hybridserve.streaming.sources import DeadLetter, StreamIO, stream_config
 from hybridserve.streaming.state import Output, StateStore
 from hybridserve.streaming.windows import EntityState, WindowSpec, stream_position
 
@@ -126,11 +126,12 @@ class BatchProcessor:
         self,
         services: Services,
         name: str,
-        source: Source,
+        io: StreamIO,
         state: StateStore,
         scorer: Scorer | None,
     ) -> None:
-        self.services, self.name, self.source, self.state = services, name, source, state
+        self.services, self.name, self.state = services, name, state
+        self.source, self.outputs, self.dead_letters = io.source, io.outputs, io.dead_letters
         self.cfg = stream_config(services.project, name)
         self.spec = WindowSpec(self.cfg)
         self.view = self.cfg.windows.view if self.cfg.windows is not None else None
@@ -174,7 +175,7 @@ class BatchProcessor:
                 ids.add(ev.event_id)
                 events.append(ev)
         if dead:
-            await self.source.dead_letter(dead)
+            await self.dead_letters.dead_letter(dead)
         res.dead = len(dead)
         scorer = self.scorer  # a batch finishes on the model it started with
         failed = await self._isolate(events, scorer, res)
@@ -191,7 +192,7 @@ class BatchProcessor:
                 len(events),
                 letters[0][1],
             )
-            await self.source.dead_letter(letters)
+            await self.dead_letters.dead_letter(letters)
             res.failed += len(failed)
             res.dead += len(failed)
         for entry in entries:
@@ -250,7 +251,7 @@ class BatchProcessor:
                 len(outcome),
                 outcome[0][1],
             )
-            await self.source.dead_letter(outcome)
+            await self.dead_letters.dead_letter(outcome)
             res.score_errors += len(outcome)
             res.dead += len(outcome)
             rejected = {id(entry) for entry, _ in outcome}
@@ -330,7 +331,7 @@ class BatchProcessor:
             ]
             writes = [(e, versions[e], spec.dumps(states[e])) for e in touched]
         if late:
-            await self.source.dead_letter(late)
+            await self.dead_letters.dead_letter(late)
         # The view's new rows and the predictions go to the store at the same time; both
         # land before the commit below makes the batch's state (and outputs) official.
         _, outputs = await asyncio.gather(self._write_view(view_rows), self._store(records))
@@ -422,7 +423,7 @@ class BatchProcessor:
         await self.services.predictions.put(list(best.values()))
         outputs = [(r.event_id or "", output_payload(r)) for r in records]
         if not self.state.atomic_outputs:
-            await self.source.emit(outputs)
+            await self.outputs.emit(outputs)
         return outputs
 
 

@@ -9,19 +9,22 @@ from typing import Any
 import orjson
 
 from hybridserve.services import Services
-from hybridserve.streaming.sources import open_source, stream_config
+from hybridserve.streaming.sources import Measured, SourceInfo, open_io, stream_config
 
 
 async def stream_status(services: Services, name: str) -> dict[str, Any]:
     """Everything known about stream ``name``, as plain data."""
     cfg = stream_config(services.project, name)
-    source = open_source(services.project, name, consumer="status", kv=services.online_kv)
+    io = open_io(services.project, name, consumer="status", kv=services.online_kv)
+    source = io.source
     try:
-        if source.kind == "replay":
-            await source.start()
-        info = await source.info()
+        info = SourceInfo()
+        if isinstance(source, Measured):
+            if source.kind == "replay":
+                await source.start()
+            info = await source.info()
     finally:
-        await source.close()
+        await io.close()
     keys = [k async for k in services.online_kv.scan(f"sx:{name}:")]
     consumers = [orjson.loads(e.value) for e in await services.online_kv.get_many(keys) if e]
     return {

@@ -14,11 +14,11 @@ from datetime import UTC, datetime
 
 import orjson
 
-from hybridserve.config import Project
+from hybridserve.config import Project, ReplaySourceConfig
 from hybridserve.examples.fraud.data import generate_transactions
 from hybridserve.services import Services
 from hybridserve.streaming.consumer import StreamConsumer, Totals
-from hybridserve.streaming.sources import stream_config
+from hybridserve.streaming.sources import open_producer, stream_config
 
 DEMO_STREAM = "transactions"
 
@@ -69,16 +69,19 @@ async def replay_demo(
         payloads = demo_events(
             project, n_events, seed=seed if seed is not None else int(time.time())
         )
-        if cfg.source.kind == "replay" and cfg.source.path is not None:
+        if isinstance(cfg.source, ReplaySourceConfig):
             folder = project.path(cfg.source.path)
             folder.mkdir(parents=True, exist_ok=True)
             name = f"demo-{time.time_ns()}.jsonl"
             (folder / name).write_bytes(b"".join(p + b"\n" for p in payloads))
             consumer = StreamConsumer(services, stream, consumer="demo", poll_interval=0)
         else:
+            producer = open_producer(project, stream, kv=services.online_kv)
+            try:
+                await producer.append(payloads)
+            finally:
+                await producer.close()
             consumer = StreamConsumer(services, stream, consumer="demo", poll_interval=0)
-            await consumer.source.start()
-            await consumer.source.append(payloads)
         try:
             totals = await consumer.run(until_idle=0.3)
         finally:

@@ -197,7 +197,7 @@ class InferenceService:
         return pb.ServerLiveResponse(live=True)
 
     async def ServerReady(self, _request: Any, _context: Any) -> Any:
-        return pb.ServerReadyResponse(ready=self.state.ready)
+        return pb.ServerReadyResponse(ready=await self.state.serving())
 
     async def ModelReady(self, request: Any, _context: Any) -> Any:
         return pb.ModelReadyResponse(

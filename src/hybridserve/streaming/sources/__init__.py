@@ -1,22 +1,46 @@
-"""Stream sources behind one small interface (see :mod:`.base`): Redis Streams, replay
-files, and an in-process twin for tests."""
+"""Stream sources behind one small interface (see :mod:`.base`): Redis Streams, Kafka, NATS
+JetStream, replay files, and an in-process twin for tests.
+
+Kinds are imported lazily from :data:`SOURCES` (as storage backends are from
+``storage.BACKENDS``), so each broker's client stays an optional extra. A kind's module
+defines ``open_io(at: Opening) -> StreamIO`` and ``open_producer(at: Opening) -> Producer``.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import cast
+
+from hybridserve._optional import import_string
 from hybridserve.config import Project, StreamConfig
 from hybridserve.errors import ConfigError, NotFound
 from hybridserve.storage import KVStore
 from hybridserve.streaming.sources.base import (
+    REDIS_SCHEMES,
     DeadLetter,
+    DeadLetterSink,
+    Measured,
+    Opening,
+    OutputSink,
+    Producer,
+    Reclaims,
+    Rewinds,
     Source,
     SourceInfo,
+    StreamIO,
     dead_letter_key,
     output_key,
     stream_key,
 )
-from hybridserve.urls import masked_url
 
-REDIS_SCHEMES = ("redis", "rediss", "unix")
+SOURCES: dict[str, str] = {
+    "redis": "hybridserve.streaming.sources.redis",
+    "kafka": "hybridserve.streaming.sources.kafka",
+    "nats": "hybridserve.streaming.sources.nats",
+    "replay": "hybridserve.streaming.sources.replay",
+    "memory": "hybridserve.streaming.sources.memory",
+}
+"""Source kind (``streams.X.source.kind``) -> the module that opens it."""
 
 
 def stream_config(project: Project, name: str) -> StreamConfig:
@@ -30,58 +54,58 @@ def stream_config(project: Project, name: str) -> StreamConfig:
         ) from None
 
 
-def source_url(project: Project, name: str) -> str:
-    """The Redis URL of a ``redis`` source: its own, else the online store's."""
-    cfg = stream_config(project, name)
-    url = cfg.source.url or project.url(project.stores.online)
-    if url.partition("://")[0].lower() not in REDIS_SCHEMES:
-        raise ConfigError(
-            f"streams.{name}.source.url: a redis source needs a redis:// URL "
-            f"(the online store is {masked_url(url)!r})"
-        )
-    return url
+def _opener(kind: str, function: str) -> Callable[[Opening], object]:
+    target = SOURCES.get(kind)
+    if target is None:
+        raise ConfigError(f"unknown source kind {kind!r}; expected one of {sorted(SOURCES)}")
+    return cast(Callable[[Opening], object], import_string(f"{target}:{function}"))
+
+
+def _opening(project: Project, name: str, consumer: str, kv: KVStore | None) -> Opening:
+    return Opening(project, name, stream_config(project, name), consumer, kv)
+
+
+def open_io(
+    project: Project, name: str, *, consumer: str = "consumer", kv: KVStore | None = None
+) -> StreamIO:
+    """Open stream ``name``'s source and sinks as consumer ``consumer`` (``kv``: the online
+    store, where the replay source keeps its offsets)."""
+    at = _opening(project, name, consumer, kv)
+    return cast(StreamIO, _opener(at.cfg.source.kind, "open_io")(at))
 
 
 def open_source(
     project: Project, name: str, *, consumer: str = "consumer", kv: KVStore | None = None
 ) -> Source:
-    """Open stream ``name``'s source as consumer ``consumer`` (``kv`` keeps replay offsets)."""
-    cfg = stream_config(project, name)
-    src = cfg.source
-    if src.kind == "memory":
-        from hybridserve.streaming.sources.memory import MemorySource
+    """Stream ``name``'s source alone (its sinks are the same object or closed with it)."""
+    return open_io(project, name, consumer=consumer, kv=kv).source
 
-        return MemorySource(stream_key(project, name, cfg), consumer, maxlen=src.maxlen)
-    if src.kind == "replay":
-        from hybridserve.streaming.sources.replay import ReplaySource
 
-        if src.path is None:
-            raise ConfigError(f"streams.{name}.source.path: a replay source needs a path")
-        if kv is None:
-            raise ConfigError("a replay source needs a store for its offset")
-        return ReplaySource(project.path(src.path), kv, name)
-    from hybridserve.streaming.sources.redis import RedisSource
-
-    return RedisSource(
-        source_url(project, name),
-        stream_key(project, name, cfg),
-        src.group,
-        consumer,
-        dead_letter_key=dead_letter_key(project, name, cfg),
-        output_key=output_key(project, name, cfg),
-        maxlen=src.maxlen,
-        marker_ttl=cfg.dedup_ttl,
-    )
+def open_producer(project: Project, name: str, *, kv: KVStore | None = None) -> Producer:
+    """What ``POST /v1/events`` appends stream ``name``'s events with."""
+    at = _opening(project, name, "producer", kv)
+    return cast(Producer, _opener(at.cfg.source.kind, "open_producer")(at))
 
 
 __all__ = [
+    "REDIS_SCHEMES",
+    "SOURCES",
     "DeadLetter",
+    "DeadLetterSink",
+    "Measured",
+    "Opening",
+    "OutputSink",
+    "Producer",
+    "Reclaims",
+    "Rewinds",
     "Source",
     "SourceInfo",
+    "StreamIO",
     "dead_letter_key",
+    "open_io",
+    "open_producer",
     "open_source",
     "output_key",
-    "source_url",
     "stream_config",
     "stream_key",
 ]

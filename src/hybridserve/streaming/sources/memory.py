@@ -12,9 +12,10 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from hybridserve.config import MemorySourceConfig
 from hybridserve.records import now
 from hybridserve.streaming.events import RawEntry
-from hybridserve.streaming.sources.base import DeadLetter, SourceInfo
+from hybridserve.streaming.sources.base import DeadLetter, Opening, SourceInfo, StreamIO, stream_key
 
 
 @dataclass
@@ -65,6 +66,8 @@ def drop_memory_log(name: str) -> None:
 
 
 class MemorySource:
+    """Source, sinks and producer in one: all of the interface's capabilities, as on Redis."""
+
     kind = "memory"
 
     def __init__(self, name: str, consumer: str = "consumer", *, maxlen: int | None = None):
@@ -154,3 +157,18 @@ class MemorySource:
 
     async def close(self) -> None:
         return None
+
+
+def _open(at: Opening) -> MemorySource:
+    src = at.cfg.source
+    assert isinstance(src, MemorySourceConfig)
+    return MemorySource(stream_key(at.project, at.name, at.cfg), at.consumer, maxlen=src.maxlen)
+
+
+def open_io(at: Opening) -> StreamIO:
+    source = _open(at)
+    return StreamIO(source, source, source)
+
+
+def open_producer(at: Opening) -> MemorySource:
+    return _open(at)

@@ -17,11 +17,21 @@ from collections.abc import Awaitable, Sequence
 from typing import Any, TypeVar
 
 from hybridserve._optional import require
-from hybridserve.errors import StoreError
+from hybridserve.config import Project, RedisSourceConfig
+from hybridserve.errors import ConfigError, StoreError
 from hybridserve.records import now
 from hybridserve.streaming.deadlines import bounded
 from hybridserve.streaming.events import RawEntry
-from hybridserve.streaming.sources.base import DeadLetter, SourceInfo
+from hybridserve.streaming.sources.base import (
+    REDIS_SCHEMES,
+    DeadLetter,
+    Opening,
+    SourceInfo,
+    StreamIO,
+    dead_letter_key,
+    output_key,
+    stream_key,
+)
 from hybridserve.urls import masked_url
 
 # KEYS[1]: stream; KEYS[1 + i]: marker of item i.
@@ -53,6 +63,8 @@ def _text(value: Any) -> str:
 
 
 class RedisSource:
+    """Source, sinks and producer in one: every capability of the interface."""
+
     kind = "redis"
 
     def __init__(
@@ -216,6 +228,23 @@ class RedisSource:
         if outputs:
             await self._add_once(self.output_key, ["id", "d"], [[i, d] for i, d in outputs])
 
+    async def tail(self, after: str | None, block: float, count: int) -> list[tuple[str, bytes]]:
+        position = after or "$"
+        got = await self._call(
+            "tail",
+            self._redis.xread({self.output_key: position}, count=count, block=int(block * 1000)),
+            block,
+        )
+        out = []
+        for _, entries in got or []:
+            for entry_id, fields in entries:
+                out.append((_text(entry_id), fields.get(b"d", b"")))
+        return out
+
+    def valid_position(self, position: str) -> bool:
+        ms, dash, seq = position.partition("-")
+        return ms.isdigit() and (not dash or seq.isdigit())
+
     async def append(self, payloads: Sequence[bytes]) -> list[str]:
         pipe = self._redis.pipeline(transaction=False)
         for payload in payloads:
@@ -250,3 +279,40 @@ class RedisSource:
         # Closing the pool also ends calls abandoned past their deadline (their sockets close).
         with contextlib.suppress(TimeoutError):
             await bounded(self._redis.aclose(), self.timeout)
+
+
+def source_url(project: Project, name: str) -> str:
+    """The Redis URL of a ``redis`` source: its own, else the online store's."""
+    src = project.streams[name].source
+    own = src.url if isinstance(src, RedisSourceConfig) else None
+    url = own or project.url(project.stores.online)
+    if url.partition("://")[0].lower() not in REDIS_SCHEMES:
+        raise ConfigError(
+            f"streams.{name}.source.url: a redis source needs a redis:// URL "
+            f"(the online store is {masked_url(url)!r})"
+        )
+    return url
+
+
+def _open(at: Opening) -> RedisSource:
+    src, cfg = at.cfg.source, at.cfg
+    assert isinstance(src, RedisSourceConfig)
+    return RedisSource(
+        source_url(at.project, at.name),
+        stream_key(at.project, at.name, cfg),
+        src.group,
+        at.consumer,
+        dead_letter_key=dead_letter_key(at.project, at.name, cfg),
+        output_key=output_key(at.project, at.name, cfg),
+        maxlen=src.maxlen,
+        marker_ttl=cfg.dedup_ttl,
+    )
+
+
+def open_io(at: Opening) -> StreamIO:
+    source = _open(at)
+    return StreamIO(source, source, source)
+
+
+def open_producer(at: Opening) -> RedisSource:
+    return _open(at)

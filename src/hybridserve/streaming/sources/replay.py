@@ -20,11 +20,12 @@ from typing import Any
 
 import orjson
 
+from hybridserve.config import ReplaySourceConfig
 from hybridserve.errors import ConfigError
 from hybridserve.records import now
 from hybridserve.storage import Entry, KVStore
 from hybridserve.streaming.events import RawEntry
-from hybridserve.streaming.sources.base import DeadLetter, SourceInfo
+from hybridserve.streaming.sources.base import DeadLetter, Opening, SourceInfo, StreamIO
 from hybridserve.streaming.sources.memory import MemoryLog, record_dead_letters, record_outputs
 
 _SUFFIXES = (".jsonl", ".ndjson", ".parquet")
@@ -48,6 +49,9 @@ def _rows(path: Path) -> list[bytes]:
 
 
 class ReplaySource:
+    """A source that rewinds (to its offsets), its in-memory sinks, and a producer that
+    appends to ``ingest.jsonl``. One reader: nothing to reclaim."""
+
     kind = "replay"
 
     def __init__(self, path: Path, kv: KVStore, stream: str) -> None:
@@ -165,9 +169,6 @@ class ReplaySource:
     def recovering(self) -> bool:
         return False  # deliveries are counted in this process only: a restart resets them
 
-    async def claim_stale(self, min_idle: float, max_items: int) -> list[RawEntry]:
-        return []  # one reader per replay
-
     async def dead_letter(self, items: Sequence[DeadLetter]) -> None:
         record_dead_letters(self.log, items)
 
@@ -198,3 +199,20 @@ class ReplaySource:
 
     async def close(self) -> None:
         return None
+
+
+def _open(at: Opening) -> ReplaySource:
+    src = at.cfg.source
+    assert isinstance(src, ReplaySourceConfig)
+    if at.kv is None:
+        raise ConfigError("a replay source needs a store for its offset")
+    return ReplaySource(at.project.path(src.path), at.kv, at.name)
+
+
+def open_io(at: Opening) -> StreamIO:
+    source = _open(at)
+    return StreamIO(source, source, source)
+
+
+def open_producer(at: Opening) -> ReplaySource:
+    return _open(at)
