@@ -16,6 +16,7 @@ from hybridserve.config import Project
 from hybridserve.errors import InvalidInput
 from hybridserve.features.online import OnlineFeatureStore, merge_request_features
 from hybridserve.predictions.store import PredictionStore
+from hybridserve.quality.drift import DriftMonitor
 from hybridserve.quality.log import PredictionLog
 from hybridserve.quality.profile import Profile
 from hybridserve.records import now
@@ -38,8 +39,13 @@ class Services:
     prediction_log: PredictionLog = field(init=False)
     """Sampled answers of every path (its writer starts where a path samples)."""
 
+    drift: DriftMonitor = field(init=False)
+    """Drift of each route's recently logged answers (fed by the prediction log)."""
+
     def __post_init__(self) -> None:
         self.prediction_log = PredictionLog(self.project)
+        self.drift = DriftMonitor(self.project, self.reference_profile)
+        self.prediction_log.observers.append(self.drift.observe)
 
     @classmethod
     def open(cls, project: Project) -> Services:

@@ -104,3 +104,9 @@ async def test_a_shifted_feature_in_the_traffic_drifts_alone(make_project: Any, 
     text = (await client.get("/metrics")).text
     assert 'hybridserve_drifted{feature="utilization",route="fraud"} 1.0' in text
     assert 'hybridserve_drifted{feature="amount_mean_30d",route="fraud"} 0.0' in text
+    health = (await client.get("/v1/health")).json()
+    assert health["status"] == "degraded"
+    assert any(
+        r.startswith("drift:fraud degraded: feature utilization: PSI") for r in health["reasons"]
+    )
+    assert not any("amount_mean_30d" in r for r in health["reasons"])

@@ -110,8 +110,7 @@ class ServerState:
         services.predictions.on_unreadable = metrics.unreadable_records.inc
         plog = services.prediction_log
         plog.on_count = lambda r, o, n: metrics.prediction_log.labels(r, o).inc(n)
-        drift = DriftMonitor(project, services.reference_profile)
-        plog.observers.append(drift.observe)
+        drift = services.drift
         return cls(
             project,
             services,
