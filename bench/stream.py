@@ -15,11 +15,18 @@ materializes ``card_profile`` into Redis), then measures:
 2. latency: a consumer subprocess, and this process offering ``--rate`` events/s (XADD in
    10 ms ticks) while tailing the output stream: latency is from each event's XADD to its
    output entry being readable (written in the same Redis script as the state, after the
-   prediction was stored).
+   prediction was stored);
+3. a consumer group: ``--events`` events preloaded, then one, then two ``hybridserve stream
+   run`` processes in one group; the combined rate from the moment the last process joined
+   (counting the events output after it) until every event has its output entry
+   (``two_consumers_events_per_s``; ``one_process_events_per_s`` is the same harness with
+   one process). With a small ``--events`` the first process may finish before the second
+   has started up: the figure is then ``nan``.
 
 It writes the Stream section of ``docs/benchmarks.md`` (between ``<!-- stream:start -->``
 and ``<!-- stream:end -->``) and ends with ``RESULT events=... events_per_s=... p50_ms=...
-p99_ms=... duplicates=... lost=...``.
+p99_ms=... duplicates=... lost=... one_process_events_per_s=... two_consumers_events_per_s=...
+two_consumers_speedup=...``.
 """
 
 from __future__ import annotations
@@ -107,7 +114,7 @@ async def prepare(file: Path) -> Any:
 
 async def throughput(file: Path, n: int) -> dict[str, Any]:
     from hybridserve.examples.fraud.transactions import demo_events
-    from hybridserve.services import Services
+    from hybridserve.services import Services, batch_gc, freeze_loaded
     from hybridserve.streaming import StreamConsumer
 
     project = await prepare(file)
@@ -129,6 +136,8 @@ async def throughput(file: Path, n: int) -> dict[str, Any]:
         return result
 
     consumer.processor.process = timed  # type: ignore[method-assign]
+    freeze_loaded()  # as `hybridserve stream run` does
+    batch_gc()
     totals = await consumer.run(until_idle=1.0)
     # From the first batch's start to the last batch's commit and acknowledgement.
     seconds = last[0] - first[0] if first else float("nan")
@@ -147,6 +156,82 @@ async def throughput(file: Path, n: int) -> dict[str, Any]:
         "duplicates": len(ids) - unique,
         "lost": n - unique,
         "batches": totals.batches,
+    }
+
+
+def _consumer_process(file: Path, name: str) -> subprocess.Popen[bytes]:
+    """``hybridserve stream run`` as its own process, exiting once idle for 5 s."""
+    command = [sys.executable, "-m", "hybridserve", "stream", "run", STREAM, "--consumer", name]
+    return subprocess.Popen(
+        [*command, "-p", str(file), "--until-idle", "5"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+async def _until_consuming(client: Any, key: str, names: list[str], procs: list[Any]) -> None:
+    """Wait until every consumer process has joined the group (start-up: imports, model)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if any(p.poll() is not None for p in procs):
+            raise RuntimeError("a consumer process exited during start-up")
+        joined = {
+            c["name"].decode() if isinstance(c["name"], bytes) else c["name"]
+            for c in await client.xinfo_consumers(key, "hybridserve")
+        }
+        if set(names) <= joined:
+            return
+        await asyncio.sleep(0.2)
+    raise RuntimeError(f"consumers {names} did not join within 120 s")
+
+
+async def group(file: Path, n: int, consumers: int) -> dict[str, Any]:
+    """``consumers`` consumer processes in one group on ``n`` preloaded events; the combined
+    rate from the moment the last of them joined (counting only the events whose outputs
+    came after it) until the output stream holds an entry per event."""
+    from hybridserve.examples.fraud.transactions import demo_events
+
+    project = await prepare(file)
+    payloads = demo_events(project, n, seed=23, rate=2000.0)
+    key = f"{project.stores.prefix}stream:{STREAM}"
+    client = aredis.Redis.from_url(project.stores.online)
+    await client.xgroup_create(key, "hybridserve", id="0", mkstream=True)
+    for i in range(0, n, 5000):
+        pipe = client.pipeline(transaction=False)
+        for p in payloads[i : i + 5000]:
+            pipe.xadd(key, {"d": p})
+        await pipe.execute()
+    names = [f"g{i + 1}" for i in range(consumers)]
+    procs = [_consumer_process(file, name) for name in names]
+    try:
+        await _until_consuming(client, key, names, procs)
+        start = time.perf_counter()
+        before = await client.xlen(f"{key}:out")
+        done = None
+        deadline = time.monotonic() + max(120.0, n / 500)
+        while time.monotonic() < deadline:
+            if await client.xlen(f"{key}:out") >= n:
+                done = time.perf_counter()
+                break
+            await asyncio.sleep(0.05)
+        for p in procs:
+            p.wait(timeout=60)
+        ids = [f[b"id"] for _, f in await client.xrange(f"{key}:out")]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        await client.aclose()
+    seconds = (done - start) if done is not None else float("nan")
+    unique = len(set(ids))
+    return {
+        "consumers": consumers,
+        "events": n,
+        "before_all_joined": before,
+        "seconds": seconds,
+        "events_per_s": (n - before) / seconds if n > before else float("nan"),
+        "duplicates": len(ids) - unique,
+        "lost": n - unique,
     }
 
 
@@ -242,7 +327,12 @@ async def latency(file: Path, rate: float, duration: float) -> dict[str, Any]:
     }
 
 
-def write_docs(args: argparse.Namespace, t: dict[str, Any], lat: dict[str, Any]) -> None:
+def write_docs(
+    args: argparse.Namespace,
+    t: dict[str, Any],
+    lat: dict[str, Any],
+    groups: dict[int, dict[str, Any]],
+) -> None:
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     load = os.getloadavg()
     command = "python bench/stream.py" + (
@@ -275,6 +365,10 @@ def write_docs(args: argparse.Namespace, t: dict[str, Any], lat: dict[str, Any])
         f"| latency XADD -> output readable, p50 | {lat['p50']:.1f} ms |",
         f"| latency XADD -> output readable, p99 | {lat['p99']:.1f} ms |",
         f"| latency, max | {lat['max']:.1f} ms |",
+        f"| one consumer process (group harness) | {groups[1]['events_per_s']:,.0f} events/s |",
+        f"| two consumer processes, one group | {groups[2]['events_per_s']:,.0f} events/s "
+        f"({groups[2]['events_per_s'] / groups[1]['events_per_s']:.2f}x one; "
+        f"{groups[2]['duplicates']} duplicates, {groups[2]['lost']} lost) |",
         "",
         "Notes:",
         "",
@@ -283,6 +377,9 @@ def write_docs(args: argparse.Namespace, t: dict[str, Any], lat: dict[str, Any])
         "run`) while this process produces and tails the output stream",
         "- an output entry is written by the same Redis script as the window state and the "
         "seen-set, after the prediction was stored: when it is readable, the prediction is too",
+        "- the group rows run `hybridserve stream run` processes (one, then two, in one "
+        "consumer group) on preloaded events; the rate counts the events output after the "
+        "last process joined, until the output stream holds an entry per event",
         "- the machine is a shared VM whose speed varies from run to run, so figures are noisy",
         "<!-- stream:end -->",
     ]
@@ -303,9 +400,11 @@ def main() -> None:
 
     threadpool_limits(limits=1)  # as `hybridserve stream run` does (--model-threads 1)
     WORK.mkdir(parents=True, exist_ok=True)
-    prefix_t, prefix_l = "hs_bench_t:", "hs_bench_l:"
-    for p in (prefix_t, prefix_l):
+    prefix_t, prefix_l, prefix_g = "hs_bench_t:", "hs_bench_l:", "hs_bench_g:"
+    prefixes = (prefix_t, prefix_l, prefix_g)
+    for p in prefixes:
         clean(args.redis, p)
+    groups: dict[int, dict[str, Any]] = {}
     try:
         t = asyncio.run(throughput(build(args.redis, prefix_t, args.batch_size), args.events))
         print(f"throughput: {t}", flush=True)
@@ -313,15 +412,24 @@ def main() -> None:
             latency(build(args.redis, prefix_l, args.batch_size), args.rate, args.latency_seconds)
         )
         print(f"latency: {lat}", flush=True)
+        for k in (1, 2):  # the same harness for one and two consumer processes
+            clean(args.redis, prefix_g)
+            file = build(args.redis, prefix_g, args.batch_size)
+            groups[k] = asyncio.run(group(file, args.events, k))
+            print(f"group of {k}: {groups[k]}", flush=True)
     finally:
-        for p in (prefix_t, prefix_l):
+        for p in prefixes:
             clean(args.redis, p)
     if not args.no_docs:
-        write_docs(args, t, lat)
+        write_docs(args, t, lat, groups)
+    one, two = groups[1], groups[2]
     print(
         f"RESULT events={t['events']} events_per_s={t['events_per_s']:.0f} "
         f"p50_ms={lat['p50']:.1f} p99_ms={lat['p99']:.1f} duplicates={t['duplicates']} "
-        f"lost={t['lost']}"
+        f"lost={t['lost']} one_process_events_per_s={one['events_per_s']:.0f} "
+        f"two_consumers_events_per_s={two['events_per_s']:.0f} "
+        f"two_consumers_speedup={two['events_per_s'] / one['events_per_s']:.2f} "
+        f"two_consumers_duplicates={two['duplicates']} two_consumers_lost={two['lost']}"
     )
 
 

@@ -122,3 +122,12 @@ def freeze_loaded() -> None:
     request or batch garbage instead of pausing the loop for tens of milliseconds."""
     gc.collect()
     gc.freeze()
+
+
+def batch_gc() -> None:
+    """Collect the youngest generation every 50,000 allocations instead of 700, for a process
+    that works a micro-batch at a time (a stream consumer): a batch allocates tens of
+    thousands of short-lived containers (events, rows, records), and with the default
+    threshold the collector runs many times per batch and, promoting them, walks the
+    decoded window states again and again (a third of a consumer's CPU in a profile)."""
+    gc.set_threshold(50_000, 20, 100)

@@ -53,7 +53,7 @@ def run_consumer(
     project_path: ProjectOpt = None,
 ) -> None:
     """Consume STREAM until interrupted: windows, scores, predictions, outputs, then ack."""
-    from hybridserve.services import Services, freeze_loaded
+    from hybridserve.services import Services, batch_gc, freeze_loaded
     from hybridserve.streaming import StreamConsumer
     from hybridserve.streaming.metrics import serve_metrics
 
@@ -79,6 +79,7 @@ def run_consumer(
         server = await serve_metrics(worker.metrics, metrics_port) if metrics_port else None
         console.print(f"stream {stream}: consuming as {name!r} ({worker.source.kind} source)")
         freeze_loaded()
+        batch_gc()
         try:
             return await worker.run(stop, until_idle=until_idle)
         finally:

@@ -44,10 +44,10 @@ from hybridserve.quality.log import log_records
 from hybridserve.records import PredictionRecord, now
 from hybridserve.scoring import Scorer
 from hybridserve.services import Services
-from hybridserve.streaming.events import Event, RawEntry, decode
+from hybridserve.streaming.events import Event, RawEntry, decode_batch
 from hybridserve.streaming.sources import DeadLetter, StreamIO, stream_config
 from hybridserve.streaming.state import Output, StateStore
-from hybridserve.streaming.windows import EntityState, WindowSpec, stream_position
+from hybridserve.streaming.windows import EntityState, WindowEvent, WindowSpec, stream_position
 
 _ATTEMPTS = 8
 log = logging.getLogger("hybridserve.stream")
@@ -160,13 +160,15 @@ class BatchProcessor:
         dead: list[DeadLetter] = []
         events: list[Event] = []
         ids: set[str] = set()
+        live: list[RawEntry] = []
         for entry in entries:
             if entry.deliveries > cfg.max_deliveries:
                 reason = f"poison: delivered {entry.deliveries} times (max {cfg.max_deliveries})"
                 last = self._last_errors.pop(entry.id, None)
                 dead.append((entry, reason if last is None else f"{reason}; last error: {last}"))
-                continue
-            ev = decode(cfg, entry, at)
+            else:
+                live.append(entry)
+        for entry, ev in zip(live, decode_batch(cfg, live, at), strict=True):
             if isinstance(ev, str):
                 dead.append((entry, ev))
             elif ev.event_id in ids:
@@ -278,58 +280,55 @@ class BatchProcessor:
         )
         fresh = [ev for ev, seen in zip(events, flags, strict=True) if not seen]
         dups = len(events) - len(fresh)
-        states: dict[str, EntityState] = {}
-        versions: dict[str, int] = {}
+        states: list[EntityState] = []
         decoded = self._decoded
-        applied: list[Event] = []
-        window_rows: list[dict[str, Any]] = []
-        # An entity's row after its last event is its row at the batch's end too: the
-        # watermark only moves forward, and ``finish`` drops only buckets outside every window.
-        last_row: dict[str, dict[str, Any]] = {}
         names = self.window_names if scorer is not None else ()
-        late: list[DeadLetter] = []
+        index = {e: i for i, e in enumerate(entities)}
         with _computing():
             for entity, (version, raw) in zip(entities, loaded, strict=True):
-                versions[entity] = version
                 # Taken out while in use: a failed attempt leaves no half-applied state behind.
                 hit = decoded.pop(entity, None)
                 if hit is not None and version > 0 and hit[0] == version:
-                    states[entity] = hit[1]
+                    states.append(hit[1])
                 else:
-                    states[entity] = spec.new_state() if raw is None else spec.loads(raw)
-            for ev in fresh:
-                st = states[ev.entity]
-                pos, again = stream_position(ev.entry.id), ev.entry.deliveries > 1
-                outcome = spec.apply(st, ev.event_id, ev.time, ev.values, pos, again)
-                if outcome == "applied":
-                    applied.append(ev)
-                    if names:
-                        row = last_row[ev.entity] = spec.values(st)
-                        window_rows.append({n: row[n] for n in names})
-                    else:
-                        window_rows.append({})
-                elif outcome == "late":
-                    behind = (spec.judged(st, pos, again) or 0.0) - ev.time
-                    reason = (
-                        f"late: {behind:.3f}s behind the entity's watermark "
-                        f"(allowed_lateness {cfg.allowed_lateness:g}s)"
+                    states.append(spec.new_state() if raw is None else spec.loads(raw))
+            batch = spec.apply_batch(
+                states,
+                [
+                    WindowEvent(
+                        index[ev.entity],
+                        ev.event_id,
+                        ev.time,
+                        ev.values,
+                        stream_position(ev.entry.id),
+                        ev.entry.deliveries > 1,
                     )
-                    late.append((ev.entry, reason))
-                else:
-                    dups += 1
-        records = await self._score(scorer, applied, window_rows, stored)
+                    for ev in fresh
+                ],
+                names,
+            )
+        applied: list[Event] = []
+        late: list[DeadLetter] = []
+        for ev, outcome, judged in zip(fresh, batch.outcomes, batch.judged, strict=True):
+            if outcome == "applied":
+                applied.append(ev)
+            elif outcome == "late":
+                reason = (
+                    f"late: {(judged or 0.0) - ev.time:.3f}s behind the entity's watermark "
+                    f"(allowed_lateness {cfg.allowed_lateness:g}s)"
+                )
+                late.append((ev.entry, reason))
+            else:
+                dups += 1
+        records = await self._score(scorer, applied, batch.rows, stored)
         if not isinstance(records, list):  # rejected rows: redo without them
             return [(applied[i].entry, f"not scored: {why}") for i, why in records.items()]
-        touched = [e for e in entities if states[e].batch or e in written]
-        touched_states = {id(states[e]) for e in touched}
+        touched = [i for i, e in enumerate(entities) if batch.changed[i] or e in written]
         with _computing():
-            for e in touched:
-                spec.finish(states[e])
             view_rows = [
-                (e, last_row.get(e) or spec.values(states[e]), states[e].watermark or 0.0)
-                for e in touched
+                (entities[i], batch.finals[i], states[i].watermark or 0.0) for i in touched
             ]
-            writes = [(e, versions[e], spec.dumps(states[e])) for e in touched]
+            writes = [(entities[i], loaded[i][0], spec.dumps(states[i])) for i in touched]
         if late:
             await self.dead_letters.dead_letter(late)
         # The view's new rows and the predictions go to the store at the same time; both
@@ -337,10 +336,11 @@ class BatchProcessor:
         _, outputs = await asyncio.gather(self._write_view(view_rows), self._store(records))
         seen = [ev.event_id for ev in fresh]
         if (writes or seen) and not await self.state.commit(writes, seen, outputs):
-            written.update(touched)
+            written.update(entities[i] for i in touched)
             return False
-        for e in entities:  # committed: the next batch starts from these objects
-            decoded[e] = (versions[e] + (1 if id(states[e]) in touched_states else 0), states[e])
+        moved = set(touched)
+        for i, e in enumerate(entities):  # committed: the next batch starts from these objects
+            decoded[e] = (loaded[i][0] + (1 if i in moved else 0), states[i])
         while len(decoded) > self.max_decoded:
             decoded.pop(next(iter(decoded)))
         done = now()
@@ -351,7 +351,7 @@ class BatchProcessor:
         res.event_lag += [done - ev.time for ev in applied]
         res.read_lag += [done - ev.entry.read_at for ev in applied]
         if self.services.prediction_log.stream and records:
-            self._log(records, applied, window_rows, stored, done)
+            self._log(records, applied, batch.rows, stored, done)
         return True
 
     def _log(

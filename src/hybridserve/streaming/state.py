@@ -10,10 +10,12 @@ group from losing each other's updates, and a reclaimed entry from being counted
   (when the output stream lives on the same Redis) the output entries are written together
   or not at all.
 - :class:`KVStateStore`: any :class:`~hybridserve.storage.KVStore` (memory, SQLite) for one
-  process; the check-and-write runs under a process-wide lock, and the states and seen-set
-  are written by one ``put_many`` (one SQLite transaction), with the same ``dedup_ttl``
-  expiry as on Redis. Outputs are not part of its commit (they live in the source, not the
-  store): the consumer emits them (idempotently, per event id) just before committing. On
+  process; the check-and-write runs under a process-wide lock, and the states, the seen-set
+  and the outputs (``o:{stream}:{event_id}``, readable by other processes with
+  :meth:`KVStateStore.outputs`) are written by one ``put_many`` (one SQLite transaction),
+  all with the same ``dedup_ttl`` expiry as on Redis. The source's own output log (the
+  in-process one of a memory or replay source) is not in the store: the consumer emits to
+  it (idempotently, per event id) just before committing. On
   SQLite one process at a time consumes a stream: the next is refused at start (an advisory
   lock on a file beside the database, released by the kernel when the holder dies).
 """
@@ -46,6 +48,10 @@ def state_key(stream: str, entity: str) -> str:
 
 def seen_key(stream: str, event_id: str) -> str:
     return f"s:{stream}:{event_id}"
+
+
+def output_entry_key(stream: str, event_id: str) -> str:
+    return f"o:{stream}:{event_id}"
 
 
 class StateStore(Protocol):
@@ -150,13 +156,20 @@ class KVStateStore:
                 return False
             if any(await self.seen(seen)):
                 return False
-            # One write, so one transaction: the states and the seen-set land together.
-            expires = now() + self.ttl
+            # One write, so one transaction: states, seen-set and outputs land together.
+            at = now()
+            expires, s = at + self.ttl, self.stream
             await self.kv.put_many(
-                [Entry(state_key(self.stream, e), v, float(n + 1), expires) for e, n, v in states]
-                + [Entry(seen_key(self.stream, e), b"1", 0.0, expires) for e in seen]
+                [Entry(state_key(s, e), v, float(n + 1), expires) for e, n, v in states]
+                + [Entry(seen_key(s, e), b"1", 0.0, expires) for e in seen]
+                + [Entry(output_entry_key(s, e), d, at, expires) for e, d in outputs]
             )
             return True
+
+    async def outputs(self, event_ids: Sequence[str]) -> list[bytes | None]:
+        """The committed output of each event (``None``: none, or expired)."""
+        entries = await self.kv.get_many([output_entry_key(self.stream, e) for e in event_ids])
+        return [None if e is None else e.value for e in entries]
 
     async def close(self) -> None:
         _drop_lock(self._lock_path)
