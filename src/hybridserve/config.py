@@ -205,6 +205,51 @@ Staleness = Annotated[
 """A freshness bound: one duration, or ``{batch, stream, online}`` durations."""
 
 
+class LogSampling(_Strict):
+    """Which of a route's answers the prediction log keeps (``quality/log.py``): a share per
+    source, and how their feature values are kept."""
+
+    online: float = Field(default=0.0, ge=0, le=1)
+    """Share of online answers logged (0: none; the router then pays one attribute check)."""
+    stream: float = Field(default=0.0, ge=0, le=1)
+    batch: float = Field(default=0.0, ge=0, le=1)
+    """Share of a batch run's rows logged (off by default: the run's snapshot holds them)."""
+    features: Literal["values", "fingerprint", "none"] = "values"
+    """``values``: the feature values themselves (needed for drift from the log);
+    ``fingerprint``: a 16-hex-digit hash of them; ``none``."""
+
+
+class DriftConfig(_Strict):
+    """When a route's input or score distribution has drifted from its model's reference."""
+
+    psi: float = Field(default=0.2, gt=0)
+    """Population stability index above which a feature (or the score) has drifted."""
+    ks_pvalue: float | None = Field(default=None, gt=0, lt=1)
+    """Also drifted when a numeric feature's two-sample KS test gives a p-value below this
+    (``null``: PSI only)."""
+    missing: float = Field(default=0.1, ge=0, le=1)
+    """Drifted when a feature's missing-value share rises this far above the reference's."""
+    window: Duration = 3600.0
+    """The sliding window of answers compared with the reference."""
+    min_samples: int = Field(default=200, gt=0)
+    """Fewer answers than this in the window: no judgement (too little to tell)."""
+    max_samples: int = Field(default=10_000, gt=0)
+    """Answers kept per route for the window (the oldest go first)."""
+
+
+class QualityConfig(_Strict):
+    """Online quality from ground-truth feedback (``quality/feedback.py``)."""
+
+    window: Duration = 86400.0
+    """The sliding window (by answer time) that quality figures are computed over."""
+    task: Literal["auto", "classification", "regression"] = "auto"
+    """``auto``: classification when every label is 0 or 1."""
+    bins: int = Field(default=10, ge=2, le=100)
+    """Score bins of the calibration table."""
+    max_join_age: Duration = 7 * 86400.0
+    """Feedback by entity and time joins the last answer served at most this long before."""
+
+
 class StageBudgets(_Strict):
     """How long each stage of the online path may take (``None``: up to the request's
     deadline). ``store``: the prediction-store read; ``features``: the online feature read;
@@ -399,6 +444,9 @@ class RouteConfig(_Strict):
     shadow: RolloutConfig | None = None
     threshold: float | None = None
     """For classifiers: ``label = score >= threshold`` when set."""
+    log: LogSampling = LogSampling()
+    drift: DriftConfig = DriftConfig()
+    quality: QualityConfig = QualityConfig()
     slo: SloConfig | None = None
     review: ReviewConfig | None = None
     rollout: RolloutPlan | None = None
@@ -727,6 +775,28 @@ class ServerConfig(_Strict):
     api_keys: list[ApiKeyConfig] = []
 
 
+class PredictionLogConfig(_Strict):
+    """Where and how the prediction log is written (``quality/log.py``)."""
+
+    url: str | None = None
+    """``parquet:///DIR`` (rotated Parquet files; relative to the project directory),
+    ``redis://host:port/db`` (one trimmed stream per route) or ``memory://``. Default: a
+    Redis stream on the prediction store when that is Redis, else
+    ``parquet:///.hybridserve/prediction-log``."""
+    queue: int = Field(default=10_000, gt=0)
+    """Records waiting for the writer; past this, new ones are dropped and counted."""
+    batch_rows: int = Field(default=1000, gt=0)
+    flush_interval: Duration = 1.0
+    """How long the writer waits to fill a batch."""
+    rotate_rows: int = Field(default=100_000, gt=0)
+    rotate_interval: Duration = 60.0
+    """A Parquet file is closed (and readable) after this long or ``rotate_rows`` records."""
+    retention: Duration = 7 * 86400.0
+    """Parquet files older than this are deleted when a new one is closed."""
+    maxlen: int = Field(default=1_000_000, gt=0)
+    """Redis: approximate entries kept per route's stream."""
+
+
 class TracingConfig(_Strict):
     """OpenTelemetry tracing (extra ``otel``); also on when ``OTEL_TRACES_EXPORTER`` or an
     ``OTEL_EXPORTER_OTLP_*ENDPOINT`` is set. See ``observability/tracing.py``."""
@@ -750,6 +820,7 @@ class Project(_Strict):
     batch_jobs: dict[str, BatchJobConfig] = {}
     streams: dict[str, StreamConfig] = {}
     server: ServerConfig = ServerConfig()
+    prediction_log: PredictionLogConfig = PredictionLogConfig()
     tracing: TracingConfig = TracingConfig()
     health: HealthConfig = HealthConfig()
     cost: CostConfig = CostConfig()

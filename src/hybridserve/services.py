@@ -6,6 +6,7 @@ backends the same way from the same project file.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,6 +16,9 @@ from hybridserve.config import Project
 from hybridserve.errors import InvalidInput
 from hybridserve.features.online import OnlineFeatureStore, merge_request_features
 from hybridserve.predictions.store import PredictionStore
+from hybridserve.quality.drift import DriftMonitor
+from hybridserve.quality.log import PredictionLog
+from hybridserve.quality.profile import Profile
 from hybridserve.records import now
 from hybridserve.scoring import Scorer, ScoreResult
 from hybridserve.storage import KVStore, open_store
@@ -32,6 +36,16 @@ class Services:
     features: OnlineFeatureStore
     predictions: PredictionStore
     _scorers: dict[tuple[str, str], Scorer] = field(default_factory=dict)
+    prediction_log: PredictionLog = field(init=False)
+    """Sampled answers of every path (its writer starts where a path samples)."""
+
+    drift: DriftMonitor = field(init=False)
+    """Drift of each route's recently logged answers (fed by the prediction log)."""
+
+    def __post_init__(self) -> None:
+        self.prediction_log = PredictionLog(self.project)
+        self.drift = DriftMonitor(self.project, self.reference_profile)
+        self.prediction_log.observers.append(self.drift.observe)
 
     @classmethod
     def open(cls, project: Project) -> Services:
@@ -89,7 +103,13 @@ class Services:
             await self.predictions.put(result.records)
         return result
 
+    def reference_profile(self, model: str, version: int) -> Profile | None:
+        """The reference profile stored with ``model/version`` (for drift), or ``None``."""
+        found = self.registry.reference(model, version)
+        return None if found is None else Profile.from_dict(found)
+
     async def close(self) -> None:
+        await asyncio.to_thread(self.prediction_log.close)
         await self.online_kv.close()
         if self.predictions_kv is not self.online_kv:
             await self.predictions_kv.close()

@@ -187,6 +187,7 @@ class FakeRegistry:
 
     registered: list[dict[str, Any]] = field(default_factory=list)
     promoted: list[tuple[str, int, str, str]] = field(default_factory=list)
+    references: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def register(self, name: str, artifact_path: Path, **kwargs: Any) -> Any:
         version = 1 + sum(r["name"] == name for r in self.registered)
@@ -197,6 +198,9 @@ class FakeRegistry:
 
     def promote(self, name: str, version: int, alias: str = "production", *, actor: str) -> None:
         self.promoted.append((name, version, alias, actor))
+
+    def set_reference(self, ref: str, profile: dict[str, Any], *, actor: str) -> None:
+        self.references[ref] = profile
 
 
 @dataclass
@@ -210,6 +214,10 @@ def test_train_sends_signatures_metrics_and_lineage() -> None:
     registry = FakeRegistry()
     result = train(project, n_cards=4_000, registry=registry, actor="tester")
     fraud_reg, rules_reg = registry.registered
+    # Each version gets the reference profile of its own training features and scores.
+    assert sorted(registry.references["fraud/1"]["features"]) == sorted(FEATURES)
+    assert sorted(registry.references["fraud_rules/1"]["features"]) == sorted(RULES_FEATURES)
+    assert registry.references["fraud/1"]["score"]["kind"] == "numeric"
     assert (fraud_reg["name"], fraud_reg["features"]) == ("fraud", FEATURES)
     assert (rules_reg["name"], rules_reg["features"]) == ("fraud_rules", RULES_FEATURES)
     for reg in registry.registered:

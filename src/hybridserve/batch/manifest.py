@@ -74,6 +74,9 @@ class RunManifest:
     published_at: float | None = None
     error: str | None = None
     dir: str = ""
+    drift: dict[str, Any] | None = None
+    """The input's (and scores') drift against the model version's reference profile
+    (``batch/quality.py``); ``None`` when the version has none."""
 
     @property
     def model_ref(self) -> str:

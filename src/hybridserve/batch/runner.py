@@ -33,9 +33,11 @@ from hybridserve.batch.manifest import (
     last_completed,
     run_lock,
 )
+from hybridserve.batch.quality import after_run
 from hybridserve.config import BatchJobConfig, Project
 from hybridserve.errors import ConfigError
 from hybridserve.predictions.store import PredictionStore
+from hybridserve.quality.profile import Profile
 from hybridserve.records import now
 from hybridserve.scoring import Scorer
 
@@ -90,6 +92,8 @@ def run_job(
         )
         # This process plans and records; only the workers score (no trees to compile here).
         scorer = Scorer(project, job.route, registry.load(model_ref, compile="none"))
+        found = registry.reference(scorer.runtime.name, scorer.runtime.version)
+    profile = None if found is None else Profile.from_dict(found)
     if existing is not None:
         snapshot_at = existing.snapshot_at
     elif snapshot_at is None:
@@ -181,6 +185,7 @@ def run_job(
                     f"({manifest.reject_share:.2%} > max_reject_share "
                     f"{job.max_reject_share:.2%}); see rejected-*.parquet in {run_dir}"
                 )
+            after_run(project, manifest, plan, scorer.names, profile)
             warm = top_k_active is not None
             manifest.published_at = asyncio.run(_publish(project, job.route, run_id, warm=warm))
         except BaseException as exc:

@@ -20,6 +20,7 @@ from hybridserve.cli.common import console, err_console, print_error
 from hybridserve.cli.features import features_app
 from hybridserve.cli.operations import operations_commands
 from hybridserve.cli.project import project_commands
+from hybridserve.cli.quality import quality_commands
 from hybridserve.cli.registry import registry_app
 from hybridserve.cli.review import review_app
 from hybridserve.cli.rollout import rollout_app
@@ -60,6 +61,7 @@ app.add_typer(stream_app, name="stream")
 app.add_typer(review_app, name="review")
 app.add_typer(rollout_app, name="rollout")
 project_commands(app)
+quality_commands(app)
 operations_commands(app)
 app.command("advise")(advise_command)
 

@@ -202,4 +202,9 @@ def show(
         print_json(data)
         return
     data.pop("chunks")
+    drift = data.get("drift")
+    if drift is not None:  # the reasons, not the per-feature figures (in --json)
+        data["drift"] = drift.get("error") or (
+            "; ".join(drift["drifted"]) or f"none of {len(drift['features'])} features drifted"
+        )
     table(f"run {run_id}", ["field", "value"], [[k, v] for k, v in data.items()])

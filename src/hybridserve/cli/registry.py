@@ -10,7 +10,7 @@ import typer
 from rich.text import Text
 
 from hybridserve.cli.common import JsonOpt, ProjectOpt, console, print_json, project, table
-from hybridserve.errors import InvalidInput
+from hybridserve.errors import HybridServeError, InvalidInput
 
 registry_app = typer.Typer(help="Model versions, aliases and the audit log.", no_args_is_help=True)
 
@@ -66,10 +66,18 @@ def register(
     promote: Annotated[
         str | None, typer.Option(help="Point this alias at the new version.")
     ] = None,
+    reference: Annotated[
+        Path | None,
+        typer.Option(
+            help="Training (or reference) data, Parquet: stored as the version's reference "
+            "profile for drift (feature bins and the model's scores on it)."
+        ),
+    ] = None,
     project_path: ProjectOpt = None,
     json: JsonOpt = False,
 ) -> None:
     """Register a new version of a model from a file or a Python callable."""
+    ref_table = None if reference is None else _reference_table(reference)
     reg = _registry(project_path)
     feature_list = features.split(",") if features else None
     if feature_list is None:
@@ -86,6 +94,8 @@ def register(
         training_data_fingerprint=data_fingerprint,
         registered_by=_actor(),
     )
+    if ref_table is not None:
+        _store_reference(reg, mv.ref, ref_table)
     if promote:
         reg.set_alias(name, promote, mv.version, actor=_actor())
     if json:
@@ -100,6 +110,49 @@ def register(
                 + (f", {promote} -> {mv.version}" if promote else ""),
             )
         )
+
+
+def _reference_table(path: Path) -> Any:
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(str(path))
+    except (OSError, ValueError) as exc:
+        raise InvalidInput(f"--reference {path}: cannot read Parquet: {exc}") from None
+
+
+def _store_reference(reg: Any, ref: str, table: Any) -> None:
+    from hybridserve.quality.profile import profile_table
+
+    try:
+        profile = profile_table(reg.load(ref), table)
+    except HybridServeError as exc:
+        raise type(exc)(
+            f"{ref} is registered, without a reference profile: {exc.message}; "
+            f"add one with 'hybridserve registry reference {ref} FILE'"
+        ) from None
+    reg.set_reference(ref, profile.to_dict(), actor=_actor())
+
+
+@registry_app.command("reference")
+def reference_cmd(
+    ref: Annotated[str, typer.Argument(help="Model version, e.g. fraud/3 or fraud@production.")],
+    file: Annotated[Path, typer.Argument(help="Reference data, Parquet (the training data).")],
+    project_path: ProjectOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Store (or replace) a version's reference profile, for drift."""
+    table = _reference_table(file)
+    reg = _registry(project_path)
+    mv = reg.get(ref)
+    _store_reference(reg, mv.ref, table)
+    found = reg.reference(mv.name, mv.version) or {}
+    if json:
+        print_json(
+            {"ref": mv.ref, "rows": found.get("rows"), "features": sorted(found["features"])}
+        )
+    else:
+        console.print(f"{mv.ref}: reference profile of {found.get('rows')} rows stored")
 
 
 def reg_project_features(path: Path | None, name: str) -> list[str] | None:

@@ -278,6 +278,52 @@ class Metrics:
             registry=r,
         )
 
+        self.prediction_log = LightCounter(
+            "hybridserve_prediction_log_total",
+            "Prediction log rows by route and outcome (written, dropped: the writer fell "
+            "behind, failed: the sink refused them).",
+            ["route", "outcome"],
+            registry=r,
+        )
+
+        self.feedback = LightCounter(
+            "hybridserve_feedback_total",
+            "Feedback outcomes received, by route and outcome (accepted, duplicate).",
+            ["route", "outcome"],
+            registry=r,
+        )
+        self.quality = Gauge(
+            "hybridserve_quality",
+            "Online quality over the route's quality.window, per model version and figure "
+            "(roc_auc, log_loss, brier, precision, recall, mae, rmse, n).",
+            ["route", "model", "version", "figure"],
+            registry=r,
+        )
+        self.calibration = Gauge(
+            "hybridserve_calibration_observed",
+            "Observed positive share per score bin (label bin: its lower edge).",
+            ["route", "model", "version", "bin"],
+            registry=r,
+        )
+        self.drift_psi = Gauge(
+            "hybridserve_drift_psi",
+            "PSI of a feature (or 'score') over the route's drift.window vs the reference.",
+            ["route", "feature"],
+            registry=r,
+        )
+        self.drift_missing = Gauge(
+            "hybridserve_drift_missing_share",
+            "Share of missing values of a feature over the route's drift.window.",
+            ["route", "feature"],
+            registry=r,
+        )
+        self.drifted = Gauge(
+            "hybridserve_drifted",
+            "1 when a feature (or 'score') of the route crossed a drift threshold, else 0.",
+            ["route", "feature"],
+            registry=r,
+        )
+
     @lru_cache(maxsize=4096)  # noqa: B019 - one Metrics per process, bounded cache
     def child(self, name: str, *labels: str) -> Any:
         """A bound label child, cached: ``metrics.child("requests", route, source, status)``."""

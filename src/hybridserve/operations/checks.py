@@ -235,3 +235,13 @@ def _batch_job(ctx: HealthContext, name: str) -> Component:
     }
     status = Status.DEGRADED if reasons else Status.HEALTHY
     return Component(f"batch_job:{name}", "batch_job", status, reasons, details)
+
+
+@CHECKS.register
+async def drift(ctx: HealthContext) -> list[Component]:
+    """A route whose recent answers drifted from the model's reference profile is degraded,
+    with the drifted features as reasons (this process's answers, judged every 15 s)."""
+    return [
+        Component(f"drift:{route}", "drift", Status.DEGRADED, reasons, {"route": route})
+        for route, reasons in ctx.services.drift.reasons().items()
+    ]

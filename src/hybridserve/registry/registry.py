@@ -299,6 +299,34 @@ class Registry:
             )
             q.write_audit(conn, actor or current_user(), "delete_alias", name, alias, current, None)
 
+    def set_reference(
+        self, ref: str | ModelRef, profile: dict[str, Any], *, actor: str | None = None
+    ) -> None:
+        """Store (or replace) the reference profile of version ``ref`` (audited)."""
+        mv = self.get(ref)
+        rp = t.reference_profiles
+        with self._tx(write=True) as conn:
+            where = (rp.c.name == mv.name, rp.c.version == mv.version)
+            conn.execute(rp.delete().where(*where))
+            conn.execute(
+                rp.insert().values(
+                    name=mv.name, version=mv.version, profile=profile, created_at=now()
+                )
+            )
+            details = {"features": sorted(profile.get("features", {})), "rows": profile.get("rows")}
+            q.write_audit(
+                conn, actor or current_user(), "reference", mv.name, None, None, mv.version, details
+            )
+
+    def reference(self, name: str, version: int) -> dict[str, Any] | None:
+        """The reference profile stored with ``name/version``, or ``None``."""
+        rp = t.reference_profiles
+        with self._tx() as conn:
+            found = conn.execute(
+                select(rp.c.profile).where(rp.c.name == name, rp.c.version == version)
+            ).scalar()
+        return None if found is None else dict(found)
+
     def record_action(
         self, action: str, *, actor: str | None = None, details: dict[str, Any] | None = None
     ) -> None:

@@ -39,7 +39,8 @@ from hybridserve.urls import masked_url
 SCHEMA_VERSION = 2
 """Bump with a migration in :func:`ensure_schema` whenever the tables change.
 
-2: the review queue and the rollouts (new tables only: created on an older database)."""
+2: the review queue, the rollouts and the ``reference_profiles`` table (new tables only:
+created when an older database is opened)."""
 
 metadata = MetaData()
 
@@ -82,6 +83,18 @@ aliases = Table(
     Column("updated_by", String(256), nullable=False),
     ForeignKeyConstraint(["name", "version"], ["model_versions.name", "model_versions.version"]),
 )
+
+reference_profiles = Table(
+    "reference_profiles",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("profile", JSON, nullable=False),
+    Column("created_at", Float, nullable=False),
+    ForeignKeyConstraint(["name", "version"], ["model_versions.name", "model_versions.version"]),
+)
+"""A version's reference profile (``quality/profile.py``): its training data's feature bins
+and score distribution, for drift."""
 
 audit_log = Table(
     "audit_log",

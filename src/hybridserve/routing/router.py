@@ -40,6 +40,7 @@ from hybridserve.routing.breaker import STATE_VALUE, Breakers, CircuitBreaker, S
 from hybridserve.routing.fallback import Step, build_chain
 from hybridserve.routing.job import Answer, Emit, Entity, Job, Reason
 from hybridserve.routing.lag import LoopLag
+from hybridserve.routing.logged import log_job
 from hybridserve.routing.models import LoadedModel, ModelManager
 from hybridserve.routing.progressive import Splits
 from hybridserve.routing.rollout import in_share
@@ -131,6 +132,7 @@ class Router:
             {r: c.latency_target for r, c in routes.items()}, window=self.project.health.window
         )
         """Answers per route and minute (SLOs, cost) and per second (health)."""
+        self.prediction_log = services.prediction_log
 
     def breaker(self, name: str) -> CircuitBreaker:
         return self.breakers(name)
@@ -168,7 +170,10 @@ class Router:
                 with m.fallback():
                     await self._fallback(job, req.mode == "compute")
                 await job.flush()
-        return self._outcome(job, started)
+        outcome = self._outcome(job, started)
+        if self.prediction_log.online:  # no route samples online answers: this check only
+            log_job(self.prediction_log, job)
+        return outcome
 
     def _job(self, route: str, req: PredictRequest, request_id: str) -> Job:
         cfg = self.project.route(route)

@@ -233,12 +233,89 @@ class MoveResponse(BaseModel):
     changes: list[str] = Field(description="One line per loaded model that moved")
 
 
+def _epoch(value: Any) -> Any:
+    """An RFC 3339 time as epoch seconds (a number stays as it is)."""
+    if isinstance(value, str):
+        from datetime import UTC, datetime
+
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError("expected an RFC 3339 time or epoch seconds") from None
+        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+    if value.__class__ in (int, float) and not 0 <= value <= 253_402_214_400:
+        raise ValueError("expected epoch seconds between 0 and 253402214400 (year 9999)")
+    return value
+
+
+Time = Annotated[
+    float,
+    BeforeValidator(_epoch),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "minimum": 0, "maximum": 253_402_214_400},
+                {"type": "string", "format": "date-time"},
+            ],
+            "description": "Epoch seconds, or an RFC 3339 time.",
+        }
+    ),
+]
+Id = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+class FeedbackItem(_Wire):
+    """One true outcome: for the answer of ``request_id`` (and ``entity``, when that request
+    answered several), or for ``entity``'s answer served at ``at``."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["request_id"], "properties": {"request_id": {"type": "string"}}},
+                {"required": ["entity"], "properties": {"entity": {"not": {"type": "null"}}}},
+            ]
+        }
+    )
+    id: Id = Field(description="The outcome's own id: sending it again changes nothing.")
+    value: float | bool = Field(description="The true label (0/1, or a boolean) or value.")
+    request_id: Id | None = Field(
+        default=None, description="The answer's request_id (an event id, a run id)."
+    )
+    entity: Key | None = None
+    at: Time | None = Field(
+        default=None, description="When the outcome is about, for a join by entity (now)."
+    )
+
+    @model_validator(mode="after")
+    def _names_an_answer(self) -> FeedbackItem:
+        if self.request_id is None and self.entity is None:
+            raise ValueError("give 'request_id' or 'entity' (with 'at')")
+        if isinstance(self.value, float) and self.value != self.value:
+            raise ValueError("value: expected a number, got NaN")
+        return self
+
+
+class FeedbackRequest(_Wire):
+    feedback: list[FeedbackItem] = Field(min_length=1, max_length=10_000)
+
+
+class FeedbackResponse(BaseModel):
+    route: str
+    accepted: int = Field(description="Outcomes kept (ids not seen before)")
+    duplicates: list[str] = Field(description="Ids already received: ignored")
+
+
 _REQUEST = TypeAdapter(PredictRequest)
+_FEEDBACK = TypeAdapter(FeedbackRequest)
 W = TypeVar("W", bound=_Wire)
 
 
 def parse_predict_request(body: bytes | dict[str, Any]) -> PredictRequest:
     return parse(_REQUEST, body)
+
+
+def parse_feedback(body: bytes | dict[str, Any]) -> FeedbackRequest:
+    return parse(_FEEDBACK, body)
 
 
 def decode(raw: bytes | bytearray | memoryview | str, context: str = "") -> Any:

@@ -19,7 +19,7 @@ from starlette.routing import Route
 
 from hybridserve.config import Project
 from hybridserve.observability.access import AccessLog
-from hybridserve.server import admin, dashboard, docs, events, operations, review, v2
+from hybridserve.server import admin, dashboard, docs, events, feedback, operations, review, v2
 from hybridserve.server.auth import presented_key
 from hybridserve.server.errors import exception_handlers
 from hybridserve.server.http import (
@@ -58,6 +58,7 @@ class HybridApp:
             *admin.routes(),
             *review.routes(),
             *events.routes(),
+            *feedback.routes(),
             *operations.routes(),
             *docs.routes(),
             *dashboard.routes(),

@@ -20,6 +20,8 @@ from hybridserve import __version__
 from hybridserve.config import Project, StreamConfig
 from hybridserve.registry.refs import NAME_PATTERN
 from hybridserve.routing.schema import (
+    FeedbackRequest,
+    FeedbackResponse,
     MoveResponse,
     PredictRequest,
     PredictResponse,
@@ -52,6 +54,7 @@ _V2_ERROR = {"type": "object", "required": ["error"], "properties": {"error": {"
 _TAGS = [
     ("/v1/predict/", "predict"),
     ("/v1/events/", "events"),
+    ("/v1/feedback/", "feedback"),
     ("/v1/streams/", "events"),
     ("/v1/admin/", "admin"),
     ("/v2", "v2"),
@@ -62,6 +65,7 @@ _TAGS = [
 TAGS = [
     {"name": "predict", "description": "The hybrid API: stored, streamed or computed predictions"},
     {"name": "events", "description": "Ingest: append events to a stream"},
+    {"name": "feedback", "description": "Ingest: true outcomes of a route's answers"},
     {"name": "admin", "description": "Routes, models, alias moves"},
     {"name": "v2", "description": "The Open Inference Protocol (KServe V2)"},
     {"name": "operations", "description": "Metrics and this document"},
@@ -209,6 +213,21 @@ def _hybrid(doc: _Doc, project: Project) -> None:
             },
             scope="predict",
             body=_predict_request(doc, project, route),
+        )
+    for route in sorted(project.routes):
+        doc.add(
+            "post",
+            f"/v1/feedback/{route}",
+            f"post_feedback_{route}",
+            f"True outcomes of route {route!r}'s answers (idempotent by id)",
+            {
+                "202": _json(doc.model(FeedbackResponse), "Kept; duplicates ignored"),
+                "400": _error("Invalid feedback (the message names the item and field)"),
+                "413": _error(f"Body over server.max_body_size ({project.server.max_body_size} B)"),
+                "503": _error("The prediction log's store did not answer"),
+            },
+            scope="ingest",
+            body=doc.model(FeedbackRequest),
         )
     for name in sorted(project.streams):
         cfg = project.streams[name]

@@ -17,6 +17,9 @@ from hybridserve.operations.health import HealthReport
 from hybridserve.operations.publish import Publisher
 from hybridserve.operations.report import health_report
 from hybridserve.predictions.cache import L1Cache
+from hybridserve.quality.drift import DriftMonitor
+from hybridserve.quality.export import run_exporter
+from hybridserve.quality.feedback import FeedbackStore
 from hybridserve.quality.review import ReviewQueue, ReviewWriter
 from hybridserve.quality.rollout import RolloutController
 from hybridserve.routing.abstain import Abstain
@@ -68,6 +71,9 @@ class ServerState:
     """Abstained answers on their way to the review queue."""
     rollouts: RolloutFollower
     """Follows progressive rollouts (and judges them, while this process holds the lease)."""
+    feedback: FeedbackStore
+    drift: DriftMonitor
+    """Drift of each route's recent answers; ``drift.reasons()`` says which routes drifted."""
     ready: bool = False
     access_log: bool = True
     scheduler: bool = False
@@ -130,6 +136,9 @@ class ServerState:
             interval=cfg.reload_interval,
             controller=RolloutController(services.registry, budgets),
         )
+        plog = services.prediction_log
+        plog.on_count = lambda r, o, n: metrics.prediction_log.labels(r, o).inc(n)
+        drift = services.drift
         return cls(
             project,
             services,
@@ -140,6 +149,8 @@ class ServerState:
             IngestSources(project, services.online_kv),
             reviews,
             follower,
+            FeedbackStore(project, plog.sink),
+            drift,
             access_log=access_log,
             scheduler=scheduler,
             tracing=tracing,
@@ -151,6 +162,12 @@ class ServerState:
         await self.services.online_kv.ping()
         await self.services.predictions_kv.ping()
         self.models.start()
+        self.services.prediction_log.start_for("online")
+        self._tasks.append(
+            asyncio.get_running_loop().create_task(
+                run_exporter(self.metrics, self.feedback, self.drift)
+            )
+        )
         self.publisher = Publisher(self.services.predictions_kv, self.router)
         self._tasks.append(asyncio.get_running_loop().create_task(self.publisher.run()))
         await self.rollouts.sync()  # a rollout in progress applies from the first request

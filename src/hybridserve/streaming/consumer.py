@@ -100,6 +100,8 @@ class StreamConsumer:
         scorer = services.scorer(self.cfg.route) if self.cfg.route else None
         self.processor = BatchProcessor(services, name, self.io, self.state, scorer)
         self.metrics = metrics or StreamMetrics(name)
+        counted = self.metrics.prediction_log
+        services.prediction_log.on_count = lambda r, o, n: counted.labels(r, o).inc(n)
         if scorer is not None:
             self.metrics.model_version.set(scorer.runtime.version)
         self.poll_interval, self.stats_interval = poll_interval, stats_interval

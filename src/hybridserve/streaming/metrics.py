@@ -36,6 +36,12 @@ class StreamMetrics:
             "Events that failed alone when their batch was split (dead-lettered).",
         ).labels(stream)
         self.failures = counter("batch_failures_total", "Micro-batches that failed.").labels(stream)
+        self.prediction_log = Counter(
+            "hybridserve_prediction_log_total",
+            "Prediction log rows by route and outcome (written, dropped, failed).",
+            ["route", "outcome"],
+            registry=r,
+        )
         self.batch_size = Histogram(
             "hybridserve_stream_batch_size",
             "Entries per micro-batch.",

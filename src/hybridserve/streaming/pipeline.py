@@ -40,6 +40,7 @@ from typing import Any
 import orjson
 
 from hybridserve.errors import StoreError
+from hybridserve.quality.log import log_records
 from hybridserve.records import PredictionRecord, now
 from hybridserve.scoring import Scorer
 from hybridserve.services import Services
@@ -149,6 +150,7 @@ class BatchProcessor:
         # entry id -> the error it last failed with, for its poison dead letter.
         self._last_errors: dict[str, str] = {}
         self.max_last_errors = 10_000
+        services.prediction_log.start_for("stream")
 
     async def process(self, entries: list[RawEntry]) -> BatchResult:
         """Process, commit and acknowledge ``entries``; raise (acking nothing) on failure."""
@@ -348,7 +350,26 @@ class BatchProcessor:
         res.scored += len(records)
         res.event_lag += [done - ev.time for ev in applied]
         res.read_lag += [done - ev.entry.read_at for ev in applied]
+        if self.services.prediction_log.stream and records:
+            self._log(records, applied, batch.rows, stored, done)
         return True
+
+    def _log(
+        self,
+        records: list[PredictionRecord],
+        applied: list[Event],
+        window_rows: list[dict[str, Any]],
+        stored: dict[str, dict[str, Any]],
+        done: float,
+    ) -> None:
+        """Offer the committed batch's scored events to the prediction log (sampled)."""
+        features = [
+            {**stored.get(ev.entity, {}), **w} for ev, w in zip(applied, window_rows, strict=True)
+        ]
+        latency = [(done - ev.entry.read_at) * 1000 for ev in applied]
+        log_records(
+            self.services.prediction_log, records, features, source="stream", latency_ms=latency
+        )
 
     async def _stored_features(
         self, scorer: Scorer | None, entities: list[str]

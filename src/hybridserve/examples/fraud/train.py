@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import getpass
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -34,6 +34,7 @@ from hybridserve.examples.fraud.data import (
     fingerprint,
     generate_cards,
 )
+from hybridserve.quality.profile import build_profile
 
 if TYPE_CHECKING:
     from hybridserve.config import Project
@@ -79,6 +80,8 @@ class RegistryLike(Protocol):
     def promote(
         self, name: str, version: int, alias: str = "production", /, *, actor: str
     ) -> Any: ...
+
+    def set_reference(self, ref: str, profile: dict[str, Any], /, *, actor: str) -> Any: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +143,9 @@ class FittedModels:
     fraud_metrics: dict[str, float]
     rules_metrics: dict[str, float]
     training_data_fingerprint: str
+    references: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Model name -> its reference profile (``quality/profile.py``): training features and
+    the model's scores on them, for drift."""
 
 
 def fit_models(n_cards: int = 20_000, seed: int = 7) -> FittedModels:
@@ -167,6 +173,15 @@ def fit_models(n_cards: int = 20_000, seed: int = 7) -> FittedModels:
     with threadpool_limits(limits=1, user_api="openmp"):
         model.fit(x_train, y_train)
         rules.fit(x_train[:, cols], y_train)
+    references = {
+        MODEL: build_profile(
+            {n: x_train[:, i] for i, n in enumerate(FEATURES)}, model.predict_proba(x_train)[:, 1]
+        ).to_dict(),
+        RULES_MODEL: build_profile(
+            {n: x_train[:, FEATURES.index(n)] for n in RULES_FEATURES},
+            rules.predict_proba(x_train[:, cols])[:, 1],
+        ).to_dict(),
+    }
     # Event times follow the wall clock; fingerprint only what the models were fitted on.
     return FittedModels(
         fraud=model,
@@ -174,6 +189,7 @@ def fit_models(n_cards: int = 20_000, seed: int = 7) -> FittedModels:
         fraud_metrics=_metrics(y_test, model.predict_proba(x_test)[:, 1], len(y_train)),
         rules_metrics=_metrics(y_test, rules.predict_proba(x_test[:, cols])[:, 1], len(y_train)),
         training_data_fingerprint=fingerprint(table.drop_columns([TIMESTAMP])),
+        references=references,
     )
 
 
@@ -229,6 +245,7 @@ def _train_into(
                 training_data_fingerprint=fitted.training_data_fingerprint,
                 registered_by=actor,
             )
+            registry.set_reference(mv.ref, fitted.references[name], actor=actor)
             registry.promote(name, mv.version, ALIAS, actor=actor)
             trained[name] = TrainedModel(name, mv.version, mv.ref, list(features), dict(metrics))
     return TrainResult(trained[MODEL], trained[RULES_MODEL], fitted.training_data_fingerprint)
