@@ -156,6 +156,11 @@ async def test_abstained_answers_land_in_the_queue_with_their_context(
     # The resolved label is what feedback reads, by request id and entity.
     (label,) = ReviewQueue(state.services.registry.engine).labels(ROUTE)
     assert (label.request_id, label.entity, label.label) == (r.json()["request_id"], healthy, 1.0)
+    # ...and it already went to the route's feedback: sending it again is a duplicate.
+    from hybridserve.quality.feedback import Outcome
+
+    again = state.feedback.submit(ROUTE, [Outcome(f"review:{case['id']}", 1.0)])
+    assert again == (0, [f"review:{case['id']}"])
 
 
 def test_the_review_commands_list_show_and_resolve(

@@ -105,10 +105,19 @@ def resolve(
     json: JsonOpt = False,
 ) -> None:
     """Give a case its true label; it becomes feedback for the route's quality figures."""
+    from hybridserve.quality.feedback import FeedbackStore
+    from hybridserve.quality.review import feed_back
+    from hybridserve.quality.sinks import open_sink
     from hybridserve.registry.registry import current_user
 
     with _queue(project_path) as q:
         case = q.resolve(case_id, label, actor=current_user(), note=note)
+    proj = project(project_path)
+    sink = open_sink(proj)
+    try:
+        feed_back(case, FeedbackStore(proj, sink))
+    finally:
+        sink.close()
     if json:
         print_json(case.to_json())
         return

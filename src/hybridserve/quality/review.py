@@ -24,6 +24,7 @@ from sqlalchemy.exc import OperationalError
 
 from hybridserve.config import ReviewConfig, ScoreBetween
 from hybridserve.errors import Conflict, InvalidInput, NotFound, StoreError
+from hybridserve.quality.feedback import FeedbackStore, Outcome
 from hybridserve.records import now
 from hybridserve.registry import schema as t
 
@@ -96,6 +97,13 @@ class ReviewCase:
             "entity": self.entity,
             "at": self.created_at,
         }
+
+
+def feed_back(case: ReviewCase, feedback: FeedbackStore) -> None:
+    """A resolved case's label, given to the route's feedback (idempotent by the case's id),
+    so it counts in the route's online quality figures."""
+    if case.label is not None:
+        feedback.submit(case.route, [Outcome(**case.outcome())])
 
 
 _FIELDS = tuple(ReviewCase.__dataclass_fields__)

@@ -14,7 +14,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from hybridserve.errors import InvalidInput, NotFound
-from hybridserve.quality.review import ReviewQueue, Status
+from hybridserve.quality.review import ReviewQueue, Status, feed_back
 from hybridserve.quality.rollout import report
 from hybridserve.routing.schema import ResolveRequest, parse
 from hybridserve.server.errors import json_response
@@ -77,6 +77,7 @@ async def resolve_case(request: Request) -> Response:
         actor=actor,
         note=body.note,
     )
+    await asyncio.to_thread(feed_back, case, state_of(request).feedback)
     return json_response(200, case.to_json())
 
 
