@@ -91,3 +91,36 @@ def test_tracing_is_off_unless_asked_for() -> None:
     assert tracing.wanted(True, {})
     with tracing.OFF.span("x") as nothing:
         assert nothing is None
+
+
+async def test_a_request_the_sampler_skipped_builds_no_child_spans(
+    make_project: MakeProject,
+) -> None:
+    project = make_project()
+    exporter = InMemorySpanExporter()
+    from hybridserve.server.state import ServerState
+
+    project = project.model_copy(update={"tracing": type(project.tracing)(sample_ratio=0.0)})
+    state = ServerState.build(project, access_log=False, tracing_exporter=exporter)
+    app = HybridApp(state)
+    lifespan = app.running()
+    await lifespan.__aenter__()
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://hs"
+        ) as client:
+            r = await client.post("/v1/predict/fraud", json={"entity": "card_000001"})
+            assert r.status_code == 200
+            # A caller's sampled trace is still continued, with every stage.
+            sampled = f"00-{TRACE}-{CALLER}-01"
+            r = await client.post(
+                "/v1/predict/fraud",
+                json={"entity": "card_000002"},
+                headers={"traceparent": sampled},
+            )
+            assert r.status_code == 200
+    finally:
+        await lifespan.__aexit__(None, None, None)
+    spans = exporter.get_finished_spans()
+    assert spans and all(s.context.trace_id == int(TRACE, 16) for s in spans)
+    assert {"cache", "store"} <= {s.name for s in spans}

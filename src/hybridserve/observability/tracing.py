@@ -57,17 +57,29 @@ class Tracing:
             yield span
 
     def span(self, name: str, **attributes: Any) -> contextlib.AbstractContextManager[Any]:
-        """A span, the child of whatever span is current (none: a root span)."""
+        """A span, the child of whatever span is current (none: a root span). Inside a
+        request the sampler did not pick, nothing is built: its children would not be
+        recorded either, and building them cost a third of a stored answer's time at 1%. (A
+        sampled parent that has ended, as a request's by the time its write-back runs, still
+        gets its children.)"""
         if not self.enabled:
+            return contextlib.nullcontext()
+        from opentelemetry import trace
+
+        context = trace.get_current_span().get_span_context()
+        if context.is_valid and not context.trace_flags.sampled:
             return contextlib.nullcontext()
         return self.tracer.start_as_current_span(name, attributes=attributes)  # type: ignore[no-any-return]
 
     def annotate(self, **attributes: Any) -> None:
-        """Set attributes on the current span (nothing when tracing is off)."""
+        """Set attributes on the current span (nothing when tracing is off or it is not
+        recorded)."""
         if self.enabled:
             from opentelemetry import trace
 
-            trace.get_current_span().set_attributes(attributes)
+            span = trace.get_current_span()
+            if span.is_recording():
+                span.set_attributes(attributes)
 
     def shutdown(self) -> None:
         if self.provider is not None:

@@ -64,7 +64,7 @@ class PredictEndpoint:
         if self.state.tracing.enabled:
             with self.state.tracing.request("POST /v1/predict", traceparent) as span:
                 reply = await self._answer(path, key, rid, read, stream)
-                if reply is not None:
+                if reply is not None and span.is_recording():
                     _describe(span, path, reply)
                 return reply
         return await self._answer(path, key, rid, read, stream)
