@@ -10,8 +10,8 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+from batch_helpers import cards, job, write_input
 
-from conftest import cards, job, write_input
 from hybridserve.batch import run_job
 from hybridserve.batch.manifest import show
 from hybridserve.quality.sinks import open_sink
