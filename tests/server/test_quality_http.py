@@ -110,3 +110,7 @@ async def test_a_shifted_feature_in_the_traffic_drifts_alone(make_project: Any, 
         r.startswith("drift:fraud degraded: feature utilization: PSI") for r in health["reasons"]
     )
     assert not any("amount_mean_30d" in r for r in health["reasons"])
+    # The route itself is degraded, saying why.
+    route = next(c for c in health["components"] if c["name"] == "route:fraud")
+    assert route["status"] == "degraded"
+    assert any(r.startswith("drift: feature utilization: PSI") for r in route["reasons"])

@@ -75,6 +75,9 @@ def _route(ctx: HealthContext, name: str, cfg: RouteConfig) -> Component:
         reasons.append("no step can answer (stored, compute and every fallback are blocked)")
     recent = ctx.recent(name)
     status = max(status, _recent_rules(ctx, cfg, recent, reasons))
+    for why in ctx.services.drift.reasons().get(name, []):  # its traffic left the reference
+        status = max(status, Status.DEGRADED)
+        reasons.append(f"drift: {why}")
     p99 = recent.p99()
     details: dict[str, Any] = {
         "models": models,
