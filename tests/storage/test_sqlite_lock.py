@@ -67,3 +67,38 @@ async def test_another_process_holding_the_write_lock_does_not_stall_answers(
         if holder.stdout is not None:
             holder.stdout.close()
     await app.state.router.flush()
+
+
+def _hold_reserved_lock(path: str, seconds: float) -> Callable[[], None]:
+    """A connection on a fresh rollback-journal file holding its write lock for ``seconds``.
+
+    This is what a second process sees while the first is still creating the file: switching
+    to WAL then fails at once (SQLite's deadlock rule, without calling the busy handler).
+    """
+    import sqlite3
+    import threading
+
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("CREATE TABLE held (x)")
+    conn.execute("BEGIN IMMEDIATE")
+    timer = threading.Timer(seconds, lambda: conn.execute("COMMIT"))
+    timer.start()
+    return timer.join
+
+
+def test_opening_a_file_another_process_is_creating_waits_for_it(tmp_path: Any) -> None:
+    from hybridserve.registry.schema import make_engine
+    from hybridserve.storage import open_store
+
+    path = str(tmp_path / "store.db")
+    done = _hold_reserved_lock(path, 0.3)
+    store = open_store(f"sqlite:///{path}", "t:")  # used to fail: "database is locked"
+    done()
+    assert store is not None
+    path = str(tmp_path / "registry.db")
+    done = _hold_reserved_lock(path, 0.3)
+    engine = make_engine(f"sqlite:///{path}")
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    done()
+    engine.dispose()

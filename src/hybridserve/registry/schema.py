@@ -34,6 +34,7 @@ from sqlalchemy.pool import StaticPool
 
 from hybridserve._optional import require
 from hybridserve.errors import ConfigError, StoreError
+from hybridserve.storage.sqlite import while_locked
 from hybridserve.urls import masked_url
 
 SCHEMA_VERSION = 2
@@ -181,8 +182,8 @@ def _sqlite_pragmas(engine: Engine) -> None:
     def _connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA busy_timeout=30000")
+        while_locked(lambda: cur.execute("PRAGMA journal_mode=WAL"))
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 

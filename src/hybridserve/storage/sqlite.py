@@ -21,6 +21,7 @@ import errno
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from itertools import repeat
@@ -95,9 +96,29 @@ def sqlite_path(url: str) -> str:
     return url.removeprefix("sqlite:///")
 
 
+def while_locked(fn: Callable[[], T], *, wait: float = 30.0) -> T:
+    """``fn()``, tried again while SQLite says the database is locked, for up to ``wait`` s.
+
+    Two processes opening one fresh file at once (two server workers, a batch run and a
+    server) both switch it to WAL; that switch takes an exclusive lock, and SQLite reports the
+    loser as busy at once, without calling the busy handler, so ``busy_timeout`` does not
+    cover it.
+    """
+    deadline = time.monotonic() + wait
+    delay = 0.002
+    while True:
+        try:
+            return fn()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
 def _connect(path: str) -> sqlite3.Connection:
     conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
+    while_locked(lambda: conn.execute("PRAGMA journal_mode=WAL"))
     conn.execute("PRAGMA synchronous=NORMAL")
     return conn
 
@@ -111,7 +132,8 @@ class SQLiteStore(SQLiteRuns):
             if path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             self._conn = _connect(path)
-            self._conn.executescript(_SCHEMA)
+            conn = self._conn
+            while_locked(lambda: conn.executescript(_SCHEMA))
             # A second connection for the writer thread; ":memory:" is one database per
             # connection, so there the one connection serves both, under the lock.
             self._wconn = self._conn if path == ":memory:" else _connect(path)
