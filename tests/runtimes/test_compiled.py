@@ -215,3 +215,20 @@ def test_a_model_without_an_artifact_is_built_in_a_directory_that_is_removed(
     assert list(tmp_path.iterdir()) == []  # the library stays loaded after its file is gone
     x = _rows(8)
     np.testing.assert_allclose(runtime.predict(x).scores, model.predict_proba(x)[:, 1], rtol=1e-12)
+
+
+def test_the_compiled_library_reads_values_it_would_take_for_missing(tmp_path: Path) -> None:
+    """tl2cgen's code reads a float64 whose low 32 bits are all ones as missing (its input
+    union's ``int missing == -1``); 1.5 minus one ulp is such a value. Those rows must still
+    score as the library scores them."""
+    model, task = _fit("hgb")
+    runtime = _load(model, task, tmp_path, "tl2cgen")
+    assert runtime.compiler == "tl2cgen"
+    x = _rows()
+    ones = np.uint64(0xFFFFFFFF)
+    punned = np.where(np.isnan(x), x, (x.view(np.uint64) | ones).view(np.float64))
+    x[::3] = punned[::3]  # a third of the rows, every cell such a value
+    got = runtime.predict(x, probabilities=True).scores
+    np.testing.assert_allclose(got, model.predict_proba(x)[:, 1], rtol=1e-12, atol=1e-12)
+    assert compiled.misread_rows(x) is not None
+    assert compiled.misread_rows(_rows()) is None
