@@ -2,8 +2,9 @@
 
 wrk is closed-loop (a connection sends its next request only after the answer), so it cannot
 overload a server: it slows down with it. Here h2load (Debian package ``nghttp2-client``) runs
-``clients`` HTTP/1.1 connections, each sending at ``rate / clients`` requests per second, for
-``seconds``, pinned to the client core, and writes one line per request (start time, status,
+``clients`` HTTP/1.1 connections, each sending at ``rate / clients`` requests per second
+(``rate x seconds`` requests in all; the connections open one by one over the first second, see
+``run``), pinned to the client core, and writes one line per request (start time, status,
 microseconds to the end of the answer). With many connections each one sends far less often
 than an answer takes, so the offered rate holds while the server is overloaded; the achieved
 rate is reported beside the offered one, so a generator that could not keep up is visible.
@@ -94,9 +95,16 @@ def run(
     with tempfile.TemporaryDirectory() as tmp:
         data, log = Path(tmp) / "body.json", Path(tmp) / "requests.tsv"
         data.write_bytes(body)
+        # Connections are opened over the first second (1% every 10 ms), so that each one's
+        # request timer ticks at its own phase: started together (``-D``), all of them send
+        # at the same instant, and the offered load is a burst of ``clients`` requests every
+        # ``clients / rate`` seconds instead of a rate. Measured on the bare HTTP floor app at
+        # 600 rps over 600 connections: p50 38.6 ms in bursts, 0.87 ms staggered.
+        per_tick = max(1, clients // 100)
         argv = [
             "taskset", "-c", str(core), exe, "--h1", "-t", "1", "-c", str(clients),
-            "--rps", f"{rate / clients:.3f}", "-D", f"{seconds:g}", "-d", str(data),
+            "-r", str(per_tick), "--rate-period", "10ms",
+            "--rps", f"{rate / clients:.3f}", "-n", str(int(rate * seconds)), "-d", str(data),
             "-H", "content-type: application/json", f"--log-file={log}",
             f"http://127.0.0.1:{port}{path}",
         ]  # fmt: skip

@@ -750,6 +750,19 @@ class ApiKeyConfig(_Strict):
         return self
 
 
+class AdmissionConfig(_Strict):
+    """When a predict request is shed at the door with a 503 (``routing/admission.py``)."""
+
+    max_in_flight: int = Field(default=1024, gt=0)
+    """Most predict requests one server process works on at once. Below it, the process
+    keeps its own limit, lowered while answers take longer than ``max_wait`` of their budget
+    and raised while they do not."""
+    max_wait: float = Field(default=0.75, gt=0, le=1)
+    """The share of its route's ``latency_budget`` an answer should take at most: a request
+    that has already waited longer than that for the event loop is shed instead of answered
+    late, and answers over it lower the concurrency limit."""
+
+
 class ServerConfig(_Strict):
     max_body_size: Size = 1024 * 1024
     max_entities: int = Field(default=1000, gt=0)
@@ -772,6 +785,7 @@ class ServerConfig(_Strict):
     body_timeout: Duration = Field(default=10.0, gt=0)
     """Longest time a client may take to send a request body (408 after it)."""
     breaker: BreakerConfig = BreakerConfig()
+    admission: AdmissionConfig = AdmissionConfig()
     api_keys: list[ApiKeyConfig] = []
 
 

@@ -20,6 +20,8 @@ endpoints, whose protocol wants ``{"error": message}``), to gRPC status codes in
      +-- PayloadTooLarge             413
      +-- ArtifactIntegrityError      500           an artifact's sha256 does not match
      +-- StoreError                  503           a backend failed or timed out
+     +-- Overloaded                  503           shed at the door: the server is past
+                                                   what it can answer in time
      +-- NoFreshPrediction           503           the ``type`` of the router's answer when
                                                    the fallback chain leaves an entity
                                                    unanswered (a body the router builds,
@@ -107,6 +109,12 @@ class ArtifactIntegrityError(HybridServeError):
 
 
 class StoreError(HybridServeError):
+    status = 503
+
+
+class Overloaded(HybridServeError):
+    """The server shed the request before reading it (``routing/admission.py``)."""
+
     status = 503
 
 

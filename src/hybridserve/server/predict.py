@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from time import perf_counter
 from typing import Any, Protocol
 
-from hybridserve.errors import NotFound
+from hybridserve.errors import NotFound, Overloaded
 from hybridserve.observability.access import AccessLog
+from hybridserve.routing.admission import Admission
 from hybridserve.routing.schema import parse_predict_request
 from hybridserve.server.errors import JSON, dumps, error_reply
 from hybridserve.server.state import ServerState
@@ -40,12 +41,18 @@ class Reply:
 class PredictEndpoint:
     """Serves predict requests for one process's :class:`ServerState`."""
 
-    __slots__ = ("access", "max_body", "state")
+    __slots__ = ("access", "admission", "max_body", "state")
 
     def __init__(self, state: ServerState, access: AccessLog) -> None:
         self.state = state
         self.access = access
-        self.max_body = state.project.server.max_body_size
+        server = state.project.server
+        self.max_body = server.max_body_size
+        self.admission = Admission(
+            state.router.lag,
+            max_in_flight=server.admission.max_in_flight,
+            max_wait=server.admission.max_wait,
+        )
 
     async def __call__(
         self,
@@ -76,11 +83,17 @@ class PredictEndpoint:
         state = self.state
         route = path[len(PREFIX) :]
         lines = None
+        admission = self.admission
+        arrived: float | None = None
         try:
             if state.auth.enabled:
                 state.auth.check(key, "predict")
-            if route not in state.project.routes:
-                state.project.route(route)  # raises RouteNotFound with the known routes
+            # project.route raises RouteNotFound, naming the known routes
+            cfg = state.project.routes.get(route) or state.project.route(route)
+            refused = admission.refuse(cfg.latency_budget)
+            if refused is not None:
+                raise refused
+            arrived = admission.enter()
             req = parse_predict_request(await read(self.max_body))
             if stream is not None:
                 lines = AnswerLines(stream, rid, route)
@@ -109,10 +122,16 @@ class PredictEndpoint:
                 state.metrics.child(
                     "requests", route[:64] if known else "unknown", "none", "not_found"
                 ).inc()
+            elif isinstance(exc, Overloaded):  # shed: counts against the route's SLO
+                state.metrics.child("requests", route, "none", "shed").inc()
+                state.router.tally.record(route, perf_counter() - started, {}, 0, 1)
             status, body, extra = error_reply(exc, rid)
             reply = Reply(
                 status, dumps(body), [_CONTENT_TYPE, ("x-request-id", rid), *extra.items()]
             )
+        finally:
+            if arrived is not None:
+                admission.leave(arrived, cfg.latency_budget)
         self._log(rid, path, reply.status, started)
         return reply
 
