@@ -177,7 +177,7 @@ def test_the_windows_route_reads_the_stream_views_features() -> None:
     assert (route.model, route.entity) == ("fraud_windows@production", "card")
     assert route.features == ["card_profile", "card_txn_windows"]
     assert project.models["fraud_windows"].features == WINDOWS_FEATURES
-    assert WINDOWS_FEATURES == [*RULES_FEATURES, *WINDOW_FEATURES]
+    assert [*RULES_FEATURES, *WINDOW_FEATURES] == WINDOWS_FEATURES
     windows = project.streams["transactions"].windows
     assert windows is not None and windows.view == "card_txn_windows"
     assert set(WINDOW_FEATURES) <= set(windows.features)  # the stream keeps all of them
