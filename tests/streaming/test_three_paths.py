@@ -111,12 +111,12 @@ async def test_batch_online_and_stream_agree_on_one_card_and_the_fresher_stream_
 
         # The features every path is to see: the card's profile as materialized, and its
         # windows as the stream left them (written with the last event's time).
-        profile_row, windows_row = await services.features.read(
-            {"card_profile": RULES_FEATURES, "card_txn_windows": WINDOW_FEATURES}, [CARD, CARD]
+        (row,) = await services.features.read(
+            {"card_profile": RULES_FEATURES, "card_txn_windows": WINDOW_FEATURES}, [CARD]
         )
-        profile = {k: profile_row.values[k].value for k in RULES_FEATURES}
-        windows = {k: windows_row.values[k].value for k in WINDOW_FEATURES}
-        assert all(profile_row.values[k].status == "present" for k in RULES_FEATURES)
+        assert {v.status for v in row.values.values()} == {"present"}
+        profile = {k: row.values[k].value for k in RULES_FEATURES}
+        windows = {k: row.values[k].value for k in WINDOW_FEATURES}
         assert windows["txn_count_10m"] == 3 and windows["amount_sum_10m"] == 145.0
         assert windows["foreign_count_1h"] == 1 and windows["amount_max_1h"] == 80.0
         values = {**profile, **windows}
