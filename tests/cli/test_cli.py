@@ -56,7 +56,7 @@ def test_version() -> None:
 def test_validate_ok(project: Path) -> None:
     r = hs("validate", "-p", str(project))
     assert r.returncode == 0, r.stderr
-    assert "ok (1 routes" in r.stdout
+    assert "ok (2 routes" in r.stdout
 
 
 @pytest.mark.parametrize(
@@ -160,12 +160,12 @@ def test_init_leaves_a_project_that_validates(tmp_path: Path) -> None:
     r = hs("init", str(new))
     assert r.returncode == 0, r.stderr
     assert (new / "hybridserve.yaml").exists()
-    assert "training and registering fraud and fraud_rules" in r.stdout
-    assert "fraud/1" in r.stdout and "fraud_rules/1" in r.stdout
+    assert "training and registering fraud, fraud_rules and fraud_windows" in r.stdout
+    assert all(f"{m}/1" in r.stdout for m in ("fraud", "fraud_rules", "fraud_windows"))
     assert r.stdout.rstrip().splitlines()[-1] == f"next: hybridserve validate -p {new}"
     v = hs("validate", "-p", str(new))
     assert v.returncode == 0, v.stderr
-    assert "ok (1 routes" in v.stdout
+    assert "ok (2 routes" in v.stdout
     assert hs("init", str(new)).returncode == 2  # refuses to overwrite
 
 
@@ -176,6 +176,7 @@ def test_demo_once(tmp_path: Path) -> None:
     out = r.stdout
     assert "fraud/1" in out and "card_000000" in out and "completed" in out
     assert "500 events read, 500 scored" in out
+    assert "fraud_windows route, compute" in out and "fraud_windows/1" in out
     for source in (
         "│ batch ",
         "│ cache ",

@@ -21,14 +21,22 @@ from hybridserve.examples.fraud.data import (
     FEATURES,
     LABEL,
     NULLABLE_FEATURES,
+    WINDOW_FEATURES,
     feature_matrix,
     fingerprint,
     generate_cards,
     generate_transactions,
+    generate_windows,
     read_parquet,
     write_parquet,
 )
-from hybridserve.examples.fraud.train import RULES_FEATURES, fit_models, train
+from hybridserve.examples.fraud.train import (
+    RULES_FEATURES,
+    WINDOWS_FEATURES,
+    fit_models,
+    fit_windows_model,
+    train,
+)
 
 AS_OF = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
 
@@ -105,6 +113,23 @@ def test_transactions(tmp_path: Path) -> None:
     assert set(named.column("card_id").to_pylist()) <= {"card_a", "card_b"}
 
 
+def test_window_features_are_seeded_and_burst_on_fraudulent_cards(cards: pa.Table) -> None:
+    a, b = generate_windows(cards, seed=7), generate_windows(cards, seed=7)
+    assert fingerprint(a) == fingerprint(b)
+    assert fingerprint(a) != fingerprint(generate_windows(cards, seed=8))
+    assert a.column_names == [*cards.column_names, *WINDOW_FEATURES]
+    assert fingerprint(a.select(cards.column_names)) == fingerprint(cards)  # cards unchanged
+    fraud_rows = cards.column(LABEL).to_numpy() == 1
+    count = a.column("txn_count_10m").to_numpy()
+    assert count[fraud_rows].mean() > 3 * count[~fraud_rows].mean()
+    for name in WINDOW_FEATURES:
+        values = a.column(name).to_numpy()
+        assert (values >= 0).all() and not np.isnan(values).any(), name
+    # A card with no transaction in the hour has zeros only.
+    quiet = a.column("amount_max_1h").to_numpy() == 0
+    assert quiet.any() and (a.column("amount_sum_10m").to_numpy()[quiet] == 0).all()
+
+
 def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="n_cards"):
         generate_cards(0)
@@ -146,6 +171,24 @@ def test_project_file_loads() -> None:
     assert project.models["fraud_rules"].features == RULES_FEATURES
 
 
+def test_the_windows_route_reads_the_stream_views_features() -> None:
+    project = load_project(fraud.PROJECT_FILE, env=False)
+    route = project.route("fraud_windows")
+    assert (route.model, route.entity) == ("fraud_windows@production", "card")
+    assert route.features == ["card_profile", "card_txn_windows"]
+    assert project.models["fraud_windows"].features == WINDOWS_FEATURES
+    assert [*RULES_FEATURES, *WINDOW_FEATURES] == WINDOWS_FEATURES
+    windows = project.streams["transactions"].windows
+    assert windows is not None and windows.view == "card_txn_windows"
+    assert set(WINDOW_FEATURES) <= set(windows.features)  # the stream keeps all of them
+    for name in WINDOW_FEATURES:  # a card without recent transactions has no row: zeros
+        spec = project.feature_spec("fraud_windows", name)
+        assert spec is not None and (spec.on_missing, spec.default) == ("impute", 0)
+    # The stream and the benchmark still score `fraud`, which reads no window feature.
+    assert project.streams["transactions"].route == "fraud"
+    assert list(project.route_features("fraud")) == ["card_profile"]
+
+
 def test_scaffold(tmp_path: Path) -> None:
     path = fraud.scaffold(tmp_path / "demo", n_cards=300, as_of=AS_OF)
     assert path == tmp_path / "demo" / "hybridserve.yaml"
@@ -181,6 +224,21 @@ def test_fit_models_is_deterministic_and_predictive() -> None:
     assert a.fraud_rules.n_features_in_ == 5
 
 
+def test_the_windows_model_is_deterministic_and_moved_by_a_burst() -> None:
+    a, b = fit_windows_model(4_000, seed=7), fit_windows_model(4_000, seed=7)
+    assert a.metrics == b.metrics
+    assert a.training_data_fingerprint == b.training_data_fingerprint
+    assert 0.7 < a.metrics["roc_auc"] < 0.99
+    assert a.model.n_features_in_ == len(WINDOWS_FEATURES) == 10
+    quiet = np.zeros((1, 10))
+    quiet[0, WINDOWS_FEATURES.index("card_age_days")] = 800
+    burst = quiet.copy()
+    for name, value in (("txn_count_10m", 4), ("amount_sum_10m", 300), ("amount_max_1h", 150)):
+        burst[0, WINDOWS_FEATURES.index(name)] = value
+    p_quiet, p_burst = a.model.predict_proba(np.vstack([quiet, burst]))[:, 1]
+    assert p_burst > 10 * p_quiet
+
+
 @dataclass
 class FakeRegistry:
     """Records calls; stands in for the registry to test what training sends it."""
@@ -213,29 +271,35 @@ def test_train_sends_signatures_metrics_and_lineage() -> None:
     project = load_project(fraud.PROJECT_FILE, env=False)
     registry = FakeRegistry()
     result = train(project, n_cards=4_000, registry=registry, actor="tester")
-    fraud_reg, rules_reg = registry.registered
+    fraud_reg, rules_reg, windows_reg = registry.registered
     # Each version gets the reference profile of its own training features and scores.
     assert sorted(registry.references["fraud/1"]["features"]) == sorted(FEATURES)
     assert sorted(registry.references["fraud_rules/1"]["features"]) == sorted(RULES_FEATURES)
+    assert sorted(registry.references["fraud_windows/1"]["features"]) == sorted(WINDOWS_FEATURES)
     assert registry.references["fraud/1"]["score"]["kind"] == "numeric"
     assert (fraud_reg["name"], fraud_reg["features"]) == ("fraud", FEATURES)
     assert (rules_reg["name"], rules_reg["features"]) == ("fraud_rules", RULES_FEATURES)
+    assert (windows_reg["name"], windows_reg["features"]) == ("fraud_windows", WINDOWS_FEATURES)
     for reg in registry.registered:
         assert reg["flavour"] == "sklearn"
         assert reg["registered_by"] == "tester"
-        assert reg["training_data_fingerprint"] == result.training_data_fingerprint
         assert reg["training_data_fingerprint"].startswith("sha256:")
         assert reg["description"] == project.models[reg["name"]].description
         assert {"roc_auc", "pr_auc", "log_loss"} <= set(reg["metrics"])
+    assert fraud_reg["training_data_fingerprint"] == result.training_data_fingerprint
+    assert rules_reg["training_data_fingerprint"] == result.training_data_fingerprint
+    assert windows_reg["training_data_fingerprint"] == result.windows_data_fingerprint
+    assert result.windows_data_fingerprint != result.training_data_fingerprint
     assert registry.promoted == [
         ("fraud", 1, "production", "tester"),
         ("fraud_rules", 1, "production", "tester"),
+        ("fraud_windows", 1, "production", "tester"),
     ]
     assert result.fraud.metrics["roc_auc"] > 0.7
     x = np.zeros((2, 30))
     x[0, FEATURES.index("cardholder_age_years")] = np.nan  # the booster copes with NaN
     assert fraud_reg["model"].predict_proba(x).shape == (2, 2)
-    assert "fraud/1" in str(result) and "fraud_rules/1" in str(result)
+    assert all(f"{m}/1" in str(result) for m in ("fraud", "fraud_rules", "fraud_windows"))
 
 
 def test_train_registers_and_promotes_into_the_project_registry(tmp_path: Path) -> None:
@@ -247,9 +311,12 @@ def test_train_registers_and_promotes_into_the_project_registry(tmp_path: Path) 
 
     registry = Registry.from_project(project)
     try:
-        for name, features in (("fraud", FEATURES), ("fraud_rules", RULES_FEATURES)):
+        for name, features, expected in (
+            ("fraud", FEATURES, result.fraud),
+            ("fraud_rules", RULES_FEATURES, result.fraud_rules),
+            ("fraud_windows", WINDOWS_FEATURES, result.fraud_windows),
+        ):
             production = registry.get(f"{name}@production")
-            expected = result.fraud if name == "fraud" else result.fraud_rules
             assert production.version == expected.version
             runtime = registry.load(production.ref)
             assert runtime.signature.names == features

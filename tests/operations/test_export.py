@@ -85,7 +85,12 @@ def test_the_dashboard_has_a_row_per_route_on_real_metric_names(
     dashboard = grafana_dashboard(project)
     json.dumps(dashboard)  # a JSON model
     rows = [p for p in dashboard["panels"] if p["type"] == "row"]
-    assert [r["title"] for r in rows] == ["route fraud", "route fraud_rules", "shared"]
+    assert [r["title"] for r in rows] == [
+        "route fraud",
+        "route fraud_rules",
+        "route fraud_windows",  # the example's own second route
+        "shared",
+    ]
     panels = [p for p in dashboard["panels"] if p["type"] == "timeseries"]
     for route in ("fraud", "fraud_rules"):
         mine = [p for p in panels if any(f'route="{route}"' in t["expr"] for t in p["targets"])]

@@ -133,7 +133,11 @@ async def test_a_new_check_is_one_function_and_one_registration(
     checks.register(drift)
     report = await health_report(app.state.services, own=app.state.publisher.view(),
                                  checks=checks)  # fmt: skip
-    assert [c.name for c in report.components] == ["route:fraud", "drift:fraud"]
+    assert [c.name for c in report.components] == [
+        "route:fraud",
+        "route:fraud_windows",
+        "drift:fraud",
+    ]
     assert report.status is Status.DEGRADED
     assert report.reasons == ["drift:fraud degraded: score PSI 0.31 > 0.2"]
 

@@ -22,7 +22,8 @@ async def test_auto_mode_logs_the_timings_it_decided_on(
     caplog.set_level(logging.INFO, logger="hybridserve.models")
     app, _ = await serve(make_project({"server": {"model_execution": "auto"}}))
     lines = [r.getMessage() for r in caplog.records if "a batch of 64 takes" in r.getMessage()]
-    assert len(lines) == 2, lines  # fraud and its fallback model fraud_rules
+    # fraud, the fallback model fraud_rules (one batcher for both routes), fraud_windows
+    assert len(lines) == 3, lines
     for line in lines:
         m = re.search(
             r"takes ([\d.]+) ms \(fastest of 11; median ([\d.]+), slowest ([\d.]+) ms\), "

@@ -5,7 +5,8 @@
 3. run the nightly batch job over every card and publish it;
 4. replay a burst of card transactions through the stream consumer (fresher windows);
 5. start the server and ask it about cards whose answers come from each source: a batch
-   prediction, the L1 cache, a stream prediction, a fresh computation, and fallbacks while
+   prediction, the L1 cache, a stream prediction, a fresh computation (also on the
+   ``fraud_windows`` route, from the windows the stream just updated), and fallbacks while
    the feature store is down;
 6. keep serving until Ctrl-C (``--once`` exits).
 
@@ -104,15 +105,15 @@ async def prepare(directory: Path, *, fresh: bool) -> Project:
 
 
 def register_models(project: Project, registry: Registry, *, indent: str = "") -> None:
-    """Train, register and promote the example's two models, unless ``fraud`` is already at
+    """Train, register and promote the example's models, unless each is already at
     production (the demo's step 1, and what ``hybridserve init`` does after scaffolding)."""
-    from hybridserve.examples.fraud.train import train
+    from hybridserve.examples.fraud.train import MODEL, RULES_MODEL, WINDOWS_MODEL, train
 
     try:
-        production = registry.get("fraud@production")
-        console.print(f"{indent}models already registered: {production.ref} at production")
+        refs = [registry.get(f"{m}@production").ref for m in (MODEL, RULES_MODEL, WINDOWS_MODEL)]
+        console.print(f"{indent}models already registered: {', '.join(refs)} at production")
     except ModelNotFound:
-        console.print(f"{indent}training and registering fraud and fraud_rules ...")
+        console.print(f"{indent}training and registering fraud, fraud_rules and fraud_windows ...")
         console.print(f"{indent}{train(project, registry=registry)}")
 
 
@@ -201,6 +202,14 @@ async def serve_and_ask(
     async with httpx.AsyncClient(base_url=url, timeout=10) as client:
         for title, body in asks:
             _row(table, title, await client.post("/v1/predict/fraud", json=body))
+        # The same streamed card on the route that also reads the stream's windows.
+        _row(
+            table,
+            "fraud_windows route, compute",
+            await client.post(
+                "/v1/predict/fraud_windows", json={"entity": streamed[0], "mode": "compute"}
+            ),
+        )
         features.kv = outage
         outage.down = True
         _row(

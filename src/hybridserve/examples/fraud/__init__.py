@@ -1,9 +1,10 @@
 """The card-fraud example project: a project file, synthetic data and a training script.
 
 ``scaffold(dest)`` lays out a ready-to-run project (used by ``hybridserve init`` and the
-demo); :mod:`.train` registers the two models the project's ``fraud`` route uses; :mod:`.data`
-generates the cards and transactions, and :mod:`.transactions` feeds them to the stream. It
-ships inside the package so it works after ``pip install``.
+demo); :mod:`.train` registers the models of the project's routes (``fraud`` with its fallback
+``fraud_rules``, and ``fraud_windows``, which also reads the stream's window features);
+:mod:`.data` generates the cards and transactions, and :mod:`.transactions` feeds them to the
+stream. It ships inside the package so it works after ``pip install``.
 """
 
 from __future__ import annotations

@@ -210,6 +210,55 @@ def generate_cards(n_cards: int, seed: int = 7, as_of: datetime | None = None) -
     return pa.table(columns)
 
 
+WINDOW_FEATURES: list[str] = [
+    "txn_count_10m",
+    "amount_sum_10m",
+    "amount_max_1h",
+    "distinct_merchants_1h",
+    "foreign_count_1h",
+]
+"""The ``card_txn_windows`` features the ``fraud_windows`` model reads (the stream keeps them)."""
+
+
+def generate_windows(cards: pa.Table, seed: int = 7) -> pa.Table:
+    """``cards`` (labelled, from :func:`generate_cards`) with the :data:`WINDOW_FEATURES`
+    a card would show in its last hour, for training ``fraud_windows``.
+
+    Drawn from their own generator (``seed``), after the cards, so the cards' columns are
+    unchanged. Most fraudulent cards are in a burst: more transactions in the last minutes,
+    larger amounts, more merchants, more of them foreign. So a fresh event that moves these
+    windows moves the model's score. A card with no recent transaction has zeros (which is
+    also what the route imputes for a card without a window row).
+    """
+    rng = np.random.default_rng([seed, 1])
+    n = cards.num_rows
+    fraud = cards.column(LABEL).to_numpy() == 1
+    burst = fraud & (rng.random(n) < 0.7)
+    typical = cards.column("amount_mean_30d").to_numpy().astype(np.float64)
+    foreign_share = cards.column("foreign_txn_share_30d").to_numpy().astype(np.float64)
+    count_10m = rng.poisson(np.where(burst, 3.0, 0.2)).astype(np.int64)
+    count_1h = count_10m + rng.poisson(np.where(burst, 2.0, 0.6)).astype(np.int64)
+    scale = np.where(burst, 2.0, 1.0)
+    amount_sum = np.round(count_10m * typical * scale * rng.lognormal(0.0, 0.3, n), 2)
+    amount_max = np.where(
+        count_1h > 0, np.round(typical * scale * (1.0 + rng.gamma(2.0, 0.4, n)), 2), 0.0
+    )
+    merchants = np.minimum(count_1h, rng.binomial(count_1h, np.where(burst, 0.9, 0.6)) + 1)
+    merchants = np.where(count_1h > 0, merchants, 0)
+    foreign = rng.binomial(count_1h, np.where(burst, 0.5, foreign_share))
+    values: dict[str, npt.ArrayLike] = {
+        "txn_count_10m": count_10m,
+        "amount_sum_10m": amount_sum,
+        "amount_max_1h": amount_max,
+        "distinct_merchants_1h": merchants,
+        "foreign_count_1h": foreign,
+    }
+    out = cards
+    for name in WINDOW_FEATURES:
+        out = out.append_column(name, pa.array(np.asarray(values[name], np.float64), pa.float64()))
+    return out
+
+
 def generate_transactions(
     n_events: int,
     cards: list[str] | int = 1000,

@@ -1,10 +1,13 @@
-"""Train and register the fraud example's two models: ``fraud`` and its fallback ``fraud_rules``.
+"""Train and register the fraud example's models: ``fraud``, its fallback ``fraud_rules``, and
+``fraud_windows``.
 
 ``fraud`` is a histogram gradient-boosting classifier over all 30 card features; ``fraud_rules``
 is a scaled logistic regression over five of them, cheap and robust, which the route falls back
-to when the main model cannot answer. Both are fitted on plain numpy matrices (pandas is not a
-dependency), so each registration passes its signature explicitly, and both are promoted to
-``production``.
+to when the main model cannot answer. ``fraud_windows`` (the ``fraud_windows`` route's model) is
+a scaled logistic regression over those five and five of the stream's window features
+(``card_txn_windows``), so a fresh transaction moves its score. All are fitted on plain numpy
+matrices (pandas is not a dependency), so each registration passes its signature explicitly,
+and all are promoted to ``production``.
 """
 
 from __future__ import annotations
@@ -30,9 +33,11 @@ from hybridserve.examples.fraud.data import (
     FEATURES,
     LABEL,
     TIMESTAMP,
+    WINDOW_FEATURES,
     feature_matrix,
     fingerprint,
     generate_cards,
+    generate_windows,
 )
 from hybridserve.quality.profile import build_profile
 
@@ -49,6 +54,10 @@ RULES_FEATURES: list[str] = [
     "card_age_days",
 ]
 """Inputs of the fallback model, in signature order (none of them is ever missing)."""
+WINDOWS_MODEL = "fraud_windows"
+WINDOWS_FEATURES: list[str] = [*RULES_FEATURES, *WINDOW_FEATURES]
+"""Inputs of ``fraud_windows``, in signature order: the fallback's five card_profile features,
+then five ``card_txn_windows`` features."""
 ALIAS = "production"
 
 
@@ -102,13 +111,17 @@ class TrainResult:
     fraud: TrainedModel
     fraud_rules: TrainedModel
     training_data_fingerprint: str
+    """Of the cards ``fraud`` and ``fraud_rules`` were fitted on."""
+    fraud_windows: TrainedModel
+    windows_data_fingerprint: str
+    """Of the cards and window features ``fraud_windows`` was fitted on."""
     alias: str = ALIAS
 
     def __str__(self) -> str:
         return (
             ", ".join(
                 f"{m.ref} (roc_auc {m.metrics['roc_auc']:.3f}, pr_auc {m.metrics['pr_auc']:.3f})"
-                for m in (self.fraud, self.fraud_rules)
+                for m in (self.fraud, self.fraud_rules, self.fraud_windows)
             )
             + f" promoted to {self.alias}"
         )
@@ -193,6 +206,40 @@ def fit_models(n_cards: int = 20_000, seed: int = 7) -> FittedModels:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class FittedWindows:
+    """``fraud_windows`` fitted, its held-out metrics, training data fingerprint and reference."""
+
+    model: Any
+    metrics: dict[str, float]
+    training_data_fingerprint: str
+    reference: dict[str, Any]
+
+
+def fit_windows_model(n_cards: int = 20_000, seed: int = 7) -> FittedWindows:
+    """Fit ``fraud_windows`` on the cards :func:`fit_models` uses plus their window features
+    (:func:`~hybridserve.examples.fraud.data.generate_windows`); same split; no registry."""
+    table = generate_windows(generate_cards(n_cards, seed=seed), seed=seed)
+    x = feature_matrix(table, WINDOWS_FEATURES)
+    y = table.column(LABEL).to_numpy().astype(np.int64)
+    x_train, x_test, y_train, y_test = train_test_split(
+        x, y, test_size=0.25, stratify=y, random_state=seed
+    )
+    model = Pipeline([("scale", StandardScaler()), ("logreg", LogisticRegression(max_iter=1000))])
+    with threadpool_limits(limits=1, user_api="openmp"):
+        model.fit(x_train, y_train)
+    reference = build_profile(
+        {n: x_train[:, i] for i, n in enumerate(WINDOWS_FEATURES)},
+        model.predict_proba(x_train)[:, 1],
+    ).to_dict()
+    return FittedWindows(
+        model=model,
+        metrics=_metrics(y_test, model.predict_proba(x_test)[:, 1], len(y_train)),
+        training_data_fingerprint=fingerprint(table.drop_columns([TIMESTAMP])),
+        reference=reference,
+    )
+
+
 def train(
     project: Project,
     *,
@@ -201,7 +248,8 @@ def train(
     registry: RegistryLike | None = None,
     actor: str | None = None,
 ) -> TrainResult:
-    """Train ``fraud`` and ``fraud_rules``, register both and promote both to ``production``.
+    """Train ``fraud``, ``fraud_rules`` and ``fraud_windows``, register them and promote each
+    to ``production``.
 
     ``registry`` defaults to the project's own, opened and closed here.
     """
@@ -221,17 +269,35 @@ def _train_into(
 ) -> TrainResult:
     actor = actor or _actor()
     fitted = fit_models(n_cards, seed)
+    windows = fit_windows_model(n_cards, seed)
     defaults = {
         MODEL: "Card fraud probability: gradient-boosted trees over 30 card-profile features.",
         RULES_MODEL: "Fallback fraud score: scaled logistic regression over 5 robust features.",
+        WINDOWS_MODEL: "Card fraud probability from 5 card-profile and 5 stream window features.",
     }
+    cards_fp = fitted.training_data_fingerprint
     plan = (
-        (MODEL, fitted.fraud, FEATURES, fitted.fraud_metrics),
-        (RULES_MODEL, fitted.fraud_rules, RULES_FEATURES, fitted.rules_metrics),
+        (MODEL, fitted.fraud, FEATURES, fitted.fraud_metrics, cards_fp, fitted.references[MODEL]),
+        (
+            RULES_MODEL,
+            fitted.fraud_rules,
+            RULES_FEATURES,
+            fitted.rules_metrics,
+            cards_fp,
+            fitted.references[RULES_MODEL],
+        ),
+        (
+            WINDOWS_MODEL,
+            windows.model,
+            WINDOWS_FEATURES,
+            windows.metrics,
+            windows.training_data_fingerprint,
+            windows.reference,
+        ),
     )
     trained: dict[str, TrainedModel] = {}
     with tempfile.TemporaryDirectory(prefix="hybridserve-fraud-") as tmp:
-        for name, estimator, features, metrics in plan:
+        for name, estimator, features, metrics, data_fp, reference in plan:
             artifact = Path(tmp) / f"{name}.joblib"
             joblib.dump(estimator, artifact)
             config = project.models.get(name)
@@ -242,10 +308,16 @@ def _train_into(
                 features=list(features),
                 metrics=dict(metrics),
                 description=(config.description if config else "") or defaults[name],
-                training_data_fingerprint=fitted.training_data_fingerprint,
+                training_data_fingerprint=data_fp,
                 registered_by=actor,
             )
-            registry.set_reference(mv.ref, fitted.references[name], actor=actor)
+            registry.set_reference(mv.ref, reference, actor=actor)
             registry.promote(name, mv.version, ALIAS, actor=actor)
             trained[name] = TrainedModel(name, mv.version, mv.ref, list(features), dict(metrics))
-    return TrainResult(trained[MODEL], trained[RULES_MODEL], fitted.training_data_fingerprint)
+    return TrainResult(
+        trained[MODEL],
+        trained[RULES_MODEL],
+        cards_fp,
+        trained[WINDOWS_MODEL],
+        windows.training_data_fingerprint,
+    )
