@@ -755,12 +755,11 @@ class AdmissionConfig(_Strict):
 
     max_in_flight: int = Field(default=1024, gt=0)
     """Most predict requests one server process works on at once. Below it, the process
-    keeps its own limit, lowered while answers take longer than ``max_wait`` of their budget
-    and raised while they do not."""
+    keeps its own limit, lowered while more than a quarter of the answers take longer than
+    their route's ``latency_budget`` and raised while they do not."""
     max_wait: float = Field(default=0.75, gt=0, le=1)
-    """The share of its route's ``latency_budget`` an answer should take at most: a request
-    that has already waited longer than that for the event loop is shed instead of answered
-    late, and answers over it lower the concurrency limit."""
+    """A request that has already waited longer than this share of its route's
+    ``latency_budget`` for the event loop is shed instead of answered late."""
 
 
 class ServerConfig(_Strict):

@@ -9,6 +9,7 @@ from typing import Any
 
 from hybridserve.config import Project
 from hybridserve.errors import Overloaded
+from hybridserve.routing import admission
 from hybridserve.routing.admission import Admission
 from hybridserve.routing.lag import LoopLag
 
@@ -42,38 +43,34 @@ async def test_refuses_past_the_in_flight_cap_and_when_the_loop_runs_late() -> N
     lag.stop()
 
 
-def _serve(gate: Admission, clock: Clock, *, took: float, budget: float = 0.1) -> None:
-    """One request through ``gate`` that ends now, having taken ``took`` seconds."""
-    arrived = gate.enter() - took
-    gate.leave(arrived, budget)
+def _window(gate: Admission, clock: Clock, *, late: int, budget: float = 0.1) -> None:
+    """One window of answers through ``gate``, ``late`` of them over their target."""
+    for i in range(admission.WINDOW):
+        took = 0.15 if i < late else 0.01  # over or within the 100 ms budget
+        arrived = gate.enter() - took
+        gate.leave(arrived, budget)
 
 
-async def test_late_answers_cut_the_limit_and_timely_ones_raise_it_again() -> None:
+async def test_late_windows_cut_the_limit_and_timely_ones_raise_it_again() -> None:
     clock = Clock()
-    gate = Admission(LoopLag(clock=clock), max_in_flight=100, max_wait=0.5, clock=clock)
-    gate.in_flight = 90  # a busy process: the limit is in use
+    gate = Admission(LoopLag(clock=clock), max_in_flight=100, max_wait=0.75, clock=clock)
     assert gate.limit == 100
-    _serve(gate, clock, took=0.055)  # a little over its 50 ms target: a fifth off
-    assert gate.limit == 80
-    clock.t += 0.01
-    _serve(gate, clock, took=0.08)  # the same episode (within a target's time): no second cut
-    assert gate.limit == 80
-    clock.t += 0.05
-    _serve(gate, clock, took=0.5)  # ten times its target: half off
-    assert gate.limit == 40
-    for _ in range(200):
-        _serve(gate, clock, took=0.08)
-        clock.t += 0.05
-    assert gate.limit == 4  # never below the floor
-    gate.in_flight = 20
-    for _ in range(40):  # answers on time raise it by about one per limit's worth of answers
-        _serve(gate, clock, took=0.01)
-    assert 9 < gate.limit < 11
+    gate.in_flight = 60  # a busy process: the limit is in use
+    _window(gate, clock, late=10)  # a tail (16% late): no cut, and the limit is full
+    assert gate.limit == 100
+    _window(gate, clock, late=24)  # 37.5% late: that share off
+    assert gate.limit == 62.5
+    _window(gate, clock, late=64)  # all late: half off, no more
+    assert gate.limit == 31.25
+    for _ in range(20):
+        _window(gate, clock, late=64)
+    assert gate.limit == admission.MIN_LIMIT  # never below the floor
+    _window(gate, clock, late=0)  # on time and used: one more
+    assert gate.limit == admission.MIN_LIMIT + 1
     gate.in_flight = 0  # an idle process learns nothing: the limit stays where it is
-    before = gate.limit
-    _serve(gate, clock, took=0.01)
-    assert gate.limit == before
-    gate.in_flight = int(gate.limit) + 1
+    _window(gate, clock, late=0)
+    assert gate.limit == admission.MIN_LIMIT + 1
+    gate.in_flight = int(gate.limit)
     refused = gate.refuse(0.1)
     assert refused is not None and "in flight" in refused.message
 
