@@ -22,7 +22,7 @@ long as the load lasted.
   under a load the process keeps up with it grows to ``max_in_flight``. All the requests that
   arrive in one turn of a busy loop see the same loop lateness; the in-flight count is what
   stops them from all being admitted at once.
-- **The loop's lateness** (:meth:`LoopLag.current`): a request starting now has already waited
+- **The loop's lateness** (:meth:`LoopLag.measured`): a request starting now has already waited
   about that long since it arrived. Past ``max_wait`` of its route's budget it is shed: what
   is left is too little to answer properly, and a refusal costs a fraction of an answer.
 
@@ -99,7 +99,7 @@ class Admission:
                 " now (server.admission)"
             )
         self.lag.start()
-        late = self.lag.current()
+        late = self.lag.measured()
         if late > self.max_wait * budget:
             return Overloaded(
                 f"the server runs {late * 1000:.0f} ms behind, more than"
@@ -110,7 +110,7 @@ class Admission:
     def enter(self) -> float:
         """Admit one; returns when it arrived (now, less the loop's lateness), for :meth:`leave`."""
         self.in_flight += 1
-        return self._clock() - self.lag.current()
+        return self._clock() - self.lag.measured()
 
     def leave(self, arrived: float, budget: float) -> None:
         """One admitted request is done; it took from ``arrived`` until now."""

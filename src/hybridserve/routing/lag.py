@@ -105,6 +105,17 @@ class LoopLag:
         overdue = self._clock() - self._due
         return max(self._last, overdue if overdue > self.threshold else 0.0)
 
+    def measured(self) -> float:
+        """The lateness of the latest firing (0 when within ``threshold``), in seconds.
+
+        Unlike :meth:`current`, not how overdue the timer is now: code that runs without
+        yielding (a test driving the app in process, a handler's own synchronous stretch)
+        makes the timer overdue without any request having waited. In a server, a request's
+        task runs in the loop's turn after the one that read its bytes, and the timer fires in
+        that first turn, so a request that waited through a freeze sees it here.
+        """
+        return self._last if self._handle is not None else 0.0
+
     def explains(self, started: float, allowed: float) -> bool:
         """Was a call started at ``started`` and allowed ``allowed`` seconds held up by the loop?
 
