@@ -331,6 +331,7 @@ class StreamConsumer:
         m.dead.inc(r.dead + r.late)
         m.not_scored.inc(r.score_errors)
         m.failed_alone.inc(r.failed)
+        m.conflicts.inc(r.conflicts)
         m.event_latency.observe_many(r.event_lag)
         m.read_latency.observe_many(r.read_lag)
 

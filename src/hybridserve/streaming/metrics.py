@@ -36,6 +36,10 @@ class StreamMetrics:
             "Events that failed alone when their batch was split (dead-lettered).",
         ).labels(stream)
         self.failures = counter("batch_failures_total", "Micro-batches that failed.").labels(stream)
+        self.conflicts = counter(
+            "commit_conflicts_total",
+            "Micro-batch commits redone because another consumer moved an entity's state first.",
+        ).labels(stream)
         self.prediction_log = Counter(
             "hybridserve_prediction_log_total",
             "Prediction log rows by route and outcome (written, dropped, failed).",
