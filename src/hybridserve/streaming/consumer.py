@@ -29,7 +29,12 @@ from hybridserve.storage import Entry
 from hybridserve.streaming import deadlines
 from hybridserve.streaming.events import RawEntry
 from hybridserve.streaming.metrics import StreamMetrics
-from hybridserve.streaming.pipeline import BatchProcessor, BatchResult, EventCounts
+from hybridserve.streaming.pipeline import (
+    BatchProcessor,
+    BatchResult,
+    CommitContention,
+    EventCounts,
+)
 from hybridserve.streaming.sources import (
     REDIS_SCHEMES,
     Measured,
@@ -174,7 +179,10 @@ class StreamConsumer:
                     carry = None
                     while not queue.empty():
                         queue.get_nowait()
-                    self._careful = max(1, self._in_flight)
+                    # After a failure the entries come back one at a time, each delivery
+                    # counted; contention is not the entries' fault: they come back as a batch.
+                    contention = isinstance(exc, CommitContention)
+                    self._careful = 0 if contention else max(1, self._in_flight)
                     await self._release(self._in_flight)
                     if self._rewinds is not None:  # else the broker redelivers them itself
                         self._rewinds.rewind()
