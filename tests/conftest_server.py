@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -103,35 +104,37 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
-def live_server() -> Iterator[Callable[[Project], str]]:
-    """Run a real uvicorn server in a thread; the factory returns its base URL."""
-    servers: list[tuple[uvicorn.Server, threading.Thread]] = []
-
-    def start(project: Project, **options: Any) -> str:
-        port = free_port()
-        config = uvicorn.Config(
-            create_app(project, access_log=False, **options),
-            host="127.0.0.1",
-            port=port,
-            log_level="warning",
-            lifespan="on",
-        )
-        server = uvicorn.Server(config)
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
+@contextmanager
+def uvicorn_in_thread(app: Any) -> Iterator[str]:
+    """Serve ``app`` with a real uvicorn in a thread (lifespan on) while the block runs;
+    yields its base URL."""
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
         deadline = time.monotonic() + 30
         while not server.started:
             if time.monotonic() > deadline or not thread.is_alive():
                 raise RuntimeError("server did not start")
             time.sleep(0.02)
-        servers.append((server, thread))
-        return f"http://127.0.0.1:{port}"
-
-    yield start
-    for server, thread in servers:
+        yield f"http://127.0.0.1:{port}"
+    finally:
         server.should_exit = True
         thread.join(15)
+
+
+@pytest.fixture
+def live_server() -> Iterator[Callable[[Project], str]]:
+    """Run a real uvicorn server in a thread; the factory returns its base URL."""
+    with ExitStack() as stack:
+
+        def start(project: Project, **options: Any) -> str:
+            app = create_app(project, access_log=False, **options)
+            return stack.enter_context(uvicorn_in_thread(app))
+
+        yield start
 
 
 @pytest.fixture

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,10 +27,9 @@ from typing import Any
 import httpx
 import pyarrow.parquet as pq
 import pytest
-import uvicorn
 import yaml
 
-from conftest_server import free_port
+from conftest_server import uvicorn_in_thread
 from hybridserve.config import Project, load_project
 from hybridserve.observability.dashboard import parse
 from hybridserve.server.app import HybridApp, create_app
@@ -106,22 +104,11 @@ def served(trained_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     run_job(project, "fraud_daily")
     streamed = asyncio.run(replay_demo(project, 200, seed=7)).entities
     app = create_app(project, access_log=False)
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
-        time.sleep(0.02)
-    s = Served(app, f"http://127.0.0.1:{port}", project)
-    _traffic(s, streamed)
-    yield s
-    s.http.close()
-    server.should_exit = True
-    thread.join(15)
+    with uvicorn_in_thread(app) as url:
+        s = Served(app, url, project)
+        _traffic(s, streamed)
+        yield s
+        s.http.close()
 
 
 def _traffic(s: Served, streamed: list[str]) -> None:

@@ -6,15 +6,13 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
-from conftest_server import free_port
+from conftest_server import uvicorn_in_thread
 from hybridserve.config import Project
 from hybridserve.server.app import HybridApp, create_app
 
@@ -25,19 +23,8 @@ MakeProject = Callable[..., Project]
 def running(make_project: MakeProject) -> Iterator[tuple[HybridApp, str]]:
     project = make_project(latency_budget="5s")
     app = create_app(project, access_log=False)
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
-        time.sleep(0.02)
-    yield app, f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(15)
+    with uvicorn_in_thread(app) as url:
+        yield app, url
 
 
 def _hold_the_model(app: HybridApp) -> threading.Event:

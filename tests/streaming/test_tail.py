@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -14,11 +13,10 @@ import httpx
 import orjson
 import pytest
 import redis
-import uvicorn
 from stream_helpers import STREAM, stream_project
 
 from backends import redis_url
-from conftest_server import free_port
+from conftest_server import uvicorn_in_thread
 from hybridserve.server.app import create_app
 
 pytestmark = pytest.mark.redis
@@ -31,23 +29,12 @@ def tail_server(make_project: Any) -> Iterator[tuple[str, str, redis.Redis]]:
     project = stream_project(make_project, stores={"online": url, "prefix": prefix},
                              source={"kind": "redis"})  # fmt: skip
     app = create_app(project, access_log=False)
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
-        time.sleep(0.02)
     client = redis.Redis.from_url(url)
     from hybridserve.streaming.sources.base import output_key
 
     key = output_key(project, STREAM, project.streams[STREAM])
-    yield f"http://127.0.0.1:{port}", key, client
-    server.should_exit = True
-    thread.join(15)
+    with uvicorn_in_thread(app) as base:
+        yield base, key, client
     for k in client.scan_iter(match=f"{prefix}*"):
         client.delete(k)
     client.close()
