@@ -26,7 +26,7 @@ import orjson
 from hybridserve.config import DType, FeatureSpec, Project
 from hybridserve.errors import ConfigError
 from hybridserve.records import PredictionRecord, Source, now
-from hybridserve.runtimes.base import Prediction, Runtime
+from hybridserve.runtimes.base import Prediction, Runtime, Signature
 
 Matrix = npt.NDArray[np.float64]
 _PLAIN = frozenset({float, int, type(None)})
@@ -73,6 +73,45 @@ def feature_fingerprint(project: Project, route: str, signature: Sequence[str]) 
     return hashlib.sha256(payload).hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class ModelInputs:
+    """What one model version takes on one route: its features in matrix order, each one's
+    spec, and the fingerprint of their definitions. Built from the registry's signature, so a
+    process that only plans (a batch run's parent) checks a model without loading it."""
+
+    model: str
+    version: int
+    names: list[str]
+    specs: list[FeatureSpec]
+    fingerprint: str
+
+    @classmethod
+    def of(
+        cls, project: Project, route: str, model: str, version: int, signature: Signature
+    ) -> ModelInputs:
+        names = signature.names
+        specs: list[FeatureSpec] = []
+        missing = []
+        for name in names:
+            spec = project.feature_spec(route, name)
+            if spec is None:
+                missing.append(name)
+            elif spec.dtype == "str":
+                raise ConfigError(
+                    f"model {model}/{version} takes feature {name!r} as a number, "
+                    f"but route {route!r} declares it as str"
+                )
+            else:
+                specs.append(spec)
+        if missing:
+            raise ConfigError(
+                f"model {model}/{version} needs features that route {route!r} "
+                f"does not provide: {', '.join(missing)} (add their feature view to "
+                f"routes.{route}.features or declare them in request_features)"
+            )
+        return cls(model, version, names, specs, feature_fingerprint(project, route, names))
+
+
 class Scorer:
     """Scores rows for one route with one loaded model version."""
 
@@ -81,28 +120,10 @@ class Scorer:
         self.route = route
         self.runtime = runtime
         self.threshold = project.route(route).threshold
-        self.names = runtime.signature.names
+        inputs = ModelInputs.of(project, route, runtime.name, runtime.version, runtime.signature)
+        self.names = inputs.names
         self.name_set = frozenset(self.names)
-        specs: list[FeatureSpec] = []
-        missing = []
-        for name in self.names:
-            spec = project.feature_spec(route, name)
-            if spec is None:
-                missing.append(name)
-            elif spec.dtype == "str":
-                raise ConfigError(
-                    f"model {runtime.name}/{runtime.version} takes feature {name!r} as a number, "
-                    f"but route {route!r} declares it as str"
-                )
-            else:
-                specs.append(spec)
-        if missing:
-            raise ConfigError(
-                f"model {runtime.name}/{runtime.version} needs features that route {route!r} "
-                f"does not provide: {', '.join(missing)} (add their feature view to "
-                f"routes.{route}.features or declare them in request_features)"
-            )
-        self.specs = specs
+        self.specs = specs = inputs.specs
         self._impute = [s.default if s.on_missing == "impute" else None for s in specs]
         self._ints = [s.dtype == "int" for s in specs]
         self._impute_mask = np.array([v is not None for v in self._impute], dtype=bool)
@@ -111,7 +132,7 @@ class Scorer:
             dtype=np.float64,
         )
         self._int_cols = np.flatnonzero(np.array(self._ints, dtype=bool))
-        self.fingerprint = feature_fingerprint(project, route, self.names)
+        self.fingerprint = inputs.fingerprint
 
     # -- step 1: validate --------------------------------------------------------------
 

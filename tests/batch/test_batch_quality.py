@@ -63,3 +63,58 @@ def test_a_sampled_batch_run_logs_its_answers(make_project: Callable[..., Any]) 
     assert {r["source"] for r in rows} == {"batch"}
     first = rows[0]
     assert set(orjson.loads(first["features"])) >= {"utilization", "amount_mean_30d"}
+
+
+def test_each_chunk_counts_its_rows_and_the_report_adds_them_up(
+    batch_project: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from hybridserve.batch import chunk as chunk_module
+    from hybridserve.batch.drift import drift_file
+    from hybridserve.quality.drift import drift_of_counts
+    from hybridserve.quality.profile import Profile, bin_counts
+    from hybridserve.registry import Registry
+
+    proj = batch_project({"all": job({"path": "data/all.parquet"}, workers=2)})
+    table = cards(proj)
+    write_input(proj, table, "all.parquet")
+    m = run_job(proj, "all")
+    assert m.total_chunks == 20
+    assert all(drift_file(m.dir, i).exists() for i in range(m.total_chunks))
+    report = show(proj, m.run_id).drift
+    assert report is not None and "uncounted_chunks" not in report
+    with Registry.from_project(proj) as registry:
+        found = registry.reference(m.model, m.model_version)
+    assert found is not None
+    profile, cfg = Profile.from_dict(found), proj.route(m.route).drift
+    # The whole input counted at once gives the same figures as the chunks added up.
+    for got in report["features"]:
+        ref = profile.features[got["feature"]]
+        counts, missing, total = bin_counts(ref, table[got["feature"]].to_numpy())
+        expected = drift_of_counts(got["feature"], ref, counts, missing, total, cfg)
+        assert got == expected.to_dict()
+    assert {f["feature"] for f in report["features"]} == set(profile.features)
+    scores = np.concatenate(
+        [pq.read_table(f"{m.dir}/chunk-{i:06d}.parquet")["score"].to_numpy() for i in range(20)]
+    )
+    assert profile.score is not None
+    counts, missing, total = bin_counts(profile.score, scores)
+    expected = drift_of_counts("score", profile.score, counts, missing, total, cfg)
+    assert report["score"] == expected.to_dict() and expected.n == table.num_rows
+
+    # A chunk whose worker cannot count it is named, and the run still completes.
+    real = chunk_module.tally_chunk
+
+    def failing(profile: Any, names: Any, rows: pa.Table, *rest: Any) -> Any:
+        if rows.num_rows and rows["card_id"][0].as_py() == table["card_id"][60].as_py():
+            raise ValueError("cannot count")
+        return real(profile, names, rows, *rest)
+
+    monkeypatch.setattr(chunk_module, "tally_chunk", failing)
+    one = run_job(proj, "all", workers=1)
+    assert one.status == "completed"
+    partial = show(proj, one.run_id).drift
+    assert partial is not None and partial["uncounted_chunks"] == [3]
+    assert report["score"]["n"] - partial["score"]["n"] == 20

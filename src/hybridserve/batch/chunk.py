@@ -23,6 +23,7 @@ and the same bytes again (only their expiry, counted from the write, moves on).
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections import deque
@@ -42,6 +43,7 @@ import pyarrow.parquet as pq
 
 from hybridserve.batch.changes import Previous, feature_hash
 from hybridserve.batch.checks import entity_keys, later_duplicates, parse_text
+from hybridserve.batch.drift import ChunkDrift, tally_chunk, write_chunk_drift
 from hybridserve.batch.encode import ScoredColumns, record_bytes, snapshot_columns
 from hybridserve.batch.manifest import ChunkStats, fsync_dir
 from hybridserve.batch.writer import ChunkWriter
@@ -49,10 +51,12 @@ from hybridserve.config import DType, Project
 from hybridserve.errors import StoreError
 from hybridserve.features.offline import epoch_seconds
 from hybridserve.predictions.store import PredictionStore
+from hybridserve.quality.profile import Profile
 from hybridserve.records import PredictionRecord
 from hybridserve.scoring import Scorer
 from hybridserve.storage import run_rows
 
+log = logging.getLogger("hybridserve.batch")
 DELAY_ENV = "HYBRIDSERVE_BATCH_CHUNK_DELAY"
 """Test hook: seconds each chunk sleeps before it is written (lets a test kill a run midway)."""
 
@@ -96,6 +100,10 @@ class RunContext:
     previous_dir: str | None = None
     duplicates: Mapping[str, int] = field(default_factory=dict)
     """Input row of the first occurrence of each key that occurs more than once."""
+    reference: Profile | None = None
+    """The model version's reference profile: each chunk counts its rows in its bins."""
+    sample_per_chunk: int = 0
+    """Present values per feature each chunk keeps for the KS test."""
 
 
 @contextmanager
@@ -206,6 +214,8 @@ class ChunkWorker:
         ctx = self.ctx
         with sink(f"run directory {ctx.run_dir}"):
             write_parquet_atomic(chunk_file(ctx.run_dir, chunk.index), chunk.snapshot)
+            if chunk.drift is not None:
+                write_chunk_drift(ctx.run_dir, chunk.index, chunk.drift)
             if chunk.raw is not None:
                 write_parquet_atomic(
                     chunk_file(ctx.run_dir, chunk.index, "rejected"),
@@ -235,6 +245,7 @@ class ChunkWorker:
         table, pos = self._reject(table, pos, found, rejected)
         table, bad_cells = parse_text(table, self.dtypes)
         table, pos = self._reject(table, pos, bad_cells, rejected)
+        parsed = table
         hashes = feature_hash(table, scorer.names)
         carried: pa.Table | None = None
         if self.previous is not None:
@@ -277,6 +288,7 @@ class ChunkWorker:
             more = run_rows([r.entity for r in kept], [r.to_bytes() for r in kept],
                             [r.as_of for r in kept])  # fmt: skip
             rows = run_rows(*(pa.concat_arrays([a, b]) for a, b in zip(rows, more, strict=True)))
+        drift = self._drift(index, parsed, snapshot)
         return _Scored(
             index=index,
             rows_in=n,
@@ -286,9 +298,29 @@ class ChunkWorker:
             records=rows,
             snapshot=snapshot,
             raw=raw if rejected else None,  # kept only to write the rejected rows
+            drift=drift,
             read_keys=read_keys,
             started=t0,
         )
+
+    def _drift(self, index: int, parsed: pa.Table, snapshot: pa.Table) -> ChunkDrift | None:
+        """The chunk's drift tallies (its rows as parsed, the scores its snapshot holds), or
+        None without a reference. A failure is logged and never fails the chunk: the run's
+        report then counts this chunk from the input."""
+        ctx = self.ctx
+        if ctx.reference is None:
+            return None
+        try:
+            return tally_chunk(
+                ctx.reference,
+                self.scorer.names,
+                parsed,
+                snapshot["score"].to_numpy(),
+                ctx.sample_per_chunk,
+            )
+        except Exception as exc:
+            log.warning("run %s chunk %d: drift not counted: %s", ctx.run_id, index, exc)
+            return None
 
     @staticmethod
     def _reject(
@@ -338,6 +370,7 @@ class _Scored:
     records: pa.RecordBatch
     snapshot: pa.Table
     raw: pa.Table | None
+    drift: ChunkDrift | None
     read_keys: pa.Array
     started: float
 

@@ -3,9 +3,9 @@ against the model version's reference profile (kept in the run's manifest, ``dri
 when the route samples batch answers (``log.batch``), a sample of its answers in the
 prediction log.
 
-Both read the run's own files in the parent process after the executor is done (the input
-for the features, the snapshot chunks for the scores), so no executor changes and a run that
-logs nothing and has no reference pays nothing.
+The drift report adds up the counts each chunk's worker wrote beside its snapshot
+(:mod:`.drift`); the log sample reads the run's snapshot chunks in the parent process after
+the executor is done. A run that logs nothing and has no reference pays nothing.
 """
 
 from __future__ import annotations
@@ -18,60 +18,35 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from hybridserve.batch.chunk import chunk_file
+from hybridserve.batch.drift import ChunkDrift, read_chunk_drift
 from hybridserve.batch.inputs import InputPlan
 from hybridserve.batch.manifest import RunManifest
 from hybridserve.config import Project
 from hybridserve.quality.drift import drift_of_counts
 from hybridserve.quality.log import PredictionLog, row
-from hybridserve.quality.profile import Profile, bin_counts, numeric
+from hybridserve.quality.profile import Profile
 
 log = logging.getLogger("hybridserve.batch")
-KS_SAMPLE = 5000
-
-
-class _Tally:
-    """Counts per reference bin of one feature over the run's chunks, and a sample for KS."""
-
-    def __init__(self, bins: int) -> None:
-        self.counts = np.zeros(bins)
-        self.missing = 0
-        self.total = 0
-        self.sample: list[float] = []
-
-    def add(self, profile: Any, values: Any) -> None:
-        counts, missing, total = bin_counts(profile, values)
-        self.counts += counts
-        self.missing += missing
-        self.total += total
-        if profile.kind == "numeric" and len(self.sample) < KS_SAMPLE:
-            arr = numeric(values)
-            self.sample += arr[~np.isnan(arr)][: KS_SAMPLE - len(self.sample)].tolist()
-
-
-def _scores(manifest: RunManifest) -> list[float]:
-    out: list[float] = []
-    for i in manifest.chunks_done:
-        path = chunk_file(manifest.dir, i)
-        if Path(path).exists():
-            out += pq.read_table(path, columns=["score"])["score"].to_pylist()
-    return out
 
 
 def input_drift(
     project: Project, manifest: RunManifest, plan: InputPlan, names: list[str], profile: Profile
 ) -> dict[str, Any]:
-    """The run's input (and scores) against ``profile``: a report for the manifest."""
+    """The run's input (and scores) against ``profile``: a report for the manifest, from the
+    tallies each chunk's worker wrote (:mod:`.drift`); chunks without them are listed in
+    ``uncounted_chunks``."""
     cfg = project.route(manifest.route).drift
-    wanted = [n for n in names if n in profile.features]
-    tallies = {n: _Tally(len(profile.features[n].shares)) for n in wanted}
-    for _, table in plan.chunks(columns=wanted) if wanted else ():
-        for n in wanted:
-            tallies[n].add(profile.features[n], table[n].to_numpy(zero_copy_only=False))
+    done = sorted(manifest.chunks_done)
+    chunks = {i: d for i in done if (d := read_chunk_drift(manifest.dir, i)) is not None}
+    run = ChunkDrift({}, None)
+    for i in sorted(chunks):  # in input order: the KS sample is each chunk's first values
+        run.add(chunks[i])
+    tallies, score = run.features, run.score
     features = [
         drift_of_counts(
             n,
             profile.features[n],
-            t.counts,
+            np.asarray(t.counts),
             t.missing,
             t.total,
             cfg,
@@ -79,23 +54,29 @@ def input_drift(
         )
         for n, t in tallies.items()
     ]
-    score = None
-    if profile.score is not None:
-        scores = _scores(manifest)
-        if scores:
-            counts, missing, total = bin_counts(profile.score, scores)
-            score = drift_of_counts(
-                "score", profile.score, counts, missing, total, cfg, np.asarray(scores[:KS_SAMPLE])
-            )
+    score_drift = None
+    if profile.score is not None and score is not None and score.total:
+        score_drift = drift_of_counts(
+            "score",
+            profile.score,
+            np.asarray(score.counts),
+            score.missing,
+            score.total,
+            cfg,
+            np.asarray(score.sample),
+        )
     reasons = [f"feature {f.name}: {r}" for f in features for r in f.reasons]
-    if score is not None:
-        reasons += [f"score: {r}" for r in score.reasons]
-    return {
+    if score_drift is not None:
+        reasons += [f"score: {r}" for r in score_drift.reasons]
+    report: dict[str, Any] = {
         "reference": manifest.model_ref,
         "drifted": reasons,
         "features": [f.to_dict() for f in features],
-        "score": None if score is None else score.to_dict(),
+        "score": None if score_drift is None else score_drift.to_dict(),
     }
+    if len(chunks) < len(done):  # a worker that could not count (it logged why)
+        report["uncounted_chunks"] = sorted(set(done) - set(chunks))
+    return report
 
 
 def log_sample(project: Project, manifest: RunManifest, plan: InputPlan, names: list[str]) -> int:

@@ -18,9 +18,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from hybridserve.batch import execute
+from hybridserve.batch import execute, executors
 from hybridserve.batch.checks import duplicate_keys
 from hybridserve.batch.chunk import RunContext, sink
+from hybridserve.batch.drift import sample_per_chunk
 from hybridserve.batch.inputs import open_input, top_k_entities
 from hybridserve.batch.manifest import (
     ChunkStats,
@@ -39,7 +40,7 @@ from hybridserve.errors import ConfigError
 from hybridserve.predictions.store import PredictionStore
 from hybridserve.quality.profile import Profile
 from hybridserve.records import now
-from hybridserve.scoring import Scorer
+from hybridserve.scoring import ModelInputs
 
 Progress = Callable[[int, int], None]
 """Called with (rows done, rows in total) as chunks finish."""
@@ -82,6 +83,8 @@ def run_job(
             existing.top_k_active,
         )
     chosen, n_workers = _executor(job_name, job, top_k_active, executor, workers)
+    if chosen == "local" and n_workers > 1 and not dry_run:
+        executors.start_forkserver()  # its imports overlap the planning below
     execute.preflight(project, chosen, job_name, job)
 
     from hybridserve.registry import Registry
@@ -90,9 +93,10 @@ def run_job(
         model_ref = (
             existing.model_ref if existing else registry.get(project.route(job.route).model).ref
         )
-        # This process plans and records; only the workers score (no trees to compile here).
-        scorer = Scorer(project, job.route, registry.load(model_ref, compile="none"))
-        found = registry.reference(scorer.runtime.name, scorer.runtime.version)
+        # This process plans and records; only the workers load the model and score.
+        mv = registry.get(model_ref)
+        inputs = ModelInputs.of(project, job.route, mv.name, mv.version, mv.signature)
+        found = registry.reference(inputs.model, inputs.version)
     profile = None if found is None else Profile.from_dict(found)
     if existing is not None:
         snapshot_at = existing.snapshot_at
@@ -102,7 +106,7 @@ def run_job(
     if rows < 1:
         raise ConfigError(f"--chunk-rows: expected a positive number, got {rows}")
     needed = [
-        *scorer.names,
+        *inputs.names,
         *([job.activity_column] if top_k_active and job.activity_column else []),
     ]
     plan = open_input(
@@ -110,7 +114,7 @@ def run_job(
         job_name,
         job,
         needed=needed,
-        features=scorer.names,
+        features=inputs.names,
         snapshot_at=snapshot_at,
         chunk_rows=rows,
     )
@@ -124,9 +128,9 @@ def run_job(
         run_id=run_id,
         job=job_name,
         route=job.route,
-        model=scorer.runtime.name,
-        model_version=scorer.runtime.version,
-        feature_fingerprint=scorer.fingerprint,
+        model=inputs.model,
+        model_version=inputs.version,
+        feature_fingerprint=inputs.fingerprint,
         input=plan.fingerprint,
         snapshot_at=snapshot_at,
         chunk_rows=rows,
@@ -135,7 +139,7 @@ def run_job(
         executor=chosen,
         only_changed=only_changed,
         top_k_active=top_k_active,
-        previous_run=_previous(project, job_name, run_id, scorer) if only_changed else None,
+        previous_run=_previous(project, job_name, run_id, inputs) if only_changed else None,
         started_at=now(),
         dir=str(run_dir),
     )
@@ -166,6 +170,8 @@ def run_job(
             duplicates={}
             if plan.kind == "view"
             else duplicate_keys(plan.chunks(columns=[plan.key]), plan.key, rows),
+            reference=profile,
+            sample_per_chunk=sample_per_chunk(plan.total_chunks),
         )
         todo = [i for i in range(plan.total_chunks) if i not in manifest.chunks]
 
@@ -185,7 +191,7 @@ def run_job(
                     f"({manifest.reject_share:.2%} > max_reject_share "
                     f"{job.max_reject_share:.2%}); see rejected-*.parquet in {run_dir}"
                 )
-            after_run(project, manifest, plan, scorer.names, profile)
+            after_run(project, manifest, plan, inputs.names, profile)
             warm = top_k_active is not None
             manifest.published_at = asyncio.run(_publish(project, job.route, run_id, warm=warm))
         except BaseException as exc:
@@ -216,14 +222,14 @@ async def _publish(project: Project, route: str, run_id: str, *, warm: bool) -> 
         await store.kv.close()
 
 
-def _previous(project: Project, job: str, run_id: str, scorer: Scorer) -> str | None:
+def _previous(project: Project, job: str, run_id: str, inputs: ModelInputs) -> str | None:
     """The last completed run made by the same model from the same feature definitions."""
     prev = last_completed(project, job, before=run_id)
     if prev is None or not Path(prev.dir).is_dir():
         return None
     same = (
-        prev.model_ref == f"{scorer.runtime.name}/{scorer.runtime.version}"
-        and prev.feature_fingerprint == scorer.fingerprint
+        prev.model_ref == f"{inputs.model}/{inputs.version}"
+        and prev.feature_fingerprint == inputs.fingerprint
     )
     return prev.run_id if same else None
 
