@@ -57,26 +57,64 @@ async def test_redis_keeps_a_run_in_bucketed_hashes_with_one_expiry_each() -> No
         await raw.aclose()
 
 
-async def test_sqlite_keeps_a_run_in_its_own_table_indexed_when_sealed(tmp_path: Path) -> None:
+async def test_sqlite_keeps_a_run_in_its_own_file_indexed_when_sealed(tmp_path: Path) -> None:
     store = open_store(f"sqlite:///{tmp_path}/s.db", "t:")
     try:
         await store.put_run("pb:r:1", run_rows(["a", "b"], [b"1", b"2"], [1.0, 2.0]))
         await store.put_run("pb:r:1", run_rows(["b"], [b"2"], [2.0]))  # a chunk redone
         db = sqlite3.connect(tmp_path / "s.db")
-        (table,) = db.execute("SELECT 'run_' || id FROM runs WHERE name = 't:pb:r:1'").fetchone()
-        assert db.execute(f"SELECT count(*) FROM {table}").fetchone() == (3,)
-        assert db.execute(f"PRAGMA index_list({table})").fetchall() == []
+        (run_id,) = db.execute("SELECT id FROM runs WHERE name = 't:pb:r:1'").fetchone()
+        path = tmp_path / "s.db-runs" / f"run_{run_id}.db"
+        run = sqlite3.connect(path)
+        assert run.execute("SELECT count(*) FROM records").fetchone() == (3,)
+        assert run.execute("PRAGMA index_list(records)").fetchall() == []
+        assert run.execute("PRAGMA journal_mode").fetchone() == ("delete",)  # not the WAL
+        # The store's own database holds no run rows.
+        tables = {n for (n,) in db.execute("SELECT name FROM sqlite_master")}
+        assert not any(n.startswith("run_") or n == "records" for n in tables)
         await store.seal_run("pb:r:1")
-        assert db.execute(f"SELECT count(*) FROM {table}").fetchone() == (2,)
-        plan = db.execute(f"EXPLAIN QUERY PLAN SELECT * FROM {table} WHERE member = 'a'")
+        assert run.execute("SELECT count(*) FROM records").fetchone() == (2,)
+        plan = run.execute("EXPLAIN QUERY PLAN SELECT * FROM records WHERE member = 'a'")
         assert "USING INDEX" in " ".join(str(r) for r in plan.fetchall())
+        run.close()
         await store.drop_run("pb:r:1")
-        assert db.execute(f"SELECT name FROM sqlite_master WHERE name = '{table}'").fetchall() == []
+        assert not path.exists()
         assert db.execute("SELECT count(*) FROM runs").fetchone() == (0,)
-        # An expired run's table goes with the next run write.
+        # An expired run's file goes with the next run write.
         await store.put_run("pb:r:old", run_rows(["a"], [b"1"], [1.0]), time.time() - 1)
         await store.put_run("pb:r:new", run_rows(["a"], [b"1"], [1.0]))
         assert db.execute("SELECT name FROM runs").fetchall() == [("t:pb:r:new",)]
+        assert [p.name for p in (tmp_path / "s.db-runs").iterdir()] == [f"run_{run_id + 2}.db"]
+        db.close()
+    finally:
+        await store.close()
+
+
+async def test_sqlite_reads_and_drops_a_run_an_earlier_version_kept_as_a_table(
+    tmp_path: Path,
+) -> None:
+    db = sqlite3.connect(tmp_path / "s.db")
+    db.executescript(
+        """
+        CREATE TABLE runs (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL UNIQUE,
+                           expires_at REAL, sealed INTEGER NOT NULL DEFAULT 0);
+        INSERT INTO runs(name) VALUES ('t:pb:r:old');
+        CREATE TABLE run_1 (member TEXT NOT NULL, value BLOB NOT NULL, as_of REAL NOT NULL);
+        INSERT INTO run_1 VALUES ('a', x'31', 1.0), ('a', x'32', 2.0);
+        """
+    )
+    db.close()
+    store = open_store(f"sqlite:///{tmp_path}/s.db", "t:")
+    try:
+        assert [e and e.value for e in await store.get_run("pb:r:old", ["a"])] == [b"2"]
+        await store.seal_run("pb:r:old")
+        await store.put_run("pb:r:new", run_rows(["a"], [b"3"], [3.0]))
+        assert [e and e.value for e in await store.get_run("pb:r:new", ["a"])] == [b"3"]
+        assert [e and e.value for e in await store.get_run("pb:r:old", ["a"])] == [b"2"]
+        await store.drop_run("pb:r:old")
+        assert await store.get_run("pb:r:old", ["a"]) == [None]
+        db = sqlite3.connect(tmp_path / "s.db")
+        assert db.execute("SELECT name FROM sqlite_master WHERE name = 'run_1'").fetchall() == []
         db.close()
     finally:
         await store.close()

@@ -8,10 +8,11 @@ process holding that lock used to stall the whole event loop (every request, not
 write) for as long as it held it. The compare-and-set is a conditional upsert, so it is atomic
 per row without a read first.
 
-A run's records live in a table of their own (``runs`` names it), appended to with plain
-inserts in one transaction per call (no key, no conflict check), indexed once when the run is
-sealed and dropped with the run. A member written twice (a chunk redone after a kill) reads as
-its last write; sealing removes such duplicates before building the unique index.
+A run's records live in a database file of their own beside the store (``runs`` names it;
+:mod:`.sqlite_runs`), appended to with plain inserts in one transaction per call (no key, no
+conflict check), indexed once when the run is sealed and deleted with the run. A member
+written twice (a chunk redone after a kill) reads as its last write; sealing removes such
+duplicates before building the unique index.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     name TEXT NOT NULL UNIQUE,
     expires_at REAL,
-    sealed INTEGER NOT NULL DEFAULT 0
+    sealed INTEGER NOT NULL DEFAULT 0,
+    file INTEGER NOT NULL DEFAULT 0
 );
 """
 
@@ -123,6 +125,17 @@ def _connect(path: str) -> sqlite3.Connection:
     return conn
 
 
+def _add_run_files(conn: sqlite3.Connection) -> None:
+    """``runs.file`` in a store an earlier version made (its runs are tables, ``file`` 0)."""
+    if "file" in {row[1] for row in conn.execute("PRAGMA table_info(runs)")}:
+        return
+    try:
+        conn.execute("ALTER TABLE runs ADD COLUMN file INTEGER NOT NULL DEFAULT 0")
+    except sqlite3.OperationalError as exc:
+        if "duplicate column" not in str(exc):  # another process added it first
+            raise
+
+
 class SQLiteStore(SQLiteRuns):
     def __init__(self, url: str, prefix: str = "", *, max_queued: int = 64) -> None:
         self.url = url
@@ -134,6 +147,7 @@ class SQLiteStore(SQLiteRuns):
             self._conn = _connect(path)
             conn = self._conn
             while_locked(lambda: conn.executescript(_SCHEMA))
+            while_locked(lambda: _add_run_files(conn))
             # A second connection for the writer thread; ":memory:" is one database per
             # connection, so there the one connection serves both, under the lock.
             self._wconn = self._conn if path == ":memory:" else _connect(path)
@@ -145,7 +159,7 @@ class SQLiteStore(SQLiteRuns):
         self._max_queued = max_queued
         self._queued: asyncio.Semaphore | None = None
         self._writes_since_purge = 0
-        self._tables = {}
+        self._init_runs()
 
     async def _in_writer(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` in the writer thread; at most ``max_queued`` writes wait at a time."""
@@ -272,6 +286,7 @@ class SQLiteStore(SQLiteRuns):
 
     async def close(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self._writer.shutdown)
+        self._close_runs()
         with self._wlock:
             self._wconn.close()
         with self._lock:
