@@ -306,7 +306,7 @@ class ChunkWorker:
     def _drift(self, index: int, parsed: pa.Table, snapshot: pa.Table) -> ChunkDrift | None:
         """The chunk's drift tallies (its rows as parsed, the scores its snapshot holds), or
         None without a reference. A failure is logged and never fails the chunk: the run's
-        report then counts this chunk from the input."""
+        report then lists this chunk in ``uncounted_chunks``."""
         ctx = self.ctx
         if ctx.reference is None:
             return None

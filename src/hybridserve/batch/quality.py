@@ -18,64 +18,49 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from hybridserve.batch.chunk import chunk_file
-from hybridserve.batch.drift import ChunkDrift, read_chunk_drift
+from hybridserve.batch.drift import ChunkDrift, Tally, read_chunk_drift
 from hybridserve.batch.inputs import InputPlan
 from hybridserve.batch.manifest import RunManifest
 from hybridserve.config import Project
-from hybridserve.quality.drift import drift_of_counts
+from hybridserve.quality.drift import FeatureDrift, drift_of_counts
 from hybridserve.quality.log import PredictionLog, row
-from hybridserve.quality.profile import Profile
+from hybridserve.quality.profile import FeatureProfile, Profile
 
 log = logging.getLogger("hybridserve.batch")
 
 
-def input_drift(
-    project: Project, manifest: RunManifest, plan: InputPlan, names: list[str], profile: Profile
-) -> dict[str, Any]:
+def input_drift(project: Project, manifest: RunManifest, profile: Profile) -> dict[str, Any]:
     """The run's input (and scores) against ``profile``: a report for the manifest, from the
     tallies each chunk's worker wrote (:mod:`.drift`); chunks without them are listed in
     ``uncounted_chunks``."""
     cfg = project.route(manifest.route).drift
     done = sorted(manifest.chunks_done)
-    chunks = {i: d for i in done if (d := read_chunk_drift(manifest.dir, i)) is not None}
     run = ChunkDrift({}, None)
-    for i in sorted(chunks):  # in input order: the KS sample is each chunk's first values
-        run.add(chunks[i])
-    tallies, score = run.features, run.score
-    features = [
-        drift_of_counts(
-            n,
-            profile.features[n],
-            np.asarray(t.counts),
-            t.missing,
-            t.total,
-            cfg,
-            np.asarray(t.sample) if t.sample else None,
-        )
-        for n, t in tallies.items()
-    ]
-    score_drift = None
-    if profile.score is not None and score is not None and score.total:
-        score_drift = drift_of_counts(
-            "score",
-            profile.score,
-            np.asarray(score.counts),
-            score.missing,
-            score.total,
-            cfg,
-            np.asarray(score.sample),
-        )
+    counted = []
+    for i in done:  # in input order: the KS sample is each chunk's first values
+        if (chunk := read_chunk_drift(manifest.dir, i)) is not None:
+            run.add(chunk)
+            counted.append(i)
+
+    def judged(name: str, ref: FeatureProfile, t: Tally) -> FeatureDrift:
+        sample = np.asarray(t.sample) if t.sample else None
+        return drift_of_counts(name, ref, np.asarray(t.counts), t.missing, t.total, cfg, sample)
+
+    features = [judged(n, profile.features[n], t) for n, t in run.features.items()]
+    score = None
+    if profile.score is not None and run.score is not None and run.score.total:
+        score = judged("score", profile.score, run.score)
     reasons = [f"feature {f.name}: {r}" for f in features for r in f.reasons]
-    if score_drift is not None:
-        reasons += [f"score: {r}" for r in score_drift.reasons]
+    if score is not None:
+        reasons += [f"score: {r}" for r in score.reasons]
     report: dict[str, Any] = {
         "reference": manifest.model_ref,
         "drifted": reasons,
         "features": [f.to_dict() for f in features],
-        "score": None if score_drift is None else score_drift.to_dict(),
+        "score": None if score is None else score.to_dict(),
     }
-    if len(chunks) < len(done):  # a worker that could not count (it logged why)
-        report["uncounted_chunks"] = sorted(set(done) - set(chunks))
+    if len(counted) < len(done):  # a worker that could not count (it logged why)
+        report["uncounted_chunks"] = sorted(set(done) - set(counted))
     return report
 
 
@@ -137,7 +122,7 @@ def after_run(
     run (a problem is logged and noted in the manifest)."""
     if profile is not None:
         try:
-            manifest.drift = input_drift(project, manifest, plan, names, profile)
+            manifest.drift = input_drift(project, manifest, profile)
         except Exception as exc:
             log.warning("run %s: input drift not computed: %s", manifest.run_id, exc)
             manifest.drift = {"error": f"{type(exc).__name__}: {exc}"}

@@ -147,13 +147,11 @@ class SQLiteRuns:
         if (
             opened is not None
             and not self._memory
-            and _inode(self._run_path(run.id)) != (opened.inode)
+            and _inode(self._run_path(run.id)) != opened.inode  # another process dropped it
         ):
-            cache.pop(run.id).conn.close()  # dropped by another process: not this file now
+            cache.pop(run.id).conn.close()
             opened = None
-        if opened is None:
-            if not write and not self._memory and _inode(self._run_path(run.id)) is None:
-                raise _Gone
+        if opened is None:  # a missing file: read-only opening raises _Gone
             opened = cache[run.id] = self._open(run.id, write=write)
             if write:
                 opened.conn.execute(_RECORDS)
