@@ -170,7 +170,10 @@ async def _sigkill_run(project: Project, kills: int, seed: int) -> list[bytes]:
     n = 5000
     payloads = demo_events(project, n, seed=seed, rate=2000.0)
     await _produce(project, payloads[: n // 4], 2000, 0.0)
-    producer = asyncio.create_task(_produce(project, payloads[n // 4 :], 300, 0.1))
+    # The rest at about 250 events/s, so events keep coming through every kill (a consumer
+    # faster than the producer would otherwise drain the stream before the last kill and
+    # never commit another batch).
+    producer = asyncio.create_task(_produce(project, payloads[n // 4 :], 25, 0.1))
     assert project.source_file is not None
     launcher = os.path.join(os.path.dirname(__file__), "faulty_consumer.py")
     command = [sys.executable, launcher, "stream", "run", STREAM, "--consumer", "c1"]
@@ -183,13 +186,15 @@ async def _sigkill_run(project: Project, kills: int, seed: int) -> list[bytes]:
         proc = subprocess.Popen(
             command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        deadline = time.monotonic() + 90.0
-        while "done" not in marks.read_text() and proc.poll() is None:
-            assert time.monotonic() < deadline, "the consumer never committed a batch"
-            await asyncio.sleep(0.02)
-        await asyncio.sleep(rng.uniform(0.0, 0.5))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        try:
+            deadline = time.monotonic() + 90.0
+            while "done" not in marks.read_text() and proc.poll() is None:
+                assert time.monotonic() < deadline, "the consumer never committed a batch"
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(rng.uniform(0.0, 0.5))
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
     await producer
     final = subprocess.run(
         [*command, "--until-idle", "2"], env=env, capture_output=True, timeout=180
