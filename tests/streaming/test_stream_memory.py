@@ -825,3 +825,41 @@ async def test_a_batch_that_keeps_conflicting_comes_back_whole_not_one_entry_at_
     finally:
         await consumer.close()
         await services.close()
+
+
+async def test_deliveries_given_up_on_contention_do_not_make_a_batch_poison(
+    make_project: Any,
+) -> None:
+    """A batch that gives up on commit contention more often than ``max_deliveries`` is
+    still processed, not dead-lettered as poison: the conflicts were other consumers'
+    doing. (Counted, a batch of 1,000 that gave up five times in a two-consumer benchmark
+    was dead-lettered whole, and its events had no outputs.)"""
+    from hybridserve.streaming import StreamConsumer
+    from hybridserve.streaming.pipeline import _ATTEMPTS
+
+    project = stream_project(make_project, max_deliveries=2)
+    log = _log(project)
+    services = Services.open(project)
+    now = time.time()
+    events = [event(f"card_{i % 10:06d}", now - 50 + i * 0.1) for i in range(40)]
+    consumer = StreamConsumer(services, STREAM, poll_interval=0)
+    real = consumer.state.commit
+    calls = 0
+
+    async def contended(*args: Any) -> bool:
+        nonlocal calls
+        calls += 1
+        if calls <= _ATTEMPTS * 4:  # four deliveries in a row give up
+            return False
+        return await real(*args)
+
+    consumer.state.commit = contended  # type: ignore[method-assign]
+    try:
+        await _append(services, dumps(events))
+        totals = await consumer.run(until_idle=0.5)
+        assert totals.failures == 4
+        assert log.dead_letters == []
+        assert totals.scored == 40 and not log.pending
+    finally:
+        await consumer.close()
+        await services.close()
