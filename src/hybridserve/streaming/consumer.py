@@ -55,6 +55,8 @@ log = logging.getLogger("hybridserve.stream")
 class Totals(EventCounts):
     failures: int = 0
     batches: int = 0
+    conflicts: int = 0
+    """Commits redone because another consumer moved one of the batch's entities first."""
 
 
 def open_state(project: Project, name: str, services: Services, io: StreamIO) -> StateStore:
@@ -330,6 +332,7 @@ class StreamConsumer:
     def _record(self, r: BatchResult) -> None:
         t, m = self.totals, self.metrics
         t.batches += 1
+        t.conflicts += r.conflicts
         t.add(r)
         t.dead += r.late  # late events are dead-lettered too
         m.batch_size.observe(r.read)

@@ -26,6 +26,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+import orjson
+
 from hybridserve.config import (
     MemorySourceConfig,
     Project,
@@ -177,6 +179,20 @@ class StreamIO:
             if close is not None and not any(part is s for s in seen):
                 seen.append(part)
                 await close()
+
+
+def entity_keys(cfg: StreamConfig, payloads: Sequence[bytes]) -> list[str | None]:
+    """Each event's entity key, as partitions are chosen by it (``None``: the payload is no
+    JSON object with one; the consumer dead-letters such an event, wherever it lands)."""
+    field = cfg.entity_field
+    keys: list[str | None] = []
+    for p in payloads:
+        try:
+            key = orjson.loads(p).get(field)
+        except (orjson.JSONDecodeError, AttributeError):
+            key = None
+        keys.append(None if key is None else str(key))
+    return keys
 
 
 def stream_key(project: Project, name: str, cfg: StreamConfig) -> str:

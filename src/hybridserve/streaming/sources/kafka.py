@@ -38,7 +38,13 @@ from hybridserve.config import KafkaSourceConfig, StreamConfig
 from hybridserve.errors import StoreError
 from hybridserve.records import now
 from hybridserve.streaming.events import RawEntry
-from hybridserve.streaming.sources.base import DeadLetter, Opening, SourceInfo, StreamIO
+from hybridserve.streaming.sources.base import (
+    DeadLetter,
+    Opening,
+    SourceInfo,
+    StreamIO,
+    entity_keys,
+)
 
 log = logging.getLogger("hybridserve.stream")
 T = TypeVar("T")
@@ -135,14 +141,7 @@ class KafkaProducer:
         return [i or "" for i in ids]
 
     async def append(self, payloads: Sequence[bytes]) -> list[str]:
-        field = self.cfg.entity_field
-        keys = []
-        for p in payloads:
-            try:
-                key = orjson.loads(p).get(field)
-            except (orjson.JSONDecodeError, AttributeError):
-                key = None
-            keys.append(None if key is None else str(key))
+        keys = entity_keys(self.cfg, payloads)
         return await self._send(self.topic, list(zip(keys, payloads, strict=True)))
 
     async def emit(self, outputs: Sequence[tuple[str, bytes]]) -> None:
