@@ -16,7 +16,8 @@ materializes ``card_profile`` into Redis), then measures:
    10 ms ticks) while tailing the output stream: latency is from each event's XADD to its
    output entry being readable (written in the same Redis script as the state, after the
    prediction was stored);
-3. a consumer group: ``--events`` events preloaded, then one, then two ``hybridserve stream
+3. a consumer group: ``--events`` events preloaded into a stream split over
+   ``--partitions`` partitions by card, then one, then two ``hybridserve stream
    run`` processes in one group; the combined rate from the moment the last process joined
    (counting the events output after it) until every event has its output entry
    (``two_consumers_events_per_s``; ``one_process_events_per_s`` is the same harness with
@@ -270,7 +271,6 @@ async def group(file: Path, n: int, consumers: int) -> dict[str, Any]:
     rate from the moment the last of them joined (counting only the events whose outputs
     came after it) until the output stream holds an entry per event."""
     from hybridserve.examples.fraud.transactions import demo_events
-
     from hybridserve.streaming.sources import open_producer
 
     project = await prepare(file)
@@ -452,10 +452,14 @@ def write_docs(
         f"| latency XADD -> output readable, p50 | {lat['p50']:.1f} ms |",
         f"| latency XADD -> output readable, p99 | {lat['p99']:.1f} ms |",
         f"| latency, max | {lat['max']:.1f} ms |",
-        f"| one consumer process (group harness) | {groups[1]['events_per_s']:,.0f} events/s |",
+        f"| one consumer process (group harness, {args.partitions} partitions) | "
+        f"{groups[1]['events_per_s']:,.0f} events/s (CPU per event: consumer "
+        f"{groups[1]['consumer_cpu_us']:.0f} us, Redis {groups[1]['redis_cpu_us']:.0f} us) |",
         f"| two consumer processes, one group | {groups[2]['events_per_s']:,.0f} events/s "
         f"({groups[2]['events_per_s'] / groups[1]['events_per_s']:.2f}x one; "
-        f"{groups[2]['duplicates']} duplicates, {groups[2]['lost']} lost) |",
+        f"{groups[2]['duplicates']} duplicates, {groups[2]['lost']} lost; CPU per event: "
+        f"consumers {groups[2]['consumer_cpu_us']:.0f} us, Redis "
+        f"{groups[2]['redis_cpu_us']:.0f} us) |",
         (
             f"| one consumer on Kafka (Tansu, one partition) | {kafka['events_per_s']:,.0f} "
             f"events/s ({kafka['seconds']:.1f} s; {kafka['scored']:,} scored, "
@@ -473,7 +477,10 @@ def write_docs(
         "seen-set, after the prediction was stored: when it is readable, the prediction is too",
         "- the group rows run `hybridserve stream run` processes (one, then two, in one "
         "consumer group) on preloaded events; the rate counts the events output after the "
-        "last process joined, until the output stream holds an entry per event",
+        "last process joined, until the output stream holds an entry per event; the stream "
+        f"is split over {args.partitions} partitions by card (`source.partitions`), which the "
+        "consumers divide between them; CPU per event is from `/proc` (consumers) and "
+        "Redis's `INFO cpu` over the measured seconds",
         "- the Kafka row is the throughput harness with the source on a Tansu broker this "
         "script starts (memory storage; a test broker, not Apache Kafka); window state, "
         "features and predictions stay on Redis, outputs go to the output topic, and the "
