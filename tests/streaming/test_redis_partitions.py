@@ -189,3 +189,58 @@ async def test_a_partition_changes_hands_only_once_its_holder_acknowledged_its_e
     await producer.close()
     await one.close()
     await two.close()
+
+
+def _with_partitions(project: Project, partitions: int) -> Project:
+    cfg = project.streams[STREAM]
+    source = cfg.source.model_copy(update={"partitions": partitions})
+    streams = {STREAM: cfg.model_copy(update={"source": source})}
+    return project.model_copy(update={"streams": streams})
+
+
+async def test_changing_partitions_with_events_left_is_refused_naming_the_setting(
+    project: Project,
+) -> None:
+    from hybridserve.errors import ConfigError
+
+    one = _source(project, "c1")
+    await one.start()  # creates the group on every partition
+    producer = open_producer(project, STREAM)
+    await producer.append(_events(10, cards=10))
+    await producer.close()
+    await one.close()
+    flat = _source(_with_partitions(project, 1), "c1")
+    with pytest.raises(ConfigError, match=r"partitions: 1\. Drain them"):
+        await flat.start()
+    await flat.close()
+    # Drained (read and acknowledged with the layout they were written with): allowed.
+    one = _source(project, "c1")
+    await one.start()
+    await one.ack([e.id for e in await _read(one, 10)])
+    await one.close()
+    flat = _source(_with_partitions(project, 1), "c1")
+    await flat.start()
+    info = await flat.info()
+    assert info.partitions is None and info.lag == 0
+    await flat.close()
+    # And back: the unpartitioned key's undelivered entries block a partitioned start.
+    producer = open_producer(_with_partitions(project, 1), STREAM)
+    await producer.append(_events(3, cards=3))
+    await producer.close()
+    split = _source(project, "c2")
+    with pytest.raises(ConfigError, match="wait in the unpartitioned key"):
+        await split.start()
+    await split.close()
+
+
+async def test_status_shows_who_holds_each_partition(project: Project) -> None:
+    one, two = _source(project, "c1"), _source(project, "c2")
+    await one.start()
+    await two.start()
+    await one._heartbeat()
+    await two._heartbeat()
+    info = await one.info()
+    assert info.partitions == {"c1": [0, 2], "c2": [1, 3]}
+    await two.close()
+    assert (await one.info()).partitions == {"c1": [0, 2], "": [1, 3]}
+    await one.close()

@@ -179,6 +179,12 @@ def status(
         ["", "value"],
         [(k, info[k]) for k in fields] + [("events/s", info["events_per_s"])],
     )
+    if info.get("partitions"):
+        rows = [
+            (holder or "(nobody)", ", ".join(map(str, parts)))
+            for holder, parts in sorted(info["partitions"].items())
+        ]
+        table("partitions", ["held by", "partitions"], rows)
     if info["consumers"]:
         cols = ["consumer", "read", "scored", "duplicates", "late", "dead", "events_per_s"]
         table("consumers", cols, [[c.get(k) for k in cols] for c in info["consumers"]])

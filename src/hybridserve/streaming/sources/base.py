@@ -56,6 +56,8 @@ class SourceInfo:
     entries wait there until one is reclaimed)."""
     dead_letters: int | None = None
     outputs: int | None = None
+    partitions: dict[str, list[int]] | None = None
+    """A partitioned source's partitions by the consumer holding them (``""``: nobody)."""
 
 
 class Source(Protocol):

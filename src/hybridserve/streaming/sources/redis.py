@@ -281,10 +281,45 @@ class RedisSource:
         for key, reply in zip(self.keys, replies, strict=True):
             if isinstance(reply, Exception) and "BUSYGROUP" not in str(reply):
                 raise StoreError(f"cannot create group {self.group!r} on {key}: {reply}")
+        await self._check_layout()
         if self.partitions > 1:
             await self._heartbeat()
             if self._beating is None:
                 self._beating = asyncio.create_task(self._beat())
+
+    async def _check_layout(self) -> None:
+        """Refuse to start when the other layout's keys hold entries the group has not
+        acknowledged: ``partitions`` changed on a stream that was not drained, and those
+        entries would never be read."""
+        others = (
+            [self.key]
+            if self.partitions > 1
+            else [f"{self.key}:p{i}" for i in range(1024)]  # every count it may have had
+        )
+        pipe = self._redis.pipeline(transaction=False)
+        for key in others:
+            pipe.exists(key)
+        found = [
+            k for k, n in zip(others, await self._call("read", pipe.execute()), strict=True) if n
+        ]
+        if not found:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for key in found:
+            pipe.xinfo_groups(key)
+        left = 0
+        for groups in await self._call("read", pipe.execute()):
+            for g in groups:
+                if _text(g["name"]) == self.group:
+                    left += int(g["pending"]) + int(g.get("lag") or 0)
+        if left:
+            raise ConfigError(
+                f"stream {self.key}: {left} entries of group {self.group!r} wait in "
+                f"{'the unpartitioned key' if self.partitions > 1 else 'partition keys'} "
+                f"({', '.join(found[:3])}{', ...' if len(found) > 3 else ''}), but the source "
+                f"has partitions: {self.partitions}. Drain them with the partitions setting "
+                "they were written with, then change it."
+            )
 
     def _entries(
         self, part: int, raw: list[Any], at: float, deliveries: dict[str, int]
@@ -532,6 +567,11 @@ class RedisSource:
             )
         elif info.pending == 0:
             info.pending_elsewhere = 0
+        if self.partitions > 1:
+            holders = await self._call("read", self._redis.mget(self._leases))
+            info.partitions = {}
+            for p, holder in enumerate(holders):
+                info.partitions.setdefault("" if holder is None else _text(holder), []).append(p)
         return info
 
     async def close(self) -> None:
