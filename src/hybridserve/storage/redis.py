@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from itertools import islice, repeat
 from typing import Any
 
+import msgpack
 import pyarrow as pa
 
 from hybridserve._optional import require
@@ -31,34 +32,24 @@ from hybridserve.storage.redis_bulk import (
 )
 from hybridserve.urls import masked_url
 
-# Scripts take a column of byte strings as two arguments, the strings joined and their lengths
-# (see :func:`packed`; Lua's ``split`` takes them apart), rather than one argument per string:
-# redis-py encodes and frames every argument in Python, which cost more than the scripts
-# themselves. Keys are not declared in KEYS, so the scripts are not cluster-safe (Redis Cluster
-# would need them in one hash slot anyway).
-LUA_SPLIT = """
-local function split(joined, lengths)
-  local out, pos = {}, 1
-  for len in string.gmatch(lengths, '(%d+),') do
-    out[#out + 1] = string.sub(joined, pos, pos + len - 1)
-    pos = pos + len
-  end
-  return out
-end
-"""
+# Scripts take a column of byte strings as one argument, a msgpack array (see :func:`packed`;
+# Lua's ``cmsgpack.unpack`` takes it apart in C), rather than one argument per string: redis-py
+# encodes and frames every argument in Python, which cost more than the scripts themselves.
+# (Joined strings with their lengths, split by ``string.sub`` in Lua, cost this Redis 16.1 us of
+# CPU per event in a stream commit, against 12.3 us with msgpack.) Keys are not declared in
+# KEYS, so the scripts are not cluster-safe (Redis Cluster would need them in one hash slot).
 
 
-def packed(parts: Sequence[bytes]) -> tuple[bytes, str]:
-    """A column of byte strings as two script arguments: joined, and ``"len,len,"``."""
-    return b"".join(parts), "".join([f"{len(x)}," for x in parts])
+def packed(parts: Sequence[bytes]) -> bytes:
+    """A column of byte strings as one script argument, for ``cmsgpack.unpack``: msgpack's
+    raw (str) type, as the cmsgpack of Redis 7.0 reads no bin type."""
+    return msgpack.packb(list(parts), use_bin_type=False)  # type: ignore[no-any-return]
 
 
 # ARGV: keys, values, as_of, expire_at_ms (0 = never), each packed. Returns how many were written.
-_CAS_LUA = (
-    LUA_SPLIT
-    + """
-local keys, vals = split(ARGV[1], ARGV[2]), split(ARGV[3], ARGV[4])
-local as_of, exps = split(ARGV[5], ARGV[6]), split(ARGV[7], ARGV[8])
+_CAS_LUA = """
+local keys, vals = cmsgpack.unpack(ARGV[1]), cmsgpack.unpack(ARGV[2])
+local as_of, exps = cmsgpack.unpack(ARGV[3]), cmsgpack.unpack(ARGV[4])
 local written = 0
 for i, key in ipairs(keys) do
   local t, exp = as_of[i], tonumber(exps[i])
@@ -75,38 +66,31 @@ for i, key in ipairs(keys) do
 end
 return written
 """
-)
 
 # ARGV: the keys, packed. Returns value, as_of, value, as_of, ... (nils for an absent key).
-_GET_LUA = (
-    LUA_SPLIT
-    + """
+_GET_LUA = """
 local out, n = {}, 0
-for _, key in ipairs(split(ARGV[1], ARGV[2])) do
+for _, key in ipairs(cmsgpack.unpack(ARGV[1])) do
   local r = redis.call('HMGET', key, 'v', 't')
   out[n + 1], out[n + 2], n = r[1], r[2], n + 2
 end
 return out
 """
-)
 
 # ARGV: keys, bucket keys, members, each packed. Returns value, as_of per key (as _GET_LUA),
 # then the packed field value of each member (nil when absent).
-_GET_RUN_LUA = (
-    LUA_SPLIT
-    + """
+_GET_RUN_LUA = """
 local out, n = {}, 0
-for _, key in ipairs(split(ARGV[1], ARGV[2])) do
+for _, key in ipairs(cmsgpack.unpack(ARGV[1])) do
   local r = redis.call('HMGET', key, 'v', 't')
   out[n + 1], out[n + 2], n = r[1], r[2], n + 2
 end
-local members = split(ARGV[5], ARGV[6])
-for i, bucket in ipairs(split(ARGV[3], ARGV[4])) do
+local members = cmsgpack.unpack(ARGV[3])
+for i, bucket in ipairs(cmsgpack.unpack(ARGV[2])) do
   out[n + 1], n = redis.call('HGET', bucket, members[i]), n + 1
 end
 return out
 """
-)
 
 _BULK_TIMEOUT = 60.0
 
@@ -159,7 +143,7 @@ class RedisStore:
                 async with self._redis.pipeline(transaction=False) as pipe:
                     for start in range(0, len(keys), _CHUNK):
                         chunk = [(p + k).encode() for k in keys[start : start + _CHUNK]]
-                        await self._get(keys=[], args=packed(chunk), client=pipe)
+                        await self._get(keys=[], args=[packed(chunk)], client=pipe)
                     results = [x for part in await pipe.execute() for x in part]
         except self._errors as exc:
             raise StoreError(f"Redis read failed ({masked_url(self.url)}): {exc}") from exc
@@ -205,10 +189,10 @@ class RedisStore:
                 for start in range(0, len(keys), _CHUNK):
                     end = start + _CHUNK
                     args = [
-                        *packed([(p + k).encode() for k in keys[start:end]]),
-                        *packed(values[start:end]),
-                        *packed([repr(float(a)).encode() for a in as_of[start:end]]),
-                        *packed([str(e).encode() for e in exps[start:end]]),
+                        packed([(p + k).encode() for k in keys[start:end]]),
+                        packed(values[start:end]),
+                        packed([repr(float(a)).encode() for a in as_of[start:end]]),
+                        packed([str(e).encode() for e in exps[start:end]]),
                     ]
                     await self._cas(keys=[], args=args, client=pipe)
                 results = await pipe.execute()
@@ -284,7 +268,7 @@ class RedisStore:
                     own = [(p + k).encode() for k in keys[start : start + _CHUNK]]
                     part = members[start : start + _CHUNK]
                     buckets = [bucket_key(name, bucket_of(m)).encode() for m in part]
-                    args = [*packed(own), *packed(buckets), *packed([m.encode() for m in part])]
+                    args = [packed(own), packed(buckets), packed([m.encode() for m in part])]
                     await self._get_run(keys=[], args=args, client=pipe)
                 results = await pipe.execute()
         except self._errors as exc:

@@ -32,7 +32,7 @@ from hybridserve._optional import require
 from hybridserve.errors import ConfigError, StoreError
 from hybridserve.records import now
 from hybridserve.storage import Entry, KVStore
-from hybridserve.storage.redis import LUA_SPLIT, packed
+from hybridserve.storage.redis import packed
 from hybridserve.streaming.deadlines import bounded
 from hybridserve.urls import masked_url
 
@@ -181,14 +181,12 @@ class KVStateStore:
 # versions, their new values; seen keys; output ids, output payloads. A state is stored as
 # "version:value". The keys are built by the caller from one prefix, so the script is not
 # cluster-safe (Redis Cluster would need them all in one hash slot).
-_COMMIT_LUA = (
-    LUA_SPLIT
-    + """
+_COMMIT_LUA = """
 local ttl, maxlen, out = ARGV[1], tonumber(ARGV[2]), ARGV[3]
-local keys, versions = split(ARGV[4], ARGV[5]), split(ARGV[6], ARGV[7])
-local values = split(ARGV[8], ARGV[9])
-local seen = split(ARGV[10], ARGV[11])
-local ids, payloads = split(ARGV[12], ARGV[13]), split(ARGV[14], ARGV[15])
+local keys, versions = cmsgpack.unpack(ARGV[4]), cmsgpack.unpack(ARGV[5])
+local values = cmsgpack.unpack(ARGV[6])
+local seen = cmsgpack.unpack(ARGV[7])
+local ids, payloads = cmsgpack.unpack(ARGV[8]), cmsgpack.unpack(ARGV[9])
 for i, key in ipairs(keys) do
   local cur = redis.call('GET', key)
   local have = 0
@@ -212,7 +210,6 @@ for i, id in ipairs(ids) do
 end
 return 1
 """
-)
 
 
 class RedisStateStore:
@@ -279,12 +276,12 @@ class RedisStateStore:
             max(1, int(self.ttl * 1000)),
             self.maxlen or 0,
             self.output_key or "",
-            *packed([(p + state_key(s, e)).encode() for e, _, _ in states]),
-            *packed([str(n).encode() for _, n, _ in states]),
-            *packed([v for _, _, v in states]),
-            *packed([(p + seen_key(s, e)).encode() for e in seen]),
-            *packed([i.encode() for i, _ in outs]),
-            *packed([d for _, d in outs]),
+            packed([(p + state_key(s, e)).encode() for e, _, _ in states]),
+            packed([str(n).encode() for _, n, _ in states]),
+            packed([v for _, _, v in states]),
+            packed([(p + seen_key(s, e)).encode() for e in seen]),
+            packed([i.encode() for i, _ in outs]),
+            packed([d for _, d in outs]),
         ]
         try:
             return bool(await bounded(self._commit(keys=[], args=args), self.timeout))
