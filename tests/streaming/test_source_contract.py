@@ -1,5 +1,6 @@
 """One contract, every source: memory, replay, Redis Streams (on one key and split over
-partitions), Kafka (on Tansu) and NATS JetStream run these tests unchanged, through ``open_io`` and ``open_producer`` only.
+partitions), Kafka (on Tansu) and NATS JetStream run these tests unchanged, through
+``open_io`` and ``open_producer`` only.
 
 What differs between brokers is declared per kind in :class:`Kind` (whether delivery counts
 survive a restart, whether the sinks write each id once), never tested around.
