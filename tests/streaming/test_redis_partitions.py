@@ -244,3 +244,18 @@ async def test_status_shows_who_holds_each_partition(project: Project) -> None:
     await two.close()
     assert (await one.info()).partitions == {"c1": [0, 2], "": [1, 3]}
     await one.close()
+
+
+async def test_fewer_partitions_with_events_beyond_them_is_refused(project: Project) -> None:
+    from hybridserve.errors import ConfigError
+
+    four = _source(project, "c1")
+    await four.start()
+    producer = open_producer(project, STREAM)
+    await producer.append(_events(20, cards=20))  # some land in partitions 2 and 3
+    await producer.close()
+    await four.close()
+    two = _source(_with_partitions(project, 2), "c1")
+    with pytest.raises(ConfigError, match=r"wait in partition keys .*:p[23]"):
+        await two.start()
+    await two.close()

@@ -291,11 +291,10 @@ class RedisSource:
         """Refuse to start when the other layout's keys hold entries the group has not
         acknowledged: ``partitions`` changed on a stream that was not drained, and those
         entries would never be read."""
-        others = (
-            [self.key]
-            if self.partitions > 1
-            else [f"{self.key}:p{i}" for i in range(1024)]  # every count it may have had
-        )
+        # The unpartitioned key, and the partition keys beyond this count (up to the largest
+        # count allowed): where events written with another ``partitions`` wait.
+        others = [self.key] if self.partitions > 1 else []
+        others += [f"{self.key}:p{i}" for i in range(self.partitions if others else 0, 1024)]
         pipe = self._redis.pipeline(transaction=False)
         for key in others:
             pipe.exists(key)
@@ -315,7 +314,7 @@ class RedisSource:
         if left:
             raise ConfigError(
                 f"stream {self.key}: {left} entries of group {self.group!r} wait in "
-                f"{'the unpartitioned key' if self.partitions > 1 else 'partition keys'} "
+                f"{'the unpartitioned key' if found[0] == self.key else 'partition keys'} "
                 f"({', '.join(found[:3])}{', ...' if len(found) > 3 else ''}), but the source "
                 f"has partitions: {self.partitions}. Drain them with the partitions setting "
                 "they were written with, then change it."
