@@ -259,3 +259,26 @@ async def test_fewer_partitions_with_events_beyond_them_is_refused(project: Proj
     with pytest.raises(ConfigError, match=r"wait in partition keys .*:p[23]"):
         await two.start()
     await two.close()
+
+
+async def test_a_consumer_whose_heartbeats_fail_past_member_ttl_stops_reading_new_entries(
+    project: Project,
+) -> None:
+    """Its leases have expired by then, so another consumer may hold the partitions."""
+    from hybridserve.errors import StoreError
+
+    one = _source(project, "c1")
+    await one.start()
+    assert one.owned == [0, 1, 2, 3]
+
+    async def down(**_: Any) -> Any:
+        raise StoreError("Redis heartbeat failed: connection refused")
+
+    real = one._members
+    one._members = down
+    await asyncio.sleep(0.8)  # past member_ttl (0.5 s): a few heartbeats failed
+    assert one.owned == []
+    one._members = real
+    await asyncio.sleep(0.3)  # the next heartbeat takes the (expired) leases again
+    assert one.owned == [0, 1, 2, 3]
+    await one.close()

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -254,14 +255,20 @@ class RedisSource:
     async def _beat(self) -> None:
         """Heartbeats, a fifth of ``member_ttl`` apart, while the source is open. Not in
         ``read``: a consumer whose reader waits for room (a slow batch) is still live."""
+        beaten = time.monotonic()
         while True:
             await asyncio.sleep(
                 min(0.1, self.member_ttl / 5) if self._moving else self.member_ttl / 5
             )
             try:
                 await self._heartbeat()
+                beaten = time.monotonic()
             except StoreError as exc:  # Redis is down: reads fail and say so too
                 log.warning("stream %s: heartbeat failed: %s", self.key, exc.message)
+                if self._owned and time.monotonic() - beaten > self.member_ttl:
+                    # The leases have expired by now: others may hold the partitions. Read
+                    # nothing new until a heartbeat says which are this consumer's again.
+                    self._owned = []
 
     @property
     def owned(self) -> list[int]:
