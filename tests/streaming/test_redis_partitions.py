@@ -67,6 +67,17 @@ async def _read(source: RedisSource, n: int) -> list[Any]:
     return got
 
 
+async def _two_sharing(project: Project) -> tuple[RedisSource, RedisSource]:
+    """Consumers c1 and c2, started, each holding its half of the partitions (c1 lets go of
+    c2's share at its heartbeat, then c2 takes it at its own)."""
+    one, two = _source(project, "c1"), _source(project, "c2")
+    await one.start()
+    await two.start()
+    await one._heartbeat()
+    await two._heartbeat()
+    return one, two
+
+
 def _card(entry: Any) -> str:
     return str(orjson.loads(entry.payload)["card_id"])
 
@@ -118,11 +129,7 @@ async def test_two_consumers_divide_the_partitions_and_a_leaver_hands_its_share_
 
 
 async def test_a_consumer_that_stops_beating_loses_its_partitions(project: Project) -> None:
-    one, two = _source(project, "c1"), _source(project, "c2")
-    await one.start()
-    await two.start()
-    await one._heartbeat()
-    await two._heartbeat()
+    one, two = await _two_sharing(project)
     assert len(one.owned) == 2 and len(two.owned) == 2
     producer = open_producer(project, STREAM)
     await producer.append(_events(40, cards=40))
@@ -234,11 +241,7 @@ async def test_changing_partitions_with_events_left_is_refused_naming_the_settin
 
 
 async def test_status_shows_who_holds_each_partition(project: Project) -> None:
-    one, two = _source(project, "c1"), _source(project, "c2")
-    await one.start()
-    await two.start()
-    await one._heartbeat()
-    await two._heartbeat()
+    one, two = await _two_sharing(project)
     info = await one.info()
     assert info.partitions == {"c1": [0, 2], "c2": [1, 3]}
     await two.close()

@@ -789,17 +789,13 @@ async def test_a_view_row_from_a_conflicting_attempt_is_rewritten_by_its_redo(
         await second.close()
 
 
-async def test_a_batch_that_keeps_conflicting_comes_back_whole_not_one_entry_at_a_time(
-    make_project: Any,
-) -> None:
-    """Commits that keep conflicting (other consumers moving the same entities first) make the
-    batch give up; it is redelivered as a batch. Before, it came back one entry at a time, as
-    after a store failure: measured with two Redis consumers, 5,000 events/s fell to 400 for
-    good once both had given up."""
+async def _run_contended(project: Any, given_up: int) -> tuple[Any, Any]:
+    """40 events through a consumer whose first ``given_up`` deliveries each conflict on
+    every commit until they give up (other consumers moving the same entities first); the
+    run's totals and the project's log."""
     from hybridserve.streaming import StreamConsumer
     from hybridserve.streaming.pipeline import _ATTEMPTS
 
-    project = stream_project(make_project)
     log = _log(project)
     services = Services.open(project)
     now = time.time()
@@ -811,20 +807,30 @@ async def test_a_batch_that_keeps_conflicting_comes_back_whole_not_one_entry_at_
     async def contended(*args: Any) -> bool:
         nonlocal calls
         calls += 1
-        if calls <= _ATTEMPTS:  # the first batch conflicts until it gives up
+        if calls <= _ATTEMPTS * given_up:
             return False
         return await real(*args)
 
     consumer.state.commit = contended  # type: ignore[method-assign]
     try:
         await _append(services, dumps(events))
-        totals = await consumer.run(until_idle=0.5)
-        assert totals.failures == 1 and totals.scored == 40 and not log.pending
-        assert log.dead_letters == []
-        assert totals.batches <= 3  # one at a time would be 40 batches
+        return await consumer.run(until_idle=0.5), log
     finally:
         await consumer.close()
         await services.close()
+
+
+async def test_a_batch_that_keeps_conflicting_comes_back_whole_not_one_entry_at_a_time(
+    make_project: Any,
+) -> None:
+    """Commits that keep conflicting (other consumers moving the same entities first) make the
+    batch give up; it is redelivered as a batch. Before, it came back one entry at a time, as
+    after a store failure: measured with two Redis consumers, 5,000 events/s fell to 400 for
+    good once both had given up."""
+    totals, log = await _run_contended(stream_project(make_project), given_up=1)
+    assert totals.failures == 1 and totals.scored == 40 and not log.pending
+    assert log.dead_letters == []
+    assert totals.batches <= 3  # one at a time would be 40 batches
 
 
 async def test_deliveries_given_up_on_contention_do_not_make_a_batch_poison(
@@ -834,32 +840,8 @@ async def test_deliveries_given_up_on_contention_do_not_make_a_batch_poison(
     still processed, not dead-lettered as poison: the conflicts were other consumers'
     doing. (Counted, a batch of 1,000 that gave up five times in a two-consumer benchmark
     was dead-lettered whole, and its events had no outputs.)"""
-    from hybridserve.streaming import StreamConsumer
-    from hybridserve.streaming.pipeline import _ATTEMPTS
-
     project = stream_project(make_project, max_deliveries=2)
-    log = _log(project)
-    services = Services.open(project)
-    now = time.time()
-    events = [event(f"card_{i % 10:06d}", now - 50 + i * 0.1) for i in range(40)]
-    consumer = StreamConsumer(services, STREAM, poll_interval=0)
-    real = consumer.state.commit
-    calls = 0
-
-    async def contended(*args: Any) -> bool:
-        nonlocal calls
-        calls += 1
-        if calls <= _ATTEMPTS * 4:  # four deliveries in a row give up
-            return False
-        return await real(*args)
-
-    consumer.state.commit = contended  # type: ignore[method-assign]
-    try:
-        await _append(services, dumps(events))
-        totals = await consumer.run(until_idle=0.5)
-        assert totals.failures == 4
-        assert log.dead_letters == []
-        assert totals.scored == 40 and not log.pending
-    finally:
-        await consumer.close()
-        await services.close()
+    totals, log = await _run_contended(project, given_up=4)
+    assert totals.failures == 4
+    assert log.dead_letters == []
+    assert totals.scored == 40 and not log.pending

@@ -83,6 +83,11 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def partition_key(key: str, i: int) -> str:
+    """Partition ``i``'s stream key of a stream split over partitions."""
+    return f"{key}:p{i}"
+
+
 # Membership and partition leases, in one step. KEYS[1]: the members sorted set; KEYS[2 + p]:
 # partition p's lease; KEYS[2 + N + p]: partition p's stream. ARGV: consumer, ttl_ms, leave
 # (1: give everything up). Scores and lease expiries are Redis's clock, so consumers on hosts
@@ -159,7 +164,8 @@ class RedisSource:
         if partitions > 1 and entity_of is None:
             raise ValueError("a partitioned source needs entity_of to place events")
         self.partitions = partitions
-        self.keys = [key] if partitions == 1 else [f"{key}:p{i}" for i in range(partitions)]
+        self.keys = [key] if partitions == 1 else [partition_key(key, i) for i in range(partitions)]
+        self._index = {k: i for i, k in enumerate(self.keys)}
         self.members_key = f"{key}:members:{group}"
         self.member_ttl = member_ttl
         self._entity_of = entity_of
@@ -301,7 +307,8 @@ class RedisSource:
         # The unpartitioned key, and the partition keys beyond this count (up to the largest
         # count allowed): where events written with another ``partitions`` wait.
         others = [self.key] if self.partitions > 1 else []
-        others += [f"{self.key}:p{i}" for i in range(self.partitions if others else 0, 1024)]
+        start = self.partitions if others else 0
+        others += [partition_key(self.key, i) for i in range(start, 1024)]
         pipe = self._redis.pipeline(transaction=False)
         for key in others:
             pipe.exists(key)
@@ -368,8 +375,7 @@ class RedisSource:
         return out
 
     def _by_partition(self, resp: Any) -> dict[int, list[Any]]:
-        index = {k: i for i, k in enumerate(self.keys)}
-        return {index[_text(key)]: raw for key, raw in resp or []}
+        return {self._index[_text(key)]: raw for key, raw in resp or []}
 
     async def read(self, max_items: int, block: float) -> list[RawEntry]:
         if self._cursors:
