@@ -501,9 +501,9 @@ def write_docs(
 
 def main() -> None:
     args = parse_args()
-    from threadpoolctl import threadpool_limits
+    from hybridserve.runtimes.threads import limit_threads
 
-    threadpool_limits(limits=1)  # as `hybridserve stream run` does (--model-threads 1)
+    limit_threads(1)  # as `hybridserve stream run` does (--model-threads 1)
     WORK.mkdir(parents=True, exist_ok=True)
     prefix_t, prefix_l, prefix_g = "hs_bench_t:", "hs_bench_l:", "hs_bench_g:"
     prefix_k = "hs_bench_k:"

@@ -31,16 +31,10 @@ from hybridserve.batch.chunk import ChunkWorker, RunContext
 from hybridserve.batch.inputs import InputPlan
 from hybridserve.batch.manifest import ChunkStats
 from hybridserve.errors import HybridServeError
+from hybridserve.runtimes.threads import limit_threads
 
 OnDone = Callable[[ChunkStats], None]
 _worker: ChunkWorker | None = None
-
-
-def limit_threads() -> None:
-    # One BLAS/OpenMP thread per worker: the pool is the parallelism.
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(1)
 
 
 _plan: InputPlan | None = None
@@ -95,7 +89,7 @@ _PR_SET_PDEATHSIG = 1
 def _init(ctx: RunContext, plan: InputPlan | None, parent: int) -> None:
     global _worker, _plan, _init_error
     _die_with(parent)
-    limit_threads()
+    limit_threads(1)  # one BLAS/OpenMP thread per worker: the pool is the parallelism
     try:
         _worker, _plan = ChunkWorker(ctx), plan
     except Exception as exc:

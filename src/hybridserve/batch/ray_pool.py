@@ -30,10 +30,10 @@ import hybridserve
 from hybridserve._optional import require
 from hybridserve.batch import cluster
 from hybridserve.batch.chunk import ChunkWorker, RunContext
-from hybridserve.batch.executors import limit_threads
 from hybridserve.batch.inputs import InputPlan
 from hybridserve.batch.manifest import ChunkStats
 from hybridserve.errors import HybridServeError
+from hybridserve.runtimes.threads import limit_threads
 
 OnDone = Callable[[ChunkStats], None]
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ class ChunkActor:
     """Keeps one run's model loaded; reads, scores and writes whole chunks."""
 
     def __init__(self, shared: tuple[RunContext, InputPlan]) -> None:
-        limit_threads()
+        limit_threads(1)
         ctx, self.plan = shared
         self.worker = ChunkWorker(ctx)
 

@@ -72,12 +72,12 @@ def _worker(ctx: RunContext) -> ChunkWorker:
     global _cached
     key = (ctx.run_dir, ctx.model_ref)
     if _cached is None or _cached[0] != key:
-        from hybridserve.batch.executors import limit_threads
+        from hybridserve.runtimes.threads import limit_threads
 
         if _cached is not None:
             _cached[1].close()
             _cached = None
-        limit_threads()
+        limit_threads(1)
         _cached = (key, ChunkWorker(ctx))
     return _cached[1]
 

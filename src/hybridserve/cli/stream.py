@@ -59,9 +59,9 @@ def run_consumer(
 
     proj = project(project_path)
     if model_threads:
-        from threadpoolctl import threadpool_limits
+        from hybridserve.runtimes.threads import limit_threads
 
-        threadpool_limits(limits=model_threads)
+        limit_threads(model_threads)
     name = consumer or default_consumer_name()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     log = logging.getLogger("hybridserve.stream")

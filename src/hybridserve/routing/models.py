@@ -20,11 +20,11 @@ from statistics import median
 from typing import TYPE_CHECKING
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from hybridserve.batching import MicroBatcher
 from hybridserve.errors import HybridServeError
 from hybridserve.registry.refs import ModelRef
+from hybridserve.runtimes.threads import limit_threads
 from hybridserve.scoring import Scorer
 
 if TYPE_CHECKING:
@@ -99,7 +99,7 @@ class ModelManager:
         threads = self.services.project.server.model_threads
         if threads is not None:
             # Process-wide and kept: this process serves; batch runs have their own processes.
-            threadpool_limits(limits=threads)
+            limit_threads(threads)
             log.info("model calls use at most %d thread(s) each (server.model_threads)", threads)
         problems = []
         for route in self.services.project.routes:
