@@ -98,6 +98,51 @@ def test_rows_validated_scored_in_one_call_and_errors_isolated() -> None:
     }
 
 
+def test_records_sharing_rows_are_scored_once_per_row_and_match_one_row_each() -> None:
+    """A stream's events of one entity share its stored row: each distinct row is validated
+    and scored once, and every record (with its own as_of and event id) gets its row's score,
+    as it would with a row of its own; a rejected row rejects each of its records."""
+    rt = LinearRuntime(["a", "b", "n"])
+    scorer = Scorer(project(), "r", rt)
+    rows: list[dict[str, Any]] = [{"a": 1.0, "b": 0.5, "n": 1}, {"a": None, "b": 1.0, "n": 1}]
+    rows.append({"a": -2.0, "b": None, "n": 0})
+    row_of = [0, 2, 0, 1, 2, 1, 0]
+    ents = ["c0", "c2", "c0", "c1", "c2", "c1", "c0"]
+    ids = [f"ev{i}" for i in range(len(row_of))]
+    shared = scorer.score_rows(
+        ents,
+        rows,
+        as_of=[float(i) for i in range(7)],
+        source="stream",
+        event_ids=ids,
+        row_of=row_of,
+        probabilities=True,
+    )
+    assert rt.calls == [2]  # the two valid distinct rows, once each
+    one_each = scorer.score_rows(
+        ents,
+        [rows[r] for r in row_of],
+        as_of=[float(i) for i in range(7)],
+        source="stream",
+        event_ids=ids,
+        probabilities=True,
+    )
+    assert [r.to_dict() | {"computed_at": 0} for r in shared.records] == [
+        r.to_dict() | {"computed_at": 0} for r in one_each.records
+    ]
+    assert [(r.entity, r.event_id, r.as_of) for r in shared.records] == [
+        ("c0", "ev0", 0.0),
+        ("c2", "ev1", 1.0),
+        ("c0", "ev2", 2.0),
+        ("c2", "ev4", 4.0),
+        ("c0", "ev6", 6.0),
+    ]
+    assert [(e.index, e.entity, e.reason) for e in shared.errors] == [
+        (3, "c1", "missing feature 'a'"),
+        (5, "c1", "missing feature 'a'"),
+    ]
+
+
 def test_columns_path_matches_rows_path() -> None:
     rt = LinearRuntime(["a", "b", "n"])
     scorer = Scorer(project(), "r", rt)

@@ -354,12 +354,37 @@ class Scorer:
         as_of: Sequence[float] | float,
         source: Source,
         probabilities: bool = False,
+        row_of: Sequence[int] | None = None,
         **ids: Any,
     ) -> ScoreResult:
-        """Validate, score in one model call, and build records (rows that fail are skipped)."""
-        return self._finish(
-            self.prepare(entities, rows), entities, as_of, source, probabilities, ids
-        )
+        """Validate, score in one model call, and build records (rows that fail are skipped).
+
+        With ``row_of``, records share rows: record ``i`` is ``entities[i]`` scored from
+        ``rows[row_of[i]]`` (a stream's events of one entity, all scored from its stored
+        features), so each distinct row is validated and scored once. ``as_of``, the ids and
+        the errors' indices are per record either way."""
+        if row_of is None:
+            return self._finish(
+                self.prepare(entities, rows), entities, as_of, source, probabilities, ids
+            )
+        owner: dict[int, str] = {}
+        for i, r in enumerate(row_of):
+            owner.setdefault(r, entities[i])
+        prepared = self.prepare([owner.get(r, "") for r in range(len(rows))], rows)
+        at = dict(zip(prepared.rows, range(len(prepared.rows)), strict=True))
+        why = {e.index: e.reason for e in prepared.errors}
+        keep: list[int] = []
+        take: list[int] = []
+        errors: list[RowError] = []
+        for i, r in enumerate(row_of):
+            k = at.get(r)
+            if k is None:
+                errors.append(RowError(i, entities[i], why[r]))
+            else:
+                keep.append(i)
+                take.append(k)
+        shared = Prepared(prepared.matrix, keep, errors)
+        return self._finish(shared, entities, as_of, source, probabilities, ids, take)
 
     def score_columns(
         self,
@@ -383,10 +408,20 @@ class Scorer:
         source: Source,
         probabilities: bool,
         ids: dict[str, Any],
+        take: list[int] | None = None,
     ) -> ScoreResult:
+        """Score ``prepared`` and build a record per kept row; with ``take``, record ``k``
+        (of input position ``prepared.rows[k]``) is scored from matrix row ``take[k]``."""
         if not prepared.rows:
             return ScoreResult([], prepared.errors)
         prediction = self.runtime.predict(prepared.matrix, probabilities=probabilities)
+        if take is not None:
+            probs = prediction.probabilities
+            prediction = Prediction(
+                prediction.scores[take],
+                None if probs is None else probs[take],
+                prediction.classes,
+            )
         keep = prepared.rows
         event_ids = ids.pop("event_ids", None)
         kept_as_of = as_of if isinstance(as_of, int | float) else [as_of[i] for i in keep]

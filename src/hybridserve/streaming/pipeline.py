@@ -427,9 +427,16 @@ class BatchProcessor:
         the Scorer rejected."""
         if scorer is None or not applied:
             return []
-        feature_rows = [
-            {**stored.get(ev.entity, {}), **w} for ev, w in zip(applied, window_rows, strict=True)
-        ]
+        row_of: list[int] | None = None
+        if any(window_rows):  # each event's row holds the windows right after it
+            feature_rows = [
+                {**stored.get(ev.entity, {}), **w}
+                for ev, w in zip(applied, window_rows, strict=True)
+            ]
+        else:  # the route reads no window feature: an entity's events share its stored row
+            index: dict[str, int] = {}
+            row_of = [index.setdefault(ev.entity, len(index)) for ev in applied]
+            feature_rows = [stored.get(e, {}) for e in index]
         with _computing():
             result = await asyncio.to_thread(
                 scorer.score_rows,
@@ -438,6 +445,7 @@ class BatchProcessor:
                 as_of=[ev.time for ev in applied],
                 source="stream",
                 event_ids=[ev.event_id for ev in applied],
+                row_of=row_of,
             )
         if result.errors:
             return {e.index: e.reason for e in result.errors}
