@@ -92,8 +92,8 @@ class EntityState:
     rings: list[bytes]
     """Per ring, its bucket rows sorted by index, as float64 bytes (see the module docstring)."""
     uniq: list[list[list[Any]]]
-    """Per ring, per distinct field, each bucket row's distinct values (a sorted list as
-    decoded, a set once the batch adds to it)."""
+    """Per ring, per distinct field, each bucket row's distinct values: a sorted list (a set
+    only inside :meth:`WindowSpec.apply_batch`, while the batch adds to it)."""
     marks: list[tuple[int, float]] = field(default_factory=list)
     """The last watermark raises: ``(stream position, watermark)``, by position."""
     batch: set[str] = field(default_factory=set)
@@ -165,12 +165,10 @@ class WindowSpec:
 
     def dumps(self, st: EntityState) -> bytes:
         marks = [x for m in st.marks for x in m]
-        uniq = [
-            [[v if v.__class__ is list else sorted(v) for v in sets] for sets in ring]
-            for ring in st.uniq
-        ]
+        # Every distinct-value bucket is a sorted list here: as decoded, as created, or as
+        # :meth:`_Ring.finish` left the ones a batch added to.
         return msgpack.packb(  # type: ignore[no-any-return]
-            [FORMAT, st.watermark, st.last_id, sorted(st.last), marks, st.rings, uniq]
+            [FORMAT, st.watermark, st.last_id, sorted(st.last), marks, st.rings, st.uniq]
         )
 
     def loads(self, data: bytes) -> EntityState:
@@ -437,6 +435,8 @@ class _Ring:
             t, key = t[keep], key[keep]
             flags = keep.tolist()
             uniq = [list(compress(sets, flags)) for sets in uniq]
+        # The buckets this batch added to are sets: back to sorted lists, as encoded.
+        uniq = [[b if b.__class__ is list else sorted(b) for b in sets] for sets in uniq]
         b = np.searchsorted(key, np.arange(len(states) + 1, dtype=np.int64) * _M).tolist()
         data, row, gi = t.astype(_F8, copy=False).tobytes(), 8 * g.width, self.gi
         for i, st in enumerate(states):
