@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping, Sequence
+import operator
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -123,6 +124,12 @@ class Scorer:
         inputs = ModelInputs.of(project, route, runtime.name, runtime.version, runtime.signature)
         self.names = inputs.names
         self.name_set = frozenset(self.names)
+        # A row's values in signature order, in C (one name would give a value, not a tuple).
+        self._take: Callable[[Mapping[str, Any]], tuple[Any, ...]] = (
+            operator.itemgetter(*self.names)
+            if len(self.names) > 1
+            else lambda row: tuple(row[n] for n in self.names)
+        )
         self.specs = specs = inputs.specs
         self._impute = [s.default if s.on_missing == "impute" else None for s in specs]
         self._ints = [s.dtype == "int" for s in specs]
@@ -144,12 +151,16 @@ class Scorer:
         value by value. Both paths apply the same rules and word errors the same way.
         """
         names = self.names
-        plain: list[list[Any]] = []
+        plain: list[tuple[Any, ...]] = []
         plain_at: list[int] = []
         odd: list[int] = []
         is_plain = _PLAIN.__contains__
+        take = self._take
         for i, row in enumerate(rows):
-            values = [row.get(n) for n in names]
+            try:
+                values = take(row)
+            except KeyError:  # a feature left out: missing, as the rules below say
+                values = tuple(row.get(n) for n in names)
             if all(map(is_plain, map(type, values))):
                 plain.append(values)
                 plain_at.append(i)

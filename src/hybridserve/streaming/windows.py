@@ -40,6 +40,7 @@ and its distinct-value sets. States written as JSON by earlier versions are stil
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import compress
@@ -92,8 +93,7 @@ class EntityState:
     rings: list[bytes]
     """Per ring, its bucket rows sorted by index, as float64 bytes (see the module docstring)."""
     uniq: list[list[list[Any]]]
-    """Per ring, per distinct field, each bucket row's distinct values: a sorted list (a set
-    only inside :meth:`WindowSpec.apply_batch`, while the batch adds to it)."""
+    """Per ring, per distinct field, each bucket row's distinct values, as a sorted list."""
     marks: list[tuple[int, float]] = field(default_factory=list)
     """The last watermark raises: ``(stream position, watermark)``, by position."""
     batch: set[str] = field(default_factory=set)
@@ -165,8 +165,6 @@ class WindowSpec:
 
     def dumps(self, st: EntityState) -> bytes:
         marks = [x for m in st.marks for x in m]
-        # Every distinct-value bucket is a sorted list here: as decoded, as created, or as
-        # :meth:`_Ring.finish` left the ones a batch added to.
         return msgpack.packb(  # type: ignore[no-any-return]
             [FORMAT, st.watermark, st.last_id, sorted(st.last), marks, st.rings, st.uniq]
         )
@@ -336,7 +334,7 @@ class _Ring:
         self.key = np.insert(self.key, at, new)
         for sets in self.uniq:
             for p in reversed(at.tolist()):  # highest first: the lower positions stay valid
-                sets.insert(p, set())
+                sets.insert(p, [])
         return np.searchsorted(self.key, keys)
 
     def apply(
@@ -380,11 +378,12 @@ class _Ring:
             for k, values in enumerate(uniq):
                 sets = self.uniq[k]
                 for i, p in zip(sel.tolist(), pos.tolist(), strict=True):
-                    if values[i] is not None:
+                    v = values[i]
+                    if v is not None:  # kept sorted, as encoded: a few values per bucket
                         bucket = sets[p]
-                        if bucket.__class__ is not set:  # as decoded: a list
-                            bucket = sets[p] = set(bucket)
-                        bucket.add(values[i])
+                        j = bisect_left(bucket, v)
+                        if j == len(bucket) or bucket[j] != v:
+                            bucket.insert(j, v)
             if feats:
                 self.read(ent[sel], after[sel], [rows[i] for i in sel.tolist()], feats)
 
@@ -435,8 +434,6 @@ class _Ring:
             t, key = t[keep], key[keep]
             flags = keep.tolist()
             uniq = [list(compress(sets, flags)) for sets in uniq]
-        # The buckets this batch added to are sets: back to sorted lists, as encoded.
-        uniq = [[b if b.__class__ is list else sorted(b) for b in sets] for sets in uniq]
         b = np.searchsorted(key, np.arange(len(states) + 1, dtype=np.int64) * _M).tolist()
         data, row, gi = t.astype(_F8, copy=False).tobytes(), 8 * g.width, self.gi
         for i, st in enumerate(states):
