@@ -205,17 +205,23 @@ def _with_partitions(project: Project, partitions: int) -> Project:
     return project.model_copy(update={"streams": streams})
 
 
+async def _left_unread(project: Project, n: int) -> None:
+    """``n`` events (one card each) written and left unread by the group, which a first
+    start of ``project``'s source created on every partition."""
+    source = _source(project, "c1")
+    await source.start()
+    producer = open_producer(project, STREAM)
+    await producer.append(_events(n, cards=n))
+    await producer.close()
+    await source.close()
+
+
 async def test_changing_partitions_with_events_left_is_refused_naming_the_setting(
     project: Project,
 ) -> None:
     from hybridserve.errors import ConfigError
 
-    one = _source(project, "c1")
-    await one.start()  # creates the group on every partition
-    producer = open_producer(project, STREAM)
-    await producer.append(_events(10, cards=10))
-    await producer.close()
-    await one.close()
+    await _left_unread(project, 10)
     flat = _source(_with_partitions(project, 1), "c1")
     with pytest.raises(ConfigError, match=r"partitions: 1\. Drain them"):
         await flat.start()
@@ -252,12 +258,7 @@ async def test_status_shows_who_holds_each_partition(project: Project) -> None:
 async def test_fewer_partitions_with_events_beyond_them_is_refused(project: Project) -> None:
     from hybridserve.errors import ConfigError
 
-    four = _source(project, "c1")
-    await four.start()
-    producer = open_producer(project, STREAM)
-    await producer.append(_events(20, cards=20))  # some land in partitions 2 and 3
-    await producer.close()
-    await four.close()
+    await _left_unread(project, 20)  # some land in partitions 2 and 3
     two = _source(_with_partitions(project, 2), "c1")
     with pytest.raises(ConfigError, match=r"wait in partition keys .*:p[23]"):
         await two.start()

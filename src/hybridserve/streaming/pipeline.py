@@ -428,7 +428,7 @@ class BatchProcessor:
         if scorer is None or not applied:
             return []
         row_of: list[int] | None = None
-        if any(window_rows):  # each event's row holds the windows right after it
+        if self.window_names:  # each event's row holds the windows right after it
             feature_rows = [
                 {**stored.get(ev.entity, {}), **w}
                 for ev, w in zip(applied, window_rows, strict=True)
