@@ -7,6 +7,8 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import jsonschema
+
 from hybridserve.config import Project
 from hybridserve.errors import Overloaded
 from hybridserve.routing import admission
@@ -94,6 +96,10 @@ async def test_a_request_over_the_cap_is_shed_before_its_body_is_read(
     assert shed.status_code == 503, shed.text
     assert shed.json()["type"] == "Overloaded" and "in flight" in shed.json()["error"]
     assert shed.headers["retry-after"] == "1" and shed.json()["request_id"]
+    spec = (await client.get("/openapi.json")).json()
+    documented = spec["paths"]["/v1/predict/fraud"]["post"]["responses"]["503"]
+    schema = {**documented["content"]["application/json"]["schema"], **spec}
+    jsonschema.Draft202012Validator(schema).validate(shed.json())  # the shed answer is documented
     release.set()
     assert (await first).status_code == 200
     assert app.endpoint.admission.in_flight == 0

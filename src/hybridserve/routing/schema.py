@@ -179,6 +179,16 @@ class PredictUnavailable(BaseModel):
     unanswered: list[Unanswered]
 
 
+class PredictShed(BaseModel):
+    """503 at the door: the server was past its admission limit (``server.admission``) and
+    read nothing of the request, so it was not validated either; ask again after
+    ``Retry-After``."""
+
+    error: str
+    type: Literal["Overloaded"]
+    request_id: str
+
+
 class PromoteRequest(_Wire):
     version: Annotated[int, Field(ge=1, le=2**63 - 1), _WHOLE] = Field(
         description="The version the alias moves to."

@@ -25,6 +25,7 @@ from hybridserve.routing.schema import (
     MoveResponse,
     PredictRequest,
     PredictResponse,
+    PredictShed,
     PredictUnavailable,
     PromoteRequest,
     ResolveRequest,
@@ -207,8 +208,9 @@ def _hybrid(doc: _Doc, project: Project) -> None:
                 "400": _error("Invalid request (the message names the field)"),
                 "413": _error(f"Body over server.max_body_size ({project.server.max_body_size} B)"),
                 "503": _json(
-                    doc.model(PredictUnavailable),
-                    "No acceptable prediction for some entity; says why per step",
+                    {"oneOf": [doc.model(PredictUnavailable), doc.model(PredictShed)]},
+                    "No acceptable prediction for some entity (says why per step), or the "
+                    "request was shed unread at the door (Overloaded)",
                 ),
             },
             scope="predict",
