@@ -52,6 +52,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--chunk-rows", type=int, default=50_000)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--redis", default="redis://127.0.0.1:6379/15")
+    p.add_argument(
+        "--compile",
+        default="auto",
+        choices=["auto", "tl2cgen", "treelite", "none"],
+        help="models.fraud.compile; with tl2cgen the floor also times the compiled trees",
+    )
     p.add_argument("--skip", nargs="*", default=[], choices=["sqlite", "redis", "ray", "spark"])
     p.add_argument("--work", type=Path, default=REPO / "bench" / ".work" / "batch")
     p.add_argument("--docs", type=Path, default=REPO / "docs" / "benchmarks.md")
@@ -191,6 +197,7 @@ def build(args: argparse.Namespace) -> Path:
     scaffold(work, n_cards=1000)
     path = work / "hybridserve.yaml"
     raw = yaml.safe_load(path.read_text())
+    raw["models"]["fraud"]["compile"] = args.compile
     raw["batch_jobs"] = {
         "bench": {
             "route": "fraud",
@@ -249,11 +256,22 @@ def measure(
     return result
 
 
-def measure_floor(project: Any, args: argparse.Namespace) -> dict[str, Any]:
+def measure_floors(project: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The library's ``predict_proba``, and with ``--compile tl2cgen`` the compiled trees too."""
     model, chunks = floor.matrices(project, project.path("data/bench.parquet"), args.chunk_rows)
-    pool = floor.Floor(model, args.workers)
+    out = [measure_floor(model, chunks, args)]
+    if args.compile == "tl2cgen":
+        out.append(measure_floor(model, chunks, args, str(project.base_dir / "hybridserve.yaml")))
+    return out
+
+
+def measure_floor(
+    model: Any, chunks: list[Any], args: argparse.Namespace, project_file: str | None = None
+) -> dict[str, Any]:
+    name = "floor" if project_file is None else "floor_compiled"
+    pool = floor.Floor(model, args.workers, project_file)
     try:
-        return measure("floor", args.rows, lambda: pool.score(chunks))
+        return measure(name, args.rows, lambda: pool.score(chunks))
     finally:
         pool.close()
 
@@ -285,7 +303,7 @@ def main() -> int:
 
     project_file = build(args)
     project = load_project(project_file, env=False)
-    results = [measure_floor(project, args)]  # its matrices are freed before the runs
+    results = measure_floors(project, args)  # its matrices are freed before the runs
 
     def batch(run_id: str, proj: Any, executor: str = "local") -> Callable[[], Any]:
         def go() -> str:
@@ -321,11 +339,14 @@ def main() -> int:
         results.append(measure("spark", args.rows, batch("bench-spark", project, "spark")))
 
     command = "python bench/batch.py" + ("" if args.rows == 1_000_000 else f" --rows {args.rows}")
+    if args.compile != "auto":
+        command += f" --compile {args.compile}"
     section = report.section(
         results,
         rows=args.rows,
         chunk_rows=args.chunk_rows,
         workers=args.workers,
+        compile=args.compile,
         command=command,
         date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         machine=f"{cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}",
@@ -337,7 +358,7 @@ def main() -> int:
     def rate(name: str) -> str:
         return f"{by[name]['rows_per_s']:.0f}" if name in by else "nan"
 
-    runs = [r for r in results if r["name"] != "floor"]
+    runs = [r for r in results if not r["name"].startswith("floor")]
     peak = max((r["peak_rss_mb"] for r in runs), default=float("nan"))
     peak_pss = max((r["peak_pss_mb"] for r in runs), default=float("nan"))
 
@@ -348,6 +369,7 @@ def main() -> int:
 
     print(
         f"RESULT rows={args.rows} floor_rows_per_s={rate('floor')} "
+        f"floor_compiled_rows_per_s={rate('floor_compiled')} "
         f"sqlite_rows_per_s={rate('sqlite')} redis_rows_per_s={rate('redis')} "
         f"ray_rows_per_s={rate('ray')} ray_running_rows_per_s={rate('ray_running')} "
         f"spark_rows_per_s={rate('spark')} ray_vs_local={vs_local('ray')} "

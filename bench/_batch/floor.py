@@ -55,20 +55,47 @@ def _init(model: Any) -> None:
     _model = model
 
 
+def _init_runtime(project_file: str) -> None:
+    """The worker's model as hybridserve loads it: compiled when ``models.fraud.compile`` says."""
+    global _model
+    from threadpoolctl import threadpool_limits
+
+    from hybridserve.config import load_project
+    from hybridserve.registry import Registry
+
+    threadpool_limits(1)
+    project = load_project(project_file, env=False)
+    with Registry.from_project(project) as registry:
+        _model = registry.load(project.route("fraud").model)
+
+
 def _predict(matrix: np.ndarray) -> int:
     return len(_model.predict_proba(matrix))
 
 
-class Floor:
-    """A warmed-up pool of ``workers`` processes, each holding the model."""
+def _predict_runtime(matrix: np.ndarray) -> int:
+    return len(_model.predict(matrix).scores)
 
-    def __init__(self, model: Any, workers: int) -> None:
-        self.pool = ProcessPoolExecutor(workers, initializer=_init, initargs=(model,))
+
+class Floor:
+    """A warmed-up pool of ``workers`` processes, each holding the model: the estimator
+    itself (its ``predict_proba``), or, given ``project_file``, the runtime hybridserve loads
+    for it (the compiled trees when the model's ``compile`` option asks for them)."""
+
+    def __init__(self, model: Any, workers: int, project_file: str | None = None) -> None:
+        if project_file is None:
+            self.pool = ProcessPoolExecutor(workers, initializer=_init, initargs=(model,))
+            self.predict: Any = _predict
+        else:
+            self.pool = ProcessPoolExecutor(
+                workers, initializer=_init_runtime, initargs=(project_file,)
+            )
+            self.predict = _predict_runtime
         warm = np.zeros((8, model.n_features_in_))
-        list(self.pool.map(_predict, [warm] * workers * 2))
+        list(self.pool.map(self.predict, [warm] * workers * 2))
 
     def score(self, chunks: list[np.ndarray]) -> str:
-        done = sum(self.pool.map(_predict, chunks))
+        done = sum(self.pool.map(self.predict, chunks))
         return f"{done:,} rows, {len(chunks)} chunks"
 
     def close(self) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 START, END = "<!-- batch:start -->", "<!-- batch:end -->"
 LABELS = {
     "floor": "floor: `predict_proba` on a process pool, matrices in memory, no I/O",
+    "floor_compiled": "floor: the compiled trees (`compile: tl2cgen`) on a process pool, no I/O",
     "sqlite": "hybridserve `batch run`, local executor, SQLite store",
     "redis": "hybridserve `batch run`, local executor, Redis store",
     "ray": "hybridserve `batch run`, Ray executor (actor pool, starts its own Ray), SQLite store",
@@ -17,7 +18,8 @@ LABELS = {
 
 
 def section(results: list[dict[str, Any]], **info: Any) -> str:
-    floor = next((r["rows_per_s"] for r in results if r["name"] == "floor"), None)
+    # The share is of the fastest floor in the run: with compiled trees, of the compiled ones.
+    floor = max((r["rows_per_s"] for r in results if r["name"].startswith("floor")), default=None)
     lines = [
         START,
         "## Batch",
@@ -28,7 +30,7 @@ def section(results: list[dict[str, Any]], **info: Any) -> str:
         f"- input: {info['rows']:,} cards x 30 features (Parquet, one row group per "
         f"{info['chunk_rows']:,}-row chunk); model `fraud@production` "
         "(HistGradientBoostingClassifier); "
-        f"{info['workers']} workers, one model thread each",
+        f"{info['workers']} workers, one model thread each; `compile: {info['compile']}`",
         "- end to end = plan and read the input, validate, score, write every record to the "
         "prediction store and a Parquet snapshot per chunk, manifest, publish; the wall time "
         "includes starting the pool (or Ray, or Spark's JVM) and loading the model",
@@ -40,7 +42,8 @@ def section(results: list[dict[str, Any]], **info: Any) -> str:
         "- CPU us/row: CPU seconds of the process tree (and, for Redis, of the Redis server) "
         "per row",
         "",
-        "| run | seconds | rows/s | share of floor | CPU us/row | peak RSS MB | peak PSS MB "
+        "| run | seconds | rows/s | share of the fastest floor | CPU us/row | peak RSS MB "
+        "| peak PSS MB "
         "| detail |",
         "|---|---|---|---|---|---|---|---|",
     ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import subprocess
 import sys
 import tempfile
 from dataclasses import replace
@@ -232,3 +233,61 @@ def test_the_compiled_library_reads_values_it_would_take_for_missing(tmp_path: P
     np.testing.assert_allclose(got, model.predict_proba(x)[:, 1], rtol=1e-12, atol=1e-12)
     assert compiled.misread_rows(x) is not None
     assert compiled.misread_rows(_rows()) is None
+
+
+_LOAD_AGAIN = """
+import sys, numpy as np
+from pathlib import Path
+from hybridserve.runtimes.base import Signature
+from hybridserve.runtimes.sklearn import SklearnRuntime
+runtime = SklearnRuntime.load(
+    Path(sys.argv[1]), name="m", version=1, signature=Signature.from_list(sys.argv[4].split(",")),
+    task="classification", compile="tl2cgen",
+)
+np.save(sys.argv[3], runtime.predict(np.load(sys.argv[2]), probabilities=True).probabilities)
+print("sklearn" in sys.modules, runtime.compiler, runtime.classes)
+"""
+
+
+@pytest.mark.parametrize("kind", ["hgb", "lightgbm"])
+def test_a_version_checked_once_loads_again_without_its_library(kind: str, tmp_path: Path) -> None:
+    """The first load builds and checks the library and keeps the trees beside it; a later
+    load (a new process: a batch worker) scores with them, importing no scikit-learn."""
+    if kind == "lightgbm":
+        pytest.importorskip(kind)
+    model, task = _fit(kind)
+    first = _load(model, task, tmp_path, "tl2cgen")
+    assert first.compiler == "tl2cgen"
+    assert len(list(tmp_path.glob("m.joblib.*.tl"))) == len(list(tmp_path.glob("m.joblib.*.json")))
+    x = _rows()
+    np.save(tmp_path / "x.npy", x)
+    script = [sys.executable, "-c", _LOAD_AGAIN, str(tmp_path / "m.joblib")]
+    script += [str(tmp_path / "x.npy"), str(tmp_path / "out.npy"), ",".join(FEATURES)]
+    run = subprocess.run(script, capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split()[:2] == ["False", "tl2cgen"], run.stdout  # no scikit-learn
+    got = np.load(tmp_path / "out.npy")
+    np.testing.assert_allclose(got, model.predict_proba(x), rtol=1e-12, atol=1e-12)
+    # In process too: the same scores, and the estimator unpickled only when asked for.
+    again = _load(model, task, tmp_path, "tl2cgen")
+    assert again._model is None and again.classes == first.classes
+    np.testing.assert_allclose(again.predict(x).scores, first.predict(x).scores, rtol=0, atol=0)
+    assert type(again.model) is type(model) and again._model is not None
+
+
+def test_trees_that_failed_the_check_are_not_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, task = _fit("hgb")
+    build = compiled._tl2cgen
+
+    def tampered(*args: Any, **kwargs: Any) -> Any:
+        raw = build(*args, **kwargs)
+        return None if raw is None else (lambda x: raw(x) + 0.01)
+
+    monkeypatch.setattr(compiled, "_tl2cgen", tampered)
+    assert _load(model, task, tmp_path, "tl2cgen").compiler is None
+    assert list(tmp_path.glob("m.joblib.*.so")) and not list(tmp_path.glob("m.joblib.*.json"))
+    monkeypatch.setattr(compiled, "_tl2cgen", build)
+    again = _load(model, task, tmp_path, "tl2cgen")  # checked again, from the estimator
+    assert again.compiler == "tl2cgen" and again._model is not None

@@ -30,7 +30,9 @@ import pyarrow as pa
 from hybridserve.batch.chunk import ChunkWorker, RunContext
 from hybridserve.batch.inputs import InputPlan
 from hybridserve.batch.manifest import ChunkStats
+from hybridserve.config import Project
 from hybridserve.errors import HybridServeError
+from hybridserve.registry.refs import ModelRef
 from hybridserve.runtimes.threads import limit_threads
 
 OnDone = Callable[[ChunkStats], None]
@@ -109,13 +111,18 @@ def _process(index: int, table: pa.Table | None) -> ChunkStats:
     return _worker.process(index, table)
 
 
-def start_forkserver() -> multiprocessing.context.ForkServerContext:
+def start_forkserver(project: Project, model: str) -> multiprocessing.context.ForkServerContext:
     """Start the server the pool's workers fork from, if it is not running yet, and return
-    its context. The server imports the scoring stack once (about a second and a half); a run
-    calls this before it plans its input, so the import overlaps the planning, and later runs
-    in the same process fork from the server already warm."""
+    its context. The server imports the scoring stack once: scikit-learn's ensembles (about a
+    second and a half), or for a model compiled by tl2cgen (``compile: tl2cgen``) treelite and
+    tl2cgen only (a fraction of that): its workers score with the trees an earlier load
+    checked, without unpickling the estimator (``runtimes/compiled.py``). A run calls this
+    before it plans its input, so the import overlaps the planning, and later runs in the same
+    process fork from the server already warm (whatever it preloaded)."""
+    cfg = project.models.get(ModelRef.parse(model).name)
+    scoring = ["treelite", "tl2cgen"] if cfg and cfg.compile == "tl2cgen" else ["sklearn.ensemble"]
     mp = multiprocessing.get_context("forkserver")
-    mp.set_forkserver_preload(["hybridserve.batch.executors", "sklearn.ensemble"])
+    mp.set_forkserver_preload(["hybridserve.batch.executors", *scoring])
     from multiprocessing import forkserver
 
     forkserver.ensure_running()
@@ -141,7 +148,7 @@ def run_local(
     work: Iterable[tuple[int, pa.Table | None]] = (
         ((i, None) for i in sorted(wanted)) if own else chunks
     )
-    mp = start_forkserver()
+    mp = start_forkserver(ctx.project, ctx.model_ref)
     pool = ProcessPoolExecutor(
         workers,
         mp_context=mp,

@@ -84,7 +84,7 @@ def run_job(
         )
     chosen, n_workers = _executor(job_name, job, top_k_active, executor, workers)
     if chosen == "local" and n_workers > 1 and not dry_run:
-        executors.start_forkserver()  # its imports overlap the planning below
+        executors.start_forkserver(project, project.route(job.route).model)  # overlaps planning
     execute.preflight(project, chosen, job_name, job)
 
     from hybridserve.registry import Registry

@@ -100,11 +100,14 @@ def compile_trees(
     classification: bool,
     who: str,
     artifact: Path | None = None,
+    remember: dict[str, Any] | None = None,
 ) -> CompiledTrees | None:
     """The compiled form of a tree ensemble, checked against ``reference`` (the library's
     ``predict_proba`` or ``predict``) on probe rows; ``None`` (keep the library's predict) with
     a log line saying why. ``artifact`` is the pickle the model came from: the tl2cgen library
-    is cached beside it. MissingExtra when ``mode`` names a compiler that is not installed."""
+    is cached beside it, and once it passed the check, so are the trees and ``remember`` (what
+    the runtime needs besides the trees, such as the classes), for :func:`verified_trees`.
+    MissingExtra when ``mode`` names a compiler that is not installed."""
     compiled, tl_model = _compile(
         model, mode, classification=classification, who=who, artifact=artifact
     )
@@ -140,7 +143,73 @@ def compile_trees(
         compiled.compiler,
         diff,
     )
+    if compiled.compiler == "tl2cgen" and artifact is not None:
+        _remember(artifact, tl_model, {**(remember or {}), "max_difference": diff}, who)
     return compiled
+
+
+# -- the verified bundle: scoring without the library ----------------------------------------
+
+
+def _bundle(artifact: Path) -> Path:
+    """The path stem of ``artifact``'s compiled files: keyed by its sha256 and tl2cgen's
+    version (``<stem>.so`` the library, ``.tl`` the trees, ``.json`` what the check found)."""
+    tl2cgen = _import_tl2cgen()
+    with artifact.open("rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    return artifact.with_name(f"{artifact.name}.{digest[:16]}.tl2cgen-{tl2cgen.__version__}")
+
+
+def _beside(stem: Path, suffix: str) -> Path:
+    return stem.with_name(stem.name + suffix)  # not with_suffix: the stem ends in a version
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _remember(artifact: Path, tl_model: Any, meta: dict[str, Any], who: str) -> None:
+    """Keep the checked trees beside the library, the ``.json`` last: its presence says the
+    three files passed the load-time check together. A read-only directory keeps nothing."""
+    stem = _bundle(artifact)
+    if not os.access(stem.parent, os.W_OK):
+        return
+    try:
+        _write_atomic(_beside(stem, ".tl"), bytes(tl_model.serialize_bytes()))
+        _write_atomic(_beside(stem, ".json"), json.dumps(meta).encode())
+    except (OSError, TypeError, ValueError) as exc:  # TypeError: classes JSON cannot hold
+        log.info("%s: compiled trees not kept for library-free loads (%s)", who, exc)
+
+
+def verified_trees(
+    artifact: Path, *, classification: bool, who: str
+) -> tuple[CompiledTrees, dict[str, Any]] | None:
+    """The tl2cgen library and trees an earlier load of ``artifact`` checked, and what it
+    remembered (:func:`compile_trees`); ``None`` when there is no such bundle. Loading them
+    imports neither the model's library nor unpickles the estimator: a batch worker that
+    scores with them starts in a fraction of the time (``docs/benchmarks.md``)."""
+    stem = _bundle(artifact)
+    library, trees, meta = (_beside(stem, x) for x in (".so", ".tl", ".json"))
+    if not (library.is_file() and trees.is_file() and meta.is_file()):
+        return None
+    try:
+        remembered = json.loads(meta.read_bytes())
+        treelite = require("treelite", EXTRA)
+        tl_model = treelite.Model.deserialize_bytes(trees.read_bytes())
+        predictor = _import_tl2cgen().Predictor(str(library), nthread=1)
+    except Exception as exc:
+        log.warning("%s: cannot load its compiled trees (%s); loading the estimator", who, exc)
+        return None
+    raw = _tl2cgen_predict(predictor, _gtil(treelite, tl_model))
+    log.info("%s: scored by the compiled trees checked at an earlier load", who)
+    return CompiledTrees("tl2cgen", None, raw, classification), remembered
 
 
 def _compile(
@@ -242,6 +311,12 @@ def _tl2cgen(
     except Exception as exc:
         log.warning("%s: tl2cgen build failed (%s); using the library's predict", who, exc)
         return None
+    return _tl2cgen_predict(predictor, interpreted)
+
+
+def _tl2cgen_predict(predictor: Any, interpreted: Output) -> Output:
+    """Outputs of the library ``predictor`` loaded; misread rows scored by ``interpreted``."""
+    tl2cgen = _import_tl2cgen()
     # tl2cgen's Predictor "may be called by only one thread at a time".
     lock = threading.Lock()
     # The library's input type (float32 for XGBoost); DMatrix's own cast fails on numpy 2.
@@ -271,11 +346,7 @@ def _predictor(tl2cgen: Any, tl_model: Any, *, who: str, artifact: Path | None) 
     (the loaded copy stays mapped).
     """
     if artifact is not None:
-        with artifact.open("rb") as f:
-            digest = hashlib.file_digest(f, "sha256").hexdigest()
-        target = artifact.with_name(
-            f"{artifact.name}.{digest[:16]}.tl2cgen-{tl2cgen.__version__}.so"
-        )
+        target = _beside(_bundle(artifact), ".so")
         if target.is_file():
             return tl2cgen.Predictor(str(target), nthread=1)
         if os.access(target.parent, os.W_OK):

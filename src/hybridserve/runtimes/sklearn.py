@@ -8,6 +8,7 @@ treelite when the version's ``compile`` option allows (:mod:`.compiled`).
 
 from __future__ import annotations
 
+import threading
 import warnings
 from pathlib import Path
 from typing import Any, ClassVar
@@ -25,7 +26,7 @@ from hybridserve.runtimes._output import (
     positive_index,
 )
 from hybridserve.runtimes.base import Compile, Flavour, Prediction, Signature, Task
-from hybridserve.runtimes.compiled import compile_trees
+from hybridserve.runtimes.compiled import CompiledTrees, compile_trees, verified_trees
 from hybridserve.runtimes.introspect import feature_names_in, infer_signature, infer_task
 
 _NO_NAMES = "X does not have valid feature names"
@@ -102,37 +103,64 @@ class SklearnRuntime:
         task: Task,
         compile: Compile = "auto",
         artifact: Path | None = None,
+        verified: tuple[CompiledTrees, dict[str, Any]] | None = None,
     ) -> None:
+        """``verified``: compiled trees an earlier load checked (:func:`verified_trees`) and
+        what it remembered; then ``model`` is ``None`` and the estimator is unpickled from
+        ``artifact`` only if something asks for it (:attr:`model`)."""
         self.name = name
         self.version = version
         self.signature = signature
         self.task = task
-        self.model = model
         self._who = f"{name}/{version}"
-        _forget_feature_names(model)
-        # A name we could not drop (a read-only property) falls back to a per-call filter.
-        self._quiet = feature_names_in(model) is not None
+        self._artifact = artifact
+        self._model: Any = None
+        self._lock = threading.Lock()
         self.classes: list[Any] = []
-        self._pos: int | None = None
-        if task == "classification":
-            if not hasattr(model, "predict_proba"):
-                raise InvalidInput(f"{self._who} is a classifier without predict_proba")
-            self.classes = [c.item() if hasattr(c, "item") else c for c in model.classes_]
-            self._pos = positive_index(self.classes)
-            self._call = model.predict_proba
+        classification = task == "classification"
+        if verified is not None:
+            self._trees: CompiledTrees | None = verified[0]
+            self.classes = list(verified[1].get("classes", []))
         else:
-            self._call = model.predict
-        self._trees = compile_trees(
-            model,
-            compile,
-            reference=self._library,
-            classification=task == "classification",
-            who=self._who,
-            artifact=artifact,
-        )
+            self._bind(model)
+            if classification:
+                self.classes = [c.item() if hasattr(c, "item") else c for c in model.classes_]
+            self._trees = compile_trees(
+                model,
+                compile,
+                reference=self._library,
+                classification=classification,
+                who=self._who,
+                artifact=artifact,
+                remember={"classes": self.classes},
+            )
+        self._pos = positive_index(self.classes) if classification else None
         self.compiler: str | None = self._trees.compiler if self._trees else None
         """Which compiler scores this version (``tl2cgen``, ``treelite``), ``None``: the
         library's own predict."""
+
+    def _bind(self, model: Any) -> None:
+        """Take ``model`` as the estimator whose predict the library path calls."""
+        _forget_feature_names(model)
+        # A name we could not drop (a read-only property) falls back to a per-call filter.
+        self._quiet = feature_names_in(model) is not None
+        if self.task == "classification":
+            if not hasattr(model, "predict_proba"):
+                raise InvalidInput(f"{self._who} is a classifier without predict_proba")
+            self._call = model.predict_proba
+        else:
+            self._call = model.predict
+        self._model = model
+
+    @property
+    def model(self) -> Any:
+        """The fitted estimator (unpickled now if this version loaded from verified trees)."""
+        if self._model is None:
+            with self._lock:
+                if self._model is None:
+                    assert self._artifact is not None
+                    self._bind(load_estimator(self._artifact))
+        return self._model
 
     @classmethod
     def load(
@@ -145,7 +173,23 @@ class SklearnRuntime:
         task: Task,
         compile: Compile = "auto",
     ) -> SklearnRuntime:
-        """Unpickle the artifact at ``path``."""
+        """Unpickle the artifact at ``path``; with ``compile: tl2cgen`` and trees an earlier
+        load checked beside it, score with those and leave the estimator (and its library)
+        unloaded until asked for."""
+        if compile == "tl2cgen":
+            verified = verified_trees(
+                Path(path), classification=task == "classification", who=f"{name}/{version}"
+            )
+            if verified is not None:
+                return cls(
+                    None,
+                    name=name,
+                    version=version,
+                    signature=signature,
+                    task=task,
+                    artifact=Path(path),
+                    verified=verified,
+                )
         if cls.extra is not None:
             require(*cls.extra)
         model = load_estimator(path)
@@ -185,6 +229,8 @@ class SklearnRuntime:
         return self._library(x)
 
     def _library(self, x: Matrix) -> Any:
+        if self._model is None:
+            self.model  # noqa: B018 - unpickles it, and binds its predict
         if not self._quiet:
             return self._call(x)
         with warnings.catch_warnings():
