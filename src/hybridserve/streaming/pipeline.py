@@ -160,6 +160,14 @@ class BatchProcessor:
         # state is re-read every batch (another consumer may have moved it); when the version
         # read is the one this consumer committed, the decoded object is used as is.
         self._decoded: dict[str, tuple[int, EntityState]] = {}
+        self.unsettled: set[str] = set()
+        """Entities whose view rows an attempt wrote and then failed to commit: rewritten from
+        their committed state (and their version checked) by every attempt until one commits,
+        even if none of its events is theirs. Else a row from a stale state could stay: another
+        consumer that took over some of these events (claimed them while this one retried)
+        wrote its row first, ours replaced it (same watermark), and the redo, finding those
+        events done, would leave the entity alone. Kept across batches: a batch that gives up
+        on contention is redelivered, and the events may have gone to the other consumer."""
         self.max_decoded = 200_000
         # entry id -> the error it last failed with, for its poison dead letter.
         self._last_errors: dict[str, str] = {}
@@ -257,14 +265,8 @@ class BatchProcessor:
         """Apply and commit ``events``: redone on a commit conflict, and redone without the
         events whose rows the Scorer rejects (dead-lettered with its reason)."""
         conflicts = 0
-        # Entities whose view rows a conflicting attempt wrote: rewritten (and their state
-        # version checked) by the next attempt even if none of its events is theirs any more.
-        # Else a row from a stale state could stay: another consumer that took over some of
-        # these events wrote its row first, ours replaced it (same watermark), and the redo,
-        # finding those events done, would leave the entity alone.
-        written: set[str] = set()
         while True:
-            outcome = await self._apply(events, scorer, res, written)
+            outcome = await self._apply(events, scorer, res)
             if outcome is True:
                 return
             if outcome is False:
@@ -292,10 +294,10 @@ class BatchProcessor:
             events = [ev for ev in events if id(ev.entry) not in rejected]
 
     async def _apply(
-        self, events: list[Event], scorer: Scorer | None, res: BatchResult, written: set[str]
+        self, events: list[Event], scorer: Scorer | None, res: BatchResult
     ) -> bool | list[DeadLetter]:
         """One attempt: ``True`` when committed, ``False`` on a commit conflict (the entities
-        whose view rows it wrote are added to ``written``), or the events the Scorer rejected,
+        whose view rows it wrote join :attr:`unsettled`), or the events the Scorer rejected,
         with its reasons (nothing written then)."""
         spec, cfg = self.spec, self.cfg
         if not events:
@@ -304,7 +306,8 @@ class BatchProcessor:
         # window state, and (for scoring) their features from the other views. State is
         # loaded for every entity in the batch; one whose events all turn out to be
         # duplicates is left unchanged.
-        entities = list(dict.fromkeys(ev.entity for ev in events))
+        unsettled = self.unsettled
+        entities = list(dict.fromkeys([*(ev.entity for ev in events), *unsettled]))
         flags, loaded, stored = await asyncio.gather(
             self.state.seen([ev.event_id for ev in events]),
             self.state.load(entities),
@@ -355,7 +358,7 @@ class BatchProcessor:
         records = await self._score(scorer, applied, batch.rows, stored)
         if not isinstance(records, list):  # rejected rows: redo without them
             return [(applied[i].entry, f"not scored: {why}") for i, why in records.items()]
-        touched = [i for i, e in enumerate(entities) if batch.changed[i] or e in written]
+        touched = [i for i, e in enumerate(entities) if batch.changed[i] or e in unsettled]
         with _computing():
             view_rows = [
                 (entities[i], batch.finals[i], states[i].watermark or 0.0) for i in touched
@@ -368,8 +371,9 @@ class BatchProcessor:
         _, outputs = await asyncio.gather(self._write_view(view_rows), self._store(records))
         seen = [ev.event_id for ev in fresh]
         if (writes or seen) and not await self.state.commit(writes, seen, outputs):
-            written.update(entities[i] for i in touched)
+            unsettled.update(entities[i] for i in touched)
             return False
+        unsettled.difference_update(entities[i] for i in touched)
         moved = set(touched)
         for i, e in enumerate(entities):  # committed: the next batch starts from these objects
             decoded[e] = (loaded[i][0] + (1 if i in moved else 0), states[i])
