@@ -224,3 +224,25 @@ def test_usage_errors(batch_project: Factory) -> None:
         run_job(project, "daily", top_k_active=5)
     with pytest.raises(ConfigError, match="--run-id"):
         run_job(project, "daily", run_id="a:b")
+
+
+def test_a_run_on_compiled_trees_scores_as_the_library_does(batch_project: Factory) -> None:
+    """``compile: tl2cgen``: the first load builds and checks the library, the pool's workers
+    score with it (without scikit-learn), and every record equals the library's own run but
+    for the scores' last bits."""
+    pytest.importorskip("tl2cgen")
+    jobs = {"daily": job({"view": "card_profile"}, chunk_rows=100, workers=2)}
+    fraud = batch_project(jobs).models["fraud"].model_dump(mode="json", exclude_unset=True)
+    library = batch_project(jobs, models={"fraud": {**fraud, "compile": "none"}})
+    want = snapshot(run_job(library, "daily", run_id="lib").dir)
+    compiled = batch_project(jobs, models={"fraud": {**fraud, "compile": "tl2cgen"}})
+    got = snapshot(run_job(compiled, "daily", run_id="tl").dir)
+    artifacts = Path(compiled.registry.artifacts)
+    artifacts = artifacts if artifacts.is_absolute() else compiled.base_dir / artifacts
+    assert list(artifacts.rglob("*.tl2cgen-*.json"))  # checked once, kept for the workers
+    assert got.num_rows == want.num_rows == 400
+    np.testing.assert_allclose(
+        got.column("score").to_numpy(), want.column("score").to_numpy(), rtol=1e-12, atol=1e-12
+    )
+    rest = [c for c in want.column_names if c not in ("score", "computed_at")]
+    assert got.select(rest).equals(want.select(rest))
