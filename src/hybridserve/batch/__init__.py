@@ -10,7 +10,21 @@ resumes where it stopped, and publishes only when every chunk is done (:mod:`.ru
 
 from __future__ import annotations
 
-from hybridserve.batch.manifest import ChunkStats, RunFailed, RunManifest, runs, show
-from hybridserve.batch.runner import run_job
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hybridserve.batch.manifest import ChunkStats, RunFailed, RunManifest, runs, show
+    from hybridserve.batch.runner import run_job
 
 __all__ = ["ChunkStats", "RunFailed", "RunManifest", "run_job", "runs", "show"]
+_HOME = {"run_job": "runner", **{name: "manifest" for name in __all__ if name != "run_job"}}
+
+
+def __getattr__(name: str) -> Any:
+    """The names above, imported when first asked for: a pool worker imports
+    ``hybridserve.batch.executors`` alone, not the planner and every executor (half a second
+    of each worker's start)."""
+    if name in _HOME:
+        return getattr(importlib.import_module(f"hybridserve.batch.{_HOME[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -53,6 +53,9 @@ from hybridserve.features.offline import epoch_seconds
 from hybridserve.predictions.store import PredictionStore
 from hybridserve.quality.profile import Profile
 from hybridserve.records import PredictionRecord
+from hybridserve.registry.artifacts import ArtifactStore
+from hybridserve.registry.loading import load_version
+from hybridserve.registry.versions import ModelVersion
 from hybridserve.scoring import Scorer
 from hybridserve.storage import run_rows
 
@@ -94,7 +97,8 @@ class RunContext:
 
     project: Project
     route: str
-    model_ref: str
+    model: ModelVersion
+    """The model version the run scores, resolved once by the run (workers load exactly it)."""
     run_id: str
     run_dir: str
     snapshot_at: float
@@ -160,15 +164,14 @@ class ChunkWorker:
     """Holds one run's model and store connection; processes chunks one at a time."""
 
     def __init__(self, ctx: RunContext) -> None:
-        from hybridserve.registry import Registry
-
         self.ctx = ctx
         project = ctx.project
-        registry = Registry.from_project(project)
-        try:
-            self.scorer = Scorer(project, ctx.route, registry.load(ctx.model_ref))
-        finally:
-            registry.close()
+        # The version the run resolved, loaded straight from its artifact: a worker opens no
+        # registry database (nor imports SQLAlchemy), and every worker scores that version.
+        model = project.models.get(ctx.model.name)
+        artifacts = ArtifactStore(project.path(project.registry.artifacts))
+        runtime = load_version(ctx.model, artifacts, model.compile if model else "auto")
+        self.scorer = Scorer(project, ctx.route, runtime)
         self.dtypes = feature_dtypes(self.scorer)
         with sink("prediction store"):
             self.store = PredictionStore.open(project)

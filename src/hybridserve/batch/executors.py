@@ -148,7 +148,7 @@ def run_local(
     work: Iterable[tuple[int, pa.Table | None]] = (
         ((i, None) for i in sorted(wanted)) if own else chunks
     )
-    mp = start_forkserver(ctx.project, ctx.model_ref)
+    mp = start_forkserver(ctx.project, ctx.model.ref)
     pool = ProcessPoolExecutor(
         workers,
         mp_context=mp,

@@ -153,7 +153,7 @@ def run_job(
         ctx = RunContext(
             project=project,
             route=job.route,
-            model_ref=model_ref,
+            model=mv,
             run_id=run_id,
             run_dir=str(run_dir),
             snapshot_at=snapshot_at,

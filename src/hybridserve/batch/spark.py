@@ -70,7 +70,7 @@ def session(master: str, slots: int | None = None) -> Any:
 def _worker(ctx: RunContext) -> ChunkWorker:
     """This Python worker's ChunkWorker for the run (a new run replaces the last one)."""
     global _cached
-    key = (ctx.run_dir, ctx.model_ref)
+    key = (ctx.run_dir, ctx.model.ref)
     if _cached is None or _cached[0] != key:
         from hybridserve.runtimes.threads import limit_threads
 

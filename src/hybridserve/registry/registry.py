@@ -28,6 +28,7 @@ from hybridserve.records import now
 from hybridserve.registry import queries as q
 from hybridserve.registry import schema as t
 from hybridserve.registry.artifacts import ArtifactStore
+from hybridserve.registry.loading import load_version
 from hybridserve.registry.refs import ModelRef, check_name
 from hybridserve.registry.versions import AuditEntry, ModelVersion
 from hybridserve.runtimes import (
@@ -36,7 +37,6 @@ from hybridserve.runtimes import (
     Task,
     describe,
     infer_flavour,
-    load_runtime,
     runtime_class,
 )
 
@@ -176,18 +176,8 @@ class Registry:
         ``compile`` overrides the model's ``compile`` option (``"none"`` for a process that
         only needs the signature, such as a batch run's planner)."""
         mv = self.get(ref)
-        if mv.flavour == "callable":
-            target: str | Path = str(mv.callable_ref)
-        else:
-            target = self.artifacts.verify(str(mv.artifact), str(mv.sha256), label=mv.ref)
-        return load_runtime(
-            mv.flavour,
-            target,
-            name=mv.name,
-            version=mv.version,
-            signature=mv.signature,
-            task=mv.task,
-            compile=self.compile.get(mv.name, "auto") if compile is None else compile,
+        return load_version(
+            mv, self.artifacts, self.compile.get(mv.name, "auto") if compile is None else compile
         )
 
     # -- writes ---------------------------------------------------------------------------
