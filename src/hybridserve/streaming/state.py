@@ -187,14 +187,18 @@ local keys, versions = cmsgpack.unpack(ARGV[4]), cmsgpack.unpack(ARGV[5])
 local values = cmsgpack.unpack(ARGV[6])
 local seen = cmsgpack.unpack(ARGV[7])
 local ids, payloads = cmsgpack.unpack(ARGV[8]), cmsgpack.unpack(ARGV[9])
-for i, key in ipairs(keys) do
-  local cur = redis.call('GET', key)
-  local have = 0
-  if cur then have = tonumber(string.match(cur, '^(%d+):')) end
-  if have ~= tonumber(versions[i]) then return 0 end
+-- One MGET and one EXISTS per 1,000 keys, not one call per key: a call costs Redis more than
+-- the lookup it makes.
+for lo = 1, #keys, 1000 do
+  local cur = redis.call('MGET', unpack(keys, lo, math.min(lo + 999, #keys)))
+  for j = 1, #cur do
+    local have = 0
+    if cur[j] then have = tonumber(string.match(cur[j], '^(%d+):')) end
+    if have ~= tonumber(versions[lo + j - 1]) then return 0 end
+  end
 end
-for _, key in ipairs(seen) do
-  if redis.call('EXISTS', key) == 1 then return 0 end
+for lo = 1, #seen, 1000 do
+  if redis.call('EXISTS', unpack(seen, lo, math.min(lo + 999, #seen))) > 0 then return 0 end
 end
 for i, key in ipairs(keys) do
   local next = string.format('%d', tonumber(versions[i]) + 1)
