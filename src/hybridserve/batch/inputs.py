@@ -17,18 +17,20 @@ from __future__ import annotations
 from collections.abc import Container, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from hybridserve.batch.checks import entity_keys, parse_text
 from hybridserve.config import BatchJobConfig, Project
 from hybridserve.errors import ConfigError
 from hybridserve.features.offline import latest_per_entity, open_source, source_path
+
+if TYPE_CHECKING:  # imported where used: a pool worker reading Parquet chunks never needs it
+    import pyarrow.dataset as ds
 
 Format = Literal["parquet", "csv"]
 _SCAN_ROWS = 65_536
@@ -57,6 +59,8 @@ class InputPlan:
     :func:`~hybridserve.batch.checks.parse_text` parses cell by cell."""
 
     def dataset(self) -> ds.Dataset:
+        import pyarrow.dataset as ds
+
         return ds.dataset(self.files, format=_format(self.format, self.text_columns))
 
     @property
@@ -132,6 +136,8 @@ class InputPlan:
 
 
 def _format(fmt: Format, text_columns: tuple[str, ...]) -> ds.FileFormat:
+    import pyarrow.dataset as ds
+
     if fmt == "csv":
         # Declared columns are read as text and parsed per cell: inferred types would turn a
         # whole column into strings for one bad cell (and every row would be rejected).
@@ -210,6 +216,8 @@ def open_input(
     path = project.path(inp.path)
     fmt: Format = inp.format or ("csv" if path.suffix.lower() == ".csv" else "parquet")
     files = _files(path, fmt)
+    import pyarrow.dataset as ds
+
     names = ds.dataset([str(f) for f in files], format=fmt).schema.names
     text = tuple(c for c in _unique([key, *features]) if c in names) if fmt == "csv" else ()
     dataset = ds.dataset([str(f) for f in files], format=_format(fmt, text))

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 
 from hybridserve.config import FeatureViewConfig, Project
 from hybridserve.errors import ConfigError
+
+if TYPE_CHECKING:  # imported where used (it brings pandas along): a batch worker needs neither
+    import pyarrow.dataset as ds
 
 
 def source_path(project: Project, view_name: str) -> Path:
@@ -28,6 +31,8 @@ def open_source(project: Project, view_name: str) -> ds.Dataset:
     if not path.exists():
         raise ConfigError(f"feature_views.{view_name}.source.path: file not found: {path}")
     assert view.source is not None
+    import pyarrow.dataset as ds
+
     dataset = ds.dataset(str(path), format=view.source.resolved_format)
     check_columns(view_name, view, dataset.schema.names, project.entities[view.entity].key)
     return dataset
