@@ -133,6 +133,12 @@ def test_openapi_document_holds_for_generated_requests(
         "1",
         "--generation-database",
         "none",
+        # Hypothesis gives up on an operation when most of its drawn examples are filtered
+        # out; for the V2 infer body (recursive tensor data) some seeds get there (seen:
+        # 243003742128823859898017441625785605479). It stops generating, it checks nothing
+        # less: the examples that are drawn are all sent and checked.
+        "--suppress-health-check",
+        "filter_too_much",
         "--output-sanitize",
         "false",
         "--no-color",
