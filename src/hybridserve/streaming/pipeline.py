@@ -358,7 +358,12 @@ class BatchProcessor:
         records = await self._score(scorer, applied, batch.rows, stored)
         if not isinstance(records, list):  # rejected rows: redo without them
             return [(applied[i].entry, f"not scored: {why}") for i, why in records.items()]
-        touched = [i for i, e in enumerate(entities) if batch.changed[i] or e in unsettled]
+        # An unsettled entity without a committed state (expired since) has nothing to rewrite.
+        touched = [
+            i
+            for i, e in enumerate(entities)
+            if batch.changed[i] or (e in unsettled and loaded[i][1] is not None)
+        ]
         with _computing():
             view_rows = [
                 (entities[i], batch.finals[i], states[i].watermark or 0.0) for i in touched
@@ -373,7 +378,7 @@ class BatchProcessor:
         if (writes or seen) and not await self.state.commit(writes, seen, outputs):
             unsettled.update(entities[i] for i in touched)
             return False
-        unsettled.difference_update(entities[i] for i in touched)
+        unsettled.difference_update(entities)
         moved = set(touched)
         for i, e in enumerate(entities):  # committed: the next batch starts from these objects
             decoded[e] = (loaded[i][0] + (1 if i in moved else 0), states[i])
