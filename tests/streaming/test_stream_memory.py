@@ -4,10 +4,11 @@ events, replay offsets and alias moves."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
@@ -751,20 +752,20 @@ async def test_a_store_failure_is_not_split_and_dead_letters_nothing(make_projec
         await services.close()
 
 
-async def test_a_view_row_from_a_conflicting_attempt_is_rewritten_by_its_redo(
-    make_project: Any,
-) -> None:
-    """Consumer 1 computes event ``a`` on an old state; consumer 2 takes ``a`` over with ``b``,
-    writes the view and commits first; consumer 1's row (the same watermark) replaces it and
-    its commit conflicts. Its redo finds ``a`` done, and must still rewrite the entity's row."""
+@contextlib.asynccontextmanager
+async def _overtaken(make_project: Any) -> AsyncIterator[tuple[Any, Any, asyncio.Task[Any]]]:
+    """Consumer 1 computes event ``a`` of ``card_000011`` on an old state; consumer 2 takes
+    ``a`` over with ``b``, writes the view and commits first; then consumer 1 writes its row
+    (the same watermark, so it replaces consumer 2's) and commits. Yields consumer 1's
+    services, consumer 1 and its batch's task (which conflicts)."""
     from hybridserve.streaming import StreamConsumer
     from hybridserve.streaming.events import RawEntry
 
     project = stream_project(make_project)
     _log(project)
     first, second = Services.open(project), Services.open(project)
-    card, now = "card_000011", time.time()
-    a, b = event(card, now - 5), event(card, now - 6)
+    card, at = "card_000011", time.time()
+    a, b = event(card, at - 5), event(card, at - 6)
     one = StreamConsumer(first, STREAM, poll_interval=0)
     two = StreamConsumer(second, STREAM, poll_interval=0)
     go = asyncio.Event()
@@ -781,14 +782,23 @@ async def test_a_view_row_from_a_conflicting_attempt_is_rewritten_by_its_redo(
         entries = [RawEntry("1-0", orjson.dumps(a), 2), RawEntry("2-0", orjson.dumps(b))]
         assert (await two.processor.process(entries)).applied == 2
         go.set()
-        res = await task
-        assert res.conflicts == 1 and res.applied == 0
-        assert (await windows(first, [card]))[card]["txn_count_10m"] == 2
+        yield first, one, task
     finally:
         for c in (one, two):
             await c.close()
         await first.close()
         await second.close()
+
+
+async def test_a_view_row_from_a_conflicting_attempt_is_rewritten_by_its_redo(
+    make_project: Any,
+) -> None:
+    """Consumer 1's redo (see :func:`_overtaken`) finds ``a`` done, and must still rewrite
+    the entity's row."""
+    async with _overtaken(make_project) as (first, _, task):
+        res = await task
+        assert res.conflicts == 1 and res.applied == 0
+        assert (await windows(first, ["card_000011"]))["card_000011"]["txn_count_10m"] == 2
 
 
 async def test_a_view_row_from_a_batch_that_gave_up_is_rewritten_by_the_next_commit(
@@ -798,43 +808,19 @@ async def test_a_view_row_from_a_batch_that_gave_up_is_rewritten_by_the_next_com
     and its events to consumer 2, which committed them): its stale row must not stay. The next
     batch it commits, of another card, rewrites the row from the committed state. (Seen in CI:
     two consumers on one key, a batch that gave up after 8 conflicts, a count one short.)"""
-    from hybridserve.streaming import StreamConsumer, pipeline
+    from hybridserve.streaming import pipeline
     from hybridserve.streaming.events import RawEntry
 
     monkeypatch.setattr(pipeline, "_ATTEMPTS", 1)
-    project = stream_project(make_project)
-    _log(project)
-    first, second = Services.open(project), Services.open(project)
-    card, now = "card_000011", time.time()
-    a, b = event(card, now - 5), event(card, now - 6)
-    one = StreamConsumer(first, STREAM, poll_interval=0)
-    two = StreamConsumer(second, STREAM, poll_interval=0)
-    go = asyncio.Event()
-    real = first.features.write
-
-    async def late_write(view: str, rows: Any) -> Any:
-        await go.wait()
-        return await real(view, rows)
-
-    first.features.write = late_write  # type: ignore[method-assign]
-    try:
-        task = asyncio.create_task(one.processor.process([RawEntry("1-0", orjson.dumps(a))]))
-        await asyncio.sleep(0.2)
-        entries = [RawEntry("1-0", orjson.dumps(a), 2), RawEntry("2-0", orjson.dumps(b))]
-        assert (await two.processor.process(entries)).applied == 2
-        go.set()
+    card = "card_000011"
+    async with _overtaken(make_project) as (first, one, task):
         with pytest.raises(pipeline.CommitContention):
             await task
         assert (await windows(first, [card]))[card]["txn_count_10m"] == 1  # the stale row
-        other = event("card_000012", now - 4)
+        other = event("card_000012", time.time() - 4)
         assert (await one.processor.process([RawEntry("3-0", orjson.dumps(other))])).applied == 1
         assert (await windows(first, [card]))[card]["txn_count_10m"] == 2
         assert one.processor.unsettled == set()
-    finally:
-        for c in (one, two):
-            await c.close()
-        await first.close()
-        await second.close()
 
 
 async def _run_contended(project: Any, given_up: int) -> tuple[Any, Any]:
