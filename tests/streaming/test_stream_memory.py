@@ -752,9 +752,13 @@ async def test_a_store_failure_is_not_split_and_dead_letters_nothing(make_projec
         await services.close()
 
 
+_OVERTAKEN = "card_000011"
+"""The card whose view row :func:`_overtaken` has overtaken."""
+
+
 @contextlib.asynccontextmanager
 async def _overtaken(make_project: Any) -> AsyncIterator[tuple[Any, Any, asyncio.Task[Any]]]:
-    """Consumer 1 computes event ``a`` of ``card_000011`` on an old state; consumer 2 takes
+    """Consumer 1 computes event ``a`` of :data:`_OVERTAKEN` on an old state; consumer 2 takes
     ``a`` over with ``b``, writes the view and commits first; then consumer 1 writes its row
     (the same watermark, so it replaces consumer 2's) and commits. Yields consumer 1's
     services, consumer 1 and its batch's task (which conflicts)."""
@@ -764,8 +768,8 @@ async def _overtaken(make_project: Any) -> AsyncIterator[tuple[Any, Any, asyncio
     project = stream_project(make_project)
     _log(project)
     first, second = Services.open(project), Services.open(project)
-    card, at = "card_000011", time.time()
-    a, b = event(card, at - 5), event(card, at - 6)
+    at = time.time()
+    a, b = event(_OVERTAKEN, at - 5), event(_OVERTAKEN, at - 6)
     one = StreamConsumer(first, STREAM, poll_interval=0)
     two = StreamConsumer(second, STREAM, poll_interval=0)
     go = asyncio.Event()
@@ -798,7 +802,7 @@ async def test_a_view_row_from_a_conflicting_attempt_is_rewritten_by_its_redo(
     async with _overtaken(make_project) as (first, _, task):
         res = await task
         assert res.conflicts == 1 and res.applied == 0
-        assert (await windows(first, ["card_000011"]))["card_000011"]["txn_count_10m"] == 2
+        assert (await windows(first, [_OVERTAKEN]))[_OVERTAKEN]["txn_count_10m"] == 2
 
 
 async def test_a_view_row_from_a_batch_that_gave_up_is_rewritten_by_the_next_commit(
@@ -812,7 +816,7 @@ async def test_a_view_row_from_a_batch_that_gave_up_is_rewritten_by_the_next_com
     from hybridserve.streaming.events import RawEntry
 
     monkeypatch.setattr(pipeline, "_ATTEMPTS", 1)
-    card = "card_000011"
+    card = _OVERTAKEN
     async with _overtaken(make_project) as (first, one, task):
         with pytest.raises(pipeline.CommitContention):
             await task
