@@ -23,7 +23,6 @@ group from losing each other's updates, and a reclaimed entry from being counted
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -33,7 +32,7 @@ from hybridserve.errors import ConfigError, StoreError
 from hybridserve.records import now
 from hybridserve.storage import Entry, KVStore
 from hybridserve.storage.redis import packed
-from hybridserve.streaming.deadlines import bounded
+from hybridserve.streaming.deadlines import bounded, close_client
 from hybridserve.urls import masked_url
 
 Output = tuple[str, bytes]
@@ -293,5 +292,4 @@ class RedisStateStore:
             raise StoreError(f"Redis commit failed ({masked_url(self.url)}): {exc}") from exc
 
     async def close(self) -> None:
-        with contextlib.suppress(TimeoutError):
-            await bounded(self._redis.aclose(), self.timeout)
+        await close_client(self._redis.aclose, self.timeout)

@@ -39,7 +39,7 @@ from hybridserve._optional import require
 from hybridserve.config import Project, RedisSourceConfig
 from hybridserve.errors import ConfigError, StoreError
 from hybridserve.records import now
-from hybridserve.streaming.deadlines import bounded
+from hybridserve.streaming.deadlines import bounded, close_client
 from hybridserve.streaming.events import RawEntry
 from hybridserve.streaming.sources.base import (
     REDIS_SCHEMES,
@@ -595,9 +595,7 @@ class RedisSource:
         if self._joined:  # leave now: the others take this consumer's partitions at once
             with contextlib.suppress(StoreError):
                 await self._heartbeat(leave=True)
-        # Closing the pool also ends calls abandoned past their deadline (their sockets close).
-        with contextlib.suppress(TimeoutError):
-            await bounded(self._redis.aclose(), self.timeout)
+        await close_client(self._redis.aclose, self.timeout)
 
 
 def source_url(project: Project, name: str) -> str:
