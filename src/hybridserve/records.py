@@ -102,10 +102,14 @@ class PredictionRecord:
     def from_bytes(cls, data: bytes) -> PredictionRecord:
         """The record in ``data``; :class:`ValueError` or :class:`TypeError` for one that is
         not a record, or whose times cannot be rendered (so no reader fails on it later)."""
-        record = cls(**orjson.loads(data))
-        check_time("as_of", record.as_of)
-        check_time("computed_at", record.computed_at)
-        return record
+        return cls(**orjson.loads(data)).checked()
+
+    def checked(self) -> PredictionRecord:
+        """This record, or :class:`ValueError` when its times cannot be rendered (a record
+        read back from a store is checked here, so no reader fails on it later)."""
+        check_time("as_of", self.as_of)
+        check_time("computed_at", self.computed_at)
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -34,7 +34,7 @@ async def test_redis_keeps_a_run_in_bucketed_hashes_with_one_expiry_each() -> No
     import redis.asyncio as redis_asyncio
 
     from backends import redis_url
-    from hybridserve.storage.redis_bulk import BUCKETS
+    from hybridserve.storage.redis_bulk import BUCKETS, MARKER
 
     url, prefix = redis_url(), f"hstest:{uuid.uuid4().hex[:8]}:"
     store = open_store(url, prefix)
@@ -47,6 +47,11 @@ async def test_redis_keeps_a_run_in_bucketed_hashes_with_one_expiry_each() -> No
         keys = [k async for k in raw.scan_iter(match=f"{prefix}pb:r:1:*", count=1000)]
         assert len(keys) == BUCKETS  # 20,000 records, 4,096 hashes
         assert sum([await raw.hlen(k) for k in keys[:50]]) < 50 * 20
+        # A hash table from the first write (five members a bucket would fit a listpack):
+        # the marker field does it, and scans do not list it.
+        assert {await raw.object("encoding", k) for k in keys[:50]} == {b"hashtable"}
+        assert all([await raw.hexists(k, MARKER) for k in keys[:50]])
+        assert sorted([m async for m in store.scan_run("pb:r:1")]) == members
         ttl = await raw.pttl(keys[0])
         assert 590_000 < ttl <= 600_000
         await store.drop_run("pb:r:1")

@@ -11,7 +11,8 @@ carries unchanged rows over (``--only-changed``), scores the rest through the Sc
 path in one model call, then writes
 
 1. the records to the prediction store as the run's records (one bulk run write,
-   ``PredictionStore.put_run_rows``, encoded by Arrow kernels in :mod:`.encode`);
+   ``PredictionStore.put_run_rows``: each row's score and label packed, with the run's
+   header, :mod:`~hybridserve.predictions.run_values`);
 2. the snapshot ``chunk-NNNNNN.parquet`` (temp file, fsync, ``os.replace``);
 3. rejected rows, if any, to ``rejected-NNNNNN.parquet`` with the row, entity, reason and raw
    row.
@@ -44,12 +45,13 @@ import pyarrow.parquet as pq
 from hybridserve.batch.changes import Previous, feature_hash
 from hybridserve.batch.checks import entity_keys, later_duplicates, parse_text
 from hybridserve.batch.drift import ChunkDrift, tally_chunk, write_chunk_drift
-from hybridserve.batch.encode import ScoredColumns, record_bytes, snapshot_columns
+from hybridserve.batch.encode import ScoredColumns, snapshot_columns
 from hybridserve.batch.manifest import ChunkStats, fsync_dir
 from hybridserve.batch.writer import ChunkWriter
 from hybridserve.config import DType, Project
 from hybridserve.errors import StoreError
 from hybridserve.features.offline import epoch_seconds
+from hybridserve.predictions.run_values import RunHeader
 from hybridserve.predictions.store import PredictionStore
 from hybridserve.quality.profile import Profile
 from hybridserve.records import PredictionRecord
@@ -173,6 +175,14 @@ class ChunkWorker:
         runtime = load_version(ctx.model, artifacts, model.compile if model else "auto")
         self.scorer = Scorer(project, ctx.route, runtime)
         self.dtypes = feature_dtypes(self.scorer)
+        self.header = RunHeader(
+            route=ctx.route,
+            run_id=ctx.run_id,
+            model=self.scorer.runtime.name,
+            model_version=self.scorer.runtime.version,
+            computed_at=ctx.snapshot_at,
+            feature_fingerprint=self.scorer.fingerprint,
+        )
         with sink("prediction store"):
             self.store = PredictionStore.open(project)
         self.writer = ChunkWriter()
@@ -215,9 +225,8 @@ class ChunkWorker:
         self._files(chunk)
 
     def _store(self, chunk: _Scored) -> None:
-        ctx = self.ctx
         with sink("prediction store"):
-            self.writer.run(self.store.put_run_rows(ctx.route, ctx.run_id, chunk.records))
+            self.writer.run(self.store.put_run_rows(self.header, chunk.records))
 
     def _files(self, chunk: _Scored) -> None:
         ctx = self.ctx
@@ -277,22 +286,11 @@ class ChunkWorker:
         if len(keep):
             scores = scorer.runtime.predict(prepared.matrix).scores
         labels = None if scorer.threshold is None else (scores >= scorer.threshold).astype(int)
-        scored = ScoredColumns(
-            names,
-            scores,
-            labels,
-            as_of,
-            route=ctx.route,
-            model=scorer.runtime.name,
-            version=scorer.runtime.version,
-            run_id=ctx.run_id,
-            computed_at=ctx.snapshot_at,
-            fingerprint=scorer.fingerprint,
-        )
+        scored = ScoredColumns(names, scores, labels, as_of, self.header)
         columns = snapshot_columns(scored)
         columns["feature_hash"] = pa.array(hashes[keep], pa.int64())
         snapshot = pa.table(columns, schema=SNAPSHOT_SCHEMA)
-        rows = run_rows(names, record_bytes(scored), as_of)
+        rows = run_rows(names, scored.values(), as_of)
         if carried is not None and carried.num_rows:
             snapshot = pa.concat_tables([snapshot, carried.cast(SNAPSHOT_SCHEMA)])
             kept = snapshot_records(carried)

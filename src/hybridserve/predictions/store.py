@@ -3,7 +3,9 @@
 Online and streaming records live under ``p:{route}:{entity}``, written with the store's
 compare-and-set on ``as_of``. A batch run writes its records as a run of the store,
 ``pb:{route}:{run_id}`` (the store's run-scoped bulk path: plain writes, one expiry per run,
-no compare-and-set), and becomes visible only when it is published: publishing seals the run
+no compare-and-set; each row's value is its score and label, packed, and what the rows share
+is the run's header, ``pbh:{route}:{run_id}``: :mod:`.run_values`), and becomes visible only
+when it is published: publishing seals the run
 (SQLite indexes it) and moves the route's run pointer (``run:{route}``) in one write, so
 readers switch from the previous run to the new one atomically, and a failed or partial run
 is never served.
@@ -35,6 +37,8 @@ import orjson
 import pyarrow as pa
 
 from hybridserve.config import Project
+from hybridserve.predictions import run_values
+from hybridserve.predictions.run_values import RunHeader, header_key
 from hybridserve.records import PredictionRecord, now
 from hybridserve.storage import Entry, KVStore, run_rows
 
@@ -79,11 +83,19 @@ class PredictionStore:
         self.on_unreadable: Callable[[], None] | None = None
         """Called once per skipped value (the server counts them in a metric)."""
         self._logged: set[str] = set()
+        self._headers: dict[tuple[str, str], RunHeader] = {}
+        """(route, run id) -> the run's header, as read (a run's header never changes)."""
 
-    def _decode(self, entry: Entry | None) -> PredictionRecord | None:
+    def _decode(
+        self, entry: Entry | None, header: RunHeader | None = None, *, run: bool = False
+    ) -> PredictionRecord | None:
+        """The record in ``entry``: a route's own, or with ``run`` a run's row (packed, with
+        its run's ``header``: :mod:`.run_values`)."""
         if entry is None:
             return None
         try:
+            if run:
+                return run_values.record(header, entry.key, entry.value, entry.as_of)
             return PredictionRecord.from_bytes(entry.value)
         except (ValueError, TypeError) as exc:
             self.unreadable += 1
@@ -121,19 +133,51 @@ class PredictionStore:
         )
 
     async def put_run(self, run_id: str, records: Sequence[PredictionRecord]) -> int:
-        """Stage a batch run's records; they are served once the run is published."""
+        """Stage a batch run's records, whole; they are served once the run is published."""
         written = 0
         for route in dict.fromkeys(r.route for r in records):
             mine = [r for r in records if r.route == route]
             rows = run_rows([r.entity for r in mine], [r.to_bytes() for r in mine],
                             [r.as_of for r in mine])  # fmt: skip
-            written += await self.put_run_rows(route, run_id, rows)
+            written += await self.kv.put_run(run_name(route, run_id), rows, self.expires_at())
         return written
 
-    async def put_run_rows(self, route: str, run_id: str, rows: pa.RecordBatch) -> int:
-        """Stage a batch run's records as columns (:data:`~hybridserve.storage.RUN_SCHEMA`:
-        entity, stored record, ``as_of``): the batch path, with no per-record objects."""
-        return await self.kv.put_run(run_name(route, run_id), rows, self.expires_at())
+    async def put_run_rows(self, header: RunHeader, rows: pa.RecordBatch) -> int:
+        """Stage rows of the run ``header`` describes, as columns
+        (:data:`~hybridserve.storage.RUN_SCHEMA`: entity, value, ``as_of``; values packed by
+        :func:`.run_values.pack`, or whole records): the batch path, with no per-record
+        objects. The header is written again with each call, so it expires after them all."""
+        exp = self.expires_at()
+        key = header_key(header.route, header.run_id)
+        await self.kv.put_many([Entry(key, header.to_bytes(), header.computed_at, exp)])
+        return await self.kv.put_run(run_name(header.route, header.run_id), rows, exp)
+
+    def _header(self, route: str, run_id: str, entry: Entry | None) -> RunHeader | None:
+        """The run's header read as ``entry`` (kept for later reads), or ``None``."""
+        if entry is None:
+            return None
+        try:
+            header = RunHeader.from_bytes(entry.value)
+        except (ValueError, TypeError) as exc:
+            log.warning("prediction store: unreadable header of run %s: %s", run_id, exc)
+            return None
+        if len(self._headers) >= 256:
+            self._headers.clear()
+        self._headers[(route, run_id)] = header
+        return header
+
+    async def _read_run(
+        self, route: str, run_id: str, members: Sequence[str], keys: Sequence[str] = ()
+    ) -> tuple[list[Entry | None], RunHeader | None, list[Entry | None]]:
+        """``keys``' entries, the run's header and the run's rows for ``members``, in one
+        round trip (the header is read only the first time)."""
+        header = self._headers.get((route, run_id))
+        keys = list(keys) if header is not None else [*keys, header_key(route, run_id)]
+        entries = await self.kv.get_run(run_name(route, run_id), members, keys)
+        if header is None:
+            header = self._header(route, run_id, entries[len(keys) - 1])
+            keys = keys[:-1]
+        return entries[: len(keys)], header, entries[len(entries) - len(members) :]
 
     async def get(
         self, route: str, entities: Sequence[str], *, run_id: str | None = None
@@ -142,26 +186,23 @@ class PredictionStore:
         if run_id is None:
             entries = await self.kv.get_many([prediction_key(route, e) for e in entities])
             return [self._decode(e) for e in entries]
-        n = len(entities)
-        entries = await self.kv.get_run(
-            run_name(route, run_id), entities, [prediction_key(route, e) for e in entities]
+        owns, header, runs = await self._read_run(
+            route, run_id, entities, [prediction_key(route, e) for e in entities]
         )
         out: list[PredictionRecord | None] = []
-        for i in range(n):
-            own, run = entries[i], entries[n + i]
+        for own, run in zip(owns, runs, strict=True):
             if run is None or (own is not None and own.as_of >= run.as_of):
-                best, other = own, run
+                out.append(self._decode(own) or self._decode(run, header, run=True))
             else:
-                best, other = run, own
-            out.append(self._decode(best) or self._decode(other))
+                out.append(self._decode(run, header, run=True) or self._decode(own))
         return out
 
     async def get_run(
         self, route: str, run_id: str, entities: Sequence[str]
     ) -> list[PredictionRecord | None]:
         """Only run ``run_id``'s records (audit, tests, comparing runs)."""
-        entries = await self.kv.get_run(run_name(route, run_id), entities)
-        return [self._decode(e) for e in entries]
+        _, header, entries = await self._read_run(route, run_id, entities)
+        return [self._decode(e, header, run=True) for e in entries]
 
     async def current_run(self, route: str) -> RunPointer | None:
         (entry,) = await self.kv.get_many([pointer_key(route)])
@@ -219,12 +260,13 @@ class PredictionStore:
         members: list[str] = []
 
         async def flush() -> int:
-            entries = await self.kv.get_run(name, members)
+            _, header, entries = await self._read_run(route, run_id, members)
             exp = self.expires_at()
+            records = [self._decode(e, header, run=True) for e in entries]
             writes = [
-                Entry(prediction_key(route, e.key), e.value, e.as_of, exp)
-                for e in entries
-                if e is not None
+                Entry(prediction_key(route, r.entity), r.to_bytes(), r.as_of, exp)
+                for r in records
+                if r is not None
             ]
             return await self.kv.put_many(writes)
 
@@ -239,8 +281,10 @@ class PredictionStore:
         return written
 
     async def drop_run(self, route: str, run_id: str) -> None:
-        """Delete a run's staged records."""
+        """Delete a run's staged records and its header."""
         await self.kv.drop_run(run_name(route, run_id))
+        await self.kv.delete_many([header_key(route, run_id)])
+        self._headers.pop((route, run_id), None)
 
 
 class RunPointerCache:

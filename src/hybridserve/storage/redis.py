@@ -25,6 +25,7 @@ from hybridserve.errors import StoreError
 from hybridserve.storage.base import Entry, Write
 from hybridserve.storage.redis_bulk import (
     BUCKETS,
+    MARKER,
     bucket_key,
     bucket_of,
     hset_batches,
@@ -306,7 +307,8 @@ class RedisStore:
                 raise StoreError(f"Redis scan failed ({masked_url(self.url)}): {exc}") from exc
             for members in parts:
                 for m in members:
-                    yield m.decode()
+                    if m != MARKER:
+                        yield m.decode()
 
     async def seal_run(self, run: str) -> None:
         return None  # a hash field is found by its bucket: nothing to build

@@ -9,9 +9,9 @@ path. A new hash per record cost Redis 4 us (``HSET``) to 10 us (the compare-and
 of CPU; a field in an existing hash costs a fraction of that, and one expiry per bucket
 replaces one per key.
 
-:func:`hset_batches` encodes a batch of rows as RESP (``HSET bucket m1 v1 m2 v2 ...`` per
-bucket, then ``PEXPIREAT bucket ms``) with Arrow kernels: no Python object per row, and
-redis-py does not encode or frame each argument again.
+:func:`hset_batches` encodes a batch of rows as RESP (``HSET bucket MARKER v m1 v1 m2 v2 ...``
+per bucket, then ``PEXPIREAT bucket ms``; see :data:`MARKER`) with Arrow kernels: no Python
+object per row, and redis-py does not encode or frame each argument again.
 """
 
 from __future__ import annotations
@@ -29,6 +29,18 @@ BUCKETS = 4096
 """Hashes per run (a power of two). Changing it would hide every run written before."""
 
 _AS_OF = struct.Struct("<d")
+
+MARKER = b"\xff"
+"""A field in every bucket that no member has (no UTF-8 text holds the byte 0xff), whose
+value is longer than Redis's ``hash-max-listpack-value`` (64 by default): with it in a
+bucket's first ``HSET``, Redis makes the bucket a hash table at once. A bucket of a large run
+outgrows the listpack encoding (128 fields by default) anyway, and until then each field
+written into a listpack cost Redis about 2.8 us of CPU against 1.0 in a hash table
+(``docs/benchmarks.md``). Scans skip it."""
+_MARKER_PAIR = (
+    b"$1\r\n\xff\r\n$65\r\n%s\r\n"
+    % b"a hybridserve run bucket: a hash table from its first write".ljust(65, b".")
+)
 
 
 def _crc_table() -> np.ndarray[Any, Any]:
@@ -140,11 +152,13 @@ def _commands(
         if n == 0:
             continue
         key = _bulk(bucket_key(run, b).encode())
-        out.append(b"*%d\r\n$4\r\nHSET\r\n%s" % (2 + 2 * n, key))
+        out.append(b"*%d\r\n$4\r\nHSET\r\n%s%s" % (4 + 2 * n, key, _MARKER_PAIR))
         out.append(data[offsets[row] : offsets[row + n]])
         row += n
         commands += 1
         if expiry is not None:
             out.append(b"*3\r\n$9\r\nPEXPIREAT\r\n%s%s" % (key, expiry))
             commands += 1
-    return out, commands
+    # One buffer: redis-py sends each item of a packed command with its own ``sendall``, and
+    # a few thousand small writes per batch cost more than this copy.
+    return [b"".join(out)], commands
