@@ -4,12 +4,12 @@ The records of one run differ only in entity, score, label and ``as_of``. The st
 keeps the entity (the row's member) and ``as_of`` (beside the value, for the precedence
 rule), so a row's value is the score and the label, packed: 9 bytes (a tag, the score as a
 little-endian double) or 17 (then the label as a little-endian int64), where the whole
-record as JSON is about 330. What the rows share (model, version, ``computed_at``, feature
+record as JSON is about 325. What the rows share (model, version, ``computed_at``, feature
 fingerprint; the route and run id) is the run's :class:`RunHeader`, one entry per run
 (``pbh:{route}:{run_id}``), written with every chunk's rows so it outlives them all.
 
-Storing a tenth of the bytes is most of a batch run's store work: SQLite inserts a row in
-about half the CPU, and Redis holds and copies a tenth (``docs/benchmarks.md``).
+Packed, a row costs SQLite's insert about half the CPU it did as JSON, and Redis holds and
+copies a fifteenth of the bytes (``docs/benchmarks.md``, stop 18).
 
 A value may also be a whole record (JSON, starting with ``{``): rows carried over from an
 earlier run by ``--only-changed`` keep their own model, run and times, and a run staged

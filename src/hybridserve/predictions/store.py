@@ -172,12 +172,11 @@ class PredictionStore:
         """``keys``' entries, the run's header and the run's rows for ``members``, in one
         round trip (the header is read only the first time)."""
         header = self._headers.get((route, run_id))
-        keys = list(keys) if header is not None else [*keys, header_key(route, run_id)]
-        entries = await self.kv.get_run(run_name(route, run_id), members, keys)
+        wanted = keys if header is not None else [*keys, header_key(route, run_id)]
+        entries = await self.kv.get_run(run_name(route, run_id), members, wanted)
         if header is None:
-            header = self._header(route, run_id, entries[len(keys) - 1])
-            keys = keys[:-1]
-        return entries[: len(keys)], header, entries[len(entries) - len(members) :]
+            header = self._header(route, run_id, entries[len(keys)])
+        return entries[: len(keys)], header, entries[len(wanted) :]
 
     async def get(
         self, route: str, entities: Sequence[str], *, run_id: str | None = None
