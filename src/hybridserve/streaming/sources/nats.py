@@ -4,7 +4,8 @@ Consumers with the same ``durable`` name share the work: each fetch takes the ne
 messages, and a message not acknowledged within ``ack_wait`` (its consumer died) is
 delivered again, to whichever consumer fetches next. :meth:`NatsSource.ack` acknowledges
 after a micro-batch's effects are written; :meth:`NatsSource.rewind` naks the consumer's
-unacknowledged messages, so they come back at once. JetStream counts deliveries; the
+unacknowledged messages, so they come back at once. A message this consumer holds (handed
+out, not acknowledged) is not handed out again until a rewind. JetStream counts deliveries; the
 consumer's ``max_deliver`` is the stream's ``max_deliveries`` + 1, so the pipeline sees the
 delivery past the limit and dead-letters the message as poison (JetStream would otherwise
 stop delivering it, unacknowledged, for ever). A consumer never reports a lower count for a message
@@ -189,7 +190,14 @@ class NatsSource(NatsStreams):
         for m in messages:
             md = m.metadata
             entry_id = f"{md.sequence.stream}-0"
-            self._held[entry_id] = m
+            seen = entry_id in self._held
+            self._held[entry_id] = m  # acknowledging answers the latest delivery
+            if seen:
+                # Already handed out and not acknowledged: a copy of an earlier delivery (a
+                # fetch right after a nak can return one) or an ``ack_wait`` redelivery while
+                # the batch holding it still runs. Handing it out twice would only duplicate
+                # work; after a rewind the source holds nothing, so redeliveries come through.
+                continue
             # A fetch right after a nak can hand back a copy of an earlier delivery, with its
             # count: never count lower than a delivery this consumer already saw.
             n = self._counts[entry_id] = max(
