@@ -112,6 +112,14 @@ async def test_a_half_second_freeze_under_load_does_not_wedge_the_server(
         os.kill(proc.pid, signal.SIGCONT)
         resumed = time.monotonic()
         log = await load
+        # What the server says of its fallbacks and breakers, for the message of a failure.
+        async with httpx.AsyncClient(base_url=base, timeout=10) as client:
+            text = (await client.get("/metrics")).text
+        said = [
+            line
+            for line in text.splitlines()
+            if line.startswith(("hybridserve_fallbacks_total", "hybridserve_breaker_state"))
+        ]
 
         def sources(since: float, until: float) -> list[str]:
             return [_source(a) for a in log if since < a.at <= until]
@@ -123,7 +131,7 @@ async def test_a_half_second_freeze_under_load_does_not_wedge_the_server(
         seen = {s: after.count(s) for s in set(after)}
         assert computed > 0.95, (
             f"{execution}: {computed:.1%} computed after the stall ({seen}); before it: "
-            f"{ {s: before.count(s) for s in set(before)} }"
+            f"{ {s: before.count(s) for s in set(before)} }; the server's metrics: {said}"
         )
     finally:
         os.sched_setaffinity(0, mine)
