@@ -37,10 +37,6 @@ bucket's first ``HSET``, Redis makes the bucket a hash table at once. A bucket o
 outgrows the listpack encoding (128 fields by default) anyway, and until then each field
 written into a listpack cost Redis about 2.8 us of CPU against 1.0 in a hash table
 (``docs/benchmarks.md``). Scans skip it."""
-_MARKER_PAIR = (
-    b"$1\r\n\xff\r\n$65\r\n%s\r\n"
-    % b"a hybridserve run bucket: a hash table from its first write".ljust(65, b".")
-)
 
 
 def _crc_table() -> np.ndarray[Any, Any]:
@@ -101,6 +97,11 @@ def unpack_value(packed: bytes) -> tuple[bytes, float]:
 
 def _bulk(text: bytes) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(text), text)
+
+
+_MARKER_PAIR = _bulk(MARKER) + _bulk(
+    b"a hybridserve run bucket: a hash table from its first write".ljust(65, b".")
+)
 
 
 def hset_batches(
