@@ -341,3 +341,29 @@ async def test_a_model_slower_than_the_deadline_is_still_probed() -> None:
             await asyncio.sleep(0.02)
     assert answered == 10, "the model got fast again but the batcher kept refusing"
     await batcher.close()
+
+
+def _spin(seconds: float) -> None:
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+
+@pytest.mark.parametrize("inline", [True, False])
+async def test_a_call_that_waits_is_told_apart_from_one_that_works(inline: bool) -> None:
+    # The breaker rule reads work_seconds: a call that sat waiting (here asleep, as a model
+    # thread waits for the lock or a core) is long on the clock and short on CPU time.
+    waiting = MicroBatcher(FakeModel(delay=0.05), name="waits", inline=inline)
+    await waiting.predict(rows(0.1))
+    assert waiting.batch_seconds >= 0.045
+    assert waiting.work_seconds < 0.02
+
+    def working(matrix: Matrix) -> Prediction:
+        _spin(0.05)
+        return Prediction(matrix[:, 0] * 2.0)
+
+    busy = MicroBatcher(working, name="works", inline=inline)
+    await busy.predict(rows(0.1))
+    assert busy.work_seconds >= 0.045
+    await waiting.close()
+    await busy.close()

@@ -111,11 +111,31 @@ class MicroBatcher:
         """Loop time the running model call started (``None`` while the model is idle)."""
         self.times = BatchTimes()
         """How long one model call takes (see :class:`BatchTimes`)."""
+        self.work = BatchTimes()
+        """The CPU time of the thread that ran it, for the same calls: the model's own work,
+        without the time it waited for a core or for the interpreter's lock."""
 
     @property
     def batch_seconds(self) -> float:
         """The estimate of one model call's duration (0 until the first call)."""
         return self.times.seconds
+
+    @property
+    def work_seconds(self) -> float:
+        """The estimate of one model call's own work, in CPU seconds (0 until the first call).
+
+        Far below :attr:`batch_seconds` when calls wait: for the lock, while the event loop
+        is busy with requests (a model in a thread), or for a core that another process holds
+        on a shared machine. A call that timed out then says this process was short of CPU,
+        not that the model is slow (the router's breaker rule).
+        """
+        return self.work.seconds
+
+    def _timed(self, matrix: Matrix) -> tuple[Prediction, float]:
+        """``predict(matrix)`` and the CPU time of the thread that ran it."""
+        began = time.thread_time()
+        prediction = self._predict(matrix)
+        return prediction, time.thread_time() - began
 
     async def predict(self, matrix: Matrix, deadline: float | None = None) -> Prediction:
         """Score ``matrix`` (rows of one request) in the next batch; ``deadline`` is loop time."""
@@ -152,9 +172,11 @@ class MicroBatcher:
                     else np.concatenate([b.matrix for b in batch])
                 )
                 if self.inline:
-                    prediction = self._predict(matrix)
+                    prediction, work = self._timed(matrix)
                 else:
-                    prediction = await loop.run_in_executor(self._executor, self._predict, matrix)
+                    prediction, work = await loop.run_in_executor(
+                        self._executor, self._timed, matrix
+                    )
             except Exception as exc:
                 for item in batch:
                     if not item.future.done():
@@ -164,6 +186,7 @@ class MicroBatcher:
                 self._busy_since = None
             took = time.perf_counter() - started
             self.times.observe(took)
+            self.work.observe(work)
             if self._observe is not None:
                 self._observe(len(matrix), took)
             self._deliver(batch, prediction)

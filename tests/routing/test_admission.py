@@ -77,6 +77,24 @@ async def test_late_windows_cut_the_limit_and_timely_ones_raise_it_again() -> No
     assert refused is not None and "in flight" in refused.message
 
 
+async def test_late_windows_of_a_process_short_of_cpu_leave_the_limit_alone() -> None:
+    # Stopped, frozen or waiting for a core another process holds: late whatever the limit,
+    # and a cut would only turn the next load into refusals that come straight back.
+    clock, cpu = Clock(), Clock()
+    gate = Admission(
+        LoopLag(clock=clock), max_in_flight=100, max_wait=0.75, clock=clock, cpu_clock=cpu
+    )
+    gate.in_flight = 60
+    clock.t += 0.5  # half a second in which this process ran for 0.1 s
+    cpu.t += 0.1
+    _window(gate, clock, late=64)
+    assert gate.limit == 100
+    clock.t += 0.5  # the same lateness with the process busy all along: cut
+    cpu.t += 0.5
+    _window(gate, clock, late=64)
+    assert gate.limit == 50
+
+
 async def test_a_request_over_the_cap_is_shed_before_its_body_is_read(
     make_project: MakeProject, serve: Serve
 ) -> None:

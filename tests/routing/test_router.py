@@ -7,6 +7,8 @@ manager, and calls ``Router.predict`` directly.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -60,7 +62,9 @@ async def kit(tmp_path: Path) -> AsyncIterator[Kit]:
     opened: list[tuple[Services, Router]] = []
 
     async def make(
-        handler: Callable[[Any], Any] = lambda m: m[:, 0] / 10, **route: Any
+        handler: Callable[[Any], Any] = lambda m: m[:, 0] / 10,
+        inline: bool = True,
+        **route: Any,
     ) -> tuple[Router, dict[str, FakeRuntime]]:
         proj = project(tmp_path, **route)
         services = Services.open(proj)
@@ -75,7 +79,7 @@ async def kit(tmp_path: Path) -> AsyncIterator[Kit]:
             rt = FakeRuntime(fn, features=["x"], name=name, version=1)
             runtimes[role] = rt
             scorer = Scorer(proj, ROUTE, rt)
-            batcher = MicroBatcher(lambda m, rt=rt: rt.predict(m), name=f"{name}/1", inline=True)
+            batcher = MicroBatcher(lambda m, rt=rt: rt.predict(m), name=f"{name}/1", inline=inline)
             models._install(ROUTE, role, LoadedModel(f"{name}@production", scorer, batcher))
         router = Router(services, models, metrics, L1Cache(1000))
         opened.append((services, router))
@@ -298,3 +302,27 @@ def test_a_stage_budget_must_fit_in_the_route_budget(tmp_path: Path) -> None:
 
     with pytest.raises((ConfigError, ValueError), match=r"budgets\.model: 300 ms"):
         project(tmp_path, budgets={"model": "300ms"})
+
+
+async def test_model_timeouts_of_calls_that_wait_do_not_open_its_breaker(kit: Kit) -> None:
+    # A model in a thread whose calls take their time on the clock but almost no CPU: in a
+    # server they wait for the interpreter's lock or for a core (a busy loop, a shared
+    # machine). Such timeouts say the process is short of CPU, not that the model is broken.
+    waits = [0.07] * 5 + [0.3] * 5  # the estimate learns 70 ms, then five calls time out
+
+    def slow(m: Any) -> Any:
+        time.sleep(waits.pop(0))
+        return m[:, 0] / 10
+
+    router, _ = await kit(slow, inline=False, latency_budget="100ms", fallback=[{"default": 0.5}])
+    model = router.models.get(ROUTE)
+    assert model is not None
+    sources = []
+    for n in range(10):
+        got = await ask(router, {"entity": f"e{n}", "features": {"x": 1.0}})
+        sources.append(got.body["predictions"][0]["source"])
+        while model.batcher.queued or model.batcher._busy_since is not None:
+            await asyncio.sleep(0.01)  # the model is idle again: the next one waits for it
+    assert sources == ["online"] * 5 + ["fallback:default"] * 5
+    assert router.breaker("model:m/1").state == "closed"
+    assert router.metrics.fallbacks.labels(ROUTE, "default", "overload").value == 5

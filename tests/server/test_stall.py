@@ -7,7 +7,11 @@ in both places model calls can run. Before, the stall inflated the micro-batcher
 average past the 50 ms budget; every request was then refused before any batch ran, so the
 average never came back down and the server answered from the stale-prediction fallback for
 the rest of the run. Timeouts of calls in flight during the freeze charged the model's
-breaker too.
+breaker too. On a busy machine two more ways showed (reproduced with two busy-looping processes
+beside the test): model calls in a thread that waited for the lock or a core timed out and
+opened the model's breaker for its 5 s cool-down (their wall time was judged, not their CPU
+time), and late windows of a process short of CPU cut the admission limit below the 64
+connections until refusals took the loop (it now cuts only when the process was busy).
 """
 
 from __future__ import annotations

@@ -233,10 +233,11 @@ class Router:
         Any failure (an error, a timeout) is noted for the entities and returns ``None`` so
         the next step can answer; it never becomes a 500. Errors and timeouts charge the
         dependency's breaker, except when the cause is our own: a request shed by the
-        micro-batcher, one that timed out queueing behind model batches that each run well
-        within budget, or a timeout while the event loop itself ran late (saturated by its
-        own requests, or frozen by a pause) says this process was busy, not that the
-        dependency is broken, and opening its breaker would turn overload into an outage.
+        micro-batcher, one that timed out behind model batches whose own work (the CPU time
+        of the thread that ran them) fits well within budget, or a timeout while the event
+        loop itself ran late (saturated by its own requests, or frozen by a pause) says this
+        process was busy or short of CPU, not that the dependency is broken, and opening its
+        breaker would turn overload into an outage.
         """
         breaker = self.breakers(dependency)
         remaining = job.deadline - asyncio.get_running_loop().time()
@@ -266,7 +267,7 @@ class Router:
             job.note(todo, step, Reason.OVERLOAD, f"shed ({exc.message})")
             return None
         except TimeoutError:
-            if model is not None and model.batcher.batch_seconds < remaining / 2:
+            if model is not None and model.batcher.work_seconds < remaining / 2:
                 breaker.release()
                 job.note(todo, step, Reason.OVERLOAD, f"timed out queueing for {model.label}")
                 return None
