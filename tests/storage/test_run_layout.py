@@ -140,3 +140,49 @@ async def test_sqlite_reader_sees_a_run_another_process_dropped_and_wrote_again(
     finally:
         await reader.close()
         await writer.close()
+
+
+def test_line_replies_count_replies_across_reads_and_raise_on_an_error() -> None:
+    from redis.exceptions import ResponseError
+
+    from hybridserve.storage.redis_bulk import LineReplies
+
+    reads = [b":1\r\n:0", b"\r\n:12\r", b"\n:3\r\n-WRONGTYPE Operation against a key\r\n:1\r\n"]
+    replies = LineReplies(lambda size: reads.pop(0))
+    replies.read(2)  # the second reply ends in the next read
+    assert replies.pending == len(b":12\r")
+    replies.read(2)
+    assert replies.pending > 0 and reads == []
+    with pytest.raises(ResponseError, match="WRONGTYPE Operation against a key"):
+        replies.read(2)
+    assert replies.pending == 0
+    with pytest.raises(ConnectionError):
+        LineReplies(lambda size: b"").read(1)
+
+
+async def test_a_redis_error_in_a_run_write_is_a_store_error_and_the_next_write_works() -> None:
+    pytest.importorskip("redis")
+    import redis.asyncio as redis_asyncio
+
+    from backends import redis_url
+    from hybridserve.errors import StoreError
+    from hybridserve.storage.redis_bulk import bucket_key, bucket_of
+
+    url, prefix = redis_url(), f"hstest:{uuid.uuid4().hex[:8]}:"
+    store = open_store(url, prefix)
+    raw = redis_asyncio.Redis.from_url(url)
+    members = [f"card_{i:06d}" for i in range(5000)]
+    rows = run_rows(members, [b"v"] * len(members), np.ones(len(members)))
+    try:
+        # A string where one of the run's buckets goes: its HSET fails with WRONGTYPE.
+        await raw.set(prefix + bucket_key("pb:r:1", bucket_of("card_002500")), b"not a hash")
+        with pytest.raises(StoreError, match="WRONGTYPE"):
+            await store.put_run("pb:r:1", rows, now() + 600)
+        await store.put_run("pb:r:2", rows, now() + 600)  # the connection was not reused
+        assert sorted([m async for m in store.scan_run("pb:r:2")]) == members
+    finally:
+        keys = [k async for k in raw.scan_iter(match=f"{prefix}*", count=1000)]
+        if keys:
+            await raw.delete(*keys)
+        await store.close()
+        await raw.aclose()

@@ -26,6 +26,7 @@ from hybridserve.storage.base import Entry, Write
 from hybridserve.storage.redis_bulk import (
     BUCKETS,
     MARKER,
+    LineReplies,
     bucket_key,
     bucket_of,
     hset_batches,
@@ -224,15 +225,20 @@ class RedisStore:
         except self._errors as exc:
             raise StoreError(f"Redis write failed ({masked_url(self.url)}): {exc}") from exc
         try:
+            conn.connect()  # a connection fresh from the pool may not be open yet
+            # Replies are read from the connection's socket, past redis-py's parser (see
+            # LineReplies): nothing else reads it until the connection is released, and a
+            # failure disconnects it, so no reply is ever left for its next user.
+            replies = LineReplies(conn._sock.recv)
             # Send a batch, then encode the next while Redis works; read replies one batch behind.
             waiting = 0
             for commands, count in hset_batches(name, rows, exp):
                 conn.send_packed_command(commands)
-                for _ in range(waiting):
-                    conn.read_response()
+                replies.read(waiting)
                 waiting = count
-            for _ in range(waiting):
-                conn.read_response()
+            replies.read(waiting)
+            if replies.pending:  # never expected: more replies than commands
+                raise ConnectionError("Redis sent more replies than commands")
         except BaseException as exc:
             conn.disconnect()  # replies may still be on the way: never reuse it
             if isinstance(exc, self._errors):
