@@ -9,8 +9,10 @@ START, END = "<!-- batch:start -->", "<!-- batch:end -->"
 LABELS = {
     "floor": "floor: `predict_proba` on a process pool, matrices in memory, no I/O",
     "floor_compiled": "floor: the compiled trees (`compile: tl2cgen`) on a process pool, no I/O",
-    "sqlite": "hybridserve `batch run`, local executor, SQLite store",
-    "redis": "hybridserve `batch run`, local executor, Redis store",
+    "sqlite": "hybridserve `batch run`, local executor, SQLite store (a first run)",
+    "sqlite_warm": "the same, a second run in the same process (forkserver warm)",
+    "redis": "hybridserve `batch run`, local executor, Redis store (a first run)",
+    "redis_warm": "the same, a second run in the same process (forkserver warm)",
     "ray": "hybridserve `batch run`, Ray executor (actor pool, starts its own Ray), SQLite store",
     "ray_running": "hybridserve `batch run`, Ray executor on a Ray already running, SQLite store",
     "spark": "hybridserve `batch run`, Spark executor (local Spark, mapInArrow), SQLite store",
@@ -33,7 +35,10 @@ def section(results: list[dict[str, Any]], **info: Any) -> str:
         f"{info['workers']} workers, one model thread each; `compile: {info['compile']}`",
         "- end to end = plan and read the input, validate, score, write every record to the "
         "prediction store and a Parquet snapshot per chunk, manifest, publish; the wall time "
-        "includes starting the pool (or Ray, or Spark's JVM) and loading the model",
+        "includes starting the pool (or Ray, or Spark's JVM) and loading the model; a first run "
+        "also starts the forkserver the workers fork from, which imports the model's libraries "
+        "(as every `batch run` command does), a second run in the same process finds it warm; "
+        "the floor's pool is started and warmed before its clock starts",
         "- peak memory: RSS and PSS summed over this process and all its descendants (pool "
         "workers, the forkserver, Ray's processes): RSS sampled every 50 ms, PSS every "
         "second; RSS counts a page shared by N processes N times, PSS once",
