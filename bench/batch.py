@@ -15,7 +15,8 @@ HistGradientBoostingClassifier), writes the input Parquet (generated in slices w
   with the SQLite prediction store, with Redis (a unique prefix, deleted afterwards), each
   once as a first run (it starts the forkserver and imports the model's libraries, as a
   ``batch run`` command does) and once more in the same process (the forkserver warm, as the
-  floor's pool is), with
+  floor's pool is), and twice through the scheduler (``serve --scheduler``'s path: the
+  first run starts the job's runner process, the second finds it warm), with
   the Ray executor (once starting its own Ray, once on a Ray already running, as in a Ray
   deployment) and with the Spark executor (a local Spark, started by the run).
 
@@ -61,7 +62,9 @@ def parse_args() -> argparse.Namespace:
         choices=["auto", "tl2cgen", "treelite", "none"],
         help="models.fraud.compile; with tl2cgen the floor also times the compiled trees",
     )
-    p.add_argument("--skip", nargs="*", default=[], choices=["sqlite", "redis", "ray", "spark"])
+    p.add_argument(
+        "--skip", nargs="*", default=[], choices=["sqlite", "scheduled", "redis", "ray", "spark"]
+    )
     p.add_argument("--work", type=Path, default=REPO / "bench" / ".work" / "batch")
     p.add_argument("--docs", type=Path, default=REPO / "docs" / "benchmarks.md")
     return p.parse_args()
@@ -207,6 +210,7 @@ def build(args: argparse.Namespace) -> Path:
             "input": {"path": "data/bench.parquet"},
             "chunk_rows": args.chunk_rows,
             "workers": args.workers,
+            "schedule": "0 3 * * *",  # for the scheduled rows (the clock there is a fake)
         }
     }
     path.write_text(yaml.safe_dump(raw))
@@ -289,6 +293,40 @@ def cold_start() -> None:
     forkserver._forkserver._stop()  # type: ignore[attr-defined]
 
 
+def measure_scheduled(args: argparse.Namespace, project: Any) -> list[dict[str, Any]]:
+    """The job through ``serve --scheduler``'s path (a fake clock a day further each time),
+    twice: the first run starts the job's runner process, the second finds it warm."""
+    import asyncio
+
+    from hybridserve.batch.manifest import runs
+    from hybridserve.batch.schedule import Scheduler
+
+    loop = asyncio.new_event_loop()
+    clock = [1_800_000_000.0]
+    sched = Scheduler(project, clock=lambda: clock[0])
+    loop.run_until_complete(sched.tick())  # learns when the job is next due
+
+    def once() -> str:
+        clock[0] += 86_400
+
+        async def go() -> dict[str, Any]:
+            assert await sched.tick() == ["bench"]
+            handle = sched.running["bench"]
+            assert await handle.wait() == 0, getattr(handle, "answer", None)
+            return dict(getattr(handle, "answer", {}))
+
+        answer = loop.run_until_complete(go())
+        (m,) = [m for m in runs(project, "bench") if m.run_id == answer["run_id"]]
+        assert m.total("scored") == args.rows, m.to_dict()
+        return f"{m.total('scored'):,} scored, {m.total_chunks} chunks"
+
+    try:
+        return [measure(name, args.rows, once) for name in ("scheduled", "scheduled_warm")]
+    finally:
+        loop.run_until_complete(sched.close())
+        loop.close()
+
+
 def measure_on_running_ray(args: argparse.Namespace, run: Callable[[], Any]) -> dict[str, Any]:
     """The Ray executor on a Ray that is already up (as a Ray deployment is): ``ray.init``
     happens before the clock starts; the run still starts its actors and loads the model."""
@@ -330,6 +368,8 @@ def main() -> int:
         cold_start()
         results.append(measure("sqlite", args.rows, batch("bench-sqlite", project)))
         results.append(measure("sqlite_warm", args.rows, batch("bench-sqlite-2", project)))
+    if "scheduled" not in args.skip:
+        results += measure_scheduled(args, project)
     if "redis" not in args.skip:
         prefix = f"hs-bench-{uuid.uuid4().hex[:8]}:"
         raw = yaml.safe_load(project_file.read_text())
@@ -385,6 +425,8 @@ def main() -> int:
         f"floor_compiled_rows_per_s={rate('floor_compiled')} "
         f"sqlite_rows_per_s={rate('sqlite')} redis_rows_per_s={rate('redis')} "
         f"sqlite_warm_rows_per_s={rate('sqlite_warm')} redis_warm_rows_per_s={rate('redis_warm')} "
+        f"scheduled_rows_per_s={rate('scheduled')} "
+        f"scheduled_warm_rows_per_s={rate('scheduled_warm')} "
         f"ray_rows_per_s={rate('ray')} ray_running_rows_per_s={rate('ray_running')} "
         f"spark_rows_per_s={rate('spark')} ray_vs_local={vs_local('ray')} "
         f"ray_running_vs_local={vs_local('ray_running')} spark_vs_local={vs_local('spark')} "

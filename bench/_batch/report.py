@@ -11,6 +11,9 @@ LABELS = {
     "floor_compiled": "floor: the compiled trees (`compile: tl2cgen`) on a process pool, no I/O",
     "sqlite": "hybridserve `batch run`, local executor, SQLite store (a first run)",
     "sqlite_warm": "the same, a second run in the same process (forkserver warm)",
+    "scheduled": "a scheduled run (`serve --scheduler`), SQLite store: the first, which starts "
+    "the job's runner process",
+    "scheduled_warm": "the job's next scheduled run (its runner warm)",
     "redis": "hybridserve `batch run`, local executor, Redis store (a first run)",
     "redis_warm": "the same, a second run in the same process (forkserver warm)",
     "ray": "hybridserve `batch run`, Ray executor (actor pool, starts its own Ray), SQLite store",

@@ -1,9 +1,11 @@
 """Starting batch jobs on their cron ``schedule`` (``serve --scheduler``).
 
-Each due job runs as its own process (``python -m hybridserve batch run JOB -p FILE``), so a
-crash or a kill of the run never touches the server, and a killed run is resumed like any
-other. At most one run per job at a time: a start that falls due while the job's previous
-run is still going is skipped (and counted), not queued.
+Each job's runs go to a process of the job's own, its runner (:mod:`.job_process`), started
+by the job's first run and kept for the next: a run started in a new process spends its first
+seconds importing the model's libraries, which the runner has done already. A crash or a
+kill of a run never touches the server, and a killed run is resumed like any other. At most
+one run per job at a time: a start that falls due while the job's previous run is still going
+is skipped (and counted), not queued. Each runner's log is the job's ``scheduler.log``.
 
 The clock, the sleep and the way a run is started are parameters, so tests drive the
 scheduler with a fake clock and fake processes.
@@ -13,14 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Protocol
 
 from croniter import croniter  # type: ignore[import-untyped]
 
+from hybridserve.batch.job_process import JobRunner
 from hybridserve.config import Project
 from hybridserve.errors import ConfigError
 
@@ -70,7 +71,8 @@ class Scheduler:
                 )
             self.schedules[name] = job.schedule
         self.clock, self.sleep, self.poll = clock, sleep, poll
-        self.spawn: Spawn = spawn or self._subprocess
+        self.spawn: Spawn = spawn or self._start
+        self.runners: dict[str, JobRunner] = {}
         self.next_at: dict[str, float] = {}
         self.running: dict[str, RunProcess] = {}
         self.started: dict[str, int] = dict.fromkeys(self.schedules, 0)
@@ -113,33 +115,30 @@ class Scheduler:
         self._stopping = True
 
     async def close(self, timeout: float = 10.0) -> None:
-        """Let running jobs finish for up to ``timeout`` seconds, then terminate them.
+        """Let running jobs finish for up to ``timeout`` seconds, then terminate them; end the
+        runners.
 
         A terminated run is marked failed and resumes with ``batch run JOB --run-id ID``.
         """
         self.stop()
         procs = list(self.running.values())
-        if not procs:
-            return
-        waits = [asyncio.ensure_future(p.wait()) for p in procs]
-        _, pending = await asyncio.wait(waits, timeout=timeout)
-        for p in procs:
-            if p.returncode is None:
-                p.terminate()
-        if pending:
-            await asyncio.wait(pending, timeout=timeout)
+        if procs:
+            waits = [asyncio.ensure_future(p.wait()) for p in procs]
+            _, pending = await asyncio.wait(waits, timeout=timeout)
+            for p in procs:
+                if p.returncode is None:
+                    p.terminate()
+            if pending:
+                await asyncio.wait(pending, timeout=timeout)
+        runners, self.runners = list(self.runners.values()), {}
+        await asyncio.gather(*(r.close(timeout) for r in runners))
 
-    async def _subprocess(self, job: str) -> RunProcess:
-        source = self.project.source_file
-        if source is None:
-            raise ConfigError("the scheduler needs a project loaded from a file")
-        log_dir = self.project.path(self.project.batch_jobs[job].runs_dir) / job
-        log_dir.mkdir(parents=True, exist_ok=True)
-        with open(Path(log_dir) / "scheduler.log", "ab") as out:
-            return await asyncio.create_subprocess_exec(
-                sys.executable,
-                *("-m", "hybridserve", "batch", "run", job, "-p", str(source), "--json"),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=out,
-                stderr=out,
-            )
+    async def _start(self, job: str) -> RunProcess:
+        runner = self.runners.get(job)
+        if runner is None:
+            source = self.project.source_file
+            if source is None:
+                raise ConfigError("the scheduler needs a project loaded from a file")
+            log_dir = self.project.path(self.project.batch_jobs[job].runs_dir) / job
+            runner = self.runners[job] = JobRunner(source, job, log_dir / "scheduler.log")
+        return await runner.start_run()
