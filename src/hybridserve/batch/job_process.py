@@ -2,8 +2,8 @@
 
 A run's first seconds go to starting the forkserver its workers fork from, which imports the
 model's libraries (scikit-learn's ensembles take about 2 s on this project's test machine):
-measured on a million rows, a run started as its own ``batch run`` process took 9.8-10.0 s
-where a second run in the same process took 7.0-7.1 (``docs/benchmarks.md``). So the scheduler
+measured on a million rows, a job's first scheduled run took 10.2 s and its second, in the
+runner the first started, 8.2 s (``docs/benchmarks.md``). So the scheduler
 (``serve --scheduler``) hands each job's runs to a runner of that job: the first run starts
 it, later ones find its forkserver warm. A crash or a kill of a run still never touches the
 server, and a killed run is resumed like any other: it takes the runner with it, and the next
