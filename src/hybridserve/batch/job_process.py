@@ -45,7 +45,11 @@ def main(argv: list[str] | None = None) -> int:
 
     configure("info")
     for _ in sys.stdin:
-        _answer(answers, _one(args.project, args.job))
+        answer = _one(args.project, args.job)
+        try:
+            _answer(answers, answer)
+        except BrokenPipeError:  # the scheduler is gone: nobody is left to ask for a run
+            return 0
     return 0
 
 
