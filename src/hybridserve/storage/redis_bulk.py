@@ -147,20 +147,17 @@ def _commands(
         b"*", _decimal(4 + 2 * n), b"\r\n$4\r\nHSET\r\n", keys, _MARKER_PAIR, b""
     )
     m, total = len(used), len(pieces)
-    # Where each bucket's head goes: after the rows of the buckets before it, and their heads
-    # and expiries; its rows follow it, then its expiry.
+    # Bucket i's head goes after the rows, heads and expiries of the buckets before it; its
+    # rows follow it, then its expiry.
     per = 2 if expiry is not None else 1
     at = np.concatenate([[0], np.cumsum(n)[:-1]]) + per * np.arange(m)
     order = np.empty(total + per * m, dtype=np.int64)
-    rest = np.ones(len(order), dtype=bool)
+    order[np.arange(total) + per * np.repeat(np.arange(m), n) + 1] = np.arange(total)
     order[at] = total + np.arange(m)
-    rest[at] = False
     parts = [pieces, heads]
     if expiry is not None:
         order[at + n + 1] = total + m + np.arange(m)
-        rest[at + n + 1] = False
         parts.append(pc.binary_join_element_wise(b"*3\r\n$9\r\nPEXPIREAT\r\n", keys, expiry, b""))
-    order[rest] = np.arange(total)
     wire = pa.concat_arrays(parts).take(pa.array(order))
     _, offsets_buf, data_buf = wire.buffers()
     offsets = np.frombuffer(offsets_buf, dtype=np.int32, count=len(wire) + 1)
