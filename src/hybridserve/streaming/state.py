@@ -177,9 +177,11 @@ class KVStateStore:
 
 # ARGV[1] ttl_ms, ARGV[2] maxlen (0: none), ARGV[3] the output stream key ("" for none), then
 # packed columns (see ``hybridserve.storage.redis.packed``): state keys, their expected
-# versions, their new values; seen keys; output ids, output payloads. A state is stored as
-# "version:value". The keys are built by the caller from one prefix, so the script is not
-# cluster-safe (Redis Cluster would need them all in one hash slot).
+# versions, their new entries; seen keys; output ids, output payloads. A state is stored as
+# "version:value"; the caller sends each new entry whole, the next version already in front
+# (joined in Lua, it cost the script a tenth of its time). The keys are built by the caller
+# from one prefix, so the script is not cluster-safe (Redis Cluster would need them all in
+# one hash slot).
 _COMMIT_LUA = """
 local ttl, maxlen, out = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local keys, versions = cmsgpack.unpack(ARGV[4]), cmsgpack.unpack(ARGV[5])
@@ -199,10 +201,7 @@ end
 for lo = 1, #seen, 1000 do
   if redis.call('EXISTS', unpack(seen, lo, math.min(lo + 999, #seen))) > 0 then return 0 end
 end
-for i, key in ipairs(keys) do
-  local next = string.format('%d', tonumber(versions[i]) + 1)
-  redis.call('SET', key, next .. ':' .. values[i], 'PX', ttl)
-end
+for i, key in ipairs(keys) do redis.call('SET', key, values[i], 'PX', ttl) end
 for _, key in ipairs(seen) do redis.call('SET', key, '1', 'PX', ttl) end
 for i, id in ipairs(ids) do
   if maxlen > 0 then
@@ -281,7 +280,7 @@ class RedisStateStore:
             self.output_key or "",
             packed([(p + state_key(s, e)).encode() for e, _, _ in states]),
             packed([str(n).encode() for _, n, _ in states]),
-            packed([v for _, _, v in states]),
+            packed([b"%d:%b" % (n + 1, v) for _, n, v in states]),
             packed([(p + seen_key(s, e)).encode() for e in seen]),
             packed([i.encode() for i, _ in outs]),
             packed([d for _, d in outs]),
