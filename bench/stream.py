@@ -439,6 +439,8 @@ def write_docs(
     command = "python bench/stream.py" + (
         f" --events {args.events}" if args.events != 200_000 else ""
     )
+    if args.compile != "auto":
+        command += f" --compile {args.compile}"
     lines = [
         "<!-- stream:start -->",
         "## Stream",
