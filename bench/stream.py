@@ -547,14 +547,18 @@ def main() -> None:
         else:
             with tansu() as address:
                 file = build(
-                    args.redis, prefix_k, args.batch_size, kafka_source(address), args.compile
+                    args.redis,
+                    prefix_k,
+                    args.batch_size,
+                    kafka_source(address),
+                    compile=args.compile,
                 )
                 kafka = asyncio.run(throughput(file, args.events))
             print(f"kafka: {kafka}", flush=True)
         for k in (1, 2):  # the same harness for one and two consumer processes
             clean(args.redis, prefix_g)
             source = {"kind": "redis", "partitions": args.partitions}
-            file = build(args.redis, prefix_g, args.batch_size, source, args.compile)
+            file = build(args.redis, prefix_g, args.batch_size, source, compile=args.compile)
             groups[k] = asyncio.run(group(file, args.events, k))
             print(f"group of {k}: {groups[k]}", flush=True)
     finally:

@@ -185,7 +185,7 @@ class KVStateStore:
 _COMMIT_LUA = """
 local ttl, maxlen, out = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local keys, versions = cmsgpack.unpack(ARGV[4]), cmsgpack.unpack(ARGV[5])
-local values = cmsgpack.unpack(ARGV[6])
+local entries = cmsgpack.unpack(ARGV[6])
 local seen = cmsgpack.unpack(ARGV[7])
 local ids, payloads = cmsgpack.unpack(ARGV[8]), cmsgpack.unpack(ARGV[9])
 -- One MGET and one EXISTS per 1,000 keys, not one call per key: a call costs Redis more than
@@ -201,7 +201,7 @@ end
 for lo = 1, #seen, 1000 do
   if redis.call('EXISTS', unpack(seen, lo, math.min(lo + 999, #seen))) > 0 then return 0 end
 end
-for i, key in ipairs(keys) do redis.call('SET', key, values[i], 'PX', ttl) end
+for i, key in ipairs(keys) do redis.call('SET', key, entries[i], 'PX', ttl) end
 for _, key in ipairs(seen) do redis.call('SET', key, '1', 'PX', ttl) end
 for i, id in ipairs(ids) do
   if maxlen > 0 then
@@ -212,6 +212,16 @@ for i, id in ipairs(ids) do
 end
 return 1
 """
+
+
+def _entry(version: int, value: bytes) -> bytes:
+    """A state as Redis holds it: ``version:value`` (the commit script reads the version)."""
+    return b"%d:%b" % (version, value)
+
+
+def _parse_entry(raw: bytes) -> tuple[int, bytes]:
+    version, _, value = raw.partition(b":")
+    return int(version), value
 
 
 class RedisStateStore:
@@ -262,11 +272,7 @@ class RedisStateStore:
             raise StoreError(f"Redis read failed ({masked_url(self.url)}): {exc}") from exc
         out: list[tuple[int, bytes | None]] = []
         for raw in found:
-            if raw is None:
-                out.append((0, None))
-            else:
-                version, _, value = raw.partition(b":")
-                out.append((int(version), value))
+            out.append((0, None) if raw is None else _parse_entry(raw))
         return out
 
     async def commit(
@@ -280,7 +286,7 @@ class RedisStateStore:
             self.output_key or "",
             packed([(p + state_key(s, e)).encode() for e, _, _ in states]),
             packed([str(n).encode() for _, n, _ in states]),
-            packed([b"%d:%b" % (n + 1, v) for _, n, v in states]),
+            packed([_entry(n + 1, v) for _, n, v in states]),
             packed([(p + seen_key(s, e)).encode() for e in seen]),
             packed([i.encode() for i, _ in outs]),
             packed([d for _, d in outs]),
