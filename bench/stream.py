@@ -204,16 +204,21 @@ async def throughput(file: Path, n: int) -> dict[str, Any]:
         await producer.close()
     first: list[float] = []
     last: list[float] = [0.0]
-    real = consumer.processor.process
+    processor = consumer.processor
+    real_prepare, real_finish = processor.prepare, processor.finish
 
-    async def timed(entries: Any) -> Any:
+    async def started(entries: Any, after: Any = None) -> Any:
         if not first:
             first.append(time.perf_counter())
-        result = await real(entries)
+        return await real_prepare(entries, after)
+
+    async def finished(prepared: Any) -> Any:
+        result = await real_finish(prepared)
         last[0] = time.perf_counter()
         return result
 
-    consumer.processor.process = timed  # type: ignore[method-assign]
+    processor.prepare = started  # type: ignore[method-assign]
+    processor.finish = finished  # type: ignore[method-assign]
     freeze_loaded()  # as `hybridserve stream run` does
     batch_gc()
     totals = await consumer.run(until_idle=1.0)

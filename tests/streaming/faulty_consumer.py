@@ -26,7 +26,7 @@ def mark(step: str) -> None:
         f.write(step + "\n")
 
 
-real_score, real_process = Scorer.score_rows, BatchProcessor.process
+real_score, real_finish = Scorer.score_rows, BatchProcessor.finish
 
 
 def score_rows(self: Scorer, *args: Any, **kwargs: Any) -> Any:
@@ -36,11 +36,11 @@ def score_rows(self: Scorer, *args: Any, **kwargs: Any) -> Any:
     return real_score(self, *args, **kwargs)
 
 
-async def process(self: BatchProcessor, entries: Any) -> Any:
+async def finish(self: BatchProcessor, prepared: Any) -> Any:
     try:
         if FAULT == "fail":
             raise RuntimeError("injected batch failure")
-        result = await real_process(self, entries)
+        result = await real_finish(self, prepared)
     except Exception:
         mark("fail")
         raise
@@ -49,5 +49,5 @@ async def process(self: BatchProcessor, entries: Any) -> Any:
 
 
 Scorer.score_rows = score_rows  # type: ignore[method-assign]
-BatchProcessor.process = process  # type: ignore[method-assign]
+BatchProcessor.finish = finish  # type: ignore[method-assign]
 main()

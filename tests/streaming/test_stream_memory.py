@@ -827,6 +827,25 @@ async def test_a_view_row_from_a_batch_that_gave_up_is_rewritten_by_the_next_com
         assert one.processor.unsettled == set()
 
 
+async def test_a_view_row_from_a_batch_that_gave_up_is_rewritten_once_the_consumer_is_idle(
+    make_project: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above, but consumer 1 has nothing more to do: its stale row must not stay until
+    some later batch of its own. Idle, it rewrites the row from the committed state (seen
+    in a two-consumer run where one consumer gave up on contention and never won again)."""
+    from hybridserve.streaming import pipeline
+
+    monkeypatch.setattr(pipeline, "_ATTEMPTS", 1)
+    card = _OVERTAKEN
+    async with _overtaken(make_project) as (first, one, task):
+        with pytest.raises(pipeline.CommitContention):
+            await task
+        assert (await windows(first, [card]))[card]["txn_count_10m"] == 1  # the stale row
+        await one.run(until_idle=0.3)
+        assert (await windows(first, [card]))[card]["txn_count_10m"] == 2
+        assert one.processor.unsettled == set()
+
+
 async def _run_contended(project: Any, given_up: int) -> tuple[Any, Any]:
     """40 events through a consumer whose first ``given_up`` deliveries each conflict on
     every commit until they give up (other consumers moving the same entities first); the

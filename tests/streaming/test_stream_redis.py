@@ -281,11 +281,13 @@ async def test_two_consumers_share_the_work_and_process_every_event_once(
     one, two = await asyncio.gather(
         _run_in_process(project, consumer="c1"), _run_in_process(project, consumer="c2")
     )
-    assert one.read > 0 and two.read > 0
     assert one.scored + two.scored == n
+    # Both take part. On one key, both consumers' batches touch the same cards, and one may
+    # lose every race (seen about once in ten runs, before and after batches were overlapped):
+    # it gives up on contention, the other claims its entries and commits them all.
+    assert (one.read or one.failures) and (two.read or two.failures)
     if partitions > 1:
-        # Partitions change hands only once drained: no entity runs on both at once. (On one
-        # key, both consumers' batches touch the same cards, and one may lose every race.)
+        # Partitions change hands only once drained: no entity runs on both at once.
         # Known defect, issue #13: around a hand-over both consumers still commit on the same
         # cards now and then (seen: 2 to 8 conflicts, up to 1,950 duplicates of 8,000); the
         # version check and the seen-set keep the results below exact, so they are the test.
@@ -351,6 +353,45 @@ async def test_a_consumer_claims_others_stale_entries_never_its_own(
     finally:
         await mine.close()
         await other.close()
+
+
+async def test_a_consumer_on_one_key_sees_a_rival_that_read_lately(
+    redis_project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On one key any consumer gets any card's events, so a consumer stops computing a batch
+    ahead while another one reads (``Shared``); a rival idle for longer than ``ACTIVE`` no
+    longer counts, and partitions keep a card on one consumer: never shared."""
+    from hybridserve.streaming import open_source
+    from hybridserve.streaming.sources import Shared
+    from hybridserve.streaming.sources import redis as redis_source
+
+    await _preload(redis_project, [orjson.dumps(event("card_000001", time.time() - 1))])
+    mine = open_source(redis_project, STREAM, consumer="c1")
+    other = open_source(redis_project, STREAM, consumer="c2")
+    try:
+        assert isinstance(mine, Shared)
+        await mine.start()
+        await mine.read(1, 0)
+        assert await mine.shared() is False
+        await other.start()
+        await other.read(1, 0)
+        assert await mine.shared() is True
+        monkeypatch.setattr(redis_source, "ACTIVE", 0.05)
+        await asyncio.sleep(0.1)
+        assert await mine.shared() is False
+    finally:
+        await mine.close()
+        await other.close()
+    cfg = redis_project.streams[STREAM]
+    source = cfg.source.model_copy(update={"partitions": 4})
+    parted = redis_project.model_copy(
+        update={"streams": {STREAM: cfg.model_copy(update={"source": source})}}
+    )
+    one = open_source(parted, STREAM, consumer="c1")
+    try:
+        assert await one.shared() is False  # type: ignore[attr-defined]
+    finally:
+        await one.close()
 
 
 async def test_bad_events_among_valid_ones_dead_letter_only_themselves(

@@ -2,11 +2,13 @@
 
 A reader task fills a small queue while the processor works, but only while fewer than
 ``max_in_flight`` entries are read and not yet acknowledged (backpressure). Reads that piled
-up in the queue are processed together, up to ``batch_size``. When a batch fails, nothing
-of it is acknowledged: the consumer drops what it read ahead, rewinds the source to its
-unacknowledged entries and re-reads them *one at a time*, so a poison entry fails alone and
-reaches ``max_deliveries`` (then the dead-letter stream) without dragging its neighbours
-with it. Pending entries of dead consumers are reclaimed every so often.
+up in the queue are processed together, up to ``batch_size``. The next batch is read and
+computed while the last one writes and commits (``BatchProcessor.prepare``). When a batch
+fails, nothing of it is acknowledged: the consumer drops what it read ahead (the batch
+prepared after it too), rewinds the source to its unacknowledged entries and re-reads them
+*one at a time*, so a poison entry fails alone and reaches ``max_deliveries`` (then the
+dead-letter stream) without dragging its neighbours with it. Pending entries of dead
+consumers are reclaimed every so often.
 """
 
 from __future__ import annotations
@@ -34,12 +36,14 @@ from hybridserve.streaming.pipeline import (
     BatchResult,
     CommitContention,
     EventCounts,
+    Prepared,
 )
 from hybridserve.streaming.sources import (
     REDIS_SCHEMES,
     Measured,
     Reclaims,
     Rewinds,
+    Shared,
     Source,
     StreamIO,
     open_io,
@@ -49,6 +53,12 @@ from hybridserve.streaming.sources.base import RedisOutputs
 from hybridserve.streaming.state import KVStateStore, RedisStateStore, StateStore
 
 log = logging.getLogger("hybridserve.stream")
+
+_CALM = 20
+"""Batches finished one at a time after one that met a commit conflict."""
+_RIVALS_EVERY = 0.1
+"""Seconds between looks at whether other consumers read the same entities (``Shared``): a
+rival that keeps conflicting gives up on a batch (eight conflicts) in a few hundred ms."""
 
 
 @dataclass(slots=True)
@@ -103,6 +113,7 @@ class StreamConsumer:
         self._rewinds = self.source if isinstance(self.source, Rewinds) else None
         self._reclaims = self.source if isinstance(self.source, Reclaims) else None
         self._measured = self.source if isinstance(self.source, Measured) else None
+        self._shared = self.source if isinstance(self.source, Shared) else None
         self.state = open_state(project, name, services, self.io)
         scorer = services.scorer(self.cfg.route) if self.cfg.route else None
         self.processor = BatchProcessor(services, name, self.io, self.state, scorer)
@@ -116,6 +127,17 @@ class StreamConsumer:
         self.totals = Totals()
         self._in_flight = 0
         self._careful = 0
+        self._failures = 0
+        """Batches failed in a row (the wait before the next read grows with it)."""
+        self._carry: list[RawEntry] | None = None
+        """Entries taken from the read queue and left for the next batch (it was full)."""
+        self._finishing: tuple[asyncio.Task[BatchResult], Prepared] | None = None
+        """The last batch, writing and committing while the next is read and computed."""
+        self._rival = self._shared is not None
+        """Whether another consumer may commit this one's entities (see ``_overlap``);
+        assumed on a ``Shared`` source until the first look."""
+        self._contended = 0
+        """Batches left to finish one at a time after a commit conflict."""
         self._empty_since: float | None = None
         """Since when every read came back empty (``None``: the last one had entries)."""
         self._next_pending_check = 0.0
@@ -139,73 +161,204 @@ class StreamConsumer:
         await self.source.start()
         self._space = asyncio.Condition()
         queue: asyncio.Queue[list[RawEntry]] = asyncio.Queue(maxsize=4)
-        reader = asyncio.create_task(self._read(queue))
+        self._reader = asyncio.create_task(self._read(queue))
         helpers = [asyncio.create_task(self._follow()), asyncio.create_task(self._stats())]
+        if self._shared is not None:
+            helpers.append(asyncio.create_task(self._watch_rivals(self._shared)))
         stopping = asyncio.create_task(stop.wait())
-        failures = 0
-        carry: list[RawEntry] | None = None  # taken from the queue, left for the next batch
+        self._carry = None
         try:
             while not stop.is_set():
-                if carry is not None:
-                    entries, carry = carry, None
-                else:
-                    try:
-                        entries = await asyncio.wait_for(queue.get(), 0.05)
-                    except TimeoutError:
-                        if until_idle is not None and await self._drained(until_idle):
-                            break
-                        continue
-                # Reads that piled up while the last batch ran join this one (up to batch_size):
-                # under a steady trickle, small batches would each pay the fixed costs (store
-                # round trips, the model call) and wait behind one another in the queue.
-                while self._careful == 0 and not queue.empty():
-                    more = queue.get_nowait()
-                    if len(entries) + len(more) > self.cfg.batch_size:
-                        carry = more
-                        break
-                    entries = entries + more
-                try:
-                    result = await self._process(entries, stopping)
-                except Exception as exc:
-                    failures += 1
-                    self.totals.failures += 1
-                    self.metrics.failures.inc()
-                    log.warning(
-                        "stream %s: batch of %d failed (%s); rewinding",
-                        self.name,
-                        len(entries),
-                        exc,
-                        exc_info=not isinstance(exc, HybridServeError),
-                    )
-                    await self._stop_reader(reader, self.stop_timeout)
-                    carry = None
-                    while not queue.empty():
-                        queue.get_nowait()
-                    # After a failure the entries come back one at a time, each delivery
-                    # counted; contention is not the entries' fault: they come back as a batch.
-                    contention = isinstance(exc, CommitContention)
-                    self._careful = 0 if contention else max(1, self._in_flight)
-                    await self._release(self._in_flight)
-                    if self._rewinds is not None:  # else the broker redelivers them itself
-                        self._rewinds.rewind()
-                    await asyncio.wait({stopping}, timeout=min(2.0, 0.02 * 2**failures))
-                    reader = asyncio.create_task(self._read(queue))
-                    continue
-                if result is None:  # stopped mid-batch
+                entries = await self._take(queue, stopping)
+                if entries is not None:
+                    await self._step(entries, queue, stopping)
+                elif (
+                    self._finishing is None
+                    and until_idle is not None
+                    and await self._drained(until_idle)
+                ):
                     break
-                self._record(result)
-                failures = 0
-                self._careful = max(0, self._careful - len(entries))
-                await self._release(len(entries))
+            if self._finishing is not None:  # stopping: the batch in progress may commit
+                await self._settle(queue, stopping, recover=False)
         finally:
             deadline = time.monotonic() + self.stop_timeout
-            await self._stop_reader(reader, self.stop_timeout)
-            for task in [*helpers, stopping]:
-                await deadlines.stop(task, deadline - time.monotonic())
+            if self._finishing is not None:
+                deadlines.abandon(self._finishing[0])
+                self._finishing = None
+            await self._stop_reader(self._reader, self.stop_timeout)
+            for helper in [*helpers, stopping]:
+                await deadlines.stop(helper, deadline - time.monotonic())
             with contextlib.suppress(Exception):
                 left = max(0.1, deadline - time.monotonic())
                 await deadlines.bounded(self._write_stats(0.0), left)
         return self.totals
+
+    async def _take(
+        self, queue: asyncio.Queue[list[RawEntry]], stopping: asyncio.Future[Any]
+    ) -> list[RawEntry] | None:
+        """The next batch's entries, or ``None`` when none came for a moment."""
+        if self._carry is not None:
+            entries, self._carry = self._carry, None
+        else:
+            try:
+                entries = await asyncio.wait_for(queue.get(), 0.05)
+            except TimeoutError:
+                if self._finishing is not None and self._finishing[0].done():
+                    await self._settle(queue, stopping)
+                elif self._finishing is None and self.processor.unsettled:
+                    try:
+                        await self.processor.settle()
+                    except HybridServeError as exc:  # tried again when next idle
+                        log.warning("stream %s: cannot settle view rows: %s", self.name, exc)
+                return None
+        # Reads that piled up while the last batch ran join this one (up to batch_size):
+        # under a steady trickle, small batches would each pay the fixed costs (store
+        # round trips, the model call) and wait behind one another in the queue.
+        while self._careful == 0 and not queue.empty():
+            more = queue.get_nowait()
+            if len(entries) + len(more) > self.cfg.batch_size:
+                self._carry = more
+                break
+            entries = entries + more
+        return entries
+
+    async def _step(
+        self,
+        entries: list[RawEntry],
+        queue: asyncio.Queue[list[RawEntry]],
+        stopping: asyncio.Future[Any],
+    ) -> None:
+        """Read and compute ``entries`` while the last batch finishes, then start finishing
+        them. After a failure (``_careful``), one batch at a time: the last one first."""
+        last = self._finishing
+        prepared: Prepared | BaseException | None = None
+        if last is not None and self._overlap():
+            prepared = await self._prepare(entries, last[1], stopping)
+        if last is not None:
+            if not await self._settle(queue, stopping) or stopping.done():
+                return  # failed (what was read after it is dropped too), or stopping
+            if isinstance(prepared, Prepared) and not last[1].settled:
+                await self.processor.recompute(prepared)
+        elif stopping.done():
+            return
+        if prepared is None:
+            prepared = await self._prepare(entries, None, stopping)
+        if isinstance(prepared, BaseException):
+            await self._recover(prepared, queue, stopping)
+        elif prepared is not None:
+            self._finishing = (asyncio.create_task(self._finish(prepared)), prepared)
+
+    def _overlap(self) -> bool:
+        """Whether to compute the next batch while the last one commits. Not after a failure
+        (``_careful``: one at a time), nor for a while after a commit conflict, nor while
+        another consumer may commit the same entities (``_rival``): a batch computed ahead
+        reads the store earlier than one computed after, so a rival's commits conflict with
+        it more often, and one that commits back to back can starve the other consumer."""
+        return self._careful == 0 and self._contended == 0 and not self._rival
+
+    async def _watch_rivals(self, source: Shared) -> None:
+        while True:
+            try:
+                self._rival = await source.shared()
+            except Exception:  # cannot tell: assume a rival, keep watching
+                self._rival = True
+                log.debug("stream %s: cannot see the other consumers", self.name, exc_info=True)
+            await asyncio.sleep(_RIVALS_EVERY)
+
+    async def _prepare(
+        self, entries: list[RawEntry], after: Prepared | None, stopping: asyncio.Future[Any]
+    ) -> Prepared | BaseException | None:
+        """``entries`` read and computed, what that raised, or ``None`` when ``stopping``
+        came first (nothing of the batch is written: it is delivered again later)."""
+        task = asyncio.create_task(self.processor.prepare(entries, after))
+        try:
+            await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            deadlines.abandon(task)
+            raise
+        if not task.done():
+            deadlines.abandon(task)
+            return None
+        return task.exception() or task.result()
+
+    async def _finish(self, prepared: Prepared) -> BatchResult:
+        """Write, commit and acknowledge a prepared batch, then count it and make room."""
+        result = await self.processor.finish(prepared)
+        self._record(result)
+        self._failures = 0
+        self._contended = _CALM if result.conflicts else max(0, self._contended - 1)
+        self._careful = max(0, self._careful - len(prepared.entries))
+        await self._release(len(prepared.entries))
+        return result
+
+    async def _settle(
+        self,
+        queue: asyncio.Queue[list[RawEntry]],
+        stopping: asyncio.Future[Any],
+        *,
+        recover: bool = True,
+    ) -> bool:
+        """Wait for the finishing batch; whether it committed. One that failed is recovered
+        from (``recover``; else logged). Once ``stopping`` came, a batch that does not commit
+        within ``stop_timeout`` is left unacknowledged: it is delivered again later."""
+        assert self._finishing is not None
+        task, self._finishing = self._finishing[0], None
+        try:
+            await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not task.done():
+                await asyncio.wait({task}, timeout=self.stop_timeout)
+        except asyncio.CancelledError:
+            deadlines.abandon(task)
+            raise
+        if not task.done():
+            deadlines.abandon(task)
+            log.warning(
+                "stream %s: stopping; a batch did not commit within %gs and is left unacknowledged",
+                self.name,
+                self.stop_timeout,
+            )
+            return False
+        exc = task.exception()
+        if exc is None:
+            return True
+        if recover:
+            await self._recover(exc, queue, stopping)
+        else:
+            log.warning("stream %s: a batch failed while stopping (%s)", self.name, exc)
+        return False
+
+    async def _recover(
+        self,
+        exc: BaseException,
+        queue: asyncio.Queue[list[RawEntry]],
+        stopping: asyncio.Future[Any],
+    ) -> None:
+        """After a failed batch: drop what was read ahead, rewind the source and start a new
+        reader; the unacknowledged entries are then re-read one at a time."""
+        self._failures += 1
+        self.totals.failures += 1
+        self.metrics.failures.inc()
+        log.warning(
+            "stream %s: batch failed (%s); rewinding",
+            self.name,
+            exc,
+            exc_info=not isinstance(exc, HybridServeError),
+        )
+        await self._stop_reader(self._reader, self.stop_timeout)
+        self._carry = None
+        while not queue.empty():
+            queue.get_nowait()
+        # After a failure the entries come back one at a time, each delivery counted;
+        # contention is not the entries' fault: they come back as a batch.
+        contention = isinstance(exc, CommitContention)
+        self._careful = 0 if contention else max(1, self._in_flight)
+        if contention:
+            self._contended = _CALM
+        await self._release(self._in_flight)
+        if self._rewinds is not None:  # else the broker redelivers them itself
+            self._rewinds.rewind()
+        await asyncio.wait({stopping}, timeout=min(2.0, 0.02 * 2**self._failures))
+        self._reader = asyncio.create_task(self._read(queue))
 
     async def _drained(self, until_idle: float) -> bool:
         """Whether reads came back empty for ``until_idle`` seconds with nothing in flight,
@@ -243,30 +396,6 @@ class StreamConsumer:
             )
         self._claim_soon = True
         return False
-
-    async def _process(
-        self, entries: list[RawEntry], stopping: asyncio.Future[Any]
-    ) -> BatchResult | None:
-        """One batch's result; ``None`` if ``stopping`` came and it did not commit in time."""
-        batch = asyncio.create_task(self.processor.process(entries))
-        try:
-            await asyncio.wait({batch, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            if not batch.done():
-                await asyncio.wait({batch}, timeout=self.stop_timeout)
-        except asyncio.CancelledError:
-            deadlines.abandon(batch)
-            raise
-        if batch.done():
-            return batch.result()
-        deadlines.abandon(batch)  # nothing of it was acknowledged: it is delivered again
-        log.warning(
-            "stream %s: stopping; a batch of %d did not commit within %gs and is left "
-            "unacknowledged",
-            self.name,
-            len(entries),
-            self.stop_timeout,
-        )
-        return None
 
     async def _stop_reader(self, reader: asyncio.Task[None], seconds: float) -> None:
         if not await deadlines.stop(reader, seconds):

@@ -19,6 +19,10 @@ The order is what makes redelivery safe (at-least-once in, effectively-once out)
 Every write before the commit is idempotent (compare-and-set on ``as_of``, or once per id), so
 a crash anywhere leaves nothing that a redo would write twice.
 
+Steps 1-4 write nothing (:meth:`BatchProcessor.prepare`); 5-6 and the acknowledgement are
+:meth:`BatchProcessor.finish`. The consumer prepares the next batch while the last finishes,
+on top of the last one's uncommitted states (see :class:`BatchProcessor`).
+
 A batch whose computation raises (decoding a state, the windows, the model: the model crashes
 on one row, say) is split in halves, and each half processed on its own, down to single
 events: the events that fail alone are dead-lettered with their error, and their neighbours
@@ -49,7 +53,13 @@ from hybridserve.services import Services
 from hybridserve.streaming.events import Event, RawEntry, decode_batch
 from hybridserve.streaming.sources import DeadLetter, StreamIO, stream_config
 from hybridserve.streaming.state import Output, StateStore
-from hybridserve.streaming.windows import EntityState, WindowEvent, WindowSpec, stream_position
+from hybridserve.streaming.windows import (
+    BatchWindows,
+    EntityState,
+    WindowEvent,
+    WindowSpec,
+    stream_position,
+)
 
 _ATTEMPTS = 8
 _BACKOFF = 0.002
@@ -135,7 +145,65 @@ def output_payload(r: PredictionRecord) -> bytes:
     )
 
 
+Taken = dict[str, tuple[int, EntityState]]
+"""entity -> (version, state): states an attempt leaves to the batch computed after it."""
+
+
+@dataclass(slots=True, eq=False)
+class _Attempt:
+    """One attempt at a batch's events: what it read and computed, nothing written yet."""
+
+    entities: list[str]
+    versions: list[int]
+    """The version of each state in ``states``: the one its commit expects to find."""
+    states: list[EntityState]
+    fresh: list[Event]
+    applied: list[Event]
+    late: list[DeadLetter]
+    duplicates: int
+    records: list[PredictionRecord] | dict[int, str]
+    windows: BatchWindows
+    stored: dict[str, dict[str, Any]]
+    touched: list[int]
+    view_rows: list[tuple[str, dict[str, Any], float]]
+    writes: list[tuple[str, int, bytes]]
+    ahead: Taken | None = None
+    """Set on an attempt computed ahead (:meth:`BatchProcessor.prepare`): its states as they
+    are once it commits, for the next batch, which takes those it needs before its reads."""
+
+
+@dataclass(slots=True, eq=False)
+class Prepared:
+    """A micro-batch read and computed, nothing of it written (:meth:`BatchProcessor.prepare`)."""
+
+    entries: list[RawEntry]
+    live: list[RawEntry]
+    events: list[Event]
+    dead: list[DeadLetter]
+    res: BatchResult
+    scorer: Scorer | None
+    first: _Attempt | _EventFault | None = None
+    """The first attempt at all of ``events``, computed ahead (or what computing it raised)."""
+    after: Prepared | None = None
+    """The batch this one was computed on top of before that one committed."""
+    settled: bool | None = None
+    """Whether ``first`` committed as computed; ``None`` until :meth:`BatchProcessor.finish`."""
+
+
 class BatchProcessor:
+    """Processes micro-batches: :meth:`process` one at a time, or two overlapped, the next
+    batch read and computed (:meth:`prepare`) while the last one writes and commits
+    (:meth:`finish`).
+
+    A batch computed ahead starts from the states the last batch leaves (``_Attempt.ahead``)
+    and treats the last batch's events as seen, as if that batch had committed already. It
+    is only committed as computed if the last batch did commit as computed
+    (:attr:`Prepared.settled`); else it is computed again from what is stored. Its commit
+    also checks each state's version against the one it started from, so a state that
+    another consumer moved in between fails the commit (and the batch is redone) as in a
+    batch processed alone.
+    """
+
     def __init__(
         self,
         services: Services,
@@ -159,7 +227,7 @@ class BatchProcessor:
         # entity -> (state version, that version's state, decoded), most recent last. The
         # state is re-read every batch (another consumer may have moved it); when the version
         # read is the one this consumer committed, the decoded object is used as is.
-        self._decoded: dict[str, tuple[int, EntityState]] = {}
+        self._decoded: Taken = {}
         self.unsettled: set[str] = set()
         """Entities whose view rows an attempt wrote and then failed to commit: rewritten from
         their committed state (and their version checked) by every attempt until one commits,
@@ -181,6 +249,12 @@ class BatchProcessor:
 
     async def process(self, entries: list[RawEntry]) -> BatchResult:
         """Process, commit and acknowledge ``entries``; raise (acking nothing) on failure."""
+        return await self.finish(await self.prepare(entries))
+
+    async def prepare(self, entries: list[RawEntry], after: Prepared | None = None) -> Prepared:
+        """Read and compute ``entries``; write nothing. ``after``: the batch before, prepared
+        and not finished yet, whose commit this one is computed on top of; finish that one
+        first (:meth:`finish` checks)."""
         at = now()
         cfg = self.cfg
         res = BatchResult(read=len(entries))
@@ -204,14 +278,52 @@ class BatchProcessor:
             else:
                 ids.add(ev.event_id)
                 events.append(ev)
-        if dead:
-            await self.dead_letters.dead_letter(dead)
-        res.dead = len(dead)
-        scorer = self.scorer  # a batch finishes on the model it started with
+        p = Prepared(entries, live, events, dead, res, self.scorer, after=after)
+        base = after.first if after is not None else None
+        await self._compute_first(p, base if isinstance(base, _Attempt) else None)
+        return p
+
+    async def settle(self) -> bool:
+        """Rewrite the view rows of the :attr:`unsettled` entities from their committed
+        states, version checked, as a batch without events; whether none is left. The
+        consumer calls this when idle: a batch that gave up on contention leaves rows from a
+        stale state, and if no later batch of this consumer commits, they would stay."""
+        if self.unsettled:
+            await self._apply([], self.scorer, BatchResult())
+        return not self.unsettled
+
+    async def recompute(self, p: Prepared) -> None:
+        """Compute ``p`` again from what is stored: the batch it was computed after did not
+        commit as computed. (Else its :meth:`finish` would, but only after the batch after it
+        had been computed on top of it, and so on.)"""
+        p.after = None
+        await self._compute_first(p, None)
+
+    async def _compute_first(self, p: Prepared, base: _Attempt | None) -> None:
+        if p.events:
+            try:
+                p.first = await self._compute(p.events, p.scorer, base, ahead=True)
+            except _EventFault as fault:
+                p.first = fault
+
+    async def finish(self, p: Prepared) -> BatchResult:
+        """Write, commit and acknowledge a prepared batch; raise (acking nothing) on failure.
+        The batch it was computed after must have finished (committed or failed) first."""
+        after, p.after = p.after, None
+        first = p.first
+        if after is not None:
+            assert after.settled is not None, "the batch before is not finished"
+            if not after.settled:  # computed on states that did not commit as computed
+                first = None
+        p.settled = False
+        res, events, excused = p.res, p.events, self._excused
+        if p.dead:
+            await self.dead_letters.dead_letter(p.dead)
+        res.dead = len(p.dead)
         try:
-            failed = await self._isolate(events, scorer, res)
+            failed, settled = await self._isolate(events, p.scorer, res, first)
         except CommitContention:
-            for entry in live:
+            for entry in p.live:
                 excused[entry.id] = excused.pop(entry.id, 0) + 1
             while len(excused) > self.max_last_errors:
                 excused.pop(next(iter(excused)))
@@ -232,10 +344,11 @@ class BatchProcessor:
             await self.dead_letters.dead_letter(letters)
             res.failed += len(failed)
             res.dead += len(failed)
-        for entry in entries:
+        p.settled = settled or not events
+        for entry in p.entries:
             self._last_errors.pop(entry.id, None)
             excused.pop(entry.id, None)
-        await self.source.ack([e.id for e in entries])
+        await self.source.ack([e.id for e in p.entries])
         return res
 
     def _remember(self, entry_id: str, exc: Exception) -> None:
@@ -246,29 +359,45 @@ class BatchProcessor:
             errors.pop(next(iter(errors)))
 
     async def _isolate(
-        self, events: list[Event], scorer: Scorer | None, res: BatchResult
-    ) -> list[tuple[Event, Exception]]:
+        self,
+        events: list[Event],
+        scorer: Scorer | None,
+        res: BatchResult,
+        first: _Attempt | _EventFault | None = None,
+    ) -> tuple[list[tuple[Event, Exception]], bool]:
         """Commit ``events``, or if computing on them raises, each half on its own (in stream
         order, so windows see the same order), down to single events; return those that fail
-        alone, with their error."""
+        alone, with their error, and whether ``first`` (an attempt computed ahead) was the
+        one committed."""
         try:
-            await self._commit(events, scorer, res)
-            return []
+            return [], await self._commit(events, scorer, res, first)
         except _EventFault as fault:
             if len(events) <= 1:
-                return [(ev, fault.cause) for ev in events]
+                return [(ev, fault.cause) for ev in events], False
         mid = len(events) // 2
-        first = await self._isolate(events[:mid], scorer, res)
-        return first + await self._isolate(events[mid:], scorer, res)
+        head, _ = await self._isolate(events[:mid], scorer, res)
+        tail, _ = await self._isolate(events[mid:], scorer, res)
+        return head + tail, False
 
-    async def _commit(self, events: list[Event], scorer: Scorer | None, res: BatchResult) -> None:
+    async def _commit(
+        self,
+        events: list[Event],
+        scorer: Scorer | None,
+        res: BatchResult,
+        first: _Attempt | _EventFault | None = None,
+    ) -> bool:
         """Apply and commit ``events``: redone on a commit conflict, and redone without the
-        events whose rows the Scorer rejects (dead-lettered with its reason)."""
+        events whose rows the Scorer rejects (dead-lettered with its reason). The first try
+        is ``first`` when given; return whether that one committed."""
         conflicts = 0
+        attempt = first
         while True:
-            outcome = await self._apply(events, scorer, res)
+            if isinstance(attempt, _EventFault):
+                raise attempt
+            outcome = await self._apply(events, scorer, res, attempt)
             if outcome is True:
-                return
+                return attempt is not None and attempt is first
+            attempt = None
             if outcome is False:
                 conflicts += 1
                 res.conflicts += 1
@@ -293,41 +422,67 @@ class BatchProcessor:
             rejected = {id(entry) for entry, _ in outcome}
             events = [ev for ev in events if id(ev.entry) not in rejected]
 
-    async def _apply(
-        self, events: list[Event], scorer: Scorer | None, res: BatchResult
-    ) -> bool | list[DeadLetter]:
-        """One attempt: ``True`` when committed, ``False`` on a commit conflict (the entities
-        whose view rows it wrote join :attr:`unsettled`), or the events the Scorer rejected,
-        with its reasons (nothing written then)."""
-        spec, cfg = self.spec, self.cfg
-        if not events:
-            return True
+    async def _compute(
+        self,
+        events: list[Event],
+        scorer: Scorer | None,
+        base: _Attempt | None = None,
+        *,
+        ahead: bool = False,
+    ) -> _Attempt:
+        """Read the state, seen-set and stored features ``events`` need, and compute their
+        windows, scores and writes. ``base``: an attempt not committed yet; this one starts
+        from the states it leaves and takes its events as seen. ``ahead``: keep this one's
+        states in ``_Attempt.ahead`` for the batch computed next."""
+        spec = self.spec
         # Three independent reads at once: which events were applied already, the entities'
         # window state, and (for scoring) their features from the other views. State is
         # loaded for every entity in the batch; one whose events all turn out to be
         # duplicates is left unchanged.
         unsettled = self.unsettled
         entities = list(dict.fromkeys([*(ev.entity for ev in events), *unsettled]))
+        # Taken before the first await: the batch before moves what is left of its states to
+        # the decoded cache once it commits.
+        taken: Taken = {}
+        skip: set[str] = set()
+        if base is not None:
+            left = base.ahead or {}
+            taken = {e: left.pop(e) for e in entities if e in left}
+            skip = {ev.event_id for ev in base.fresh}
         flags, loaded, stored = await asyncio.gather(
             self.state.seen([ev.event_id for ev in events]),
             self.state.load(entities),
             self._stored_features(scorer, entities),
         )
-        fresh = [ev for ev, seen in zip(events, flags, strict=True) if not seen]
-        dups = len(events) - len(fresh)
+        fresh = [
+            ev
+            for ev, seen in zip(events, flags, strict=True)
+            if not seen and ev.event_id not in skip
+        ]
+        duplicates = len(events) - len(fresh)
         states: list[EntityState] = []
+        versions: list[int] = []
+        has_state: list[bool] = []
         decoded = self._decoded
         names = self.window_names if scorer is not None else ()
         index = {e: i for i, e in enumerate(entities)}
         with _computing():
             for entity, (version, raw) in zip(entities, loaded, strict=True):
                 # Taken out while in use: a failed attempt leaves no half-applied state behind.
+                hit = taken.get(entity)
+                if hit is not None and hit[0] >= version:  # the batch before's, as it commits
+                    versions.append(hit[0])
+                    states.append(hit[1])
+                    has_state.append(hit[0] > 0)
+                    continue
                 hit = decoded.pop(entity, None)
+                versions.append(version)
+                has_state.append(raw is not None)
                 if hit is not None and version > 0 and hit[0] == version:
                     states.append(hit[1])
                 else:
                     states.append(spec.new_state() if raw is None else spec.loads(raw))
-            batch = spec.apply_batch(
+            windows = spec.apply_batch(
                 states,
                 [
                     WindowEvent(
@@ -344,55 +499,95 @@ class BatchProcessor:
             )
         applied: list[Event] = []
         late: list[DeadLetter] = []
-        for ev, outcome, judged in zip(fresh, batch.outcomes, batch.judged, strict=True):
+        for ev, outcome, judged in zip(fresh, windows.outcomes, windows.judged, strict=True):
             if outcome == "applied":
                 applied.append(ev)
             elif outcome == "late":
                 reason = (
                     f"late: {(judged or 0.0) - ev.time:.3f}s behind the entity's watermark "
-                    f"(allowed_lateness {cfg.allowed_lateness:g}s)"
+                    f"(allowed_lateness {self.cfg.allowed_lateness:g}s)"
                 )
                 late.append((ev.entry, reason))
             else:
-                dups += 1
-        records = await self._score(scorer, applied, batch.rows, stored)
-        if not isinstance(records, list):  # rejected rows: redo without them
-            return [(applied[i].entry, f"not scored: {why}") for i, why in records.items()]
+                duplicates += 1
+        records = await self._score(scorer, applied, windows.rows, stored)
         # An unsettled entity without a committed state (expired since) has nothing to rewrite.
         touched = [
             i
             for i, e in enumerate(entities)
-            if batch.changed[i] or (e in unsettled and loaded[i][1] is not None)
+            if windows.changed[i] or (e in unsettled and has_state[i])
         ]
-        with _computing():
-            view_rows = [
-                (entities[i], batch.finals[i], states[i].watermark or 0.0) for i in touched
-            ]
-            writes = [(entities[i], loaded[i][0], spec.dumps(states[i])) for i in touched]
-        if late:
-            await self.dead_letters.dead_letter(late)
+        view_rows: list[tuple[str, dict[str, Any], float]] = []
+        writes: list[tuple[str, int, bytes]] = []
+        if isinstance(records, list):
+            with _computing():
+                view_rows = [
+                    (entities[i], windows.finals[i], states[i].watermark or 0.0) for i in touched
+                ]
+                writes = [(entities[i], versions[i], spec.dumps(states[i])) for i in touched]
+        attempt = _Attempt(
+            entities, versions, states, fresh, applied, late, duplicates, records, windows,
+            stored, touched, view_rows, writes,
+        )  # fmt: skip
+        if ahead:
+            moved = set(touched)
+            attempt.ahead = {
+                e: (versions[i] + (1 if i in moved else 0), states[i])
+                for i, e in enumerate(entities)
+            }
+        return attempt
+
+    async def _apply(
+        self,
+        events: list[Event],
+        scorer: Scorer | None,
+        res: BatchResult,
+        attempt: _Attempt | None = None,
+    ) -> bool | list[DeadLetter]:
+        """One attempt (``attempt`` when computed ahead, else computed now): ``True`` when
+        committed, ``False`` on a commit conflict (the entities whose view rows it wrote join
+        :attr:`unsettled`), or the events the Scorer rejected, with its reasons (nothing
+        written then)."""
+        if not events and not self.unsettled:
+            return True
+        a = attempt or await self._compute(events, scorer)
+        records = a.records
+        if not isinstance(records, list):  # rejected rows: redo without them
+            a.ahead = None
+            return [(a.applied[i].entry, f"not scored: {why}") for i, why in records.items()]
+        entities, touched = a.entities, a.touched
+        if a.late:
+            await self.dead_letters.dead_letter(a.late)
         # The view's new rows and the predictions go to the store at the same time; both
         # land before the commit below makes the batch's state (and outputs) official.
-        _, outputs = await asyncio.gather(self._write_view(view_rows), self._store(records))
-        seen = [ev.event_id for ev in fresh]
-        if (writes or seen) and not await self.state.commit(writes, seen, outputs):
-            unsettled.update(entities[i] for i in touched)
+        _, outputs = await asyncio.gather(self._write_view(a.view_rows), self._store(records))
+        seen = [ev.event_id for ev in a.fresh]
+        committed = not (a.writes or seen) or await self.state.commit(a.writes, seen, outputs)
+        # From here to the end, nothing awaits: the next batch, computed ahead, takes its
+        # states from ``ahead`` before or after this, never in between.
+        ahead, a.ahead = a.ahead, None
+        if not committed:
+            self.unsettled.update(entities[i] for i in touched)
             return False
-        unsettled.difference_update(entities)
-        moved = set(touched)
-        for i, e in enumerate(entities):  # committed: the next batch starts from these objects
-            decoded[e] = (loaded[i][0] + (1 if i in moved else 0), states[i])
+        self.unsettled.difference_update(entities)
+        decoded = self._decoded
+        if ahead is not None:  # the states the next batch did not take
+            decoded.update(ahead)
+        else:  # committed: the next batch starts from these objects
+            moved = set(touched)
+            for i, e in enumerate(entities):
+                decoded[e] = (a.versions[i] + (1 if i in moved else 0), a.states[i])
         while len(decoded) > self.max_decoded:
             decoded.pop(next(iter(decoded)))
         done = now()
-        res.applied += len(applied)
-        res.late += len(late)
-        res.duplicates += dups
+        res.applied += len(a.applied)
+        res.late += len(a.late)
+        res.duplicates += a.duplicates
         res.scored += len(records)
-        res.event_lag += [done - ev.time for ev in applied]
-        res.read_lag += [done - ev.entry.read_at for ev in applied]
+        res.event_lag += [done - ev.time for ev in a.applied]
+        res.read_lag += [done - ev.entry.read_at for ev in a.applied]
         if self.services.prediction_log.stream and records:
-            self._log(records, applied, batch.rows, stored, done)
+            self._log(records, a.applied, a.windows.rows, a.stored, done)
         return True
 
     def _log(

@@ -108,6 +108,18 @@ class Measured(Protocol):
     async def info(self) -> SourceInfo: ...
 
 
+@runtime_checkable
+class Shared(Protocol):
+    """A source that does not keep an entity's events on one consumer of the group (one
+    Redis key, a NATS durable): any consumer may get any entity's events."""
+
+    async def shared(self) -> bool:
+        """Whether another consumer of the group has read lately. (The consumer then stops
+        computing a batch ahead: a batch's reads age while the last one commits, and a rival
+        that commits the same entities in between would conflict with it more often.)"""
+        ...
+
+
 class DeadLetterSink(Protocol):
     async def dead_letter(self, items: Sequence[DeadLetter]) -> None:
         """Write each entry's dead letter (once per entry id where the sink can)."""

@@ -223,6 +223,15 @@ class NatsSource(NatsStreams):
     def recovering(self) -> bool:
         return False  # a restarted consumer's messages come back through ack_wait
 
+    async def shared(self) -> bool:
+        """Whether other subscribers of the durable hold messages not yet acknowledged."""
+        js = await self._connect()
+        try:
+            ci = await self._call("consumer info", js.consumer_info(self.stream, self.src.durable))
+        except StoreError:
+            return True  # cannot tell: assume a rival
+        return int(ci.num_ack_pending) > len(self._held)
+
     async def info(self) -> SourceInfo:
         js = await self._connect()
         stream = await self._call("stream info", js.stream_info(self.stream))

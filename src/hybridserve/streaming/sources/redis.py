@@ -78,6 +78,9 @@ return written
 log = logging.getLogger("hybridserve.stream")
 T = TypeVar("T")
 
+ACTIVE = 2.0
+"""Seconds: a consumer of the group that read within them counts as active (``shared``)."""
+
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
@@ -474,6 +477,19 @@ class RedisSource:
     @property
     def recovering(self) -> bool:
         return bool(self._cursors)
+
+    async def shared(self) -> bool:
+        """On one key, whether another consumer of the group read within the last
+        :data:`ACTIVE` seconds; partitions keep an entity on one consumer: never."""
+        if self.partitions > 1:
+            return False
+        try:
+            members = await self._call("read", self._redis.xinfo_consumers(self.key, self.group))
+        except StoreError:
+            return True  # no group yet, or Redis away: assume a rival
+        return any(
+            _text(m["name"]) != self.consumer and int(m["idle"]) < ACTIVE * 1000 for m in members
+        )
 
     async def claim_stale(self, min_idle: float, max_items: int) -> list[RawEntry]:
         """Take over entries other consumers left pending for ``min_idle`` seconds.
