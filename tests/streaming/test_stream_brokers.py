@@ -26,6 +26,7 @@ from stream_helpers import (
     KAFKA_TEST_SETTINGS,
     STREAM,
     WINDOW_FEATURES,
+    assert_same_scores,
     predictions,
     stream_project,
     windows,
@@ -208,22 +209,8 @@ async def _same_as_a_clean_run(project: Project, payloads: list[bytes], outputs:
     reference, want_outputs = await _clean_run(project, payloads)
     want, got = await _state(reference, cards), await _state(project, cards)
     assert got[0] == want[0]  # window features
-    # Predictions (score, as_of, event id, version, source) and outputs. Scores to 12
-    # digits: the model's arithmetic on a batch of 3 rows and on one of 200 may differ in
-    # the last bit, and batch boundaries fall elsewhere after a crash.
-    assert _rounded(got[1]) == _rounded(want[1])
-    got_outputs = await asyncio.to_thread(outputs, project)
-    assert _rounded(got_outputs) == _rounded(want_outputs)
-
-
-def _rounded(rows: dict[str, Any]) -> dict[str, Any]:
-    def r(x: Any) -> Any:
-        return float(f"{x:.12g}") if isinstance(x, float) else x
-
-    return {
-        k: {f: r(x) for f, x in v.items()} if isinstance(v, dict) else tuple(map(r, v))
-        for k, v in rows.items()
-    }
+    assert_same_scores(got[1], want[1])  # predictions
+    assert_same_scores(await asyncio.to_thread(outputs, project), want_outputs)
 
 
 def _kafka(brokers: str, **more: Any) -> dict[str, Any]:
