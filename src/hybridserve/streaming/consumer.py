@@ -179,7 +179,7 @@ class StreamConsumer:
                 ):
                     break
             if self._finishing is not None:  # stopping: the batch in progress may commit
-                await self._settle(queue, stopping, recover=False)
+                await self._wait_finished(queue, stopping, recover=False)
         finally:
             deadline = time.monotonic() + self.stop_timeout
             if self._finishing is not None:
@@ -204,7 +204,7 @@ class StreamConsumer:
                 entries = await asyncio.wait_for(queue.get(), 0.05)
             except TimeoutError:
                 if self._finishing is not None and self._finishing[0].done():
-                    await self._settle(queue, stopping)
+                    await self._wait_finished(queue, stopping)
                 elif self._finishing is None and self.processor.unsettled:
                     try:
                         await self.processor.settle()
@@ -235,7 +235,7 @@ class StreamConsumer:
         if last is not None and self._overlap():
             prepared = await self._prepare(entries, last[1], stopping)
         if last is not None:
-            if not await self._settle(queue, stopping) or stopping.done():
+            if not await self._wait_finished(queue, stopping) or stopping.done():
                 return  # failed (what was read after it is dropped too), or stopping
             if isinstance(prepared, Prepared) and not last[1].settled:
                 await self.processor.recompute(prepared)
@@ -291,7 +291,7 @@ class StreamConsumer:
         await self._release(len(prepared.entries))
         return result
 
-    async def _settle(
+    async def _wait_finished(
         self,
         queue: asyncio.Queue[list[RawEntry]],
         stopping: asyncio.Future[Any],
