@@ -64,6 +64,22 @@ def event(card: str, t: float, amount: float = 10.0, **extra: Any) -> dict[str, 
     return body
 
 
+def fresh_memory_log(project: Project) -> Any:
+    """The in-process log of the project's stream, emptied (the memory source's test handle)."""
+    from hybridserve.streaming.sources.memory import drop_memory_log, memory_log
+
+    key = f"{project.stores.prefix}stream:{STREAM}"
+    drop_memory_log(key)
+    return memory_log(key)
+
+
+async def append_events(services: Services, payloads: list[bytes]) -> None:
+    """Append ``payloads`` to the project's stream through its own producer side."""
+    from hybridserve.streaming import open_source
+
+    await open_source(services.project, STREAM).append(payloads)
+
+
 def dumps(events: list[dict[str, Any]]) -> list[bytes]:
     return [orjson.dumps(e) for e in events]
 

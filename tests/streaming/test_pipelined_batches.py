@@ -7,17 +7,19 @@ import time
 from typing import Any
 
 import orjson
-from stream_helpers import STREAM, consume, dumps, event, stream_project, windows
+from stream_helpers import (
+    STREAM,
+    append_events,
+    consume,
+    dumps,
+    event,
+    fresh_memory_log,
+    stream_project,
+    windows,
+)
 
 from hybridserve.services import Services
 from hybridserve.streaming.events import RawEntry
-from hybridserve.streaming.sources.memory import drop_memory_log, memory_log
-
-
-def _log(project: Any) -> Any:
-    key = f"{project.stores.prefix}stream:{STREAM}"
-    drop_memory_log(key)
-    return memory_log(key)
 
 
 def _entries(start: int, *events: dict[str, Any]) -> list[RawEntry]:
@@ -37,7 +39,7 @@ async def test_a_batch_computed_before_the_last_one_commits_starts_from_its_stat
     from hybridserve.streaming import StreamConsumer
 
     project = stream_project(make_project)
-    log = _log(project)
+    log = fresh_memory_log(project)
     services = Services.open(project)
     consumer = StreamConsumer(services, STREAM, poll_interval=0)
     processor = consumer.processor
@@ -73,7 +75,7 @@ async def test_a_batch_computed_on_one_that_conflicted_is_computed_again(
     from hybridserve.streaming import StreamConsumer
 
     project = stream_project(make_project)
-    log = _log(project)
+    log = fresh_memory_log(project)
     mine, theirs = Services.open(project), Services.open(project)
     consumer = StreamConsumer(mine, STREAM, poll_interval=0)
     other = StreamConsumer(theirs, STREAM, poll_interval=0)
@@ -108,12 +110,12 @@ async def test_the_consumer_overlaps_batches_and_a_failure_drops_the_one_compute
     from hybridserve.streaming import pipeline
 
     project = stream_project(make_project, batch_size=5)
-    log = _log(project)
+    log = fresh_memory_log(project)
     services = Services.open(project)
     t = time.time() - 300
     cards = [f"card_00000{i}" for i in range(1, 4)]
     events = [event(cards[i % 3], t + i) for i in range(30)]
-    await _open_source(services).append(dumps(events))
+    await append_events(services, dumps(events))
     real_prepare, real_finish = pipeline.BatchProcessor.prepare, pipeline.BatchProcessor.finish
     ahead: list[bool] = []
     finished: list[int] = []
@@ -144,9 +146,3 @@ async def test_the_consumer_overlaps_batches_and_a_failure_drops_the_one_compute
         assert not log.pending
     finally:
         await services.close()
-
-
-def _open_source(services: Services) -> Any:
-    from hybridserve.streaming import open_source
-
-    return open_source(services.project, STREAM)

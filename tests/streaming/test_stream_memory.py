@@ -13,29 +13,26 @@ from typing import Any
 
 import orjson
 import pytest
-from stream_helpers import STREAM, consume, dumps, event, predictions, stream_project, windows
+from stream_helpers import (
+    STREAM,
+    append_events,
+    consume,
+    dumps,
+    event,
+    fresh_memory_log,
+    predictions,
+    stream_project,
+    windows,
+)
 
 from hybridserve.services import Services
-from hybridserve.streaming.sources.memory import drop_memory_log, memory_log
-
-
-def _log(project: Any) -> Any:
-    key = f"{project.stores.prefix}stream:{STREAM}"
-    drop_memory_log(key)
-    return memory_log(key)
-
-
-async def _append(services: Services, events: list[bytes]) -> None:
-    from hybridserve.streaming import open_source
-
-    await open_source(services.project, STREAM).append(events)
 
 
 async def test_bad_events_are_dead_lettered_with_reasons_and_the_stream_keeps_flowing(
     make_project: Any,
 ) -> None:
     project = stream_project(make_project)
-    log = _log(project)
+    log = fresh_memory_log(project)
     services = Services.open(project)
     now = time.time()
     good = [event("card_000001", now - 5), event("card_000002", now - 4)]
@@ -48,7 +45,7 @@ async def test_bad_events_are_dead_lettered_with_reasons_and_the_stream_keeps_fl
         orjson.dumps(event("card_000005", now + 3600)),
     ]
     try:
-        await _append(services, [*bad[:2], *dumps(good[:1]), *bad[2:], *dumps(good[1:])])
+        await append_events(services, [*bad[:2], *dumps(good[:1]), *bad[2:], *dumps(good[1:])])
         _, totals = await consume(services)
         reasons = [d["reason"] for d in log.dead_letters]
         assert len(reasons) == 4
@@ -72,21 +69,21 @@ async def test_late_events_within_lateness_count_later_ones_are_dead_lettered(
     make_project: Any,
 ) -> None:
     project = stream_project(make_project, allowed_lateness=60)
-    log = _log(project)
+    log = fresh_memory_log(project)
     services = Services.open(project)
     card, t0 = "card_000007", time.time() - 300
     try:
-        await _append(services, dumps([event(card, t0), event(card, t0 + 100, amount=20)]))
+        await append_events(services, dumps([event(card, t0), event(card, t0 + 100, amount=20)]))
         await consume(services)
         before = (await windows(services, [card]))[card]
         assert before["txn_count_10m"] == 2 and before["amount_sum_10m"] == 30
         # 50 s behind the watermark: within the lateness, counts in its bucket.
-        await _append(services, dumps([event(card, t0 + 50, amount=5)]))
+        await append_events(services, dumps([event(card, t0 + 50, amount=5)]))
         await consume(services)
         within = (await windows(services, [card]))[card]
         assert within["txn_count_10m"] == 3 and within["amount_sum_10m"] == 35
         # 200 s behind: late; counted, dead-lettered, aggregates unchanged.
-        await _append(services, dumps([event(card, t0 - 100, amount=1000)]))
+        await append_events(services, dumps([event(card, t0 - 100, amount=1000)]))
         _, totals = await consume(services)
         assert totals.late == 1
         assert (await windows(services, [card]))[card] == within
@@ -101,14 +98,14 @@ async def test_an_event_failing_within_its_batch_is_dead_lettered_alone_with_its
     """The batch is split until the failing events stand alone: their neighbours are
     processed at their first delivery, and nothing is redelivered."""
     project = stream_project(make_project, max_deliveries=3)
-    log = _log(project)
+    log = fresh_memory_log(project)
     services = Services.open(project)
     now = time.time()
     events = [event(f"card_{i % 40:06d}", now - 100 + i * 0.1) for i in range(168)]
     poison = {events[i]["event_id"] for i in range(5, 168, 21)}
     assert len(poison) == 8
     try:
-        await _append(services, dumps(events))
+        await append_events(services, dumps(events))
 
         def explode(entities: list[str], rows: Any, kw: dict[str, Any]) -> None:
             if poison & set(kw["event_ids"]):
@@ -140,10 +137,10 @@ async def test_a_poison_event_is_dead_lettered_after_max_deliveries_with_its_las
     """A batch of which nothing goes through fails as a whole (the events are not shown to be
     at fault) and is redelivered, until the entry reaches ``max_deliveries``."""
     project = stream_project(make_project, max_deliveries=3)
-    log = _log(project)
+    log = fresh_memory_log(project)
     services = Services.open(project)
     try:
-        await _append(services, dumps([event("card_000001", time.time() - 5)]))
+        await append_events(services, dumps([event("card_000001", time.time() - 5)]))
 
         def explode(entities: list[str], rows: Any, kw: dict[str, Any]) -> None:
             raise RuntimeError("model crashed on this event")
@@ -166,9 +163,9 @@ async def _appended(
     ``read(real_read, max_items, block)``."""
     from hybridserve.streaming import open_source
 
-    _log(project)
+    fresh_memory_log(project)
     services = Services.open(project)
-    await _append(services, dumps(events))
+    await append_events(services, dumps(events))
     source = open_source(project, STREAM)
     real = source.read
 
@@ -230,11 +227,11 @@ async def _run_wrapped(
 
 async def _scored_rows(project: Any, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The feature rows the stream's scorer was given for ``events``."""
-    _log(project)
+    fresh_memory_log(project)
     services = Services.open(project)
     rows: list[dict[str, Any]] = []
     try:
-        await _append(services, dumps(events))
+        await append_events(services, dumps(events))
         totals = await _run_wrapped(services, lambda _e, r, _kw: rows.extend(r), until_idle=0.3)
         assert totals.scored == len(events)
     finally:
@@ -347,11 +344,12 @@ async def test_until_idle_waits_for_entries_pending_on_a_dead_consumer(
     from hybridserve.streaming import open_source
 
     project = stream_project(make_project, claim_idle=0.8)
-    log = _log(project)
+    log = fresh_memory_log(project)
     services = Services.open(project)
     now = time.time()
     try:
-        await _append(services, dumps([event(f"card_{i:06d}", now - 10 + i) for i in range(8)]))
+        events = [event(f"card_{i:06d}", now - 10 + i) for i in range(8)]
+        await append_events(services, dumps(events))
         ghost = open_source(project, STREAM, consumer="ghost")
         await ghost.read(5, 0)  # read, never acknowledged: the ghost died
         _, totals = await consume(services, until_idle=0.2, consumer="c2")
@@ -369,7 +367,7 @@ async def test_a_reclaimed_entry_is_judged_late_by_the_watermark_at_its_stream_p
     from hybridserve.streaming import open_source
 
     project = stream_project(make_project, claim_idle=1.0, allowed_lateness=60)
-    log = _log(project)
+    log = fresh_memory_log(project)
     services = Services.open(project)
     base = time.time() - 1000
     first = [event("card_000001", base + i) for i in range(5)]
@@ -379,10 +377,10 @@ async def test_a_reclaimed_entry_is_judged_late_by_the_watermark_at_its_stream_p
         from hybridserve.streaming import StreamConsumer
 
         consumer = StreamConsumer(services, STREAM, poll_interval=0, consumer="c2")
-        await _append(services, dumps(first))
+        await append_events(services, dumps(first))
         ghost = open_source(project, STREAM, consumer="ghost")
         assert len(await ghost.read(5, 0)) == 5  # read, never acknowledged: the ghost died
-        await _append(services, dumps(later))
+        await append_events(services, dumps(later))
         try:
             totals = await consumer.run(until_idle=0.2)
         finally:
@@ -404,13 +402,13 @@ async def test_embedded_window_state_and_seen_set_expire_after_dedup_ttl(
     from hybridserve.streaming.state import seen_key, state_key
 
     project = stream_project(make_project, dedup_ttl=1.0)
-    _log(project)
+    fresh_memory_log(project)
     services = Services.open(project)
     now = time.time()
     events = [event("card_000001", now - 10 + i) for i in range(3)]
     keys = [state_key(STREAM, "card_000001"), seen_key(STREAM, events[0]["event_id"])]
     try:
-        await _append(services, dumps(events))
+        await append_events(services, dumps(events))
         _, totals = await consume(services)
         assert totals.scored == 3
         assert None not in await services.online_kv.get_many(keys)
@@ -592,19 +590,19 @@ async def test_an_alias_move_reaches_a_running_consumer(make_project: Any) -> No
     from hybridserve.streaming import StreamConsumer
 
     project = stream_project(make_project)
-    _log(project)
+    fresh_memory_log(project)
     services = Services.open(project)
     card, now = "card_000009", time.time()
     try:
         consumer = StreamConsumer(services, STREAM, poll_interval=0.1)
         stop = asyncio.Event()
         task = asyncio.create_task(consumer.run(stop))
-        await _append(services, dumps([event(card, now - 10)]))
+        await append_events(services, dumps([event(card, now - 10)]))
         await asyncio.sleep(0.5)
         assert (await predictions(services, [card]))[card][3] == 1
         v2 = await asyncio.to_thread(add_fraud_version, services.registry, project, "production")
         await asyncio.sleep(0.5)
-        await _append(services, dumps([event(card, now - 5)]))
+        await append_events(services, dumps([event(card, now - 5)]))
         await asyncio.sleep(0.5)
         stop.set()
         await task
@@ -618,7 +616,7 @@ async def test_one_bad_event_time_among_valid_events_dead_letters_only_itself(
     make_project: Any,
 ) -> None:
     project = stream_project(make_project)
-    log = _log(project)
+    log = fresh_memory_log(project)
     services = Services.open(project)
     now = time.time()
     valid = [event(f"card_{i % 40:06d}", now - 100 + i * 0.1) for i in range(160)]
@@ -627,7 +625,7 @@ async def test_one_bad_event_time_among_valid_events_dead_letters_only_itself(
     for n, b in enumerate(bad):
         mixed.insert(n * 21 + 3, b)
     try:
-        await _append(services, dumps(mixed))
+        await append_events(services, dumps(mixed))
         _, totals = await consume(services)
         assert sorted(orjson.loads(d["payload"])["event_id"] for d in log.dead_letters) == sorted(
             b["event_id"] for b in bad
@@ -646,13 +644,13 @@ async def test_event_times_not_finite_or_too_far_in_the_past_are_dead_lettered(
 ) -> None:
     """Such a time would be scored and stored as the prediction's ``as_of``."""
     project = stream_project(make_project, max_past="2h")
-    log = _log(project)
+    log = fresh_memory_log(project)
     services = Services.open(project)
     now = time.time()
     card = "card_000001"
     times = ["NaN", "-inf", "inf", -1e11, "0001-01-01T00:00:00", now - 3 * 3600]
     try:
-        await _append(services, dumps([event(card, t) for t in times]))
+        await append_events(services, dumps([event(card, t) for t in times]))
         _, totals = await consume(services)
         reasons = [d["reason"] for d in log.dead_letters]
         assert reasons[:3] == [f"event_time: expected timestamp, got {t!r}" for t in times[:3]]
@@ -666,14 +664,14 @@ async def test_event_times_not_finite_or_too_far_in_the_past_are_dead_lettered(
 
 async def test_oversize_events_and_fields_are_dead_lettered(make_project: Any) -> None:
     project = stream_project(make_project)
-    log = _log(project)
+    log = fresh_memory_log(project)
     services = Services.open(project)
     now = time.time()
     huge = event("card_000001", now - 5, merchant_id="m" * 1_000_000)
     long = event("card_000002", now - 5, merchant_id="m" * 2000)
     fine = event("card_000003", now - 5, merchant_id="m" * 1000)
     try:
-        await _append(services, dumps([huge, long, fine]))
+        await append_events(services, dumps([huge, long, fine]))
         _, totals = await consume(services)
         reasons = [d["reason"] for d in log.dead_letters]
         assert len(reasons) == 2
@@ -695,13 +693,13 @@ async def test_events_the_scorer_rejects_are_dead_lettered_with_its_reason(
     from hybridserve.streaming import StreamConsumer
 
     project = stream_project(make_project)
-    log = _log(project)
+    log = fresh_memory_log(project)
     services = Services.open(project)
     now = time.time()
     known = [event("card_000001", now - 5), event("card_000002", now - 3)]
     unknown = event("card_unknown", now - 4)
     try:
-        await _append(services, dumps([known[0], unknown, known[1]]))
+        await append_events(services, dumps([known[0], unknown, known[1]]))
         consumer = StreamConsumer(services, STREAM, poll_interval=0)
         try:
             totals = await consumer.run(until_idle=0.3)
@@ -728,7 +726,7 @@ async def test_a_store_failure_is_not_split_and_dead_letters_nothing(make_projec
     """Only computing on the events splits a batch: a write that fails (whatever it raises)
     fails the batch whole, and it is redelivered rather than dead-lettered."""
     project = stream_project(make_project)
-    log = _log(project)
+    log = fresh_memory_log(project)
     services = Services.open(project)
     now = time.time()
     events = [event(f"card_{i % 10:06d}", now - 50 + i * 0.1) for i in range(40)]
@@ -744,7 +742,7 @@ async def test_a_store_failure_is_not_split_and_dead_letters_nothing(make_projec
 
     services.features.write = flaky  # type: ignore[method-assign]
     try:
-        await _append(services, dumps(events))
+        await append_events(services, dumps(events))
         _, totals = await consume(services, until_idle=0.5)
         assert log.dead_letters == []
         assert totals.failures == 6 and totals.scored == 40 and not log.pending
@@ -766,7 +764,7 @@ async def _overtaken(make_project: Any) -> AsyncIterator[tuple[Any, Any, asyncio
     from hybridserve.streaming.events import RawEntry
 
     project = stream_project(make_project)
-    _log(project)
+    fresh_memory_log(project)
     first, second = Services.open(project), Services.open(project)
     at = time.time()
     a, b = event(_OVERTAKEN, at - 5), event(_OVERTAKEN, at - 6)
@@ -805,6 +803,22 @@ async def test_a_view_row_from_a_conflicting_attempt_is_rewritten_by_its_redo(
         assert (await windows(first, [_OVERTAKEN]))[_OVERTAKEN]["txn_count_10m"] == 2
 
 
+@contextlib.asynccontextmanager
+async def _given_up(
+    make_project: Any, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[Any, Any]]:
+    """:func:`_overtaken`, consumer 1 giving up on its first conflict: yields its services
+    and itself, the card's stale row (one event short) in the view."""
+    from hybridserve.streaming import pipeline
+
+    monkeypatch.setattr(pipeline, "_ATTEMPTS", 1)
+    async with _overtaken(make_project) as (first, one, task):
+        with pytest.raises(pipeline.CommitContention):
+            await task
+        assert (await windows(first, [_OVERTAKEN]))[_OVERTAKEN]["txn_count_10m"] == 1
+        yield first, one
+
+
 async def test_a_view_row_from_a_batch_that_gave_up_is_rewritten_by_the_next_commit(
     make_project: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -812,15 +826,10 @@ async def test_a_view_row_from_a_batch_that_gave_up_is_rewritten_by_the_next_com
     and its events to consumer 2, which committed them): its stale row must not stay. The next
     batch it commits, of another card, rewrites the row from the committed state. (Seen in CI:
     two consumers on one key, a batch that gave up after 8 conflicts, a count one short.)"""
-    from hybridserve.streaming import pipeline
     from hybridserve.streaming.events import RawEntry
 
-    monkeypatch.setattr(pipeline, "_ATTEMPTS", 1)
     card = _OVERTAKEN
-    async with _overtaken(make_project) as (first, one, task):
-        with pytest.raises(pipeline.CommitContention):
-            await task
-        assert (await windows(first, [card]))[card]["txn_count_10m"] == 1  # the stale row
+    async with _given_up(make_project, monkeypatch) as (first, one):
         other = event("card_000012", time.time() - 4)
         assert (await one.processor.process([RawEntry("3-0", orjson.dumps(other))])).applied == 1
         assert (await windows(first, [card]))[card]["txn_count_10m"] == 2
@@ -833,14 +842,8 @@ async def test_a_view_row_from_a_batch_that_gave_up_is_rewritten_once_the_consum
     """As above, but consumer 1 has nothing more to do: its stale row must not stay until
     some later batch of its own. Idle, it rewrites the row from the committed state (seen
     in a two-consumer run where one consumer gave up on contention and never won again)."""
-    from hybridserve.streaming import pipeline
-
-    monkeypatch.setattr(pipeline, "_ATTEMPTS", 1)
     card = _OVERTAKEN
-    async with _overtaken(make_project) as (first, one, task):
-        with pytest.raises(pipeline.CommitContention):
-            await task
-        assert (await windows(first, [card]))[card]["txn_count_10m"] == 1  # the stale row
+    async with _given_up(make_project, monkeypatch) as (first, one):
         await one.run(until_idle=0.3)
         assert (await windows(first, [card]))[card]["txn_count_10m"] == 2
         assert one.processor.unsettled == set()
@@ -853,7 +856,7 @@ async def _run_contended(project: Any, given_up: int) -> tuple[Any, Any]:
     from hybridserve.streaming import StreamConsumer
     from hybridserve.streaming.pipeline import _ATTEMPTS
 
-    log = _log(project)
+    log = fresh_memory_log(project)
     services = Services.open(project)
     now = time.time()
     events = [event(f"card_{i % 10:06d}", now - 50 + i * 0.1) for i in range(40)]
@@ -870,7 +873,7 @@ async def _run_contended(project: Any, given_up: int) -> tuple[Any, Any]:
 
     consumer.state.commit = contended  # type: ignore[method-assign]
     try:
-        await _append(services, dumps(events))
+        await append_events(services, dumps(events))
         return await consumer.run(until_idle=0.5), log
     finally:
         await consumer.close()
