@@ -29,7 +29,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from hybridserve.errors import ConfigError
+from hybridserve.errors import ConfigError, FeatureViewNotFound, RouteNotFound
 from hybridserve.units import parse_duration, parse_size
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
@@ -950,8 +950,6 @@ class Project(_Strict):
         return url
 
     def route(self, name: str) -> RouteConfig:
-        from hybridserve.errors import RouteNotFound
-
         try:
             return self.routes[name]
         except KeyError:
@@ -961,8 +959,6 @@ class Project(_Strict):
             ) from None
 
     def view(self, name: str) -> FeatureViewConfig:
-        from hybridserve.errors import FeatureViewNotFound
-
         try:
             return self.feature_views[name]
         except KeyError:

@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from statistics import median
 from typing import TYPE_CHECKING
 
@@ -40,6 +40,11 @@ class LoadedModel:
     """The reference as configured (``fraud@production``)."""
     scorer: Scorer
     batcher: MicroBatcher
+    label: str = field(init=False, compare=False)
+    """``name/version``, made once: every answer's metrics and headers use it."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "label", f"{self.name}/{self.version}")
 
     @property
     def name(self) -> str:
@@ -48,10 +53,6 @@ class LoadedModel:
     @property
     def version(self) -> int:
         return self.scorer.runtime.version
-
-    @property
-    def label(self) -> str:
-        return f"{self.name}/{self.version}"
 
 
 def route_refs(services: Services, route: str) -> dict[str, str]:

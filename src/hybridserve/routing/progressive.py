@@ -78,7 +78,9 @@ def _failed(e: Entity) -> bool:
     """The entity's model call failed (or nothing answered it)."""
     if e.answer is None:
         return True
-    return any(n.step == "compute" and n.reason in _MODEL_FAILED for n in e.notes or ())
+    if e.notes is None:  # answered at the first step it tried (most answers)
+        return False
+    return any(n.step == "compute" and n.reason in _MODEL_FAILED for n in e.notes)
 
 
 class ArmRecorder:
