@@ -27,6 +27,9 @@ from typing import Any
 from hybridserve.observability.metrics import LATENCY_BUCKETS
 
 MINUTE = 60
+_NEVER = float("inf")
+_FOLD_AT = 512
+"""Distinct kinds of request held before they are added to the slots unasked."""
 
 
 def _zeros() -> list[int]:
@@ -121,7 +124,8 @@ class Tally:
         self._clock = clock
         self._cpu = cpu
         self._cpu_at = cpu()
-        self.minutes: dict[tuple[str, int], Slot] = {}
+        self._minutes: dict[tuple[str, int], Slot] = {}
+        self._pending: dict[tuple[Any, ...], list[Any]] = {}
         self._dirty: set[tuple[str, int]] = set()
         self._seconds: dict[str, deque[tuple[int, Slot]]] = {}
         self._weights: dict[tuple[str, int, str], float] = {}
@@ -134,36 +138,64 @@ class Tally:
         degraded: int,
         unavailable: int,
     ) -> None:
-        """One request: ``sources`` counts its answers by source (``cache``, ``fallback:..``)."""
-        at = self._clock()
-        minute = int(at // MINUTE)
-        answered = sum(sources.values())
-        slow = seconds > self.targets.get(route, float("inf"))
-        bucket = bisect_left(LATENCY_BUCKETS, seconds)
-        for slot in (self._minute(route, minute), self._second(route, int(at))):
-            slot.answers += answered + unavailable
-            slot.good += answered - degraded
-            slot.degraded += degraded
-            slot.unavailable += unavailable
-            slot.requests += 1
-            slot.slow += slow
-            slot.latency[bucket] += 1
-        minute_slot = self.minutes[(route, minute)]
-        total = answered + unavailable
-        for source, n in sources.items():
-            minute_slot.sources.setdefault(source, [0.0, 0.0])[0] += n
-            key = (route, minute, source)
-            self._weights[key] = self._weights.get(key, 0.0) + seconds * n / total
-        if unavailable:
-            minute_slot.sources.setdefault("none", [0.0, 0.0])[0] += unavailable
-            key = (route, minute, "none")
-            self._weights[key] = self._weights.get(key, 0.0) + seconds * unavailable / total
+        """One request: ``sources`` counts its answers by source (``cache``, ``fallback:..``).
+
+        Requests alike (route, second, latency bucket, answers) are counted together and
+        added to the slots when the slots are read (:meth:`_fold`): a request costs one
+        dictionary update, not a dozen slot updates."""
+        key = (
+            route,
+            int(self._clock()),
+            bisect_left(LATENCY_BUCKETS, seconds),
+            seconds > self.targets.get(route, _NEVER),
+            tuple(sources.items()),
+            degraded,
+            unavailable,
+        )
+        held = self._pending.get(key)
+        if held is None:
+            self._pending[key] = [1, seconds]
+            if len(self._pending) >= _FOLD_AT:
+                self._fold()
+        else:
+            held[0] += 1
+            held[1] += seconds
+
+    def _fold(self) -> None:
+        """Add the requests recorded since the last fold to their minute and second slots."""
+        pending, self._pending = self._pending, {}
+        weights = self._weights
+        for kind, (n, spent) in pending.items():
+            route, second, bucket, slow, sources, degraded, unavailable = kind
+            answered = sum(c for _, c in sources)
+            minute = second // MINUTE
+            minute_slot = self._minute(route, minute)
+            for slot in (minute_slot, self._second(route, second)):
+                slot.answers += n * (answered + unavailable)
+                slot.good += n * (answered - degraded)
+                slot.degraded += n * degraded
+                slot.unavailable += n * unavailable
+                slot.requests += n
+                slot.slow += n * slow
+                slot.latency[bucket] += n
+            total = answered + unavailable
+            shares = [*sources, ("none", unavailable)] if unavailable else sources
+            for source, c in shares:
+                minute_slot.sources.setdefault(source, [0.0, 0.0])[0] += n * c
+                key = (route, minute, source)
+                weights[key] = weights.get(key, 0.0) + spent * c / total
+
+    @property
+    def minutes(self) -> dict[tuple[str, int], Slot]:
+        """(route, minute) -> that minute's slot, until published."""
+        self._fold()
+        return self._minutes
 
     def _minute(self, route: str, minute: int) -> Slot:
         key = (route, minute)
-        slot = self.minutes.get(key)
+        slot = self._minutes.get(key)
         if slot is None:
-            slot = self.minutes[key] = Slot()
+            slot = self._minutes[key] = Slot()
         self._dirty.add(key)
         return slot
 
@@ -180,6 +212,7 @@ class Tally:
     def charge(self) -> float:
         """Share the CPU seconds used since the last charge among the answers recorded since;
         return them."""
+        self._fold()
         cpu = self._cpu()
         spent, self._cpu_at = cpu - self._cpu_at, cpu
         weights, self._weights = self._weights, {}
@@ -187,7 +220,7 @@ class Tally:
         if total <= 0 or spent <= 0:
             return 0.0
         for (route, minute, source), weight in weights.items():
-            slot = self.minutes.get((route, minute))
+            slot = self._minutes.get((route, minute))
             if slot is not None:
                 slot.sources.setdefault(source, [0.0, 0.0])[1] += spent * weight / total
                 self._dirty.add((route, minute))
@@ -195,6 +228,7 @@ class Tally:
 
     def recent(self, route: str) -> Slot:
         """The route's answers over the last ``window`` seconds."""
+        self._fold()
         out = Slot()
         since = self._clock() - self.window
         for second, slot in self._seconds.get(route, ()):
@@ -203,29 +237,32 @@ class Tally:
         return out
 
     def routes(self) -> list[str]:
+        self._fold()
         return sorted(self._seconds)
 
     def take_dirty(self) -> dict[tuple[str, int], dict[str, Any]]:
         """``(route, hour) -> {minute: slot}`` of every hour with news since the last call;
         minutes of past hours are dropped (their documents are then final)."""
+        self._fold()
         hours = {(route, minute // 60) for route, minute in self._dirty}
         self._dirty = set()
         out: dict[tuple[str, int], dict[str, Any]] = {}
         for route, hour in hours:
             out[(route, hour)] = {
                 str(m): s.to_json()
-                for (r, m), s in self.minutes.items()
+                for (r, m), s in self._minutes.items()
                 if r == route and m // 60 == hour
             }
         current = int(self._clock() // MINUTE) // 60
-        for key in [k for k in self.minutes if k[1] // 60 < current]:
-            del self.minutes[key]  # published (now or before); ``restore`` if that failed
+        for key in [k for k in self._minutes if k[1] // 60 < current]:
+            del self._minutes[key]  # published (now or before); ``restore`` if that failed
         return out
 
     def restore(self, route: str, hour: int, minutes: Mapping[str, Any]) -> None:
         """Put back minutes whose publication failed (they are sent again next time)."""
+        self._fold()
         for m, data in minutes.items():
             key = (route, int(m))
-            if key not in self.minutes:
-                self.minutes[key] = Slot.from_json(data)
+            if key not in self._minutes:
+                self._minutes[key] = Slot.from_json(data)
             self._dirty.add(key)
