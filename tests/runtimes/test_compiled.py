@@ -112,6 +112,19 @@ def test_gtil_serves_small_batches_only(tmp_path: Path, monkeypatch: pytest.Monk
     assert calls == [compiled.GTIL_MAX_ROWS]
 
 
+def test_calls_larger_than_gtil_serves_load_no_gtil(tmp_path: Path) -> None:
+    big = compiled.GTIL_MAX_ROWS + 1
+    assert compiled.for_batches("auto", big) == "none"
+    assert compiled.for_batches("treelite", big) == "none"
+    assert compiled.for_batches("tl2cgen", big) == "tl2cgen"
+    assert compiled.for_batches("auto", compiled.GTIL_MAX_ROWS) == "auto"
+    model, task = _fit("hgb")
+    runtime = _load(model, task, tmp_path, compiled.for_batches("auto", 50_000))
+    assert runtime.compiler is None
+    x = _rows()[:big]
+    np.testing.assert_array_equal(runtime.predict(x).scores, model.predict_proba(x)[:, 1])
+
+
 @pytest.mark.parametrize("mode", ["tl2cgen", "treelite"])
 def test_a_mismatch_keeps_the_librarys_predict_and_says_so(
     mode: Compile, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture

@@ -58,6 +58,7 @@ from hybridserve.records import PredictionRecord
 from hybridserve.registry.artifacts import ArtifactStore
 from hybridserve.registry.loading import load_version
 from hybridserve.registry.versions import ModelVersion
+from hybridserve.runtimes.compiled import for_batches
 from hybridserve.scoring import Scorer
 from hybridserve.storage import run_rows
 
@@ -172,7 +173,9 @@ class ChunkWorker:
         # registry database (nor imports SQLAlchemy), and every worker scores that version.
         model = project.models.get(ctx.model.name)
         artifacts = ArtifactStore(project.path(project.registry.artifacts))
-        runtime = load_version(ctx.model, artifacts, model.compile if model else "auto")
+        # Chunks are far larger than GTIL serves: ``auto`` loads no compiled trees here.
+        mode = for_batches(model.compile if model else "auto", ctx.chunk_rows)
+        runtime = load_version(ctx.model, artifacts, mode)
         self.scorer = Scorer(project, ctx.route, runtime)
         self.dtypes = feature_dtypes(self.scorer)
         self.header = RunHeader(

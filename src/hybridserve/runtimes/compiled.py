@@ -64,6 +64,17 @@ RTOL = {np.dtype(np.float64): 1e-12, np.dtype(np.float32): 1e-6}
 score, by the dtype the library computes in: XGBoost sums its trees in float32, and treelite
 sums the same float32 leaves in another order (differences up to a few float32 ulps)."""
 
+
+def for_batches(mode: Compile, rows: int) -> Compile:
+    """The ``compile`` mode worth loading for calls of ``rows`` rows each (a batch job's
+    chunks): ``auto`` and ``treelite`` would give GTIL, which serves no batch larger than
+    :data:`GTIL_MAX_ROWS`, so for larger ones they load nothing (importing and checking the
+    trees costs each worker a fixed share of a run); ``tl2cgen`` serves every size and stays."""
+    if mode in ("auto", "treelite") and rows > GTIL_MAX_ROWS:
+        return "none"
+    return mode
+
+
 Matrix = npt.NDArray[np.float64]
 Output = Callable[[Matrix], npt.NDArray[Any]]
 
