@@ -20,6 +20,10 @@ HistGradientBoostingClassifier), writes the input Parquet (generated in slices w
   the Ray executor (once starting its own Ray, once on a Ray already running, as in a Ray
   deployment) and with the Spark executor (a local Spark, started by the run).
 
+hybridserve's modules are compiled to bytecode first, as installing a wheel does (where
+``PYTHONDONTWRITEBYTECODE`` is set an editable install would compile them from source again
+in each new process a first run starts).
+
 Peak memory is the largest sum of RSS (and of PSS) over this process and all its descendants
 (pool workers, Ray's processes): RSS sampled every 50 ms and PSS every second during each run.
 It writes the Batch section of ``docs/benchmarks.md`` (between ``<!-- batch:start -->`` and
@@ -283,6 +287,18 @@ def measure_floor(
         pool.close()
 
 
+def compile_bytecode() -> None:
+    """Compile hybridserve's modules to bytecode, as installing a wheel does. A first run's
+    new processes (the forkserver, the job's runner) import them: where the environment sets
+    ``PYTHONDONTWRITEBYTECODE`` (these machines do) an editable install has no bytecode, and
+    each of those processes would compile every module from source again (about 0.2 s)."""
+    import compileall
+
+    import hybridserve
+
+    compileall.compile_dir(Path(hybridserve.__file__).parent, quiet=1)
+
+
 def cold_start() -> None:
     """Stop the forkserver a local run's workers fork from, so that the next run starts it and
     imports the model's libraries again, as a ``hybridserve batch run`` command (or a run the
@@ -352,6 +368,7 @@ def main() -> int:
     from hybridserve.batch import run_job
     from hybridserve.config import load_project
 
+    compile_bytecode()
     project_file = build(args)
     project = load_project(project_file, env=False)
     results = measure_floors(project, args)  # its matrices are freed before the runs
