@@ -124,3 +124,23 @@ async def test_a_request_the_sampler_skipped_builds_no_child_spans(
     spans = exporter.get_finished_spans()
     assert spans and all(s.context.trace_id == int(TRACE, 16) for s in spans)
     assert {"cache", "store"} <= {s.name for s in spans}
+
+
+def test_inside_an_unsampled_request_stages_build_nothing_and_after_it_they_do() -> None:
+    exporter = InMemorySpanExporter()
+    skipped = tracing.configure(True, 0.0, "test", exporter=exporter)
+    with skipped.request("POST /v1/predict", None) as span:
+        assert not span.is_recording()
+        with skipped.span("cache") as stage:
+            assert stage is None
+        skipped.annotate(entities=1)
+    # A caller's sampled trace is continued even at ratio 0, and its stages are recorded.
+    with skipped.request("POST /v1/predict", f"00-{TRACE}-{CALLER}-01") as span:
+        assert span.is_recording()
+        with skipped.span("cache") as stage:
+            assert stage is not None
+    # After the request (a write-back, a batch chunk) nothing is left marked unsampled.
+    assert not tracing._UNSAMPLED.get()
+    names = [s.name for s in exporter.get_finished_spans()]
+    assert names == ["cache", "POST /v1/predict"]
+    skipped.shutdown()
