@@ -173,7 +173,7 @@ class ChunkWorker:
         # registry database (nor imports SQLAlchemy), and every worker scores that version.
         model = project.models.get(ctx.model.name)
         artifacts = ArtifactStore(project.path(project.registry.artifacts))
-        # Chunks are far larger than GTIL serves: ``auto`` loads no compiled trees here.
+        # Chunks larger than GTIL serves load no GTIL trees (``tl2cgen`` is kept).
         mode = for_batches(model.compile if model else "auto", ctx.chunk_rows)
         runtime = load_version(ctx.model, artifacts, mode)
         self.scorer = Scorer(project, ctx.route, runtime)
